@@ -1,0 +1,52 @@
+# m365-policyd — every set-up step a fresh Debian machine needs lives here.
+#   make run    create .venv, install, start the daemon on the example config
+#   make test   create .venv, install test needs (and Debian's postfix/prometheus as root), run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= contrib/m365-policyd.example.toml
+DEBIAN_PACKAGES := postfix prometheus swaks postsrsd
+
+.PHONY: run test lint typecheck unit system-deps bench fuzz clean venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian packages the end-to-end tests drive for real. Installed only when running as root;
+# otherwise those tests skip with a reason (and fail when CI is set).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else \
+	  echo "not root: skipping Debian packages ($(DEBIAN_PACKAGES)); Postfix tests will be skipped"; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: system-deps $(STAMP) lint typecheck unit
+
+run: $(STAMP)
+	$(VENV)/bin/m365-policyd check -c $(CONFIG) --sender john@fabrikam.com --recipient kate@tailspintoys.com || true
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,37 @@
+"""The error types the domain and configuration layers raise on purpose.
+
+Anything else escaping from our code is a bug: the server answers ``on_error`` for it and the
+command line prints a traceback-free message and exits with a non-zero status.
+"""
+
+from __future__ import annotations
+
+
+class PolicydError(Exception):
+    """Base class for errors m365-policyd reports to the administrator."""
+
+
+class ConfigError(PolicydError):
+    """A configuration or input file is unreadable or invalid (exit status 78).
+
+    ``str()`` is one line naming the file, the key and what to do about it.
+    """
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {problem}")
+
+
+class CertificateError(PolicydError):
+    """The certificate file cannot be read or is not PEM."""
+
+
+class AliasLookupError(PolicydError):
+    """A recipient could not be expanded: a table failed, or Postfix's limits were hit.
+
+    Postfix itself defers such a message ("4.6.0 Alias expansion error"), so we report the
+    problem instead of guessing a prediction.
+    """
