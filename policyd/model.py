@@ -60,7 +60,8 @@ class AcceptedDomain:
 
     domain: str  # normalised with normalize_domain
     match_subdomains: bool = False
-    domain_type: str = "Authoritative"  # Authoritative | InternalRelay (ExternalRelay is on-premises only)
+    # Authoritative or InternalRelay (ExternalRelay exists only on premises)
+    domain_type: str = "Authoritative"
     default: bool = False
     initial: bool = False
     sending_from_domain_disabled: bool = False

@@ -1,0 +1,72 @@
+"""Plain counters for the hot path; turned into Prometheus metrics only at scrape time.
+
+Per-request ``labels(...)`` lookups and histogram observations in prometheus-client are the
+largest cost after parsing (see performance notes), so the request path increments plain
+integers here and ``policyd.metrics`` exposes them through a custom collector. The object is
+owned by the reactor thread; nothing here locks.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+
+#: Upper bounds (seconds) of the request-duration histogram buckets; +Inf is implicit.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+#: ``m365_policyd_protocol_errors_total{kind}`` label values.
+TOO_LARGE = "request-too-large"
+NO_EQUALS = "line-without-equals"
+NUL_BYTE = "nul-byte"
+INVALID_UTF8 = "invalid-utf8"
+TOO_MANY_CONNECTIONS = "too-many-connections"
+IDLE_TIMEOUT = "idle-timeout"
+PROTOCOL_ERROR_KINDS = (
+    TOO_LARGE,
+    NO_EQUALS,
+    NUL_BYTE,
+    INVALID_UTF8,
+    TOO_MANY_CONNECTIONS,
+    IDLE_TIMEOUT,
+)
+
+
+class Stats:
+    """Every counter the daemon exports, as plain Python numbers."""
+
+    def __init__(self) -> None:
+        self.requests: defaultdict[str, int] = defaultdict(int)  # by stage: rcpt, data, other
+        self.duration_buckets: list[int] = [0] * (len(DURATION_BUCKETS) + 1)  # last is +Inf
+        self.duration_sum = 0.0
+        self.duration_count = 0
+        self.predictions: defaultdict[tuple[str, str], int] = defaultdict(int)  # (verdict, reason)
+        self.actions: defaultdict[str, int] = defaultdict(int)
+        self.connections = 0  # open now
+        self.protocol_errors: defaultdict[str, int] = defaultdict(int)
+        self.internal_errors = 0
+        self.external_recipients = 0
+        self.unregistered_sender_relays = 0
+        self.reloads: defaultdict[str, int] = defaultdict(int)  # result: success | failure
+        self.last_reload_success = 0.0  # Unix time
+        self.observed_replies: defaultdict[str, int] = defaultdict(int)  # by enhanced code
+        self.prediction_outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.log_lines_skipped = 0  # outcome watcher: unparseable Postfix log lines
+
+    def observe_duration(self, seconds: float) -> None:
+        """Count one request that took ``seconds`` into the duration histogram."""
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+        self.duration_count += 1
