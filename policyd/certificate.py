@@ -1,0 +1,402 @@
+"""Certificate facts: what the client certificate Postfix presents tells Microsoft 365.
+
+SPEC §5 step 3 attributes a connection to an OnPremises connector by certificate when the
+certificate is readable, currently valid, not self-signed, presented with its chain up to a
+trusted root, and one of its names (CN or SAN DNS name) matches the connector's
+``TlsSenderCertificateName``. This module turns the PEM file into plain ``CertificateFacts``
+once per configuration generation and offers the pure comparisons the predictor and ``doctor``
+need. Nothing here reads a clock: validity is judged against an injected ``now``.
+
+Reading never raises for a bad file: the problem becomes ``CertificateFacts.error``
+("unreadable: ..."), because a broken certificate must show up in predictions and in
+``doctor``, not stop the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from policyd.model import CertificateFacts, normalize_domain
+
+#: Where Debian (and derivatives) keep the trust roots OpenSSL uses; the public CAs Microsoft
+#: 365 trusts are the same public CAs, so this is the best local stand-in for its trust store.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+#: Longest chain walked before giving up (protects against loops and absurd files).
+MAX_CHAIN_DEPTH = 10
+
+#: A certificate file larger than this is not a certificate file (and /dev/zero never ends).
+MAX_FILE_BYTES = 1 << 20
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(?:.*?)-----END \1-----", re.DOTALL)
+_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_PRIVATE_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY")
+_ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+class _UnreadableError(Exception):
+    """Internal: the file cannot be used; ``str()`` is the phrase after "unreadable: "."""
+
+
+def _read_bytes(path: str, what: str = "file") -> bytes:
+    if not path:
+        raise _UnreadableError(f"no {what} path given")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise _UnreadableError((e.strerror or str(e)).lower()) from e
+    if len(data) > MAX_FILE_BYTES:
+        raise _UnreadableError(f"larger than {MAX_FILE_BYTES // 1024} KiB, not a PEM {what}")
+    if not data.strip():
+        raise _UnreadableError(f"empty {what}")
+    return data
+
+
+def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Every complete PEM block as (label, whole block text)."""
+    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+
+
+def _parse_certificates(data: bytes) -> list[x509.Certificate]:
+    """All CERTIFICATE blocks of a PEM file, in file order; other blocks (keys) are ignored."""
+    blocks = _pem_blocks(data)
+    begun = _PEM_BEGIN.findall(data)
+    if not begun:
+        if _looks_like_der_certificate(data):
+            raise _UnreadableError(
+                "DER-encoded, Postfix needs PEM "
+                "(convert with: openssl x509 -inform der -in FILE -out FILE.pem)"
+            )
+        raise _UnreadableError("not PEM (no -----BEGIN line)")
+    if begun.count(b"CERTIFICATE") != sum(1 for label, _ in blocks if label == b"CERTIFICATE"):
+        raise _UnreadableError("truncated CERTIFICATE block (no matching -----END line)")
+    cert_blocks = [block for label, block in blocks if label == b"CERTIFICATE"]
+    if not cert_blocks:
+        found = ", ".join(sorted({label.decode("ascii") for label in begun}))
+        raise _UnreadableError(f"no CERTIFICATE block in the PEM (found {found})")
+    certs = []
+    for index, block in enumerate(cert_blocks, start=1):
+        try:
+            certs.append(x509.load_pem_x509_certificate(block))
+        except ValueError as e:
+            raise _UnreadableError(f"certificate {index} in the file is corrupt ({e})") from e
+    return certs
+
+
+def _looks_like_der_certificate(data: bytes) -> bool:
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True
+
+
+# -- trust roots -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TrustStore:
+    path: str
+    problem: str  # "" when the bundle was read; else why it could not be
+    by_subject: dict[x509.Name, tuple[x509.Certificate, ...]]
+    fingerprints: frozenset[bytes]
+
+
+_trust_cache: dict[str, tuple[tuple[int, int, int], _TrustStore]] = {}
+
+
+def _trust_store(path: str) -> _TrustStore:
+    """The certificates of a CA bundle, parsed once per (path, mtime, size, inode).
+
+    A missing or unreadable bundle is tolerated: the store is empty and ``problem`` says why,
+    so chain checks fail with a phrase that names the bundle instead of raising.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return _TrustStore(path, (e.strerror or str(e)).lower(), {}, frozenset())
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _trust_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    problem = ""
+    certs: list[x509.Certificate] = []
+    try:
+        data = _read_bytes(path, "CA bundle")
+        for label, block in _pem_blocks(data):
+            if label != b"CERTIFICATE":
+                continue
+            try:
+                certs.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                continue  # one bad entry must not distrust the whole bundle
+        if not certs:
+            problem = "no certificates in the CA bundle"
+    except _UnreadableError as e:
+        problem = str(e)
+    by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+    for cert in certs:
+        by_subject.setdefault(cert.subject, []).append(cert)
+    store = _TrustStore(
+        path,
+        problem,
+        {name: tuple(found) for name, found in by_subject.items()},
+        frozenset(c.fingerprint(hashes.SHA256()) for c in certs),
+    )
+    _trust_cache[path] = (key, store)
+    return store
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s name and key verify ``cert``'s signature."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _is_self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject and _issued_by(cert, cert)
+
+
+def _name_text(name: x509.Name) -> str:
+    return name.rfc4514_string()
+
+
+def _chain_problem(certs: list[x509.Certificate], trust: _TrustStore) -> str:
+    """Walk from the leaf to a trust anchor; "" when the chain is complete, else one phrase.
+
+    Each step looks for the issuer first among the trust anchors (as OpenSSL does, so a
+    cross-signed root in the PEM does not hide the anchor), then among the other certificates
+    of the file. The walk succeeds when the issuer is a trust anchor, or when a certificate of
+    the file (not the leaf) is itself one of the trust anchors.
+    """
+    leaf = certs[0]
+    if _is_self_signed(leaf):
+        return "self-signed"
+    presented = certs[1:]
+    current = leaf
+    seen = {leaf.fingerprint(hashes.SHA256())}
+    for _ in range(MAX_CHAIN_DEPTH):
+        if current is not leaf and current.fingerprint(hashes.SHA256()) in trust.fingerprints:
+            return ""
+        issuer_name = current.issuer
+        anchors = trust.by_subject.get(issuer_name, ())
+        if any(_issued_by(current, anchor) for anchor in anchors):
+            return ""
+        if current is not leaf and _is_self_signed(current):
+            return f"root {_name_text(current.subject)} is not trusted"
+        candidates = [c for c in presented if c.subject == issuer_name]
+        issuer = next((c for c in candidates if _issued_by(current, c)), None)
+        if issuer is None:
+            if candidates or anchors:
+                return f"signature by {_name_text(issuer_name)} does not verify"
+            return f"intermediate certificate for {_name_text(issuer_name)} missing"
+        fingerprint = issuer.fingerprint(hashes.SHA256())
+        if fingerprint in seen:
+            return f"chain loops back to {_name_text(issuer.subject)}"
+        seen.add(fingerprint)
+        current = issuer
+    return f"chain longer than {MAX_CHAIN_DEPTH} certificates"
+
+
+# -- facts -----------------------------------------------------------------------------------
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    # RFC 6125 6.4.4: when a subject has several CNs the most specific (last) one counts.
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not attrs:
+        return ""
+    value = attrs[-1].value
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return normalize_domain(text)
+
+
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    names: list[str] = []
+    for raw in san.value.get_values_for_type(x509.DNSName):
+        name = normalize_domain(raw)
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _client_auth_eku(cert: x509.Certificate) -> bool | None:
+    """None without an EKU extension (any use allowed); else whether clientAuth is allowed.
+
+    ``anyExtendedKeyUsage`` counts as allowing clientAuth (RFC 5280 4.2.1.12).
+    """
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return None
+    usages = set(eku.value)
+    return (
+        ExtendedKeyUsageOID.CLIENT_AUTH in usages
+        or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
+    )
+
+
+def read_certificate(path: str, *, ca_bundle: str = "") -> CertificateFacts:
+    """Read the PEM Postfix presents (``smtp_tls_cert_file``) and describe its first certificate.
+
+    The first CERTIFICATE block is the leaf (what Postfix sends); the following ones are its
+    chain. Private key blocks in the same file are ignored (Postfix allows cert and key in one
+    file). ``ca_bundle`` is a PEM file of trust roots; "" means the system bundle
+    (``/etc/ssl/certs/ca-certificates.crt``). Never raises for a bad file: the facts then carry
+    ``error = "unreadable: <why>"`` and nothing else.
+    """
+    try:
+        certs = _parse_certificates(_read_bytes(path))
+        leaf = certs[0]
+        # Extensions are parsed lazily; a corrupt extension surfaces here as ValueError.
+        common_name = _common_name(leaf)
+        dns_names = _dns_names(leaf)
+        client_auth = _client_auth_eku(leaf)
+        for other in certs[1:]:
+            _ = other.extensions
+    except _UnreadableError as e:
+        return CertificateFacts(path=path, error=f"unreadable: {e}")
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
+        return CertificateFacts(path=path, error=f"unreadable: corrupt certificate ({e})")
+
+    trust = _trust_store(ca_bundle or SYSTEM_CA_BUNDLE)
+    problem = _chain_problem(certs, trust)
+    if problem and problem != "self-signed" and trust.problem:
+        problem += f" (trust bundle {trust.path}: {trust.problem})"
+    return CertificateFacts(
+        path=path,
+        common_name=common_name,
+        dns_names=dns_names,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        self_signed=_is_self_signed(leaf),
+        chain_complete=not problem,
+        chain_problem=problem,
+        client_auth_eku=client_auth,
+        issuer=_name_text(leaf.issuer),
+        subject=_name_text(leaf.subject),
+        fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+# -- pure comparisons ------------------------------------------------------------------------
+
+
+def validity_problem(facts: CertificateFacts, now: datetime) -> str:
+    """Whether the certificate is valid at ``now``: "" when it is, else one phrase.
+
+    ``"expired on YYYY-MM-DD"`` (after notAfter) or ``"not yet valid until YYYY-MM-DD"``
+    (before notBefore); both bounds are inclusive, as in X.509. Dates are UTC. An unreadable
+    certificate answers its ``error``; ``now`` must be timezone-aware.
+    """
+    if facts.error:
+        return facts.error
+    if facts.not_before is None or facts.not_after is None:
+        return "unreadable: no validity period"
+    if now < facts.not_before:
+        return f"not yet valid until {facts.not_before.date().isoformat()}"
+    if now > facts.not_after:
+        return f"expired on {facts.not_after.date().isoformat()}"
+    return ""
+
+
+def _norm(name: str) -> str:
+    return normalize_domain(name) if name else ""
+
+
+def connector_name_matches(connector_name: str, cert_name: str) -> bool:
+    """Does a connector's ``TlsSenderCertificateName`` match one certificate name (SPEC §5)?
+
+    - Connector ``*.contoso.com``: matches ``contoso.com`` and every name under it, at any
+      depth, including certificate wildcard names (``*.contoso.com``, ``*.eu.contoso.com``).
+    - Connector without ``*``: matches that exact name, or a certificate wildcard name that
+      covers it (certificate ``*.contoso.com`` covers ``mail.contoso.com``, not
+      ``contoso.com`` and not ``a.b.contoso.com``: a wildcard stands for exactly one label).
+    - A ``*`` anywhere else in the connector name ("no embedded wildcards" per the
+      New-InboundConnector docs) never matches.
+
+    Uncertain: Microsoft documents ``*.contoso.com`` only as "a domain and all subdomains" and
+    does not say whether the apex or several labels match, nor how a wildcard certificate name
+    is compared with an exact connector name; SPEC §5 decides as above (see
+    ``shared/reference/m365-relay-rules.md`` §2 and "Open questions"). Comparison is
+    case-insensitive, ignores a trailing dot and uses the ASCII form of IDNs.
+    """
+    connector = _norm(connector_name)
+    cert = _norm(cert_name)
+    if not connector or not cert:
+        return False
+    if connector.startswith("*."):
+        base = connector[2:]
+        if not base or "*" in base:
+            return False
+        return cert == base or cert.endswith("." + base)
+    if "*" in connector:
+        return False
+    if cert == connector:
+        return True
+    if cert.startswith("*."):
+        covered = cert[2:]
+        if not covered or "*" in covered:
+            return False
+        label, dot, rest = connector.partition(".")
+        return bool(label) and bool(dot) and rest == covered
+    return False
+
+
+# -- private key (doctor --key) --------------------------------------------------------------
+
+
+def key_matches_certificate(cert_path: str, key_path: str = "") -> bool | str:
+    """Does the private key belong to the certificate's leaf? For ``doctor --key``.
+
+    ``key_path`` "" means the key is in the certificate file itself (Postfix's
+    ``smtp_tls_key_file`` defaults to ``smtp_tls_cert_file``). Returns True or False when both
+    files could be read, else an "unreadable: ..." phrase naming which file failed; Postfix
+    cannot use a passphrase-protected key, so an encrypted key is reported as such.
+    """
+    try:
+        certs = _parse_certificates(_read_bytes(cert_path))
+    except _UnreadableError as e:
+        return f"unreadable: certificate {cert_path}: {e}"
+    key_file = key_path or cert_path
+    try:
+        data = _read_bytes(key_file, "key file")
+    except _UnreadableError as e:
+        return f"unreadable: key {key_file}: {e}"
+    blocks = _pem_blocks(data)
+    if (
+        any(label == _ENCRYPTED_KEY_LABEL for label, _ in blocks)
+        or b"Proc-Type: 4,ENCRYPTED" in data
+    ):
+        return f"unreadable: key {key_file}: encrypted with a passphrase, which Postfix cannot use"
+    key_blocks = [block for label, block in blocks if label in _PRIVATE_KEY_LABELS]
+    if not key_blocks:
+        return f"unreadable: key {key_file}: no PRIVATE KEY block in the PEM"
+    try:
+        key = serialization.load_pem_private_key(key_blocks[0], password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        return f"unreadable: key {key_file}: corrupt private key ({e})"
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        return key.public_key().public_bytes(*spki) == certs[0].public_key().public_bytes(*spki)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        return f"unreadable: certificate {cert_path}: unsupported public key ({e})"
