@@ -1,0 +1,252 @@
+"""Log lines on stdout (journald picks them up): one line per event, text or JSON.
+
+Two sources feed one stream:
+
+- ``twisted.logger`` events (start-up, reloads, errors, Twisted's own messages) go through
+  ``LogOutput.__call__``, which filters by the configured level and writes and flushes one line;
+- prediction records from ``PolicyEngine`` (one per recipient) go through ``LogOutput.emit``,
+  the hot path: no ``Logger`` machinery, the line is formatted and appended to the stream's
+  buffer, and one flush per reactor turn (scheduled with ``callLater(0)``) writes them all.
+
+Both write to the same stream object, so lines keep their order. Text lines are ``key=value``
+pairs (values with spaces, quotes, ``=`` or control characters are quoted JSON-style, so one
+record is always one line); JSON lines are one object each. Lines carry an ISO 8601 UTC
+timestamp unless stdout is the journal (``$JOURNAL_STREAM`` names our stdout), which stamps
+lines itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TextIO, cast
+
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
+
+TEXT = "text"
+JSON = "json"
+FORMATS = (TEXT, JSON)
+
+#: ``log.level`` values and the Twisted level each one means. ``warn`` is accepted for
+#: ``warning``, as syslog and Postfix spell it.
+LEVELS: dict[str, LogLevel] = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warning": LogLevel.warn,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+
+#: Our names for Twisted's levels in the ``level=`` field.
+_LEVEL_NAMES = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warning",
+    LogLevel.error: "error",
+    LogLevel.critical: "critical",
+}
+
+#: Event key under which our own code passes structured fields to a twisted.logger line.
+FIELDS = "policyd_fields"
+
+_PLAIN = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@:/+,*<>[]()#%!?~^&|;{}$'"
+)
+
+
+def level_for(name: str) -> LogLevel:
+    """The Twisted level for a ``log.level`` value (unknown names fall back to info)."""
+    level: LogLevel = LEVELS.get(name.strip().lower(), LogLevel.info)
+    return level
+
+
+def text_value(value: object) -> str:
+    """One value in a ``key=value`` line: bare when safe, else a JSON string literal.
+
+    Lists and tuples are joined with commas; None and "" are written as ``""`` so that a key is
+    never followed by nothing.
+    """
+    if isinstance(value, list | tuple):
+        text = ",".join(str(item) for item in value)
+    elif value is None:
+        text = ""
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value)
+    if text and all(char in _PLAIN for char in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def text_line(pairs: Iterable[tuple[str, object]]) -> str:
+    """``key=value key="value with spaces"``: one line, no trailing newline."""
+    return " ".join(f"{key}={text_value(value)}" for key, value in pairs)
+
+
+def json_line(pairs: Iterable[tuple[str, object]]) -> str:
+    """One JSON object on one line; values that JSON cannot hold are written as strings."""
+    return json.dumps(dict(pairs), ensure_ascii=False, default=str)
+
+
+def timestamp(now: float) -> str:
+    """``2024-05-01T12:00:00.123Z``: UTC with milliseconds."""
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def stdout_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``$JOURNAL_STREAM`` (``dev:inode``, systemd.exec(5)) names ``stream``'s file."""
+    env = os.environ if environ is None else environ
+    value = env.get("JOURNAL_STREAM", "")
+    if not value:
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return value == f"{info.st_dev}:{info.st_ino}"
+
+
+class LogOutput:
+    """The process's log sink: a stream, a format, a minimum level; all changeable on reload."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        fmt: str = TEXT,
+        level: str = "info",
+        *,
+        timestamps: bool = True,
+        clock: Callable[[], float] = time.time,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
+        """``schedule(f)`` arranges for ``f`` to run soon (``lambda f: reactor.callLater(0, f)``);
+        without it every prediction line is flushed at once."""
+        self._stream = stream
+        self._clock = clock
+        self._schedule = schedule
+        self._timestamps = timestamps
+        self._flush_pending = False
+        self._format = TEXT
+        self._level: LogLevel = LogLevel.info
+        self._info = True
+        self.configure(fmt, level)
+
+    def configure(self, fmt: str, level: str) -> None:
+        """Switch format and level (called at start-up and after each successful reload)."""
+        self._format = fmt if fmt in FORMATS else TEXT
+        self._level = level_for(level)
+        self._info = self._level <= LogLevel.info
+
+    @property
+    def format(self) -> str:
+        return self._format
+
+    @property
+    def level(self) -> LogLevel:
+        return self._level
+
+    # --- formatting ---------------------------------------------------------------------------
+
+    def _line(self, pairs: list[tuple[str, object]]) -> str:
+        if self._format == JSON:
+            return json_line(pairs)
+        return text_line(pairs)
+
+    def _head(self, level: str) -> list[tuple[str, object]]:
+        if self._timestamps:
+            return [("time", timestamp(self._clock())), ("level", level)]
+        return [("level", level)]
+
+    def render_event(self, event: Mapping[str, Any]) -> str | None:
+        """The line for a twisted.logger event, or None when its level is below the minimum."""
+        level = event.get("log_level", LogLevel.info)
+        if level < self._level:
+            return None
+        pairs = self._head(_LEVEL_NAMES.get(level, level.name))
+        namespace = event.get("log_namespace")
+        if namespace:
+            pairs.append(("logger", namespace))
+        message = formatEvent(dict(event)) or ""
+        failure = event.get("log_failure")
+        if failure is not None:
+            message = f"{message}: {failure.getErrorMessage()}" if message else str(failure.value)
+            pairs.append(("msg", message))
+            pairs.append(("traceback", failure.getTraceback()))
+        else:
+            pairs.append(("msg", message))
+        fields = event.get(FIELDS)
+        if fields:
+            pairs.extend(fields.items())
+        return self._line(pairs)
+
+    def render_record(self, record: Mapping[str, object]) -> str | None:
+        """The line for one engine record (``event`` = prediction or error), or None if filtered."""
+        level = "error" if record.get("event") == "error" else "info"
+        if level == "info" and not self._info:
+            return None
+        pairs = self._head(level)
+        pairs.extend(record.items())
+        return self._line(pairs)
+
+    # --- output -------------------------------------------------------------------------------
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        """``ILogObserver``: write one line per event at or above the level, flushed at once."""
+        line = self.render_event(event)
+        if line is None:
+            return
+        self._write(line + "\n")
+        self.flush()
+
+    def emit(self, record: Mapping[str, object]) -> None:
+        """The engine's ``emit``: one line per prediction, flushed once per reactor turn."""
+        line = self.render_record(record)
+        if line is None:
+            return
+        self._write(line + "\n")
+        if record.get("event") == "error" or self._schedule is None:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._schedule(self.flush)
+
+    def _write(self, text: str) -> None:
+        try:  # noqa: SIM105 - hot path: contextlib.suppress costs a context manager per line
+            self._stream.write(text)
+        except (OSError, ValueError):  # stdout closed or full: logging must never stop the daemon
+            pass
+
+    def flush(self) -> None:
+        """Write buffered lines to the stream's file now."""
+        self._flush_pending = False
+        with contextlib.suppress(OSError, ValueError):  # see _write
+            self._stream.flush()
+
+
+def start_logging(output: LogOutput) -> None:
+    """Send every twisted.logger event to ``output`` from now on (once per process)."""
+    # Twisted calls observers as plain callables; declaring the zope interface would only add
+    # an untyped dependency, so the cast states the protocol instead.
+    observer = cast(ILogObserver, output)
+    globalLogBeginner.beginLoggingTo([observer], discardBuffer=False, redirectStandardIO=False)
+
+
+def default_output(
+    fmt: str, level: str, schedule: Callable[[Callable[[], None]], object]
+) -> LogOutput:
+    """A ``LogOutput`` on ``sys.stdout``, without timestamps when stdout is the journal."""
+    return LogOutput(
+        sys.stdout,
+        fmt,
+        level,
+        timestamps=not stdout_is_journal(sys.stdout),
+        schedule=schedule,
+    )

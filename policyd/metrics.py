@@ -1,0 +1,270 @@
+"""Prometheus exposition: ``Stats`` read at scrape time, served on ``/metrics`` by twisted.web.
+
+The request path only increments plain numbers in ``policyd.stats.Stats``; this module turns
+them into metric families when Prometheus scrapes (SPEC §7 and §8), so a scrape costs
+something and a request costs nothing extra. The collector lives in a private
+``CollectorRegistry`` (no process/platform collectors of the default registry, no global
+state), and the HTTP resource renders in the reactor thread: ``Stats`` is owned by that thread,
+and ``prometheus_client.twisted.MetricsResource`` would read it from the thread pool.
+
+Every label value that is known in advance (stages, reasons, actions, protocol error kinds,
+reload results) is exported at 0 from the start, so dashboards and alert rules have series
+before the first event. The certificate gauges exist only when a certificate is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from policyd import __version__, predict
+from policyd.model import CertificateFacts
+from policyd.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
+
+PREFIX = "m365_policyd_"
+
+#: ``requests_total{stage}``: the engine counts RCPT, DATA and everything else.
+STAGES = ("rcpt", "data", "other")
+#: ``actions_total{action}``: the configured actions, the DATA header, and our own failures.
+ACTIONS = ("dunno", "defer", "reject", "hold", "reroute", "prepend", "on_error")
+#: ``config_reloads_total{result}``.
+RELOAD_RESULTS = ("success", "failure")
+#: ``predictions_total{verdict,reason}``: each reason id belongs to exactly one verdict.
+PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple(
+    (predict.ACCEPT, reason) for reason in predict.ACCEPT_REASONS
+) + tuple((predict.REJECT, reason) for reason in predict.REFUSE_REASONS)
+
+_log = Logger()
+
+
+def _with_known(counts: Mapping[Any, int], known: Iterable[Any]) -> Iterator[tuple[Any, int]]:
+    """Known label values first (0 when never counted), then any others that were counted."""
+    seen = set()
+    for key in known:
+        seen.add(key)
+        yield key, counts.get(key, 0)
+    for key in sorted(set(counts) - seen):
+        yield key, counts[key]
+
+
+class PolicydCollector:
+    """A prometheus-client collector reading ``Stats`` (and the certificate) at scrape time."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        *,
+        clock: Callable[[], float],
+        certificate: Callable[[], CertificateFacts | None] = lambda: None,
+        connector_match: Callable[[float], bool | None] = lambda now: None,
+        version: str = __version__,
+    ) -> None:
+        """``certificate()`` is the configured certificate (None: none configured);
+        ``connector_match(now)`` says whether it attributes us to a connector right now."""
+        self._stats = stats
+        self._clock = clock
+        self._certificate = certificate
+        self._connector_match = connector_match
+        self._version = version
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the registry must not call ``collect`` at registration time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric of SPEC §7 and §8, built from the current counters."""
+        stats = self._stats
+
+        requests = CounterMetricFamily(
+            PREFIX + "requests_total",
+            "Policy requests answered, by protocol stage.",
+            labels=["stage"],
+        )
+        for stage, count in _with_known(stats.requests, STAGES):
+            requests.add_metric([stage], count)
+        yield requests
+
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(
+            (*DURATION_BUCKETS, float("inf")), stats.duration_buckets, strict=True
+        ):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            PREFIX + "request_duration_seconds",
+            "Time from a complete request to its answer, in seconds.",
+            buckets=cumulative,
+            sum_value=stats.duration_sum,
+        )
+
+        predictions = CounterMetricFamily(
+            PREFIX + "predictions_total",
+            "Recipient predictions, by verdict and reason id.",
+            labels=["verdict", "reason"],
+        )
+        for (verdict, reason), count in _with_known(stats.predictions, PREDICTION_LABELS):
+            predictions.add_metric([verdict, reason], count)
+        yield predictions
+
+        actions = CounterMetricFamily(
+            PREFIX + "actions_total", "Actions answered to Postfix, by action.", labels=["action"]
+        )
+        for action, count in _with_known(stats.actions, ACTIONS):
+            actions.add_metric([action], count)
+        yield actions
+
+        yield GaugeMetricFamily(
+            PREFIX + "connections", "Policy connections open now.", value=stats.connections
+        )
+
+        errors = CounterMetricFamily(
+            PREFIX + "protocol_errors_total",
+            "Connections closed without an answer because of a malformed request or a limit.",
+            labels=["kind"],
+        )
+        for kind, count in _with_known(stats.protocol_errors, PROTOCOL_ERROR_KINDS):
+            errors.add_metric([kind], count)
+        yield errors
+
+        yield CounterMetricFamily(
+            PREFIX + "internal_errors_total",
+            "Requests answered with policy.on_error because the daemon itself failed.",
+            value=stats.internal_errors,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "external_recipients_total",
+            "Recipients predicted to be relayed to the internet through Microsoft 365.",
+            value=stats.external_recipients,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "unregistered_sender_relays_total",
+            "Relays whose envelope sender domain is not an accepted domain (5.7.750 risk).",
+            value=stats.unregistered_sender_relays,
+        )
+
+        yield from self._certificate_metrics()
+
+        reloads = CounterMetricFamily(
+            PREFIX + "config_reloads_total",
+            "Configuration reloads (SIGHUP or changed files), by result.",
+            labels=["result"],
+        )
+        for result, count in _with_known(stats.reloads, RELOAD_RESULTS):
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            PREFIX + "config_last_reload_success_timestamp_seconds",
+            "When the configuration in use was loaded (start-up or last successful reload).",
+            value=stats.last_reload_success,
+        )
+
+        replies = CounterMetricFamily(
+            PREFIX + "observed_replies_total",
+            "Replies Microsoft 365 gave in Postfix's log, by enhanced status code.",
+            labels=["code"],
+        )
+        for code, count in sorted(stats.observed_replies.items()):
+            replies.add_metric([code], count)
+        yield replies
+        outcomes = CounterMetricFamily(
+            PREFIX + "prediction_outcomes_total",
+            "Predictions matched with the reply Microsoft 365 really gave.",
+            labels=["predicted", "observed"],
+        )
+        for (predicted, observed), count in sorted(stats.prediction_outcomes.items()):
+            outcomes.add_metric([predicted, observed], count)
+        yield outcomes
+        yield CounterMetricFamily(
+            PREFIX + "log_lines_skipped_total",
+            "Postfix log lines the outcome follower could not parse.",
+            value=stats.log_lines_skipped,
+        )
+
+        info = GaugeMetricFamily(
+            PREFIX + "build_info", "The running m365-policyd version.", labels=["version"]
+        )
+        info.add_metric([self._version], 1)
+        yield info
+
+    def _certificate_metrics(self) -> Iterator[Metric]:
+        certificate = self._certificate()
+        if certificate is None:
+            return
+        if certificate.not_after is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "certificate_not_after_timestamp_seconds",
+                "Expiry (notAfter) of the certificate Postfix presents to Microsoft 365.",
+                value=certificate.not_after.timestamp(),
+            )
+        match = self._connector_match(self._clock())
+        yield GaugeMetricFamily(
+            PREFIX + "certificate_connector_match",
+            "1 when the certificate attributes this server to an enabled OnPremises connector.",
+            value=1 if match else 0,
+        )
+
+
+def make_registry(collector: PolicydCollector) -> CollectorRegistry:
+    """A private registry holding only ``collector``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def _content_type(request: Request, value: bytes) -> None:
+    request.responseHeaders.setRawHeaders(b"Content-Type", [value])
+
+
+class MetricsResource(Resource):
+    """``GET /metrics`` renders the registry in the reactor thread; ``/`` links to it."""
+
+    isLeaf = True  # noqa: N815 - twisted.web's attribute name
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Resource.__init__ is untyped
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - twisted.web's method name
+        path = request.path.rstrip(b"/") or b"/"
+        if path == b"/metrics":
+            try:
+                body: bytes = generate_latest(self._registry)
+            except Exception:  # a failed scrape is a 500, never a dead daemon
+                _log.failure("rendering /metrics failed")
+                request.setResponseCode(500)
+                _content_type(request, b"text/plain; charset=utf-8")
+                return b"rendering metrics failed; see the daemon's log\n"
+            _content_type(request, CONTENT_TYPE_LATEST.encode())
+            return body
+        _content_type(request, b"text/plain; charset=utf-8")
+        if path == b"/":
+            return b"m365-policyd: metrics are at /metrics\n"
+        request.setResponseCode(404)
+        return b"not found; metrics are at /metrics\n"
+
+
+class MetricsSite(Site):
+    """A ``Site`` that does not log every scrape (Prometheus scrapes every few seconds)."""
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        """Scrapes are not logged."""
+
+
+def metrics_site(registry: CollectorRegistry) -> MetricsSite:
+    """The HTTP factory to listen with on ``server.metrics``."""
+    return MetricsSite(MetricsResource(registry))  # type: ignore[no-untyped-call]  # Site.__init__ is untyped
