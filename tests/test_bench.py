@@ -1,0 +1,493 @@
+"""The load generator (``policyd.bench``) and the bare responder (``policyd.bare``).
+
+The generator runs for about a second against real loopback servers: the bare Twisted
+responder in a child process, and tiny threaded servers that misbehave on purpose. No test
+asserts on timing; they assert that requests were answered, counted and validated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from policyd import bench
+from policyd.bare import REPLY, BareFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def bare_endpoint() -> Iterator[str]:
+    """A ``policyd.bare`` child process on a free loopback port; yields ``HOST:PORT``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "policyd.bare", "--listen", "tcp:0:interface=127.0.0.1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening on "), line + (
+            process.stderr.read() if process.stderr else ""
+        )
+        yield line.split()[-1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A threaded loopback server running ``handle(conn)`` per connection; yields ``HOST:PORT``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=_guarded, args=(handle, conn), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def _guarded(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
+    try:
+        with conn:
+            handle(conn)
+    except OSError:
+        pass
+
+
+def read_request(conn: socket.socket, pending: bytearray) -> bytes | None:
+    """One request (through its blank line) from ``conn``; None when the peer closed."""
+    while b"\n\n" not in pending:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        pending.extend(data)
+    end = pending.index(b"\n\n") + 2
+    request = bytes(pending[:end])
+    del pending[:end]
+    return request
+
+
+def answer_with(reply: Callable[[int, bytes], bytes | None]) -> Callable[[socket.socket], None]:
+    """A handler that answers request number N with ``reply(N, request)``; None closes."""
+
+    def handle(conn: socket.socket) -> None:
+        pending = bytearray()
+        number = 0
+        while (request := read_request(conn, pending)) is not None:
+            answer = reply(number, request)
+            number += 1
+            if answer is None:
+                return
+            conn.sendall(answer)
+
+    return handle
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tcp:127.0.0.1:10040", bench.Endpoint("tcp", host="127.0.0.1", port=10040)),
+        ("inet:localhost:10040", bench.Endpoint("tcp", host="localhost", port=10040)),
+        ("127.0.0.1:9998", bench.Endpoint("tcp", host="127.0.0.1", port=9998)),
+        ("[::1]:10040", bench.Endpoint("tcp", host="::1", port=10040)),
+        ("tcp:[::1]:10040", bench.Endpoint("tcp", host="::1", port=10040)),
+        (
+            "unix:/run/m365-policyd/policy.sock",
+            bench.Endpoint("unix", path="/run/m365-policyd/policy.sock"),
+        ),
+    ],
+)
+def test_parse_endpoint_accepts_documented_forms(text: str, expected: bench.Endpoint) -> None:
+    """Every endpoint form the brief documents parses to the right family, host, port or path."""
+    assert bench.parse_endpoint(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10040", "tcp:127.0.0.1", "127.0.0.1:http", "127.0.0.1:0", "::1:10040", "unix:", "[::1:5"],
+)
+def test_parse_endpoint_rejects_malformed_forms(text: str) -> None:
+    """A malformed endpoint raises a UsageError whose message quotes the input."""
+    with pytest.raises(bench.UsageError, match=re.escape(f"endpoint {text!r}")):
+        bench.parse_endpoint(text)
+
+
+def test_endpoint_str_round_trips() -> None:
+    """An endpoint's text form parses back to the same endpoint (brackets for IPv6)."""
+    for text in ("tcp:127.0.0.1:10040", "tcp:[::1]:25", "unix:/tmp/p.sock"):
+        endpoint = bench.parse_endpoint(text)
+        assert str(endpoint) == text
+        assert bench.parse_endpoint(str(endpoint)) == endpoint
+
+
+# ----------------------------------------------------------------------------- traffic
+
+
+def parse(request: bytes) -> dict[str, str]:
+    """A request's attributes, asserting the wire framing on the way."""
+    assert request.endswith(b"\n\n")
+    lines = request[:-2].decode().split("\n")
+    pairs = [line.split("=", 1) for line in lines]
+    assert all(len(pair) == 2 for pair in pairs)
+    return dict(pairs)  # type: ignore[arg-type] # pairs of two, asserted above
+
+
+def test_messages_look_like_postfix_37_requests() -> None:
+    """Each message is RCPT (empty queue_id), RCPT, DATA of 29 attributes sharing one instance."""
+    messages = bench.build_messages(200, seed=7)
+    instances = set()
+    for first, second, data in messages:
+        rcpt1, rcpt2, last = parse(first), parse(second), parse(data)
+        assert list(rcpt1) == list(bench.ATTRIBUTE_ORDER)
+        assert len(rcpt1) == 29
+        assert (rcpt1["protocol_state"], rcpt2["protocol_state"], last["protocol_state"]) == (
+            "RCPT",
+            "RCPT",
+            "DATA",
+        )
+        assert rcpt1["queue_id"] == ""
+        assert rcpt2["queue_id"] != "" and rcpt2["queue_id"] == last["queue_id"]
+        assert rcpt1["instance"] == rcpt2["instance"] == last["instance"]
+        assert rcpt1["recipient"] and rcpt2["recipient"]
+        assert last["recipient"] == "" and last["recipient_count"] == "2"
+        instances.add(rcpt1["instance"])
+    assert len(instances) == len(messages)
+
+
+def test_traffic_is_varied() -> None:
+    """The pool mixes own-domain, foreign and null senders and several recipient domains."""
+    messages = bench.build_messages(500, seed=1)
+    senders = [parse(rcpt)["sender"] for rcpt, _, _ in messages]
+    recipient_domains = {parse(rcpt)["recipient"].split("@")[1] for rcpt, _, _ in messages}
+    assert any(s.endswith("@" + bench.OWN_DOMAIN) for s in senders)
+    assert any(s.endswith("@" + bench.OWN_SUBDOMAIN) for s in senders)
+    assert any(s.split("@")[-1] in bench.FOREIGN_SENDER_DOMAINS for s in senders)
+    assert "" in senders
+    assert bench.OWN_DOMAIN in recipient_domains
+    assert len(recipient_domains & set(bench.RECIPIENT_DOMAINS)) >= 3
+
+
+def test_traffic_is_deterministic_per_seed() -> None:
+    """The same seed gives the same bytes; another seed gives other bytes."""
+    assert bench.build_messages(20, seed=3) == bench.build_messages(20, seed=3)
+    assert bench.build_messages(20, seed=3) != bench.build_messages(20, seed=4)
+
+
+@pytest.mark.parametrize(
+    ("reply", "valid"),
+    [
+        (b"action=DUNNO\n\n", True),
+        (b"action=PREPEND X-M365-Relay: verdict=accept\n\n", True),
+        (b"extra=1\naction=450 4.7.64 no\n\n", True),
+        (b"action=\n\n", False),
+        (b"DUNNO\n\n", False),
+        (b"result=ok\n\n", False),
+        (b"action=DUNNO\n", False),
+        (b"action=DUNNO\n\naction=DUNNO\n\n", False),
+        (b"action=DUNNO\n\n\n", False),
+    ],
+)
+def test_reply_validation(reply: bytes, valid: bool) -> None:
+    """Only one reply of name=value lines with a non-empty action and one blank line is valid."""
+    assert bench.reply_is_valid(reply) is valid
+
+
+def test_percentiles_use_nearest_rank() -> None:
+    """p50/p99/p99.9 of 1..1000 ms are 500, 990 and 999 ms; an empty run reports zeros."""
+    samples = [n / 1000 for n in range(1000, 0, -1)]
+    summary = bench.summarize(samples)
+    assert (summary["p50"], summary["p99"], summary["p99.9"], summary["max"]) == (
+        500.0,
+        990.0,
+        999.0,
+        1000.0,
+    )
+    assert bench.summarize([])["p99"] == 0.0
+
+
+def test_default_processes_leave_a_cpu_for_the_server() -> None:
+    """Auto mode uses one worker on two CPUs and grows with connections on bigger machines."""
+    assert bench.default_processes(50, cpus=2) == 1
+    assert bench.default_processes(2000, cpus=2) == 1
+    assert bench.default_processes(200, cpus=8) == 4
+    assert bench.default_processes(10, cpus=8) == 1
+
+
+# ----------------------------------------------------------------------------- bare responder
+
+
+def test_bare_responder_answers_every_terminator_across_splits() -> None:
+    """The bare responder answers once per blank line, whatever the read boundaries."""
+    protocol = BareFactory().buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    stream = b"".join(bench.request_stream(bench.build_messages(3, seed=2)))
+    for start in range(0, len(stream), 7):
+        protocol.dataReceived(stream[start : start + 7])
+    assert transport.value() == REPLY * 9
+
+
+def test_bare_responder_batches_pipelined_requests() -> None:
+    """Several requests in one read are answered with one write of that many replies."""
+    protocol = BareFactory().buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"a=1\n\nb=2\n\nc=")
+    assert transport.value() == REPLY * 2
+    protocol.dataReceived(b"3\n\n")
+    assert transport.value() == REPLY * 3
+
+
+def test_bare_reports_bad_listen_endpoint() -> None:
+    """An invalid --listen exits 2 with a message naming it."""
+    process = subprocess.run(
+        [sys.executable, "-m", "policyd.bare", "--listen", "nonsense:1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert process.returncode == 2
+    assert "nonsense:1" in process.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_closed_loop_against_bare_responder(
+    bare_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A one-second closed-loop run answers and counts requests, no errors; JSON has every key."""
+    status = bench.main(
+        ["--connect", bare_endpoint, "--connections", "4", "--duration", "1", "--json"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert result["requests"] > 0
+    assert result["connected"] == 4
+    assert result["error_total"] == 0
+    assert result["requests_per_second"] == pytest.approx(
+        result["requests"] / result["duration_s"], rel=0.01
+    )
+    assert set(result["latency_ms"]) == {"p50", "p99", "p99.9", "max", "mean"}
+    assert (
+        0
+        < result["latency_ms"]["p50"]
+        <= result["latency_ms"]["p99"]
+        <= result["latency_ms"]["p99.9"]
+    )
+    assert result["send_lag_ms"] is None
+    assert set(result["errors"]) == set(bench.ERROR_KINDS)
+
+
+def test_open_loop_paces_the_offered_rate(bare_endpoint: str) -> None:
+    """With --rate the answered requests follow the offered rate, not the server's speed."""
+    result = bench.run(bench.parse_endpoint(bare_endpoint), 10, 1.0, rate=200)
+    assert result.error_total == 0
+    assert 150 <= result.requests <= 210  # 200 offered over one second, phases spread evenly
+    assert result.send_lag_ms["max"] >= 0
+
+
+def test_several_processes_merge_their_samples(bare_endpoint: str) -> None:
+    """Two forked workers connect their share each and their counts and samples are merged."""
+    result = bench.run(bench.parse_endpoint(bare_endpoint), 6, 0.5, processes=2)
+    assert result.processes == 2
+    assert result.connected == 6
+    assert result.requests > 0
+    assert result.error_total == 0
+    assert result.latencies_ms["p50"] > 0
+
+
+def test_request_budget_stops_the_run(bare_endpoint: str) -> None:
+    """--requests stops after that many answers and progress is reported along the way."""
+    seen: list[int] = []
+    result = bench.run(
+        bench.parse_endpoint(bare_endpoint),
+        3,
+        30.0,
+        processes=1,
+        max_requests=300,
+        progress_every=100,
+        progress=seen.append,
+    )
+    assert result.requests == 300
+    assert seen == [100, 200, 300]
+    assert result.duration < 30.0
+
+
+def test_every_request_reaches_the_server_intact() -> None:
+    """The server receives well-formed requests in RCPT, RCPT, DATA order on each connection."""
+    states: list[str] = []
+    lock = threading.Lock()
+
+    def reply(number: int, request: bytes) -> bytes:
+        attributes = parse(request)
+        with lock:
+            states.append(attributes["protocol_state"])
+        return b"action=DUNNO\n\n"
+
+    with tcp_server(answer_with(reply)) as endpoint:
+        result = bench.run(bench.parse_endpoint(endpoint), 1, 0.3, processes=1)
+    assert result.error_total == 0
+    assert result.requests > 3
+    expected = ["RCPT", "RCPT", "DATA"] * (len(states) // 3 + 1)
+    assert states == expected[: len(states)]
+
+
+def test_garbage_replies_are_counted_as_errors() -> None:
+    """A server answering without ``action=`` gets every reply counted as bad, none as answered."""
+    with tcp_server(answer_with(lambda number, request: b"hello=world\n\n")) as endpoint:
+        result = bench.run(bench.parse_endpoint(endpoint), 2, 0.6, processes=1)
+    assert result.requests == 0
+    assert result.errors[bench.BAD_REPLY] >= 2
+    assert result.connected == 2
+
+
+def test_unrequested_bytes_are_counted_as_errors() -> None:
+    """Two replies to one request (what makes Postfix drop the connection) is a bad reply."""
+    with tcp_server(
+        answer_with(lambda number, request: b"action=DUNNO\n\naction=DUNNO\n\n")
+    ) as endpoint:
+        result = bench.run(bench.parse_endpoint(endpoint), 1, 0.6, processes=1)
+    assert result.errors[bench.BAD_REPLY] >= 1
+    assert result.requests == 0
+
+
+def test_server_closing_is_counted_and_reconnected() -> None:
+    """A server that closes after two answers costs one 'closed' per connection, then reconnects."""
+    with tcp_server(
+        answer_with(lambda number, request: b"action=OK\n\n" if number < 2 else None)
+    ) as endpoint:
+        result = bench.run(bench.parse_endpoint(endpoint), 2, 0.8, processes=1)
+    assert result.errors[bench.CLOSED] >= 2
+    assert result.requests >= 2 * result.errors[bench.CLOSED]  # two answers before each close
+    assert result.error_total == result.errors[bench.CLOSED]
+
+
+def test_silent_server_times_out() -> None:
+    """A server that never answers is counted as a timeout after --timeout seconds."""
+
+    def silent(conn: socket.socket) -> None:
+        read_request(conn, bytearray())
+        conn.recv(1)  # until the generator gives up and closes
+
+    with tcp_server(silent) as endpoint:
+        result = bench.run(bench.parse_endpoint(endpoint), 1, 1.0, processes=1, timeout=0.3)
+    assert result.errors[bench.TIMEOUT] >= 1
+    assert result.requests == 0
+
+
+def test_nothing_listening_counts_connect_failures(capsys: pytest.CaptureFixture[str]) -> None:
+    """With no server the run exits 1, counts connect failures and says it could not connect."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    status = bench.main(
+        ["--connect", f"127.0.0.1:{port}", "--connections", "2", "--duration", "0.3"]
+    )
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "connect-failed" in captured.out
+    assert "could not connect" in captured.err
+
+
+def test_unix_socket_endpoint(tmp_path: Path) -> None:
+    """The generator drives a server on a unix socket just like TCP."""
+    path = tmp_path / "policy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        _guarded(answer_with(lambda number, request: b"action=DUNNO\n\n"), conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        result = bench.run(bench.parse_endpoint(f"unix:{path}"), 1, 0.3, processes=1)
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+    assert result.requests > 0
+    assert result.error_total == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--connect", "nowhere"], "endpoint"),
+        (["--connect", "127.0.0.1:1", "--connections", "0"], "--connections"),
+        (["--connect", "127.0.0.1:1", "--duration", "0"], "--duration"),
+        (["--connect", "127.0.0.1:1", "--rate", "-1"], "--rate"),
+        (["--connect", "127.0.0.1:1", "--processes", "-1"], "--processes"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad option values exit 2 with one line naming the option."""
+    assert bench.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_text_report_names_the_figures() -> None:
+    """The text report shows rate, the three percentiles and error kinds that occurred."""
+    result = bench.BenchResult(
+        endpoint="tcp:127.0.0.1:1",
+        connections=5,
+        processes=1,
+        duration=2.0,
+        offered_rate=0.0,
+        requests=1000,
+        errors={**dict.fromkeys(bench.ERROR_KINDS, 0), bench.CLOSED: 3},
+        latencies_ms={"p50": 0.1, "p99": 0.5, "p99.9": 0.9, "max": 1.0, "mean": 0.2},
+        send_lag_ms=bench.summarize([]),
+        connected=5,
+    )
+    out = io.StringIO()
+    bench.write_text(result, out)
+    text = out.getvalue()
+    assert "500 req/s" in text
+    assert "p99 0.500" in text and "p99.9 0.900" in text
+    assert "errors       3 (closed 3)" in text
