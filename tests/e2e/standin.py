@@ -1,0 +1,477 @@
+"""A Microsoft 365 stand-in: an SMTP server on loopback that refuses relays as Exchange Online does.
+
+Postfix uses it as ``relayhost``. It offers STARTTLS, asks for a client certificate, and for
+every ``RCPT TO`` applies Microsoft's documented relay rule (``reference/m365-relay-rules.md``
+§1) to what it actually saw on the wire:
+
+* the connection's source address (its view of the "egress address"), and
+* the client certificate Postfix presented (CN and SAN DNS names, validity window),
+* the envelope sender (P1 ``MAIL FROM``) and the recipient.
+
+The rule is implemented here, independently of ``policyd.predict``, so the daemon's prediction
+and this server's verdict check each other in the end-to-end tests. Every transaction is
+recorded (envelope, per-recipient replies, the message with its headers) for assertions.
+
+Stdlib only (``socketserver`` + ``ssl``): one thread per SMTP connection.
+
+Limits of the stand-in, on purpose: the client certificate's chain is checked by OpenSSL
+against the test root during the handshake (a certificate that does not chain up fails the
+handshake instead of yielding ``TenantAttribution``), while the validity window is checked here
+(OpenSSL is told not to check time) so an expired certificate is seen and refused the way
+Microsoft 365 refuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake accepts expired certificates, we judge them.
+_NO_CHECK_TIME = 0x200000
+
+OK = "250 2.1.5 Recipient OK"
+NO_CONNECTOR = "550 5.7.64 TenantAttribution; Relay Access Denied"
+ATTR36 = "550 5.7.64 Relay Access Denied ATTR36"
+
+
+# -- the rule -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connector:
+    """An inbound connector as the stand-in tenant knows it."""
+
+    name: str
+    connector_type: str = "OnPremises"
+    enabled: bool = True
+    sender_ip_addresses: tuple[str, ...] = ()  # "127.0.0.10" or "127.0.0.0/24"
+    tls_sender_certificate_name: str = ""  # "*.contoso.com", "mail.contoso.com" or ""
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """The tenant the stand-in enforces: accepted domains and inbound connectors."""
+
+    accepted_domains: tuple[str, ...] = ("contoso.com",)
+    connectors: tuple[Connector, ...] = ()
+    subdomain_domains: tuple[str, ...] = ()  # accepted domains with MatchSubDomains
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """What the stand-in learnt from the client certificate in the handshake."""
+
+    names: tuple[str, ...]  # CN first, then SAN DNS names; lower case, no trailing dot
+    not_before: datetime
+    not_after: datetime
+
+    @classmethod
+    def from_der(cls, der: bytes) -> PeerCertificate:
+        """Read CN, SAN DNS names and the validity window from a DER certificate."""
+        cert = x509.load_der_x509_certificate(der)
+        names: list[str] = []
+        for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+            names.append(_norm(str(attr.value)))
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        if san is not None:
+            names.extend(_norm(n) for n in san.get_values_for_type(x509.DNSName))
+        return cls(tuple(dict.fromkeys(names)), cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def _norm(domain: str) -> str:
+    return domain.strip().rstrip(".").lower()
+
+
+def _domain(address: str) -> str:
+    return _norm(address.rpartition("@")[2]) if "@" in address else ""
+
+
+def _accepted(tenant: TenantView, domain: str) -> bool:
+    if domain in {_norm(d) for d in tenant.accepted_domains}:
+        return True
+    return any(domain.endswith("." + _norm(p)) for p in tenant.subdomain_domains)
+
+
+def _connector_name_matches(pattern: str, cert_name: str) -> bool:
+    """``TlsSenderCertificateName`` against one certificate name (both lower case)."""
+    if not pattern:
+        return False
+    if pattern.startswith("*."):
+        base = pattern[2:]
+        # "*.contoso.com": the domain and all its subdomains (a wildcard cert under it too)
+        bare = cert_name[2:] if cert_name.startswith("*.") else cert_name
+        return bare == base or bare.endswith("." + base)
+    if cert_name.startswith("*."):
+        # a wildcard certificate covers exactly one label in front of its base
+        head, _, rest = pattern.partition(".")
+        return bool(head) and rest == cert_name[2:]
+    return pattern == cert_name
+
+
+def _cert_domain_accepted(tenant: TenantView, cert_name: str) -> bool:
+    """The certificate name is an accepted domain or exactly one host label below one."""
+    if cert_name.startswith("*."):
+        return _accepted(tenant, cert_name[2:])
+    if _accepted(tenant, cert_name):
+        return True
+    _, _, parent = cert_name.partition(".")
+    return bool(parent) and _accepted(tenant, parent)
+
+
+def relay_verdict(
+    tenant: TenantView,
+    *,
+    source_ip: str,
+    certificate: PeerCertificate | None,
+    mail_from: str,
+    recipient: str,
+    now: datetime,
+) -> str:
+    """The SMTP reply Exchange Online gives to one RCPT, per Microsoft's relay rule.
+
+    A recipient in an accepted domain is delivered into the tenant. Any other recipient is a
+    relay: it needs an enabled OnPremises connector matched by certificate name (checked
+    first) or source IPv4 address, and then an accepted certificate domain (certificate path
+    only) or an accepted P1 ``MAIL FROM`` domain.
+    """
+    if _accepted(tenant, _domain(recipient)):
+        return OK
+    relay = [c for c in tenant.connectors if c.enabled and c.connector_type == "OnPremises"]
+    cert_names: tuple[str, ...] = ()
+    if certificate is not None and certificate.not_before <= now <= certificate.not_after:
+        cert_names = certificate.names
+    by_cert = [
+        name
+        for c in relay
+        for name in cert_names
+        if _connector_name_matches(_norm(c.tls_sender_certificate_name), name)
+    ]
+    by_ip = False
+    if not by_cert:
+        address = ipaddress.ip_address(source_ip)
+        by_ip = address.version == 4 and any(
+            address in ipaddress.ip_network(net, strict=False)
+            for c in relay
+            for net in c.sender_ip_addresses
+        )
+    if not by_cert and not by_ip:
+        return NO_CONNECTOR
+    if any(_cert_domain_accepted(tenant, name) for name in by_cert):
+        return OK
+    if mail_from and _accepted(tenant, _domain(mail_from)):
+        return OK
+    return ATTR36
+
+
+# -- what was seen --------------------------------------------------------------------------
+
+
+@dataclass
+class Transaction:
+    """One SMTP transaction as the stand-in saw it."""
+
+    source_ip: str
+    helo: str
+    tls: bool
+    certificate: PeerCertificate | None
+    mail_from: str
+    replies: dict[str, str] = field(default_factory=dict)  # recipient -> the RCPT reply
+    data: bytes = b""  # the message as received (empty when no recipient was accepted)
+    finished: bool = False
+
+    @property
+    def accepted(self) -> list[str]:
+        """Recipients answered 250."""
+        return [r for r, reply in self.replies.items() if reply.startswith("250")]
+
+    @property
+    def refused(self) -> list[str]:
+        """Recipients answered with a 5.7.64 refusal (or anything but 250)."""
+        return [r for r, reply in self.replies.items() if not reply.startswith("250")]
+
+    @property
+    def message(self) -> Message:
+        """The received message, parsed (headers and body)."""
+        return message_from_bytes(self.data)
+
+
+class StandIn:
+    """A threaded SMTP server on loopback that judges relays like Microsoft 365.
+
+    ``tenant=None`` makes it a plain sink that accepts every recipient (the second relay for
+    ``reroute``). Replace ``tenant`` at any time; each RCPT reads the current value.
+
+    Use as a context manager, or call ``start()``/``stop()``; ``port`` is chosen by the kernel.
+    """
+
+    def __init__(
+        self,
+        *,
+        cert_file: Path,
+        key_file: Path,
+        ca_file: Path,
+        tenant: TenantView | None = None,
+        host: str = "127.0.0.1",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        hostname: str = "standin.mail.protection.outlook.example",
+    ) -> None:
+        self.tenant = tenant
+        self.clock = clock
+        self.hostname = hostname
+        self.transactions: list[Transaction] = []
+        self._changed = threading.Condition()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(cert_file), str(key_file))
+        context.load_verify_locations(cafile=str(ca_file))
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_flags = ssl.VerifyFlags(int(context.verify_flags) | _NO_CHECK_TIME)
+        self.context = context
+        standin = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                _Session(standin, self.request).run()
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = Server((host, 0), Handler, bind_and_activate=True)
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> StandIn:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def relayhost(self) -> str:
+        """The Postfix ``relayhost`` / nexthop value for this server."""
+        return f"[{self.host}]:{self.port}"
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _record(self, transaction: Transaction) -> None:
+        with self._changed:
+            self.transactions.append(transaction)
+            self._changed.notify_all()
+
+    def _touch(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def find(self, predicate: Callable[[Transaction], bool]) -> list[Transaction]:
+        """Finished transactions that satisfy ``predicate``."""
+        with self._changed:
+            return [t for t in self.transactions if t.finished and predicate(t)]
+
+    def wait_for(
+        self, predicate: Callable[[Transaction], bool], timeout: float = 20.0, count: int = 1
+    ) -> list[Transaction]:
+        """Wait until ``count`` finished transactions satisfy ``predicate``; return them."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [t for t in self.transactions if t.finished and predicate(t)]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(t.mail_from, t.replies) for t in self.transactions]
+                    raise TimeoutError(f"stand-in: wanted {count} transaction(s), saw {seen}")
+                self._changed.wait(left)
+
+    def with_header(self, name: str, value: str) -> Callable[[Transaction], bool]:
+        """A predicate: the transaction carried a message whose header ``name`` is ``value``."""
+
+        def predicate(t: Transaction) -> bool:
+            return bool(t.data) and t.message.get(name, "").strip() == value
+
+        return predicate
+
+
+def rcpt_refused_for(token: str) -> Callable[[Transaction], bool]:
+    """A predicate: some recipient in the transaction contains ``token`` and was refused."""
+
+    def predicate(t: Transaction) -> bool:
+        return any(token in r for r in t.refused)
+
+    return predicate
+
+
+class _Session:
+    """One SMTP connection (runs in its own thread)."""
+
+    def __init__(self, standin: StandIn, sock: socket.socket) -> None:
+        self.standin = standin
+        self.sock: socket.socket = sock
+        self.rfile: BinaryIO = sock.makefile("rb")
+        self.source_ip = sock.getpeername()[0]
+        self.helo = ""
+        self.tls = False
+        self.certificate: PeerCertificate | None = None
+        self.current: Transaction | None = None
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def send_multi(self, code: int, lines: Sequence[str]) -> None:
+        for i, line in enumerate(lines):
+            sep = " " if i == len(lines) - 1 else "-"
+            self.send(f"{code}{sep}{line}")
+
+    def run(self) -> None:
+        self.sock.settimeout(30)
+        try:
+            self.send(f"220 {self.standin.hostname} Microsoft ESMTP MAIL Service ready")
+            while True:
+                raw = self.rfile.readline(4096)
+                if not raw:
+                    break
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not self.command(line):
+                    break
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self._finish()
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            self.current.finished = True
+            self.standin._touch()
+            self.current = None
+
+    def command(self, line: str) -> bool:
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        if verb in ("EHLO", "HELO"):
+            self._finish()
+            self.helo = arg.strip()
+            if verb == "HELO":
+                self.send(f"250 {self.standin.hostname}")
+            else:
+                ext = ["SIZE 157286400", "8BITMIME", "ENHANCEDSTATUSCODES"]
+                if not self.tls:
+                    ext.append("STARTTLS")
+                self.send_multi(250, [f"{self.standin.hostname} Hello [{self.source_ip}]", *ext])
+        elif verb == "STARTTLS" and not self.tls:
+            self.send("220 2.0.0 SMTP server ready")
+            tls_sock = self.standin.context.wrap_socket(self.sock, server_side=True)
+            self.sock = tls_sock
+            self.rfile = tls_sock.makefile("rb")
+            self.tls = True
+            der = tls_sock.getpeercert(binary_form=True)
+            self.certificate = PeerCertificate.from_der(der) if der else None
+            self.helo = ""
+        elif verb == "MAIL":
+            self._finish()
+            sender = _path(arg, "FROM:")
+            self.current = Transaction(
+                self.source_ip, self.helo, self.tls, self.certificate, sender
+            )
+            self.standin._record(self.current)
+            self.send("250 2.1.0 Sender OK")
+        elif verb == "RCPT":
+            if self.current is None:
+                self.send("503 5.5.1 Need MAIL first")
+                return True
+            recipient = _path(arg, "TO:")
+            tenant = self.standin.tenant
+            if tenant is None:
+                reply = OK
+            else:
+                reply = relay_verdict(
+                    tenant,
+                    source_ip=self.source_ip,
+                    certificate=self.certificate,
+                    mail_from=self.current.mail_from,
+                    recipient=recipient,
+                    now=self.standin.clock(),
+                )
+            self.current.replies[recipient] = reply
+            self.send(f"{reply} [{recipient}]" if not reply.startswith("250") else reply)
+        elif verb == "DATA":
+            if self.current is None or not self.current.accepted:
+                self.send("503 5.5.1 Need valid RCPT first")
+                return True
+            self.send("354 Start mail input; end with <CRLF>.<CRLF>")
+            self.current.data = self._read_data()
+            self.send("250 2.6.0 Queued mail for delivery")
+            self._finish()
+        elif verb == "RSET":
+            self._finish()
+            self.send("250 2.0.0 Resetting")
+        elif verb == "NOOP":
+            self.send("250 2.0.0 OK")
+        elif verb == "QUIT":
+            self.send("221 2.0.0 Service closing transmission channel")
+            return False
+        else:
+            self.send("500 5.3.3 Unrecognized command")
+        return True
+
+    def _read_data(self) -> bytes:
+        lines: list[bytes] = []
+        while True:
+            raw = self.rfile.readline(1 << 20)
+            if not raw or raw in (b".\r\n", b".\n"):
+                break
+            if raw.startswith(b".."):
+                raw = raw[1:]
+            lines.append(raw)
+        return b"".join(lines)
+
+
+def _path(arg: str, prefix: str) -> str:
+    """``FROM:<a@b> SIZE=1`` -> ``a@b``."""
+    rest = arg.strip()
+    if rest.upper().startswith(prefix):
+        rest = rest[len(prefix) :].strip()
+    if rest.startswith("<"):
+        return rest[1 : rest.find(">")] if ">" in rest else rest[1:]
+    return rest.split(" ", 1)[0]
+
+
+def addresses(transactions: Iterable[Transaction]) -> list[tuple[str, str]]:
+    """All (recipient, reply) pairs across ``transactions``, for compact assertions."""
+    return [(r, reply) for t in transactions for r, reply in t.replies.items()]

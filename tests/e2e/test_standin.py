@@ -1,0 +1,157 @@
+"""The Microsoft 365 stand-in's own rule and SMTP behaviour (no Postfix needed)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.standin import (
+    ATTR36,
+    NO_CONNECTOR,
+    OK,
+    Connector,
+    PeerCertificate,
+    StandIn,
+    TenantView,
+    relay_verdict,
+)
+from tests.pki import TestPKI
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+VALID = (NOW - timedelta(days=1), NOW + timedelta(days=30))
+
+IP_TENANT = TenantView(("contoso.com",), (Connector("ip", sender_ip_addresses=("127.0.0.10/32",)),))
+CERT_TENANT = TenantView(
+    ("contoso.com",), (Connector("cert", tls_sender_certificate_name="*.contoso.com"),)
+)
+
+
+def cert(*names: str, window: tuple[datetime, datetime] = VALID) -> PeerCertificate:
+    return PeerCertificate(names, *window)
+
+
+def verdict(
+    tenant: TenantView,
+    mail_from: str,
+    rcpt: str = "ext@example.net",
+    *,
+    ip: str = "127.0.0.10",
+    certificate: PeerCertificate | None = None,
+) -> str:
+    return relay_verdict(
+        tenant, source_ip=ip, certificate=certificate, mail_from=mail_from, recipient=rcpt, now=NOW
+    )
+
+
+def test_ip_connector_relays_accepted_sender() -> None:
+    """An IP-attributed connection relays mail whose P1 sender domain is accepted."""
+    assert verdict(IP_TENANT, "app@contoso.com") == OK
+
+
+@pytest.mark.parametrize("sender", ["john@fabrikam.com", ""])
+def test_ip_connector_refuses_foreign_and_null_sender(sender: str) -> None:
+    """An IP-attributed connection refuses a foreign or null sender with ATTR36."""
+    assert verdict(IP_TENANT, sender) == ATTR36
+
+
+def test_unknown_source_is_tenant_attribution() -> None:
+    """A source address in no connector and no certificate gives TenantAttribution."""
+    assert verdict(IP_TENANT, "app@contoso.com", ip="127.0.0.20") == NO_CONNECTOR
+
+
+def test_recipient_in_tenant_is_not_a_relay() -> None:
+    """A recipient in an accepted domain is delivered whatever the attribution."""
+    assert verdict(IP_TENANT, "john@fabrikam.com", "kate@CONTOSO.com.", ip="127.0.0.99") == OK
+
+
+@pytest.mark.parametrize("sender", ["john@fabrikam.com", "", "app@contoso.com"])
+def test_certificate_connector_with_accepted_name_relays_anything(sender: str) -> None:
+    """A certificate one label under an accepted domain relays foreign and null senders too."""
+    assert verdict(CERT_TENANT, sender, ip="127.0.0.20", certificate=cert("mail.contoso.com")) == OK
+
+
+def test_certificate_too_deep_is_attr36_for_foreign_sender() -> None:
+    """A certificate two labels under the accepted domain matches the connector but gives ATTR36."""
+    deep = cert("mail.eu.contoso.com")
+    assert verdict(CERT_TENANT, "john@fabrikam.com", ip="127.0.0.20", certificate=deep) == ATTR36
+    assert verdict(CERT_TENANT, "app@contoso.com", ip="127.0.0.20", certificate=deep) == OK
+
+
+def test_expired_certificate_does_not_attribute() -> None:
+    """An expired certificate matches no connector: TenantAttribution."""
+    old = cert("mail.contoso.com", window=(NOW - timedelta(days=90), NOW - timedelta(seconds=1)))
+    assert verdict(CERT_TENANT, "app@contoso.com", ip="127.0.0.20", certificate=old) == NO_CONNECTOR
+
+
+def test_certificate_outside_connector_name() -> None:
+    """A certificate named outside the connector's domain matches no connector."""
+    other = cert("mail.fabrikam.com")
+    assert (
+        verdict(CERT_TENANT, "app@contoso.com", ip="127.0.0.20", certificate=other) == NO_CONNECTOR
+    )
+
+
+def test_disabled_and_partner_connectors_never_attribute() -> None:
+    """Disabled or Partner connectors do not match, by IP or certificate."""
+    tenant = TenantView(
+        ("contoso.com",),
+        (
+            Connector("off", enabled=False, sender_ip_addresses=("127.0.0.10",)),
+            Connector(
+                "partner", connector_type="Partner", tls_sender_certificate_name="*.contoso.com"
+            ),
+        ),
+    )
+    good = cert("mail.contoso.com")
+    assert verdict(tenant, "app@contoso.com", certificate=good) == NO_CONNECTOR
+
+
+def test_exact_connector_name_and_wildcard_certificate() -> None:
+    """A connector naming one host matches a wildcard certificate covering it, not a deeper one."""
+    tenant = TenantView(
+        ("contoso.com",), (Connector("c", tls_sender_certificate_name="mail.contoso.com"),)
+    )
+    assert verdict(tenant, "", ip="127.0.0.20", certificate=cert("*.contoso.com")) == OK
+    assert (
+        verdict(tenant, "", ip="127.0.0.20", certificate=cert("*.eu.contoso.com")) == NO_CONNECTOR
+    )
+
+
+def test_ipv6_source_never_matches_ip_connector() -> None:
+    """SenderIPAddresses are IPv4 only; an IPv6 source is not attributed by address."""
+    tenant = TenantView(("contoso.com",), (Connector("ip", sender_ip_addresses=("0.0.0.0/0",)),))
+    assert verdict(tenant, "app@contoso.com", ip="::1") == NO_CONNECTOR
+
+
+def test_smtp_session_records_certificate_and_verdicts(tmp_path: Path) -> None:
+    """Over STARTTLS with a client certificate the rule is applied per RCPT and recorded."""
+    pki = TestPKI()
+    server_cert, server_key = pki.write(tmp_path, pki.leaf("standin", ["localhost"]), "server")
+    client_cert, client_key = pki.write(
+        tmp_path, pki.leaf("mail.contoso.com", ["mail.contoso.com"])
+    )
+    ca = pki.write_ca_bundle(tmp_path)
+    with StandIn(cert_file=server_cert, key_file=server_key, ca_file=ca, tenant=CERT_TENANT) as srv:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.check_hostname = False
+        context.load_cert_chain(str(client_cert), str(client_key))
+        with smtplib.SMTP(srv.host, srv.port, timeout=10) as smtp:
+            smtp.starttls(context=context)
+            smtp.ehlo("mta.contoso.com")
+            smtp.mail("john@fabrikam.com")
+            assert smtp.rcpt("ext@example.net")[0] == 250
+            smtp.sendmail("", ["ext2@example.net"], b"Subject: x\r\n\r\nbody\r\n")
+        with smtplib.SMTP(srv.host, srv.port, timeout=10) as plain:
+            plain.mail("john@fabrikam.com")
+            code, text = plain.rcpt("ext@example.net")
+            assert (code, text.decode()) == (550, NO_CONNECTOR[4:] + " [ext@example.net]")
+        done = srv.wait_for(lambda t: True, count=3, timeout=5)
+    tls = [t for t in done if t.tls]
+    assert tls[0].certificate is not None and tls[0].certificate.names == ("mail.contoso.com",)
+    assert tls[1].mail_from == "" and tls[1].accepted == ["ext2@example.net"]
+    assert tls[1].message["Subject"] == "x"
+    assert [t.refused for t in done if not t.tls] == [["ext@example.net"]]
