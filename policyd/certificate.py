@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from policyd.model import CertificateFacts, normalize_domain
@@ -40,6 +42,13 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(?:.*?)-----END \1--
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _PRIVATE_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY")
 _ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
+#: What cryptography raises for a certificate whose DER does not decode.
+_CORRUPT = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -89,10 +98,29 @@ def _parse_certificates(data: bytes) -> list[x509.Certificate]:
     certs = []
     for index, block in enumerate(cert_blocks, start=1):
         try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as e:
+            certs.append(_load_fully(block))
+        except UnsupportedAlgorithm as e:
+            raise _UnreadableError(
+                f"certificate {index} in the file uses an unsupported algorithm ({e})"
+            ) from e
+        except _CORRUPT as e:
             raise _UnreadableError(f"certificate {index} in the file is corrupt ({e})") from e
     return certs
+
+
+def _load_fully(block: bytes) -> x509.Certificate:
+    """Load one PEM certificate and parse every lazily decoded field now.
+
+    cryptography decodes names, dates and extensions on first access; touching them here means
+    a corrupt field is reported as an unreadable file instead of raising later.
+    """
+    with warnings.catch_warnings():
+        # e.g. a non-positive serial number in an old root: tolerated, not ours to report
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        cert = x509.load_pem_x509_certificate(block)
+        _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc)
+        _ = (cert.not_valid_after_utc, cert.public_key())
+    return cert
 
 
 def _looks_like_der_certificate(data: bytes) -> bool:
@@ -139,8 +167,8 @@ def _trust_store(path: str) -> _TrustStore:
             if label != b"CERTIFICATE":
                 continue
             try:
-                certs.append(x509.load_pem_x509_certificate(block))
-            except ValueError:
+                certs.append(_load_fully(block))
+            except (*_CORRUPT, UnsupportedAlgorithm):
                 continue  # one bad entry must not distrust the whole bundle
         if not certs:
             problem = "no certificates in the CA bundle"
@@ -275,7 +303,7 @@ def read_certificate(path: str, *, ca_bundle: str = "") -> CertificateFacts:
             _ = other.extensions
     except _UnreadableError as e:
         return CertificateFacts(path=path, error=f"unreadable: {e}")
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
+    except _CORRUPT as e:  # pragma: no cover - _load_fully has parsed everything already
         return CertificateFacts(path=path, error=f"unreadable: corrupt certificate ({e})")
 
     trust = _trust_store(ca_bundle or SYSTEM_CA_BUNDLE)
