@@ -1,0 +1,299 @@
+"""From a Postfix policy request to an action: the reactor-free heart of ``serve``.
+
+The protocol layer hands every well-formed request to ``PolicyEngine.handle`` with the
+connection's ``Session``; the engine predicts (``policyd.predict``), chooses the configured
+action, remembers the message's predictions for the one ``X-M365-Relay`` header at DATA, and
+counts into ``Stats``. Time comes from an injected clock; the state (configuration, tenant,
+alias maps) is swapped in one step on reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from policyd import predict
+from policyd.aliases import AliasMaps, load_alias_maps
+from policyd.errors import AliasLookupError
+from policyd.predict import REJECT, Attribution, RecipientPrediction
+from policyd.stats import Stats
+
+if TYPE_CHECKING:
+    from policyd.config import Config, PolicySettings
+
+#: Postfix answers; "action=" and the blank line are the protocol layer's business.
+DUNNO = "DUNNO"
+
+#: Bounded prediction cache: cleared whole when full (cheap, and entries are cheap to redo).
+CACHE_LIMIT = 65536
+
+#: SMTP reply texts must stay well inside Postfix's line limits.
+REPLY_TEXT_LIMIT = 400
+
+#: Short phrases for the one-line reply texts, by reason id.
+_SHORT = {
+    predict.NO_CONNECTOR: "no inbound connector of the tenant matches this server",
+    predict.NULL_SENDER: "a null sender relays only through a certificate connector",
+    predict.FORWARDED: "forwarded mail from a sender domain the tenant does not accept",
+    predict.SENDER_NOT_ACCEPTED: "the sender domain is not an accepted domain of the tenant",
+    predict.DIRECT_SEND_REJECTED: "the tenant rejects Direct Send from unattributed servers",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything a prediction needs, built off to the side and swapped in one step."""
+
+    config: Config
+    aliases: AliasMaps
+    generation: int
+
+
+def build_state(config: Config, generation: int) -> State:
+    """Open the alias maps for ``config``; raises ConfigError when one cannot be used."""
+    return State(config, load_alias_maps(config.alias_maps), generation)
+
+
+class Session:
+    """Per-connection memory: the current message's RCPT predictions (one Postfix instance)."""
+
+    __slots__ = ("instance", "recipients", "tagged")
+
+    def __init__(self) -> None:
+        self.instance = ""
+        self.recipients: list[RecipientPrediction] = []  # part of the message (not refused at RCPT)
+        self.tagged = False
+
+    def start(self, instance: str) -> None:
+        """A new instance means the previous message was delivered or aborted: forget it."""
+        self.instance = instance
+        self.recipients = []
+        self.tagged = False
+
+
+class PolicyEngine:
+    """Answers policy requests; implements ``policyd.protocol.Handler``."""
+
+    def __init__(
+        self,
+        state: State,
+        stats: Stats,
+        clock: Callable[[], float],
+        emit: Callable[[Mapping[str, object]], None],
+    ) -> None:
+        self._stats = stats
+        self._clock = clock
+        self._emit = emit
+        self._state = state
+        self._attribution: Attribution | None = None
+        # (P1 sender key, recipient) -> (prediction, sender domain accepted or null sender)
+        self._cache: dict[tuple[str, str], tuple[RecipientPrediction, bool]] = {}
+
+    # --- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def replace_state(self, state: State) -> None:
+        """Swap in a freshly built state; cached predictions of the old one are dropped."""
+        self._state = state
+        self._attribution = None
+        self._cache = {}
+
+    def attribution(self) -> Attribution:
+        """The current attribution, recomputed when a certificate validity boundary passes."""
+        now = self._clock()
+        attribution = self._attribution
+        if attribution is None or (
+            attribution.valid_until is not None and now >= attribution.valid_until
+        ):
+            config = self._state.config
+            attribution = predict.attribute(
+                config.tenant, config.onprem, datetime.fromtimestamp(now, UTC)
+            )
+            self._attribution = attribution
+            self._cache = {}
+        return attribution
+
+    def certificate_connector_match(self, now: float) -> bool | None:
+        """For the metric: does the certificate match a connector? None: no certificate."""
+        config = self._state.config
+        if config.onprem.certificate is None:
+            return None
+        attribution = predict.attribute(
+            config.tenant, config.onprem, datetime.fromtimestamp(now, UTC)
+        )
+        return attribution.method == predict.BY_CERTIFICATE
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def new_session(self) -> Session:
+        return Session()
+
+    def handle(self, attrs: Mapping[str, str], session: object) -> str:
+        """Answer one request. Never raises: our own failure answers ``policy.on_error``."""
+        stage = attrs.get("protocol_state", "")
+        try:
+            assert isinstance(session, Session)
+            if stage == "RCPT":
+                self._stats.requests["rcpt"] += 1
+                return self._rcpt(attrs, session)
+            if stage == "DATA":
+                self._stats.requests["data"] += 1
+                return self._data(attrs, session)
+            self._stats.requests["other"] += 1
+            return DUNNO
+        except AliasLookupError as error:
+            return self._failed(attrs, f"alias expansion failed: {error}")
+        except Exception as error:  # fail open on our own bugs, by design
+            return self._failed(attrs, f"internal error: {error!r}")
+
+    def _failed(self, attrs: Mapping[str, str], problem: str) -> str:
+        self._stats.internal_errors += 1
+        self._stats.actions["on_error"] += 1
+        self._emit(
+            {
+                "event": "error",
+                "queue_id": attrs.get("queue_id", ""),
+                "instance": attrs.get("instance", ""),
+                "client_address": attrs.get("client_address", ""),
+                "sender": attrs.get("sender", ""),
+                "recipient": attrs.get("recipient", ""),
+                "problem": problem,
+            }
+        )
+        return "WARN m365-policyd could not predict" if self._on_error() == "warn" else DUNNO
+
+    def _on_error(self) -> str:
+        try:
+            return self._state.config.policy.on_error
+        except Exception:  # even a broken state must not refuse mail
+            return "dunno"
+
+    def predict(self, sender: str, recipient: str) -> RecipientPrediction:
+        """Predict one recipient of ``sender`` with the current state (cached)."""
+        return self._predict(sender, recipient)[0]
+
+    def _predict(self, sender: str, recipient: str) -> tuple[RecipientPrediction, bool]:
+        attribution = self.attribution()
+        _, at, domain = sender.rpartition("@")
+        key = (("@" + domain.lower()) if at and domain else sender, recipient.lower())
+        cached = self._cache.get(key)
+        if cached is None:
+            config = self._state.config
+            view = predict.sender_view(sender, config.tenant, config.onprem)
+            prediction = predict.predict_recipient(
+                recipient,
+                self._state.aliases.expand(recipient),
+                sender=view,
+                tenant=config.tenant,
+                onprem=config.onprem,
+                attribution=attribution,
+            )
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache = {}
+            cached = (prediction, view.null or bool(view.accepted_domain))
+            self._cache[key] = cached
+            return cached
+        if cached[0].recipient != recipient:
+            # Same recipient in another case: keep the cached decision, show the address as sent.
+            return RecipientPrediction(recipient, cached[0].addresses), cached[1]
+        return cached
+
+    def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str:
+        instance = attrs.get("instance", "")
+        if instance != session.instance:
+            session.start(instance)
+        sender = attrs.get("sender", "")
+        recipient = attrs.get("recipient", "")
+        if not recipient:
+            return DUNNO
+        prediction, sender_accepted = self._predict(sender, recipient)
+        stats = self._stats
+        policy = self._state.config.policy
+        verdict = prediction.verdict
+        reason = prediction.reason
+        stats.predictions[(verdict, reason)] += 1
+        for address in prediction.addresses:
+            if address.relayed and address.verdict != REJECT:
+                stats.external_recipients += 1
+                if not sender_accepted:  # the 5.7.750 "unregistered domain" risk
+                    stats.unregistered_sender_relays += 1
+        action = policy.action_for(reason) if verdict == REJECT else "dunno"
+        stats.actions[action] += 1
+        if action not in ("defer", "reject"):
+            session.recipients.append(prediction)  # part of the message: counts in the header
+        answer = _answer(action, prediction, policy)
+        self._emit(
+            {
+                "event": "prediction",
+                "queue_id": attrs.get("queue_id", ""),
+                "instance": instance,
+                "client_address": attrs.get("client_address", ""),
+                "sender": sender,
+                "recipient": recipient,
+                "final": list(prediction.final),
+                "verdict": verdict,
+                "code": prediction.code,
+                "reason": reason,
+                "action": action,
+                "explanation": prediction.explanation,
+            }
+        )
+        return answer
+
+    def _data(self, attrs: Mapping[str, str], session: Session) -> str:
+        policy = self._state.config.policy
+        if (
+            not policy.tag
+            or session.tagged
+            or attrs.get("instance", "") != session.instance
+            or not any(p.relayed for p in session.recipients)
+        ):
+            return DUNNO
+        session.tagged = True
+        self._stats.actions["prepend"] += 1
+        return f"PREPEND {policy.header}: {tag_value(session.recipients)}"
+
+
+def tag_value(recipients: list[RecipientPrediction]) -> str:
+    """The X-M365-Relay header value for one message's recipients (SPEC §6)."""
+    refused = [p for p in recipients if p.verdict == REJECT]
+    if refused:
+        first = refused[0]
+        verdict, code, reason = REJECT, first.code or "none", first.reason
+    else:
+        relayed = next((p for p in recipients if p.relayed), recipients[0])
+        verdict, code, reason = predict.ACCEPT, "none", relayed.reason
+    return (
+        f"verdict={verdict}; code={code}; reason={reason}; "
+        f"refused={len(refused)}; recipients={len(recipients)}"
+    )
+
+
+def _answer(action: str, prediction: RecipientPrediction, policy: PolicySettings) -> str:
+    """The Postfix action text for a recipient the configured ``action`` applies to."""
+    if action == "dunno":
+        return DUNNO
+    if action == "reroute":
+        return f"FILTER {policy.reroute}"
+    text = reply_text(prediction)
+    if action == "hold":
+        return f"HOLD {text}"
+    code = prediction.code or predict.CODE_5764
+    if action == "defer":
+        return f"450 4{code[1:]} {text}"
+    return f"550 {code} {text}"
+
+
+def reply_text(prediction: RecipientPrediction) -> str:
+    """One line that names the reason, safe inside an SMTP reply."""
+    reason = prediction.reason
+    text = (
+        f"Microsoft 365 would refuse relay to this recipient "
+        f"(reason={reason}: {_SHORT.get(reason, reason)})"
+    )
+    return text.replace("\r", " ").replace("\n", " ")[:REPLY_TEXT_LIMIT]
