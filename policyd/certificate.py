@@ -139,7 +139,6 @@ class _TrustStore:
     path: str
     problem: str  # "" when the bundle was read; else why it could not be
     by_subject: dict[x509.Name, tuple[x509.Certificate, ...]]
-    fingerprints: frozenset[bytes]
 
 
 _trust_cache: dict[str, tuple[tuple[int, int, int], _TrustStore]] = {}
@@ -154,7 +153,7 @@ def _trust_store(path: str) -> _TrustStore:
     try:
         st = os.stat(path)
     except OSError as e:
-        return _TrustStore(path, (e.strerror or str(e)).lower(), {}, frozenset())
+        return _TrustStore(path, (e.strerror or str(e)).lower(), {})
     key = (st.st_mtime_ns, st.st_size, st.st_ino)
     cached = _trust_cache.get(path)
     if cached is not None and cached[0] == key:
@@ -181,7 +180,6 @@ def _trust_store(path: str) -> _TrustStore:
         path,
         problem,
         {name: tuple(found) for name, found in by_subject.items()},
-        frozenset(c.fingerprint(hashes.SHA256()) for c in certs),
     )
     _trust_cache[path] = (key, store)
     return store
@@ -209,8 +207,8 @@ def _chain_problem(certs: list[x509.Certificate], trust: _TrustStore) -> str:
 
     Each step looks for the issuer first among the trust anchors (as OpenSSL does, so a
     cross-signed root in the PEM does not hide the anchor), then among the other certificates
-    of the file. The walk succeeds when the issuer is a trust anchor, or when a certificate of
-    the file (not the leaf) is itself one of the trust anchors.
+    of the file. The walk succeeds when an issuer is found among the trust anchors (a root, or
+    any certificate the bundle holds), so presenting the root as well does no harm.
     """
     leaf = certs[0]
     if _is_self_signed(leaf):
@@ -219,8 +217,6 @@ def _chain_problem(certs: list[x509.Certificate], trust: _TrustStore) -> str:
     current = leaf
     seen = {leaf.fingerprint(hashes.SHA256())}
     for _ in range(MAX_CHAIN_DEPTH):
-        if current is not leaf and current.fingerprint(hashes.SHA256()) in trust.fingerprints:
-            return ""
         issuer_name = current.issuer
         anchors = trust.by_subject.get(issuer_name, ())
         if any(_issued_by(current, anchor) for anchor in anchors):
@@ -290,20 +286,20 @@ def read_certificate(path: str, *, ca_bundle: str = "") -> CertificateFacts:
     chain. Private key blocks in the same file are ignored (Postfix allows cert and key in one
     file). ``ca_bundle`` is a PEM file of trust roots; "" means the system bundle
     (``/etc/ssl/certs/ca-certificates.crt``). Never raises for a bad file: the facts then carry
-    ``error = "unreadable: <why>"`` and nothing else.
+    ``error = "unreadable: <why>"`` and nothing else. The bundle is parsed once per change of
+    the file (cached by path, mtime, size and inode), so reloads are cheap; a directory of
+    hashed certificates (OpenSSL's CApath) is not supported, give a bundle file.
     """
     try:
         certs = _parse_certificates(_read_bytes(path))
         leaf = certs[0]
-        # Extensions are parsed lazily; a corrupt extension surfaces here as ValueError.
         common_name = _common_name(leaf)
         dns_names = _dns_names(leaf)
         client_auth = _client_auth_eku(leaf)
-        for other in certs[1:]:
-            _ = other.extensions
     except _UnreadableError as e:
         return CertificateFacts(path=path, error=f"unreadable: {e}")
-    except _CORRUPT as e:  # pragma: no cover - _load_fully has parsed everything already
+    except _CORRUPT as e:
+        # Defensive: _load_fully has decoded every field already, so this is not expected.
         return CertificateFacts(path=path, error=f"unreadable: corrupt certificate ({e})")
 
     trust = _trust_store(ca_bundle or SYSTEM_CA_BUNDLE)
