@@ -1,0 +1,139 @@
+"""The ``m365-policyd`` command line (SPEC §3): serve, check, doctor, bench, --version.
+
+Exit codes: 0 fine, 1 a refusal predicted / doctor found errors, 2 usage error,
+78 configuration error (one line naming the file, the key and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from policyd import __version__, defaults
+from policyd.config import default_config_path
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m365-policyd",
+        description="Postfix policy daemon that predicts Microsoft 365 relay refusals "
+        "(550 5.7.64) before Postfix accepts the mail.",
+    )
+    parser.add_argument("--version", action="version", version=f"m365-policyd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def config_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            default=None,
+            help=(
+                f"configuration file (default: ${defaults.CONFIG_ENV}, else {defaults.CONFIG_PATH})"
+            ),
+        )
+
+    serve = commands.add_parser("serve", help="run the policy server in the foreground")
+    config_option(serve)
+
+    check = commands.add_parser("check", help="predict one envelope offline and explain it")
+    config_option(check)
+    check.add_argument(
+        "--sender", required=True, metavar="ADDR", help="envelope sender; '' is the null sender"
+    )
+    check.add_argument(
+        "--recipient",
+        required=True,
+        nargs="+",
+        action="extend",
+        metavar="ADDR",
+        help="one or more envelope recipients (the option may repeat)",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    doctor = commands.add_parser(
+        "doctor", help="audit certificate, tenant, connectors and Postfix configuration"
+    )
+    config_option(doctor)
+    doctor.add_argument(
+        "--postfix-dir", metavar="DIR", default="/etc/postfix", help="Postfix config_directory"
+    )
+    doctor.add_argument(
+        "--key", metavar="FILE", help="private key to check against the certificate"
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
+    bench = commands.add_parser(
+        "bench", help="drive a running policy server with realistic Postfix traffic"
+    )
+    bench.add_argument("--connect", required=True, metavar="ENDPOINT")
+    bench.add_argument("--connections", type=int, default=50, metavar="N")
+    bench.add_argument("--duration", type=float, default=10.0, metavar="S")
+    bench.add_argument("--rate", type=float, default=0.0, metavar="R", help="offered requests/s")
+    bench.add_argument("--processes", type=int, default=0, metavar="P")
+    bench.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exit_:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(
+            "m365-policyd: error: a command is required (serve, check, doctor, bench)\n"
+        )
+        return EXIT_USAGE
+    if args.command == "bench":
+        from policyd import bench
+
+        return bench.main(args_list[1:])
+    config_path = args.config or default_config_path(os.environ)
+    if args.command == "serve":
+        from policyd import server
+
+        return server.run(config_path)
+    if args.command == "check":
+        return _check(config_path, args.sender, args.recipient, as_json=args.json)
+    if args.command == "doctor":
+        from policyd import doctor
+
+        return doctor.main(
+            config_path, postfix_dir=args.postfix_dir, key=args.key, as_json=args.json
+        )
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json: bool) -> int:
+    from policyd import check
+    from policyd.config import load_config
+    from policyd.errors import ConfigError
+    from policyd.policy import build_state
+
+    try:
+        state = build_state(load_config(config_path), generation=0)
+    except ConfigError as error:
+        sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
+        return EXIT_CONFIG
+    result = check.run_check(state, sender, recipients, datetime.now(UTC))
+    if as_json:
+        check.write_json(result, sys.stdout)
+    else:
+        check.write_text(result, sys.stdout)
+    return EXIT_OK if result.verdict == "accept" else EXIT_REFUSED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
