@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from policyd import predict
+from policyd.certificate import read_certificate
 from policyd.model import (
     PARTNER,
     AcceptedDomain,
@@ -18,6 +21,7 @@ from policyd.model import (
     Tenant,
     normalize_domain,
 )
+from tests.pki import Issued, TestPKI
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -850,3 +854,85 @@ def test_deciding_address_is_the_first_refused() -> None:
     assert prediction.deciding.address == "b@tailspintoys.com"
     assert prediction.final == ("a@contoso.com", "b@tailspintoys.com", "c@fabrikam.net")
     assert prediction.relayed
+
+
+# --- the same rule over real certificates, read the way the daemon reads them ----------------
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI(NOW)
+
+
+@pytest.mark.parametrize(
+    ("make", "include_intermediate", "reason", "phrase"),
+    [
+        (
+            lambda p: p.leaf("mail.contoso.com", ["mail.contoso.com"]),
+            True,
+            predict.CERTIFICATE_CONNECTOR,
+            "under the accepted domain contoso.com",
+        ),
+        (
+            lambda p: p.leaf("Contoso relay", ["relay.contoso.com"]),
+            True,
+            predict.CERTIFICATE_CONNECTOR,
+            "relay.contoso.com",
+        ),
+        (
+            lambda p: p.leaf("mail.contoso.com", not_after=NOW - DAY),
+            True,
+            predict.NO_CONNECTOR,
+            "expired on 2026-11-26",
+        ),
+        (
+            lambda p: p.leaf("mail.contoso.com", not_before=NOW + DAY),
+            True,
+            predict.NO_CONNECTOR,
+            "not yet valid",
+        ),
+        (
+            lambda p: p.self_signed("mail.contoso.com", ["mail.contoso.com"]),
+            True,
+            predict.NO_CONNECTOR,
+            "self-signed",
+        ),
+        (lambda p: p.leaf("mail.contoso.com"), False, predict.NO_CONNECTOR, "chain is incomplete"),
+        (
+            lambda p: p.leaf("mail.eu.contoso.com"),
+            True,
+            predict.SENDER_NOT_ACCEPTED,
+            "add eu.contoso.com as an accepted domain",
+        ),
+        (
+            lambda p: p.leaf("mail.fabrikam.com"),
+            True,
+            predict.NO_CONNECTOR,
+            "no name matches connector",
+        ),
+    ],
+    ids=[
+        "valid",
+        "san-only",
+        "expired",
+        "not-yet-valid",
+        "self-signed",
+        "chain-incomplete",
+        "too-deep",
+        "other-name",
+    ],
+)
+def test_rule_with_generated_certificates(
+    tmp_path: Path,
+    pki: TestPKI,
+    make: Callable[[TestPKI], Issued],
+    include_intermediate: bool,
+    reason: str,
+    phrase: str,
+) -> None:
+    """Certificates made with cryptography and read from PEM land on the expected reason."""
+    cert_path, _ = pki.write(tmp_path, make(pki), include_intermediate=include_intermediate)
+    facts = read_certificate(str(cert_path), ca_bundle=str(pki.write_ca_bundle(tmp_path)))
+    prediction = run("john@fabrikam.com", t=CERT_ONLY, o=onprem(FAR_EGRESS, certificate=facts))
+    assert prediction.reason == reason
+    assert phrase in prediction.explanation
