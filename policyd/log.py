@@ -172,6 +172,8 @@ class LogOutput:
             return None
         pairs = self._head(_LEVEL_NAMES.get(level, level.name))
         namespace = event.get("log_namespace")
+        if namespace == "log_legacy":  # twisted.python.log.msg() from inside Twisted
+            namespace = "twisted"
         if namespace:
             pairs.append(("logger", namespace))
         message = formatEvent(dict(event)) or ""

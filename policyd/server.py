@@ -1,0 +1,534 @@
+"""``m365-policyd serve``: configuration → objects → reactor (the wiring layer).
+
+``run(config_path)`` loads the configuration, builds the prediction state, the engine and the
+protocol factory, listens on every ``server.listen`` endpoint (``tcp:``, ``unix:``, systemd
+socket activation) and on ``server.metrics``, then runs the reactor until SIGTERM/SIGINT.
+
+- **Reload** (SIGHUP, or the ``reload_interval`` check finding a changed file): a new
+  configuration and state are built off to the side and swapped in one step; a failure keeps
+  the old state, logs one line and is counted. Endpoints are not re-bound.
+- **Shutdown**: stop listening, let the reactor read and answer what is already on the
+  connections, close them, exit 0 — well within systemd's and the spec's 5 seconds.
+- **systemd**: ``READY=1`` once listening, ``RELOADING=1``/``READY=1`` around reloads,
+  ``STOPPING=1``.
+
+Exit status: 0 after a clean stop, 1 when an endpoint cannot listen, 78 for a configuration
+error (one line on stderr naming the file, the key and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC
+from types import FrameType
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from policyd import __version__
+from policyd.config import Config, load_config
+from policyd.defaults import CONFIG_ENV, CONFIG_PATH
+from policyd.errors import ConfigError
+from policyd.log import FIELDS, LogOutput, default_output, start_logging
+from policyd.metrics import PolicydCollector, make_registry, metrics_site
+from policyd.policy import PolicyEngine, State, build_state
+from policyd.protocol import PolicyFactory
+from policyd.stats import Stats
+from policyd.systemd import Notifier
+
+EXIT_OK = 0
+EXIT_LISTEN = 1
+EXIT_CONFIG = 78
+
+#: After the listeners stop, how long connections may still deliver what Postfix already sent.
+SHUTDOWN_GRACE = 0.1
+#: How long to wait for closed connections to finish flushing before the reactor stops.
+SHUTDOWN_DRAIN = 2.0
+
+#: What a file looks like to the change detector: (mtime in ns, size, inode); None = missing.
+Stamp = tuple[int, int, int] | None
+StatFunction = Callable[[str], os.stat_result]
+
+_log = Logger(namespace="policyd.server")
+
+# Twisted's reactor, endpoints and ports are zope interfaces, which mypy cannot check without
+# the mypy-zope plugin; these aliases say what is meant where the type has to be ``Any``.
+Reactor = Any  # IReactorCore + IReactorTime + IReactorTCP/UNIX/Socket
+Endpoint = Any  # IStreamServerEndpoint
+ListeningPort = Any  # IListeningPort
+ProtocolFactory = Any  # IProtocolFactory: the PolicyFactory, the metrics Site, or a test double
+
+ENDPOINT_HELP = (
+    'use e.g. "tcp:10040:interface=127.0.0.1", "unix:/run/m365-policyd/policy.sock:mode=660" '
+    'or "systemd:domain=INET:index=0"'
+)
+
+
+class ListenError(Exception):
+    """An endpoint could not be set up; ``status`` is the exit status to use (1 or 78)."""
+
+    def __init__(self, message: str, status: int = EXIT_LISTEN) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- file-change detection ------------------------------------------------------------------
+
+
+def file_stamp(path: str, stat: StatFunction = os.stat) -> Stamp:
+    """``(mtime_ns, size, inode)`` of ``path``, or None when it does not exist or cannot be read."""
+    try:
+        info = stat(path)
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+class FileWatcher:
+    """Remembers how a set of files looked and says which of them changed since.
+
+    A change is any difference in (mtime, size, inode), so an editor that writes a new file and
+    renames it over the old one is seen even within the same mtime second; a file that appears
+    or disappears counts as changed too.
+    """
+
+    def __init__(self, stat: StatFunction = os.stat) -> None:
+        self._stat = stat
+        self._stamps: dict[str, Stamp] = {}
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(self._stamps)
+
+    def stamp(self, path: str) -> Stamp:
+        """The current stamp of one path."""
+        return file_stamp(path, self._stat)
+
+    def snapshot(self, paths: Iterable[str]) -> dict[str, Stamp]:
+        """The current stamp of each path (None for a missing file)."""
+        return {path: file_stamp(path, self._stat) for path in dict.fromkeys(paths)}
+
+    def watch(self, stamps: Mapping[str, Stamp]) -> None:
+        """From now on compare against ``stamps`` (usually taken just before loading)."""
+        self._stamps = dict(stamps)
+
+    def changed(self) -> list[str]:
+        """The watched paths whose stamp differs from the remembered one, in watch order."""
+        return [path for path, old in self._stamps.items() if file_stamp(path, self._stat) != old]
+
+
+# --- describing what was loaded -------------------------------------------------------------
+
+
+def describe_state(state: State) -> dict[str, object]:
+    """The start-up/reload log fields: what the daemon now predicts with."""
+    config = state.config
+    tenant = config.tenant
+    fields: dict[str, object] = {
+        "generation": state.generation,
+        "accepted_domains": [
+            d.domain + (" (+subdomains)" if d.match_subdomains else "")
+            for d in tenant.accepted_domains
+        ],
+        "connectors": [
+            f"{c.name} ({c.connector_type}, {'enabled' if c.enabled else 'disabled'})"
+            for c in tenant.connectors
+        ],
+        "reject_direct_send": tenant.reject_direct_send,
+        "egress_addresses": [str(a) for a in config.onprem.egress_addresses],
+    }
+    certificate = config.onprem.certificate
+    if certificate is None:
+        fields["certificate"] = "none"
+    elif not certificate.readable:
+        fields["certificate"] = f"{certificate.path}: {certificate.error}"
+    else:
+        expiry = (
+            certificate.not_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if certificate.not_after
+            else "unknown"
+        )
+        fields["certificate"] = certificate.path
+        fields["certificate_names"] = list(certificate.names)
+        fields["certificate_not_after"] = expiry
+    fields["alias_maps"] = list(config.alias_maps)
+    fields["listen"] = list(config.server.listen)
+    fields["metrics"] = config.server.metrics or "off"
+    return fields
+
+
+#: At most this many alias-map warnings are logged per load (a big map can have many).
+ALIAS_WARNINGS_LOGGED = 20
+
+
+def log_alias_warnings(state: State) -> None:
+    """Log postmap-style warnings about the alias map sources (duplicates, odd lines)."""
+    warnings = state.aliases.warnings
+    for warning in warnings[:ALIAS_WARNINGS_LOGGED]:
+        _log.warn("alias map: {warning}", warning=warning)
+    if len(warnings) > ALIAS_WARNINGS_LOGGED:
+        _log.warn(
+            "alias map: {count} more warnings not shown",
+            count=len(warnings) - ALIAS_WARNINGS_LOGGED,
+        )
+
+
+def watched_paths(state: State) -> list[str]:
+    """Every file whose change triggers a reload: config, exports, certificate, alias maps."""
+    paths = [str(p) for p in state.config.input_files]
+    paths.extend(str(p) for p in state.aliases.watched_files)
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+
+def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: str) -> Endpoint:
+    """``serverFromString`` with errors an administrator can act on.
+
+    An unparseable string is a configuration error (exit 78); a ``systemd:`` endpoint whose
+    socket systemd did not pass is a listen failure (exit 1).
+    """
+    try:
+        endpoint: Endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]  # untyped in Twisted
+    except (IndexError, KeyError) as error:
+        if description.startswith("systemd:"):
+            raise ListenError(
+                f"cannot listen on {description!r} ({key}): systemd passed no such socket "
+                "(start the service through m365-policyd.socket; LISTEN_FDS/LISTEN_PID/"
+                "LISTEN_FDNAMES are missing or meant for another process)"
+            ) from error
+        raise ListenError(
+            str(
+                ConfigError(
+                    config_file,
+                    key,
+                    f"invalid endpoint {description!r}: {error!r}; {ENDPOINT_HELP}",
+                )
+            ),
+            EXIT_CONFIG,
+        ) from error
+    except Exception as error:  # serverFromString raises ValueError, TypeError, ... for typos
+        raise ListenError(
+            str(
+                ConfigError(
+                    config_file, key, f"invalid endpoint {description!r}: {error}; {ENDPOINT_HELP}"
+                )
+            ),
+            EXIT_CONFIG,
+        ) from error
+    return endpoint
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class Server:
+    """One running daemon: owns the engine, the factory, the listeners and the reload logic."""
+
+    def __init__(
+        self,
+        config_path: str,
+        state: State,
+        reactor: Reactor,
+        output: LogOutput,
+        *,
+        stats: Stats | None = None,
+        notifier: Notifier | None = None,
+        stat: StatFunction = os.stat,
+        load: Callable[[str, int], State] | None = None,
+        factory: ProtocolFactory | None = None,
+    ) -> None:
+        """``load(path, generation)`` builds a new state (default: ``load_config`` +
+        ``build_state``); ``factory`` replaces the policy protocol factory (tests only)."""
+        self.config_path = config_path
+        self.reactor = reactor
+        self.output = output
+        self.stats = stats if stats is not None else Stats()
+        self.notifier = notifier or Notifier()
+        self._load = load or _load_state
+        self.exit_status = EXIT_OK
+        self.ports: list[ListeningPort] = []
+        self.engine: PolicyEngine = PolicyEngine(state, self.stats, reactor.seconds, output.emit)
+        self.factory: ProtocolFactory = factory or _policy_factory(
+            self.engine, self.stats, state.config, reactor
+        )
+        if hasattr(self.factory, "noisy"):
+            self.factory.noisy = False  # no "Starting factory <object at 0x...>" lines
+        self.collector = PolicydCollector(
+            self.stats,
+            clock=reactor.seconds,
+            certificate=lambda: self.engine.state.config.onprem.certificate,
+            connector_match=self.engine.certificate_connector_match,
+        )
+        self.watcher = FileWatcher(stat)
+        self.watcher.watch(self.watcher.snapshot([config_path, *watched_paths(state)]))
+        self._checker: task.LoopingCall | None = None
+        self._stopping = False
+        self.stats.last_reload_success = reactor.seconds()
+
+    @property
+    def state(self) -> State:
+        return self.engine.state
+
+    # --- start ------------------------------------------------------------------------------
+
+    def endpoints(self) -> list[tuple[str, str, Endpoint, ProtocolFactory]]:
+        """(key, description, endpoint, factory) for every listener; raises ListenError."""
+        server = self.state.config.server
+        found = []
+        for description in server.listen:
+            endpoint = parse_endpoint(self.reactor, description, self.config_path, "server.listen")
+            found.append(("server.listen", description, endpoint, self.factory))
+        if server.metrics:
+            endpoint = parse_endpoint(
+                self.reactor, server.metrics, self.config_path, "server.metrics"
+            )
+            site = metrics_site(make_registry(self.collector))
+            found.append(("server.metrics", server.metrics, endpoint, site))
+        return found
+
+    @defer.inlineCallbacks
+    def start(self, endpoints: Sequence[tuple[str, str, Endpoint, ProtocolFactory]]) -> Any:
+        """Listen everywhere, then announce readiness; on failure exit with status 1."""
+        for key, description, endpoint, factory in endpoints:
+            try:
+                port = yield endpoint.listen(factory)
+            except Exception as error:  # CannotListenError, OSError, ...: all mean "cannot listen"
+                self.fail(ListenError(f"cannot listen on {description!r} ({key}): {_why(error)}"))
+                return
+            self.ports.append(port)
+        _log.info(
+            "m365-policyd {version} ready",
+            version=__version__,
+            **{FIELDS: describe_state(self.state) | {"config": self.config_path}},
+        )
+        log_alias_warnings(self.state)
+        self.install_reload()
+        self.notifier.ready(status=f"serving {len(self.ports)} endpoint(s)")
+
+    def fail(self, error: ListenError) -> None:
+        """Report a start-up failure on stderr and stop with its exit status."""
+        sys.stderr.write(f"m365-policyd: {error}\n")
+        sys.stderr.flush()
+        self.exit_status = error.status
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def install_reload(self) -> None:
+        """SIGHUP and, when ``reload_interval`` > 0, the periodic changed-file check."""
+        if hasattr(signal, "SIGHUP") and self.reactor is _global_reactor():
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        self._schedule_checks(self.state.config.server.reload_interval)
+
+    def _on_sighup(self, number: int, frame: FrameType | None) -> None:
+        self.reactor.callFromThread(self.reload, "SIGHUP")
+
+    def _schedule_checks(self, interval: float) -> None:
+        if self._checker is not None and self._checker.running:
+            if self._checker.interval == interval:
+                return
+            self._checker.stop()
+        self._checker = None
+        if interval and interval > 0 and not self._stopping:
+            self._checker = task.LoopingCall(self.check_files)
+            self._checker.clock = self.reactor
+            self._checker.start(interval, now=False).addErrback(
+                lambda failure: _log.failure("changed-file check stopped", failure)
+            )
+
+    # --- reload -----------------------------------------------------------------------------
+
+    def check_files(self) -> bool:
+        """Reload when a watched file changed; True when a reload was attempted."""
+        changed = self.watcher.changed()
+        if not changed:
+            return False
+        self.reload("changed: " + ", ".join(changed))
+        return True
+
+    def reload(self, trigger: str) -> bool:
+        """Build a new state off to the side and swap it in; True on success.
+
+        A failure keeps the current state, logs one line and counts ``reloads{result="failure"}``.
+        The files seen before loading are remembered either way, so a broken file is retried
+        when it changes again, not every interval.
+        """
+        if self._stopping:
+            return False
+        self.notifier.reloading()
+        try:
+            return self._reload(trigger)
+        finally:
+            self.notifier.ready()
+
+    def _reload(self, trigger: str) -> bool:
+        old = self.state
+        before = self.watcher.snapshot([self.config_path, *self.watcher.paths])
+        try:
+            state = self._load(self.config_path, old.generation + 1)
+        except ConfigError as error:
+            self.stats.reloads["failure"] += 1
+            if error.file and error.file not in before:
+                before |= self.watcher.snapshot([error.file])
+            self.watcher.watch(before)
+            _log.error(
+                "reload failed, still using generation {generation}: {problem}",
+                generation=old.generation,
+                problem=str(error),
+                **{FIELDS: {"trigger": trigger}},
+            )
+            return False
+        except Exception as error:  # a bug while loading must not take the daemon down
+            self.stats.reloads["failure"] += 1
+            self.watcher.watch(before)
+            _log.error(
+                "reload failed, still using generation {generation}: internal error {problem}",
+                generation=old.generation,
+                problem=repr(error),
+                **{FIELDS: {"trigger": trigger}},
+            )
+            return False
+        paths = [self.config_path, *watched_paths(state)]
+        self.watcher.watch({p: before[p] if p in before else self.watcher.stamp(p) for p in paths})
+        # The swap: everything the next request sees comes from the new state.
+        config = state.config
+        self.engine.replace_state(state)
+        if hasattr(self.factory, "settings"):
+            self.factory.settings = config.server
+        self.output.configure(config.log.format, config.log.level)
+        self.stats.reloads["success"] += 1
+        self.stats.last_reload_success = self.reactor.seconds()
+        log_alias_warnings(state)
+        _log.info(
+            "reloaded configuration",
+            **{FIELDS: describe_state(state) | {"trigger": trigger}},
+        )
+        old_server = old.config.server
+        if (tuple(config.server.listen), config.server.metrics) != (
+            tuple(old_server.listen),
+            old_server.metrics,
+        ):
+            _log.warn(
+                "server.listen/server.metrics changed; endpoints are bound at start only, "
+                "restart m365-policyd to apply (still listening on {listen} and metrics {metrics})",
+                listen=", ".join(old_server.listen),
+                metrics=old_server.metrics or "off",
+            )
+        self._schedule_checks(config.server.reload_interval)
+        return True
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def shutdown(self) -> Any:
+        """Stop listening, answer what was already received, close every connection."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.notifier.stopping()
+        if self._checker is not None and self._checker.running:
+            self._checker.stop()
+        _log.info("stopping: no longer accepting connections")
+        ports, self.ports = self.ports, []
+        results = yield defer.DeferredList(
+            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True
+        )
+        for ok, failure in results:
+            if not ok:
+                _log.warn("stop listening failed: {why}", why=failure.getErrorMessage())
+        # Requests are answered synchronously as they are read: one more turn of the reactor
+        # (and a little slack for bytes in flight) answers everything Postfix already sent.
+        yield task.deferLater(self.reactor, SHUTDOWN_GRACE, lambda: None)
+        disconnect = getattr(self.factory, "disconnect_all", None)
+        if disconnect is not None:
+            disconnect()
+        deadline = self.reactor.seconds() + SHUTDOWN_DRAIN
+        while getattr(self.factory, "open_count", 0) and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, 0.01, lambda: None)
+        self.output.flush()
+
+
+def _why(error: BaseException) -> str:
+    """The useful part of a listen error (Twisted wraps the OS error in CannotListenError)."""
+    inner = getattr(error, "socketError", None)
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or repr(error)
+
+
+def _global_reactor() -> Any:
+    # Imported late: importing the module installs the default reactor, which only ``run``
+    # (not a test building a Server on a memory reactor) may do.
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _load_state(config_path: str, generation: int) -> State:
+    return build_state(load_config(config_path), generation)
+
+
+def _policy_factory(
+    engine: PolicyEngine, stats: Stats, config: Config, reactor: Reactor
+) -> PolicyFactory:
+    return PolicyFactory(engine, stats, config.server, reactor)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def run(config_path: str, reactor: Reactor | None = None) -> int:
+    """``m365-policyd serve``: run in the foreground until SIGTERM/SIGINT; the exit status."""
+    try:
+        state = _load_state(config_path, 0)
+    except ConfigError as error:
+        sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
+        return EXIT_CONFIG
+    if reactor is None:
+        reactor = _global_reactor()
+    assert reactor is not None
+    config = state.config
+    output = default_output(
+        config.log.format, config.log.level, lambda flush: reactor.callLater(0, flush)
+    )
+    server = Server(config_path, state, reactor, output)
+    try:
+        endpoints = server.endpoints()
+    except ListenError as error:
+        sys.stderr.write(f"m365-policyd: {error}\n")
+        return error.status
+    start_logging(output)
+    reactor.addSystemEventTrigger("before", "shutdown", server.shutdown)
+    reactor.callWhenRunning(server.start, endpoints)
+    reactor.run()
+    output.flush()
+    return server.exit_status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m policyd.server [-c FILE]``: the same as ``m365-policyd serve``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m policyd.server", description="run m365-policyd serve"
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=os.environ.get(CONFIG_ENV) or CONFIG_PATH,
+        help=f"configuration file (default: ${CONFIG_ENV}, else {CONFIG_PATH})",
+    )
+    args = parser.parse_args(argv)
+    return run(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
