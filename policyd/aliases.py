@@ -65,7 +65,7 @@ _FILE_TYPES = frozenset({"regexp", "pcre", "cidr", "ldap", "mysql", "pgsql", "sq
 
 #: Postfix's ISSPACE is C isspace() in the "C" locale; Python's str.split() knows more.
 _SPACE = " \t\n\v\f\r"
-_SIMPLE_LINE = re.compile(r"([^ \t\n\v\f\r\"\\]+)[ \t\n\v\f\r]*(.*)", re.DOTALL)
+_SIMPLE_LINE = re.compile(r"([^ \t\n\v\f\r\"\\]+)(?:[ \t\n\v\f\r]+(.*))?", re.DOTALL)
 _TYPE_NAME = re.compile(r"([a-z][a-z0-9_]*):(.+)", re.DOTALL)
 #: Results are separated by commas and/or whitespace; a double-quoted part stays whole.
 _RESULT_TOKEN = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^\s,"]+|")+')
@@ -145,7 +145,11 @@ class _PostmapTable:
         # "unsupported dictionary type"), so only a silent exit 1 means "not found".
         if done.returncode == 1 and not _is_failure(stderr):
             return False, ""
-        detail = stderr.splitlines()[-1] if stderr else f"exit status {done.returncode}"
+        lines = stderr.splitlines()
+        detail = next(
+            (line for line in lines if _is_failure(line)),
+            lines[-1] if lines else f"exit status {done.returncode}",
+        )
         raise AliasLookupError(f"{self.spec}: lookup of {key} failed: {detail}")
 
     def lookup(self, key: str) -> str | None:
@@ -439,7 +443,7 @@ def _split_entry(line: str, path: str, number: int) -> tuple[str, str]:
     """Split one logical line into key and value (dict_thash.c + the quoted-key rules)."""
     simple = _SIMPLE_LINE.fullmatch(line)
     if simple is not None:
-        key, rest = simple.group(1), simple.group(2)
+        key, rest = simple.group(1), simple.group(2) or ""
     else:
         in_quotes = False
         end = 0
