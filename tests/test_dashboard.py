@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -355,110 +354,27 @@ def running_prometheus(directory: Path, target: str, job: str) -> Iterator[Prome
         stop(process)
 
 
-@contextmanager
-def running_daemon(directory: Path, config_text: str) -> Iterator[tuple[int, int]]:
-    """``m365-policyd serve`` on ``config_text`` (with ``{listen_port}``/``{metrics_port}``).
+def send_message(
+    client: Any, queue_id: str, instance: str, sender: str, recipients: list[str]
+) -> str:
+    """The RCPT requests and the DATA request of one message; returns the DATA reply."""
+    from tests.serverproc import data, rcpt
 
-    Yields the policy and metrics ports once both accept connections.
-    """
-    listen_port, metrics_port = free_port(), free_port()
-    config = directory / "m365-policyd.toml"
-    config.write_text(config_text.format(listen_port=listen_port, metrics_port=metrics_port))
-    log = directory / "daemon.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "policyd.server", "-c", str(config)],
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"daemon exited with {process.returncode}: {log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", listen_port), timeout=1).close()
-                socket.create_connection(("127.0.0.1", metrics_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"daemon not listening within 20 s: {log.read_text()}")
-                time.sleep(0.1)
-        yield listen_port, metrics_port
-    finally:
-        stop(process)
-
-
-def policy_request(**attributes: str) -> bytes:
-    """One policy request with the attributes Postfix 3.7 sends, updated by ``attributes``."""
-    request = {
-        "request": "smtpd_access_policy",
-        "protocol_state": "RCPT",
-        "protocol_name": "ESMTP",
-        "client_address": "192.0.2.25",
-        "client_name": "app.contoso.com",
-        "reverse_client_name": "app.contoso.com",
-        "helo_name": "app.contoso.com",
-        "queue_id": "",
-        "sender": "",
-        "recipient": "",
-        "recipient_count": "0",
-        "size": "2048",
-        "instance": "",
-        "encryption_protocol": "TLSv1.3",
-        "encryption_cipher": "TLS_AES_256_GCM_SHA384",
-        "encryption_keysize": "256",
-        "server_address": "127.0.0.1",
-        "server_port": "25",
-        "compatibility_level": "3.6",
-        "mail_version": "3.7.11",
-    }
-    request.update(attributes)
-    return "".join(f"{key}={value}\n" for key, value in request.items()).encode() + b"\n"
-
-
-class PolicyClient:
-    """A lockstep policy-protocol client, as one smtpd process talks to the daemon."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def ask(self, **attributes: str) -> str:
-        """Send one request and return the ``action=`` value of the reply."""
-        self.sock.sendall(policy_request(**attributes))
-        while b"\n\n" not in self.buffer:
-            chunk = self.sock.recv(4096)
-            assert chunk, "the daemon closed the connection"
-            self.buffer += chunk
-        reply, self.buffer = self.buffer.split(b"\n\n", 1)
-        assert reply.startswith(b"action="), reply
-        return reply.decode()[len("action=") :]
-
-    def message(self, queue_id: str, instance: str, sender: str, recipients: list[str]) -> str:
-        """The RCPT requests and the DATA request of one message; returns the DATA reply."""
-        for number, recipient in enumerate(recipients):
-            self.ask(
-                protocol_state="RCPT",
-                # Postfix opens the queue file after the first valid RCPT: no ID for that one
-                queue_id="" if number == 0 else queue_id,
-                instance=instance,
+    for number, recipient in enumerate(recipients):
+        # Postfix opens the queue file after the first valid RCPT: no queue ID for that one
+        first = number == 0
+        client.ask(rcpt(sender, recipient, queue_id="" if first else queue_id, instance=instance))
+    return str(
+        client.ask(
+            data(
+                instance,
+                queue_id=queue_id,
                 sender=sender,
-                recipient=recipient,
+                recipient=recipients[0] if len(recipients) == 1 else "",
+                recipient_count=str(len(recipients)),
             )
-        return self.ask(
-            protocol_state="DATA",
-            queue_id=queue_id,
-            instance=instance,
-            sender=sender,
-            recipient=recipients[0] if len(recipients) == 1 else "",
-            recipient_count=str(len(recipients)),
         )
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.sock.close()
+    )
 
 
 MX = "contoso-com.mail.protection.outlook.com"
@@ -478,12 +394,7 @@ def postfix_smtp_line(queue_id: str, recipient: str, dsn: str, status: str, repl
     )
 
 
-CONFIG = """
-[server]
-listen = ["tcp:{{listen_port}}:interface=127.0.0.1"]
-metrics = "tcp:{{metrics_port}}:interface=127.0.0.1"
-reload_interval = 0
-
+BODY = """
 [tenant]
 accepted_domains = ["contoso.com"]
 
@@ -509,28 +420,28 @@ postfix_log = "{postfix_log}"
 """
 
 
-def drive(port: int, postfix_log: Path) -> None:
+def drive(server: Any, postfix_log: Path) -> None:
     """Send messages of several reasons (RCPT and DATA) and log what Microsoft 365 answered."""
-    client = PolicyClient(port)
+    client = server.client()
     try:
         # own-domain sender to the internet: relayed (sender-accepted-domain)
-        client.message(
-            "4F1A2B3C01", "a1.5f3c1d2e.1.0", "app@contoso.com", ["kate@tailspintoys.com"]
+        send_message(
+            client, "4F1A2B3C01", "a1.5f3c1d2e.1.0", "app@contoso.com", ["kate@tailspintoys.com"]
         )
         # foreign sender: refused (sender-not-accepted)
-        client.message(
-            "4F1A2B3C02", "a1.5f3c1d2e.2.1", "john@fabrikam.com", ["kate@tailspintoys.com"]
+        send_message(
+            client, "4F1A2B3C02", "a1.5f3c1d2e.2.1", "john@fabrikam.com", ["kate@tailspintoys.com"]
         )
         # a bounce: refused (null-sender)
-        client.message("4F1A2B3C03", "a1.5f3c1d2e.3.2", "", ["ann@fabrikam.com"])
+        send_message(client, "4F1A2B3C03", "a1.5f3c1d2e.3.2", "", ["ann@fabrikam.com"])
         # into the tenant (recipient-in-tenant) and to a domain Postfix delivers itself (local)
-        client.message(
+        send_message(
+            client,
             "4F1A2B3C04",
             "a1.5f3c1d2e.4.3",
             "john@fabrikam.com",
             ["bob@contoso.com", "ops@lab.contoso.net"],
         )
-        client.ask(protocol_state="CONNECT")
     finally:
         client.close()
     with postfix_log.open("a") as log:
@@ -570,6 +481,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         pytest.skip("policyd/server.py (the serve command) is not in the tree yet")
     required_binary("prometheus", "prometheus")
     from tests.pki import TestPKI
+    from tests.serverproc import running_server
 
     directory = tmp_path_factory.mktemp("dashboard")
     pki = TestPKI()
@@ -580,17 +492,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     )
     postfix_log = directory / "mail.log"
     postfix_log.write_text("")
-    config = CONFIG.format(
+    body = BODY.format(
         certificate=certificate, ca_bundle=pki.write_ca_bundle(directory), postfix_log=postfix_log
     )
     job = "m365-policyd"
     with ExitStack() as stack:
-        policy_port, metrics_port = stack.enter_context(running_daemon(directory, config))
+        server = stack.enter_context(running_server(directory / "daemon", body))
         prometheus = stack.enter_context(
-            running_prometheus(directory, f"127.0.0.1:{metrics_port}", job)
+            running_prometheus(directory, f"127.0.0.1:{server.metrics_port}", job)
         )
         prometheus.wait_for(f'up{{job="{job}"}} == 1')
-        drive(policy_port, postfix_log)
+        drive(server, postfix_log)
         prometheus.wait_for('m365_policyd_predictions_total{reason="null-sender"} > 0')
         prometheus.wait_for('m365_policyd_connections{job="m365-policyd"}')
         time.sleep(3)  # a few more scrapes, so rates over the window have several samples
