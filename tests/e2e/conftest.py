@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tests.e2e.postfix import PostfixInstance, free_port, postfix_unavailable
 from tests.e2e.standin import Connector, PeerCertificate, StandIn, TenantView, relay_verdict
 from tests.pki import Issued, TestPKI
+from tests.serverproc import PolicyServer
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "contrib" / "postfix" / "main.cf.snippet"
@@ -83,69 +82,36 @@ class Setup:
 
 
 class Daemon:
-    """``m365-policyd serve`` as a child process; stdout (JSON log) goes to a file."""
+    """``m365-policyd serve`` (through ``tests.serverproc.PolicyServer``) with a JSON log.
 
-    def __init__(self, workdir: Path, port: int, unix_path: Path) -> None:
-        self.workdir = workdir
-        self.port = port
+    The TCP port stays the same across restarts, so Postfix's ``m365_policyd_service`` does
+    not change when a scenario restarts the daemon with a new configuration.
+    """
+
+    def __init__(self, workdir: Path, unix_path: Path) -> None:
         self.unix_path = unix_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "daemon.log"
-        self.config_path = workdir / "m365-policyd.toml"
-        self._log_offset = 0
+        self.server = PolicyServer(workdir / "daemon", "", metrics=False, log_format="json")
 
-    def start(self, toml: str, *, unix: bool = False) -> None:
-        """Write ``toml`` and start the daemon; wait until it accepts connections."""
+    @property
+    def port(self) -> int:
+        """The daemon's TCP port on 127.0.0.1."""
+        return self.server.port
+
+    def start(self, body: str, *, unix: bool = False) -> None:
+        """(Re)start the daemon with ``body`` (TOML without [server] and [log])."""
         self.stop()
-        self.config_path.write_text(toml)
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "policyd.cli", "serve", "-c", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
-        log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"m365-policyd exited {self.proc.returncode}: {self.output()}")
-            try:
-                if unix:
-                    with socket.socket(socket.AF_UNIX) as s:
-                        s.connect(str(self.unix_path))
-                else:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"m365-policyd did not listen: {self.output()}")
+        self.server.body = body
+        self.server.listen = [f"unix:{self.unix_path}:mode=666"] if unix else None
+        self.server.start()
 
     def stop(self) -> None:
-        """SIGTERM and wait (SPEC §6: exits within 5 s); SIGKILL if it does not."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=6)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        """SIGTERM and wait (SPEC §6: exits within 5 s)."""
+        if self.server.running:
+            self.server.stop()
 
     def output(self) -> str:
-        """The daemon's output since the last start."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(self._log_offset)
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        """The daemon's stdout since the last start."""
+        return self.server.log()
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON log records since the last start."""
@@ -159,15 +125,19 @@ class Daemon:
                     continue
         return out
 
+    def predictions(self, recipient: str) -> list[dict[str, Any]]:
+        """Every logged RCPT prediction for ``recipient`` since the last start."""
+        return [
+            r
+            for r in self.records()
+            if r.get("event") == "prediction" and r.get("recipient") == recipient
+        ]
+
     def prediction(self, recipient: str, timeout: float = 10.0) -> dict[str, Any]:
         """The last logged RCPT prediction for ``recipient`` (waits for it to appear)."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [
-                r
-                for r in self.records()
-                if r.get("event") == "prediction" and r.get("recipient") == recipient
-            ]
+            found = self.predictions(recipient)
             if found:
                 return found[-1]
             if time.monotonic() > deadline:
@@ -227,11 +197,6 @@ class World:
         """The daemon's configuration for ``setup`` (SPEC §4)."""
         cert = str(self.certs[setup.certificate][0]) if setup.certificate else ""
         lines = [
-            "[server]",
-            f'listen = ["{self._listen(setup)}"]',
-            'metrics = ""',
-            "reload_interval = 0",
-            "",
             "[tenant]",
             f"accepted_domains = {json.dumps(list(setup.accepted))}",
             "",
@@ -264,28 +229,19 @@ class World:
             f'reroute = "{f"smtp:{self.sink.relayhost}" if setup.reroute else ""}"',
             f"tag = {'true' if setup.tag else 'false'}",
             "",
-            "[log]",
-            'format = "json"',
-            'level = "info"',
-            "",
         ]
         return "\n".join(lines)
-
-    def _listen(self, setup: Setup) -> str:
-        if setup.listen_unix:
-            return f"unix:{self.daemon.unix_path}:mode=666"
-        return f"tcp:{self.daemon.port}:interface=127.0.0.1"
 
     def apply(self, setup: Setup) -> World:
         """Reconfigure stand-in, Postfix and daemon for ``setup``."""
         self.setup = setup
         self.standin.tenant = self.tenant_view(setup)
+        self.daemon.start(self.daemon_toml(setup), unix=setup.listen_unix)
         settings = self.postfix_settings(setup)
         changed = {k: v for k, v in settings.items() if self._postfix_settings.get(k) != v}
         if changed:
             self.postfix.postconf(changed, reload=True)
             self._postfix_settings.update(changed)
-        self.daemon.start(self.daemon_toml(setup), unix=setup.listen_unix)
         return self
 
     # -- expectations ---------------------------------------------------------------------
@@ -394,7 +350,7 @@ def world() -> Iterator[World]:
         _one_session_per_smtpd(postfix)
         postfix.apply_snippet(SNIPPET.read_text())
         postfix.start()
-        daemon = Daemon(root, free_port(), postfix.queue_dir / "private" / "m365-policyd")
+        daemon = Daemon(root, postfix.queue_dir / "private" / "m365-policyd")
         w = World(root, pki, ca_file, certs, standin, sink, postfix, daemon, srs_port)
         yield w
     finally:

@@ -303,13 +303,20 @@ class StandIn:
             return [t for t in self.transactions if t.finished and predicate(t)]
 
     def wait_for(
-        self, predicate: Callable[[Transaction], bool], timeout: float = 20.0, count: int = 1
+        self,
+        predicate: Callable[[Transaction], bool],
+        timeout: float = 20.0,
+        count: int = 1,
+        since: int = 0,
     ) -> list[Transaction]:
-        """Wait until ``count`` finished transactions satisfy ``predicate``; return them."""
+        """Wait until ``count`` finished transactions satisfy ``predicate``; return them.
+
+        ``since`` skips the first transactions (``len(standin.transactions)`` taken earlier).
+        """
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                found = [t for t in self.transactions if t.finished and predicate(t)]
+                found = [t for t in self.transactions[since:] if t.finished and predicate(t)]
                 if len(found) >= count:
                     return found
                 left = deadline - time.monotonic()
