@@ -46,7 +46,12 @@ unit: $(STAMP)
 test: system-deps $(STAMP) lint typecheck unit
 
 run: $(STAMP)
-	$(VENV)/bin/m365-policyd check -c $(CONFIG) --sender john@fabrikam.com --recipient kate@tailspintoys.com || true
+	@echo "m365-policyd: policy service on 127.0.0.1:10040, metrics on http://127.0.0.1:9464/metrics"
+	@echo "Send it a request from another terminal:"
+	@echo "  python3 -c 'import socket; s = socket.create_connection((\"127.0.0.1\", 10040)); s.sendall(b\"request=smtpd_access_policy\\nprotocol_state=RCPT\\nsender=john@fabrikam.com\\nrecipient=kate@tailspintoys.com\\ninstance=1\\n\\n\"); print(s.recv(4096).decode())'"
+	@echo "Explain one envelope offline:"
+	@echo "  $(VENV)/bin/m365-policyd check -c $(CONFIG) --sender john@fabrikam.com --recipient kate@tailspintoys.com"
+	exec $(VENV)/bin/m365-policyd serve -c $(CONFIG)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
