@@ -158,7 +158,9 @@ _T = TypeVar("_T")
 
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 field-name: ftext, no colon
 _REROUTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*:\S+$")  # Postfix FILTER transport:nexthop
-_TOML_POSITION = re.compile(r"\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)\s*$")
+_TOML_POSITION = re.compile(
+    r"\s*\(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)\s*$"
+)
 
 
 # --- the configuration object ------------------------------------------------------------------
@@ -322,7 +324,7 @@ def load_config(path: str) -> Config:
 def _read_toml(path: str) -> dict[str, object]:
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            raw = handle.read()
     except FileNotFoundError as error:
         raise ConfigError(
             path,
@@ -336,10 +338,14 @@ def _read_toml(path: str) -> dict[str, object]:
         raise ConfigError(
             path, "", f"cannot read the configuration file ({reason}); check path and permissions"
         ) from error
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a BOM from a Windows editor
     except UnicodeDecodeError as error:
         raise ConfigError(
             path, "encoding", f"not UTF-8 (byte {error.start}); TOML files must be saved as UTF-8"
         ) from error
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         position = _TOML_POSITION.search(message)
@@ -348,11 +354,14 @@ def _read_toml(path: str) -> dict[str, object]:
                 path, "", f"not valid TOML ({message}); compare with {defaults.EXAMPLE_CONFIG}"
             ) from error
         problem = message[: position.start()]
+        if position.group("line"):
+            line, where = position.group("line"), f", column {position.group('column')}"
+        else:  # "(at end of document)"
+            line, where = str(text.rstrip("\n").count("\n") + 1), ", at the end of the file"
         raise ConfigError(
             path,
-            f"line {position.group('line')}",
-            f"not valid TOML ({problem}, column {position.group('column')}); "
-            f"compare with {defaults.EXAMPLE_CONFIG}",
+            f"line {line}",
+            f"not valid TOML ({problem}{where}); compare with {defaults.EXAMPLE_CONFIG}",
         ) from error
 
 
@@ -384,7 +393,7 @@ def _server(table: _Table) -> ServerSettings:
 
 def _check_endpoint(table: _Table, key: str, endpoint: str) -> None:
     kind, colon, rest = endpoint.partition(":")
-    if colon and rest and kind.lower() in ENDPOINT_TYPES:
+    if colon and rest and kind in ENDPOINT_TYPES:  # Twisted's plugin names are lower case
         return
     raise table.error(
         key,
