@@ -305,7 +305,8 @@ class PolicyServer:
                 return self
             except ServerProcessError as failure:
                 in_use = "in use" in failure.stderr.lower()
-                if not in_use or attempt == 2 or self.listen_socket is not None:
+                chose_ports = self.listen is None and self.listen_socket is None
+                if not in_use or attempt == 2 or not chose_ports:
                     raise
                 self.port = free_port()
                 self.metrics_port = free_port() if self.metrics_enabled else 0
