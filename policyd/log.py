@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -55,9 +56,9 @@ _LEVEL_NAMES = {
 #: Event key under which our own code passes structured fields to a twisted.logger line.
 FIELDS = "policyd_fields"
 
-_PLAIN = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@:/+,*<>[]()#%!?~^&|;{}$'"
-)
+#: A character that forces a text value into quotes (anything but these safe ones).
+_NEEDS_QUOTES = re.compile(r"[^A-Za-z0-9.\-_@:/+,*<>\[\]()#%!?~^&|;{}$']")
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def level_for(name: str) -> LogLevel:
@@ -72,17 +73,19 @@ def text_value(value: object) -> str:
     Lists and tuples are joined with commas; None and "" are written as ``""`` so that a key is
     never followed by nothing.
     """
-    if isinstance(value, list | tuple):
-        text = ",".join(str(item) for item in value)
+    if type(value) is str:  # the common case first: this runs for every prediction field
+        text = value
+    elif isinstance(value, list | tuple):
+        text = ",".join(map(str, value))
     elif value is None:
         text = ""
     elif isinstance(value, bool):
         text = "true" if value else "false"
     else:
         text = str(value)
-    if text and all(char in _PLAIN for char in text):
+    if text and _NEEDS_QUOTES.search(text) is None:
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _encode_string(text)
 
 
 def text_line(pairs: Iterable[tuple[str, object]]) -> str:
@@ -95,10 +98,17 @@ def json_line(pairs: Iterable[tuple[str, object]]) -> str:
     return json.dumps(dict(pairs), ensure_ascii=False, default=str)
 
 
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def timestamp(now: float) -> str:
-    """``2024-05-01T12:00:00.123Z``: UTC with milliseconds."""
-    moment = datetime.fromtimestamp(now, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """``2024-05-01T12:00:00.123Z``: UTC with milliseconds (the seconds part is cached)."""
+    second = int(now // 1)
+    cached_second, prefix = _second_cache[0]
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}{int((now - second) * 1000):03d}Z"
 
 
 def stdout_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
