@@ -104,6 +104,16 @@ def test_example_config_check_predictions(
     assert exit_status == status
 
 
+def test_example_spells_the_defaults() -> None:
+    """The example's [server], [policy], [log] and [outcomes] values are policyd.defaults."""
+    config = load_config(str(EXAMPLE))
+    assert config.server == ServerSettings()
+    assert config.policy == PolicySettings()
+    assert config.log == LogSettings()
+    assert config.outcomes == OutcomeSettings()
+    assert ServerSettings().listen == defaults.LISTEN
+
+
 def test_empty_config_takes_every_default(tmp_path: Path) -> None:
     """An empty file is valid and every value comes from policyd.defaults."""
     config = load_config(str(write(tmp_path, "")))
