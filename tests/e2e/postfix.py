@@ -447,7 +447,7 @@ def parse_main_cf(text: str) -> dict[str, str]:
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         if raw[0].isspace() and current is not None:
-            settings[current] += " " + raw.strip()
+            settings[current] = f"{settings[current]} {raw.strip()}".strip()
             continue
         name, eq, value = raw.partition("=")
         if not eq:

@@ -10,13 +10,16 @@ daemon kept the mail from reaching it).
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ALIASES, OTHER_IP, Setup, World
+from tests.e2e.conftest import ALIASES, OTHER_IP, REPO, Setup, World
 from tests.e2e.postfix import SendResult
 from tests.e2e.standin import ATTR36, NO_CONNECTOR, OK, Transaction
 
@@ -309,3 +312,17 @@ def test_unix_socket_in_postfix_private_directory(fresh: World) -> None:
         assert world.postfix.get("m365_policyd_service") == "unix:private/m365-policyd"
     finally:
         world.apply(Setup())
+
+
+def test_master_cf_example_parses(world: World, tmp_path: Path) -> None:
+    """The contrib master.cf example is valid: postconf reads its per-service overrides."""
+    shutil.copy(world.postfix.config_dir / "main.cf", tmp_path / "main.cf")
+    example = (REPO / "contrib" / "postfix" / "master.cf.example").read_text()
+    (tmp_path / "master.cf").write_text(example)
+    out = subprocess.run(
+        ["postconf", "-c", str(tmp_path), "-P"], capture_output=True, text=True, check=True
+    )
+    overrides = set(out.stdout.splitlines())
+    assert "127.0.0.1:10025/inet/smtpd_recipient_restrictions =" in overrides
+    assert "127.0.0.1:10025/inet/smtpd_data_restrictions =" in overrides
+    assert "warning" not in out.stderr
