@@ -244,9 +244,11 @@ class Server:
         stat: StatFunction = os.stat,
         load: Callable[[str, int], State] | None = None,
         factory: ProtocolFactory | None = None,
+        handle_sighup: bool = False,
     ) -> None:
         """``load(path, generation)`` builds a new state (default: ``load_config`` +
-        ``build_state``); ``factory`` replaces the policy protocol factory (tests only)."""
+        ``build_state``); ``factory`` replaces the policy protocol factory (tests only);
+        ``handle_sighup`` installs the process-wide SIGHUP handler (``run`` only)."""
         self.config_path = config_path
         self.reactor = reactor
         self.output = output
@@ -270,6 +272,9 @@ class Server:
         self.watcher = FileWatcher(stat)
         self.watcher.watch(self.watcher.snapshot([config_path, *watched_paths(state)]))
         self._checker: task.LoopingCall | None = None
+        self._handle_sighup = handle_sighup
+        #: A SIGHUP that arrived before the reactor ran (set by ``run``): reload once started.
+        self.reload_requested = False
         self._stopping = False
         self.stats.last_reload_success = reactor.seconds()
 
@@ -321,11 +326,19 @@ class Server:
         if self.reactor.running:
             self.reactor.stop()
 
+    def crashed(self, failure: Any) -> None:
+        """A bug during start-up: log it with its traceback and exit 1 rather than hang."""
+        _log.failure("start-up failed", failure)
+        self.fail(ListenError(f"start-up failed: {failure.getErrorMessage()}"))
+
     def install_reload(self) -> None:
         """SIGHUP and, when ``reload_interval`` > 0, the periodic changed-file check."""
-        if hasattr(signal, "SIGHUP") and self.reactor is _global_reactor():
+        if self._handle_sighup:
             signal.signal(signal.SIGHUP, self._on_sighup)
         self._schedule_checks(self.state.config.server.reload_interval)
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reactor.callLater(0, self.reload, "SIGHUP during start-up")
 
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.reload, "SIGHUP")
@@ -488,9 +501,14 @@ def _policy_factory(
 
 def run(config_path: str, reactor: Reactor | None = None) -> int:
     """``m365-policyd serve``: run in the foreground until SIGTERM/SIGINT; the exit status."""
+    # Until the reactor runs, a SIGHUP (systemctl reload while a big alias map loads) must not
+    # kill the process (its default action); remember it and reload once serving.
+    early_hups: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda number, frame: early_hups.append(number))
     try:
         state = _load_state(config_path, 0)
     except ConfigError as error:
+        signal.signal(signal.SIGHUP, previous)
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
         return EXIT_CONFIG
     if reactor is None:
@@ -500,15 +518,21 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     output = default_output(
         config.log.format, config.log.level, lambda flush: reactor.callLater(0, flush)
     )
-    server = Server(config_path, state, reactor, output)
+    server = Server(config_path, state, reactor, output, handle_sighup=True)
     try:
         endpoints = server.endpoints()
     except ListenError as error:
+        signal.signal(signal.SIGHUP, previous)
         sys.stderr.write(f"m365-policyd: {error}\n")
         return error.status
     start_logging(output)
     reactor.addSystemEventTrigger("before", "shutdown", server.shutdown)
-    reactor.callWhenRunning(server.start, endpoints)
+
+    def start() -> None:
+        server.reload_requested = bool(early_hups)
+        server.start(endpoints).addErrback(server.crashed)
+
+    reactor.callWhenRunning(start)
     reactor.run()
     output.flush()
     return server.exit_status

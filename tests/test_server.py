@@ -254,6 +254,18 @@ def test_looping_call_checks_every_reload_interval(tmp_path: Path) -> None:
     assert server.stats.reloads["success"] == 1
 
 
+def test_sighup_before_start_reloads_once_serving(tmp_path: Path) -> None:
+    """A SIGHUP remembered during start-up becomes one reload as soon as the server runs."""
+    server, reactor, recorder = make_server(tmp_path)
+    server.reload_requested = True
+    server.install_reload()
+    assert server.stats.reloads["success"] == 0
+    reactor.advance(0)
+    assert server.stats.reloads["success"] == 1
+    assert server.state.generation == 1
+    assert server.reload_requested is False
+
+
 def test_zero_reload_interval_means_sighup_only(tmp_path: Path) -> None:
     """reload_interval = 0 schedules no periodic check."""
     server, reactor, _ = make_server(tmp_path, server="reload_interval = 0")
