@@ -256,7 +256,7 @@ def test_looping_call_checks_every_reload_interval(tmp_path: Path) -> None:
 
 def test_sighup_before_start_reloads_once_serving(tmp_path: Path) -> None:
     """A SIGHUP remembered during start-up becomes one reload as soon as the server runs."""
-    server, reactor, recorder = make_server(tmp_path)
+    server, reactor, _ = make_server(tmp_path)
     server.reload_requested = True
     server.install_reload()
     assert server.stats.reloads["success"] == 0
