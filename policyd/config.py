@@ -68,6 +68,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "srs_domain",
         "local_domains",
         "alias_maps",
+        "recipient_delimiter",
     ),
     "policy": ("action", "reroute", "tag", "header", "on_error", "by_reason"),
     "log": ("format", "level"),
@@ -142,6 +143,7 @@ EXAMPLES: dict[str, str] = {
     "onprem.srs_domain": 'srs_domain = "srs.contoso.com"',
     "onprem.local_domains": 'local_domains = ["lists.contoso.com"]',
     "onprem.alias_maps": 'alias_maps = ["texthash:/etc/postfix/virtual"]',
+    "onprem.recipient_delimiter": 'recipient_delimiter = "+"',
     "policy.action": 'action = "defer"',
     "policy.reroute": 'reroute = "smtp:[relay2.example.net]:587"',
     "policy.tag": "tag = true",
@@ -227,6 +229,7 @@ class Config:
     certificate_path: str  # absolute, "" when no certificate is configured
     ca_bundle: str  # absolute, "" = the system's trusted roots
     input_files: tuple[str, ...]  # what a reload watches: this file, exports, certificate, CA
+    recipient_delimiter: str = ""  # Postfix's recipient_delimiter, for address extensions
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -299,6 +302,13 @@ def load_config(path: str) -> Config:
         _alias_map(onprem_table, spec, resolve)
         for spec in onprem_table.strings("alias_maps", defaults.ALIAS_MAPS)
     )
+    delimiter = onprem_table.string("recipient_delimiter", defaults.RECIPIENT_DELIMITER)
+    if any(c.isspace() or c in '@"' for c in delimiter):
+        raise onprem_table.error(
+            "recipient_delimiter",
+            f"{delimiter!r} cannot separate an address extension; copy Postfix's setting "
+            f"(postconf -h recipient_delimiter), e.g. {EXAMPLES['onprem.recipient_delimiter']}",
+        )
 
     postfix_log = sections["outcomes"].string("postfix_log", defaults.POSTFIX_LOG)
     if postfix_log not in ("", "journal"):
@@ -318,6 +328,7 @@ def load_config(path: str) -> Config:
         certificate_path=certificate_path,
         ca_bundle=ca_bundle,
         input_files=tuple(dict.fromkeys(f for f in watched if f)),
+        recipient_delimiter=delimiter,
     )
 
 

@@ -37,6 +37,7 @@ CA_BUNDLE = ""  # "" = the system's trusted roots decide whether the chain is co
 SRS_DOMAIN = ""
 LOCAL_DOMAINS: tuple[str, ...] = ()
 ALIAS_MAPS: tuple[str, ...] = ()
+RECIPIENT_DELIMITER = ""  # Postfix's recipient_delimiter (Debian's main.cf sets "+")
 
 # [policy]
 ACTION = "dunno"

@@ -53,7 +53,8 @@ class State:
 
 def build_state(config: Config, generation: int) -> State:
     """Open the alias maps for ``config``; raises ConfigError when one cannot be used."""
-    return State(config, load_alias_maps(config.alias_maps), generation)
+    aliases = load_alias_maps(config.alias_maps, recipient_delimiter=config.recipient_delimiter)
+    return State(config, aliases, generation)
 
 
 class Session:

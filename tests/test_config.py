@@ -710,3 +710,15 @@ def test_every_supported_endpoint_type_is_accepted(tmp_path: Path, endpoint: str
     """listen takes tcp, tcp6, unix, systemd and ssl endpoint strings."""
     text = f"[server]\nlisten = [{json.dumps(endpoint)}]\n"
     assert load_config(str(write(tmp_path, text))).server.listen == (endpoint,)
+
+
+def test_recipient_delimiter(tmp_path: Path) -> None:
+    """onprem.recipient_delimiter is read as Postfix writes it, and nonsense is refused."""
+    path = tmp_path / "c.toml"
+    path.write_text('[onprem]\nrecipient_delimiter = "+-"\n')
+    assert load_config(str(path)).recipient_delimiter == "+-"
+    path.write_text('[onprem]\nrecipient_delimiter = "@"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    assert "onprem.recipient_delimiter" in str(error.value)
+    assert 'recipient_delimiter = "+"' in str(error.value)

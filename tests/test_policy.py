@@ -383,3 +383,20 @@ def test_tag_value_reason_for_accepted_message() -> None:
     assert tag_value([local, relayed]) == (
         "verdict=accept; code=none; reason=sender-accepted-domain; refused=0; recipients=2"
     )
+
+
+def test_recipient_delimiter_reaches_alias_expansion(tmp_path: Path) -> None:
+    """With Postfix's recipient_delimiter configured, bob+news@ is expanded like bob@."""
+    from policyd.policy import build_state
+
+    table = tmp_path / "virtual"
+    table.write_text("bob@contoso.com bob@tailspintoys.com\n")
+    cfg = replace(config(), alias_maps=(f"texthash:{table}",), recipient_delimiter="+")
+    handler = PolicyEngine(build_state(cfg, 1), Stats(), Clock(), lambda record: None)
+    prediction = handler.predict(FOREIGN, "bob+news@contoso.com")
+    assert prediction.reason == "forwarded"
+    assert prediction.final == ("bob+news@tailspintoys.com",)
+    without = PolicyEngine(
+        build_state(replace(cfg, recipient_delimiter=""), 1), Stats(), Clock(), lambda r: None
+    )
+    assert without.predict(FOREIGN, "bob+news@contoso.com").reason == "recipient-in-tenant"
