@@ -273,8 +273,10 @@ class Server:
         self.watcher.watch(self.watcher.snapshot([config_path, *watched_paths(state)]))
         self._checker: task.LoopingCall | None = None
         self._handle_sighup = handle_sighup
-        #: A SIGHUP that arrived before the reactor ran (set by ``run``): reload once started.
+        #: A SIGHUP that arrived before serving (``run`` shares its early handler's list here):
+        #: reload once the real handler is installed.
         self.reload_requested = False
+        self.pending_sighups: list[int] = []
         self._stopping = False
         self.stats.last_reload_success = reactor.seconds()
 
@@ -336,8 +338,9 @@ class Server:
         if self._handle_sighup:
             signal.signal(signal.SIGHUP, self._on_sighup)
         self._schedule_checks(self.state.config.server.reload_interval)
-        if self.reload_requested:
+        if self.reload_requested or self.pending_sighups:
             self.reload_requested = False
+            self.pending_sighups.clear()
             self.reactor.callLater(0, self.reload, "SIGHUP during start-up")
 
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
@@ -528,11 +531,8 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     start_logging(output)
     reactor.addSystemEventTrigger("before", "shutdown", server.shutdown)
 
-    def start() -> None:
-        server.reload_requested = bool(early_hups)
-        server.start(endpoints).addErrback(server.crashed)
-
-    reactor.callWhenRunning(start)
+    server.pending_sighups = early_hups
+    reactor.callWhenRunning(lambda: server.start(endpoints).addErrback(server.crashed))
     reactor.run()
     output.flush()
     return server.exit_status
