@@ -87,6 +87,7 @@ LOG_INTERVAL = 60.0
 MIN_SWEEP_DELAY = 0.001
 
 _NL = 10  # b"\n"[0]
+_ALL_BUT_EQUALS_AND_NEWLINE = bytes(sorted(set(range(256)) - {ord("="), _NL}))
 
 
 class Handler(TypingProtocol):
@@ -251,18 +252,24 @@ class PolicyProtocol(Protocol):
             if after - start > limit:
                 kind = TOO_LARGE
                 break
+            raw = buf[start:end]
             try:
-                text = buf[start:end].decode()
+                text = raw.decode()
             except UnicodeDecodeError:
                 kind = INVALID_UTF8
                 break
             if text:
-                try:
-                    # A line without "=" splits into one item, which dict() refuses.
-                    attrs = dict([line.split("=", 1) for line in text.split("\n")])
-                except ValueError:
-                    kind = NO_EQUALS
+                # The request's "=" and "\n" bytes alone (UTF-8 never hides them inside a
+                # character): "=\n=\n...=" when every line has exactly one "=".
+                signs = raw.translate(None, _ALL_BUT_EQUALS_AND_NEWLINE)
+                if not signs or signs[0] == _NL or signs[-1] == _NL or b"\n\n" in signs:
+                    kind = NO_EQUALS  # some line has no "="
                     break
+                if b"==" in signs:  # a value holds "=" (an SRS sender, say): split line by line
+                    attrs = dict([line.split("=", 1) for line in text.split("\n")])
+                else:  # names and values alternate: no per-line work in Python
+                    items = iter(text.replace("\n", "=").split("="))
+                    attrs = dict(zip(items, items, strict=False))
             else:
                 attrs = {}
             began = perf_counter()
@@ -297,6 +304,7 @@ class PolicyFactory(ServerFactory):
     """Builds ``PolicyProtocol``s; owns the connection limit, idle sweep and reply cache."""
 
     log = Logger()
+    noisy = False  # no "Starting factory" line per listening port
 
     def __init__(
         self, handler: Handler, stats: Stats, settings: ServerLimits, clock: IReactorTime

@@ -308,6 +308,38 @@ def test_other_connections_keep_answering_after_a_malformed_one(kind: str) -> No
     assert stats.protocol_errors[kind] == 1
 
 
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"no equals sign on the only line\n\n",
+        b"first line without\nprotocol_state=RCPT\n\n",
+        b"protocol_state=RCPT\nlast line without\n\n",
+        b"protocol_state=RCPT\nmiddle line without\nrecipient=a@contoso.com\n\n",
+        b"sender=a=b@x.example\nthe extra equals sign above does not make up for this\nx=y\n\n",
+        b"sender=SRS0=HHH=TT=fabrikam.example=john@contoso.com\n\xc3\xbcber\n\n",
+    ],
+    ids=["only", "first", "last", "middle", "two-and-none", "srs-and-none"],
+)
+def test_any_line_without_equals_is_malformed(request_: bytes) -> None:
+    """Every line must carry "=", wherever it is and whatever the other lines hold."""
+    handler = RecordingHandler()
+    factory, stats, _ = make_factory(handler)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(GOOD + request_)
+    assert transport.value() == b"action=INFO request 1 RCPT\n\n"
+    assert dict(stats.protocol_errors) == {kinds.NO_EQUALS: 1}
+
+
+def test_values_with_equals_signs_next_to_plain_ones() -> None:
+    """An SRS sender full of "=" is read whole, and the plain attributes around it too."""
+    stream = (
+        b"protocol_state=RCPT\nsender=SRS0=HHH=TT=fabrikam.example=john@contoso.com\n"
+        b"recipient=kate@contoso.com\n\nprotocol_state=DATA\nrecipient_count=1\n\n"
+    )
+    handler, _ = replay(stream, [stream])
+    assert [attrs for attrs, _ in handler.seen] == reference_parse(stream)
+
+
 def test_request_of_exactly_max_bytes_is_answered_and_one_more_is_not() -> None:
     """max_request_bytes counts the request with its blank line; one byte over closes."""
     limit = SMALL.max_request_bytes
