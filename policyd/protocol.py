@@ -442,8 +442,10 @@ class PolicyFactory(ServerFactory):
             return
         text = (
             "{problem}; answered DUNNO (protocol_state={protocol_state} queue_id={queue_id} "
-            "instance={instance}; {suppressed} similar errors not logged since the last)"
+            "instance={instance})"
         )
+        if suppressed:
+            text += "; {suppressed} similar errors not logged since the last"
         emit = self.log.failure if with_traceback else self.log.error
         emit(
             text,
@@ -460,20 +462,10 @@ class PolicyFactory(ServerFactory):
         suppressed = self._may_log(kind)
         if suppressed is None:
             return
-        peer = "unknown"
-        transport = protocol.transport
-        if transport is not None:
-            try:
-                peer = str(transport.getPeer())  # type: ignore[misc]  # zope, see __init__
-            except Exception:  # a log line must not fail the close
-                peer = "unknown"
-        self.log.warn(
-            "closed policy connection from {peer}: {kind} "
-            "({suppressed} more of this kind not logged since the last)",
-            peer=peer,
-            kind=kind,
-            suppressed=suppressed,
-        )
+        text = "closed policy connection from {peer} without a reply: {kind}"
+        if suppressed:
+            text += " ({suppressed} more of this kind not logged since the last)"
+        self.log.warn(text, peer=describe_peer(protocol), kind=kind, suppressed=suppressed)
 
     def _may_log(self, key: str) -> int | None:
         """None when ``key`` was logged within LOG_INTERVAL, else how many were suppressed."""
@@ -484,3 +476,19 @@ class PolicyFactory(ServerFactory):
             return None
         self._log_state[key] = (now, 0)
         return suppressed
+
+
+def describe_peer(protocol: PolicyProtocol) -> str:
+    """``host:port`` (``[v6]:port``) of the client, or the socket path, for log lines."""
+    try:
+        # The transport may be None, and mypy misreads zope interface methods (no mypy-zope).
+        address: Any = protocol.transport.getPeer()  # type: ignore[union-attr, misc]
+    except Exception:  # a log line must never fail the close it reports
+        return "unknown peer"
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return str(name or "unix socket")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from policyd import stats as kinds
-from policyd.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol
+from policyd.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol, describe_peer
 from policyd.stats import Stats
 
 DATA = Path(__file__).parent / "data" / "requests"
@@ -630,3 +630,101 @@ def test_reload_replaces_the_planned_sweep_instead_of_adding_one() -> None:
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(0)
     assert len(clock.getDelayedCalls()) == 1
+
+
+# --- arbitrary input -----------------------------------------------------------------------
+
+#: Byte soup rich in what matters to framing: separators, CR, NUL, broken UTF-8, whole requests.
+NOISE = st.lists(
+    st.sampled_from(
+        [b"a", b"=", b"\n", b"\n\n", b"\r", b"\r\n", b"\x00", b"\xc3", b"\xbc", b"\xff"]
+    )
+    | st.just(GOOD),
+    max_size=60,
+).map(b"".join)
+
+
+def feed(stream: bytes, cuts: list[int], limit: int) -> tuple[bytes, bool, dict[str, int], int]:
+    """Feed ``stream`` cut at ``cuts``; return output, closed?, protocol errors, requests seen."""
+    handler = RecordingHandler()
+    factory, stats, _ = make_factory(handler, Limits(max_request_bytes=limit))
+    protocol, transport = connect(factory)
+    points = sorted({0, len(stream), *(cut % (len(stream) + 1) for cut in cuts)})
+    for a, b in pairwise(points):
+        protocol.dataReceived(stream[a:b])
+    return (
+        transport.value(),
+        transport.disconnecting,
+        dict(stats.protocol_errors),
+        len(handler.seen),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=NOISE, cuts=st.lists(st.integers(0, 10_000), max_size=20), limit=st.integers(8, 200))
+def test_arbitrary_bytes_never_break_the_protocol(
+    stream: bytes, cuts: list[int], limit: int
+) -> None:
+    """Any bytes, split anyhow: no exception, only whole replies, the same outcome as one read."""
+    whole = feed(stream, [], limit)
+    split = feed(stream, cuts, limit)
+    assert split == whole
+    output, closed, errors, seen = whole
+    replies = output.split(b"\n\n")
+    assert replies[-1] == b""
+    assert len(replies) - 1 == seen
+    assert all(reply.startswith(b"action=INFO request ") for reply in replies[:-1])
+    assert sum(errors.values()) == (1 if closed else 0)
+
+
+# --- logging -------------------------------------------------------------------------------
+
+
+def test_errors_are_logged_once_per_interval_with_the_count_of_the_rest() -> None:
+    """A flood of one error kind logs one line, then one per minute saying how many were skipped."""
+    from twisted.logger import Logger, LogLevel, formatEvent
+
+    events: list[dict[str, object]] = []
+    factory, stats, clock = make_factory(ExplodingHandler())
+    factory.log = Logger(observer=events.append)
+    boom = b"protocol_state=RCPT\nqueue_id=4B2D91A0C7\nrecipient=boom@x.example\n\n"
+    for _ in range(5):
+        protocol, _ = connect(factory)
+        protocol.dataReceived(MALFORMED[kinds.NO_EQUALS] + boom)
+        protocol.dataReceived(boom)
+    assert stats.protocol_errors[kinds.NO_EQUALS] == 5
+    assert stats.internal_errors == 0  # the bad request came first: the rest was never read
+    protocol, _ = connect(factory)
+    protocol.dataReceived(boom * 3)
+    assert stats.internal_errors == 3
+    lines = [formatEvent(event) for event in events]
+    assert len(lines) == 2
+    assert lines[0] == (
+        "closed policy connection from 192.168.1.1:54321 without a reply: line-without-equals"
+    )
+    assert "policy handler raised" in lines[1] and "queue_id=4B2D91A0C7" in lines[1]
+    assert events[1]["log_level"] == LogLevel.critical  # Logger.failure, with the traceback
+    assert "log_failure" in events[1]
+    clock.advance(60)
+    protocol.dataReceived(boom)
+    protocol.dataReceived(b"bad\n\n")
+    lines = [formatEvent(event) for event in events]
+    assert len(lines) == 4
+    assert "2 similar errors not logged" in lines[2]
+    assert "4 more of this kind not logged" in lines[3]
+
+
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        (IPv4Address("TCP", "127.0.0.1", 40000), "127.0.0.1:40000"),
+        (IPv6Address("TCP", "::1", 40000), "[::1]:40000"),
+        (UNIXAddress(None), "unix socket"),
+        (UNIXAddress(b"/run/policyd.sock"), "/run/policyd.sock"),
+    ],
+)
+def test_log_lines_name_the_peer_readably(address: object, shown: str) -> None:
+    """Log lines show host:port, [v6]:port, or the socket, not an address object's repr."""
+    protocol = PolicyProtocol(make_factory()[0])
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    assert describe_peer(protocol) == shown
