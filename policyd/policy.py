@@ -22,6 +22,7 @@ from policyd.stats import Stats
 
 if TYPE_CHECKING:
     from policyd.config import Config, PolicySettings
+    from policyd.outcomes import Expectations
 
 #: Postfix answers; "action=" and the blank line are the protocol layer's business.
 DUNNO = "DUNNO"
@@ -83,7 +84,10 @@ class PolicyEngine:
         stats: Stats,
         clock: Callable[[], float],
         emit: Callable[[Mapping[str, object]], None],
+        outcomes: Expectations | None = None,
     ) -> None:
+        """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID."""
+        self.outcomes = outcomes
         self._stats = stats
         self._clock = clock
         self._emit = emit
@@ -247,6 +251,8 @@ class PolicyEngine:
         return answer
 
     def _data(self, attrs: Mapping[str, str], session: Session) -> str:
+        if self.outcomes is not None and attrs.get("instance", "") == session.instance:
+            self._expect_outcomes(attrs, session)
         policy = self._state.config.policy
         if (
             not policy.tag
@@ -258,6 +264,31 @@ class PolicyEngine:
         session.tagged = True
         self._stats.actions["prepend"] += 1
         return f"PREPEND {policy.header}: {tag_value(session.recipients)}"
+
+    def _expect_outcomes(self, attrs: Mapping[str, str], session: Session) -> None:
+        """Hand the outcome watcher (SPEC §8) this message's predictions for every address
+        Microsoft 365 will see (all but ``local``); its failure is counted, never answered."""
+        queue_id = attrs.get("queue_id", "")
+        entries = [
+            (address.address, prediction.recipient, address.verdict)
+            for prediction in session.recipients
+            for address in prediction.addresses
+            if address.reason != predict.LOCAL
+        ]
+        if not queue_id or not entries or self.outcomes is None:
+            return
+        try:
+            self.outcomes.expect(queue_id, entries)
+        except Exception as error:  # the outcome join must never change an answer
+            self._stats.internal_errors += 1
+            self._emit(
+                {
+                    "event": "error",
+                    "queue_id": queue_id,
+                    "instance": attrs.get("instance", ""),
+                    "problem": f"outcome watcher failed: {error!r}",
+                }
+            )
 
 
 def tag_value(recipients: list[RecipientPrediction]) -> str:
