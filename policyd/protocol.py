@@ -116,7 +116,11 @@ class ServerLimits(TypingProtocol):
 
 
 class PolicyProtocol(Protocol):
-    """One Postfix policy client connection."""
+    """One Postfix policy client connection; also the push producer of its own replies.
+
+    (It provides ``IPushProducer`` without ``@implementer``: ``registerProducer`` does not
+    check, and zope.interface has no type information for strict mypy.)
+    """
 
     def __init__(self, factory: PolicyFactory) -> None:
         self._factory = factory
@@ -142,6 +146,9 @@ class PolicyProtocol(Protocol):
             return
         factory.opened(self)
         self._counted = True
+        # Back-pressure: when a client sends requests faster than it reads the replies, the
+        # transport's write buffer fills and pauses us, and we stop reading from it.
+        self._transport().registerProducer(self, True)
         try:
             self._session = factory.handler.new_session()
         except Exception:  # fail open: the handler copes with a None session
@@ -165,7 +172,10 @@ class PolicyProtocol(Protocol):
         self.last_activity = self._seconds()  # the sweep aborts it if the flush never ends
         if kind is not None:
             self._factory.protocol_error(kind, self)
-        self._transport().loseConnection()
+        transport = self._transport()
+        if self._counted:
+            transport.unregisterProducer()  # a registered producer would hold the close back
+        transport.loseConnection()
 
     def _transport(self) -> Any:
         """The transport, typed loosely: without mypy-zope, mypy misreads interface methods."""
@@ -178,6 +188,19 @@ class PolicyProtocol(Protocol):
         transport = self._transport()
         abort = getattr(transport, "abortConnection", None)  # ITCPTransport; not every transport
         (abort or transport.loseConnection)()
+
+    # IPushProducer, towards our own transport (see connectionMade)
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted interface name
+        """The replies are piling up unread: stop reading requests."""
+        self._transport().pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted interface name
+        """The replies went out: read requests again."""
+        self._transport().resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted interface name
+        """The connection is going away; connectionLost does the cleaning up."""
 
     @property
     def closing(self) -> bool:

@@ -728,3 +728,28 @@ def test_log_lines_name_the_peer_readably(address: object, shown: str) -> None:
     protocol = PolicyProtocol(make_factory()[0])
     protocol.makeConnection(StringTransport(peerAddress=address))
     assert describe_peer(protocol) == shown
+
+
+# --- back-pressure -------------------------------------------------------------------------
+
+
+def test_protocol_stops_reading_while_its_replies_pile_up() -> None:
+    """The connection is its transport's push producer: a full write buffer pauses reading."""
+    factory, _, _ = make_factory()
+    protocol, transport = connect(factory)
+    assert transport.producer is protocol
+    assert transport.streaming
+    protocol.pauseProducing()
+    assert transport.producerState == "paused"
+    protocol.resumeProducing()
+    assert transport.producerState == "producing"
+
+
+def test_closing_unregisters_the_producer_so_the_close_can_complete() -> None:
+    """A close, for any reason, first unregisters the producer (Twisted waits for it otherwise)."""
+    factory, _, _ = make_factory()
+    (errored, errored_transport), (_, shut_transport) = connect(factory), connect(factory)
+    errored.dataReceived(MALFORMED[kinds.NUL_BYTE])
+    assert errored_transport.producer is None and errored_transport.disconnecting
+    factory.disconnect_all()
+    assert shut_transport.producer is None and shut_transport.disconnecting
