@@ -72,7 +72,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "policy": ("action", "reroute", "tag", "header", "on_error", "by_reason"),
     "log": ("format", "level"),
-    "outcomes": ("postfix_log",),
+    "outcomes": ("postfix_log", "relay_hosts"),
 }
 #: Keys of one ``[[tenant.inbound_connector]]`` (the export's fields in snake_case).
 CONNECTOR_KEYS = (
@@ -154,9 +154,14 @@ EXAMPLES: dict[str, str] = {
     "log.format": 'format = "text"',
     "log.level": 'level = "info"',
     "outcomes.postfix_log": 'postfix_log = "/var/log/mail.log"',
+    "outcomes.relay_hosts": 'relay_hosts = ["*.mail.protection.outlook.com"]',
 }
 
 _T = TypeVar("_T")
+
+#: ``[outcomes] relay_hosts`` default: the relays that are Microsoft 365 (SPEC §8).
+RELAY_HOSTS: tuple[str, ...] = ("*.mail.protection.outlook.com",)
+_RELAY_PATTERN = re.compile(r"^[A-Za-z0-9*?!._:-]+$")  # a host name or address glob, no brackets
 
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 field-name: ftext, no colon
 _REROUTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*:\S+$")  # Postfix FILTER transport:nexthop
@@ -209,9 +214,11 @@ class LogSettings:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeSettings:
-    """``[outcomes]`` (SPEC §8): the Postfix log to follow; "" = off, "journal" = journald."""
+    """``[outcomes]`` (SPEC §8): the Postfix log to follow ("" = off, "journal" = journald) and
+    the relays whose replies count (globs against the relay's host name and bracketed address)."""
 
     postfix_log: str = defaults.POSTFIX_LOG
+    relay_hosts: tuple[str, ...] = RELAY_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +320,7 @@ def load_config(path: str) -> Config:
     postfix_log = sections["outcomes"].string("postfix_log", defaults.POSTFIX_LOG)
     if postfix_log not in ("", "journal"):
         postfix_log = resolve(postfix_log)
+    relay_hosts = _relay_hosts(sections["outcomes"])
 
     absolute = os.path.abspath(path)
     watched = (absolute, accepted_file, connectors_file, certificate_path, ca_bundle)
@@ -324,7 +332,7 @@ def load_config(path: str) -> Config:
         alias_maps=alias_maps,
         policy=policy,
         log=log,
-        outcomes=OutcomeSettings(postfix_log=postfix_log),
+        outcomes=OutcomeSettings(postfix_log=postfix_log, relay_hosts=relay_hosts),
         certificate_path=certificate_path,
         ca_bundle=ca_bundle,
         input_files=tuple(dict.fromkeys(f for f in watched if f)),
@@ -478,6 +486,24 @@ def _log(table: _Table) -> LogSettings:
         format=table.choice("format", defaults.LOG_FORMAT, LOG_FORMATS),
         level=table.choice("level", defaults.LOG_LEVEL, LOG_LEVELS),
     )
+
+
+def _relay_hosts(table: _Table) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in table.strings("relay_hosts", RELAY_HOSTS))
+    if not patterns:
+        raise table.error(
+            "relay_hosts",
+            "is empty, so no reply would ever be counted; leave the key out for Microsoft 365's "
+            f"relays, or write {EXAMPLES['outcomes.relay_hosts']}",
+        )
+    for pattern in patterns:
+        if not _RELAY_PATTERN.match(pattern):
+            raise table.error(
+                "relay_hosts",
+                f"{pattern!r} is not a host name or address pattern; write a glob such as "
+                '"*.mail.protection.outlook.com" or "127.0.0.1" (no brackets, port or spaces)',
+            )
+    return patterns
 
 
 def _inline_accepted_domains(table: _Table) -> list[AcceptedDomain]:

@@ -41,10 +41,11 @@ from twisted.internet import protocol, task
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
+from policyd.config import RELAY_HOSTS
 from policyd.stats import Stats
 
 #: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
-DEFAULT_RELAY_HOSTS: tuple[str, ...] = ("*.mail.protection.outlook.com",)
+DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS
 #: Join state bounds: addresses remembered, and how long a message's predictions are kept
 #: (longer than Postfix's default maximal_queue_lifetime of 5 days, so late retries still join).
 MAX_ENTRIES = 100_000

@@ -37,6 +37,7 @@ from policyd.defaults import CONFIG_ENV, CONFIG_PATH
 from policyd.errors import ConfigError
 from policyd.log import FIELDS, LogOutput, default_output, start_logging
 from policyd.metrics import PolicydCollector, make_registry, metrics_site
+from policyd.outcomes import OutcomeWatcher
 from policyd.policy import PolicyEngine, State, build_state
 from policyd.protocol import PolicyFactory
 from policyd.stats import Stats
@@ -257,7 +258,10 @@ class Server:
         self._load = load or _load_state
         self.exit_status = EXIT_OK
         self.ports: list[ListeningPort] = []
-        self.engine: PolicyEngine = PolicyEngine(state, self.stats, reactor.seconds, output.emit)
+        self.outcomes = OutcomeWatcher(self.stats, reactor)  # follows [outcomes] once started
+        self.engine: PolicyEngine = PolicyEngine(
+            state, self.stats, reactor.seconds, output.emit, outcomes=self.outcomes
+        )
         self.factory: ProtocolFactory = factory or _policy_factory(
             self.engine, self.stats, state.config, reactor
         )
@@ -317,6 +321,7 @@ class Server:
             **{FIELDS: describe_state(self.state) | {"config": self.config_path}},
         )
         log_alias_warnings(self.state)
+        self.configure_outcomes()
         self.install_reload()
         self.notifier.ready(status=f"serving {len(self.ports)} endpoint(s)")
 
@@ -332,6 +337,11 @@ class Server:
         """A bug during start-up: log it with its traceback and exit 1 rather than hang."""
         _log.failure("start-up failed", failure)
         self.fail(ListenError(f"start-up failed: {failure.getErrorMessage()}"))
+
+    def configure_outcomes(self) -> None:
+        """Follow ``[outcomes] postfix_log`` (SPEC §8); a changed source restarts the follower."""
+        settings = self.state.config.outcomes
+        self.outcomes.configure(settings.postfix_log, settings.relay_hosts)
 
     def install_reload(self) -> None:
         """SIGHUP and, when ``reload_interval`` > 0, the periodic changed-file check."""
@@ -438,6 +448,7 @@ class Server:
                 metrics=old_server.metrics or "off",
             )
         self._schedule_checks(config.server.reload_interval)
+        self.configure_outcomes()
         return True
 
     # --- shutdown ---------------------------------------------------------------------------
@@ -451,6 +462,7 @@ class Server:
         self.notifier.stopping()
         if self._checker is not None and self._checker.running:
             self._checker.stop()
+        self.outcomes.stop()
         _log.info("stopping: no longer accepting connections")
         ports, self.ports = self.ports, []
         results = yield defer.DeferredList(
