@@ -753,3 +753,22 @@ def test_closing_unregisters_the_producer_so_the_close_can_complete() -> None:
     assert errored_transport.producer is None and errored_transport.disconnecting
     factory.disconnect_all()
     assert shut_transport.producer is None and shut_transport.disconnecting
+
+
+class NoSessionHandler(RecordingHandler):
+    """Fails to create per-connection state."""
+
+    def new_session(self) -> object:
+        raise RuntimeError("bug in the engine")
+
+
+def test_failing_new_session_keeps_the_connection_answering() -> None:
+    """A handler that cannot make a session is counted once; its requests are still answered."""
+    handler = NoSessionHandler()
+    factory, stats, _ = make_factory(handler)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(GOOD)
+    assert stats.internal_errors == 1
+    assert not transport.disconnecting
+    assert transport.value() == b"action=INFO request 1 RCPT\n\n"
+    assert handler.seen[0][1] is None
