@@ -491,3 +491,50 @@ def test_text_report_names_the_figures() -> None:
     assert "500 req/s" in text
     assert "p99 0.500" in text and "p99.9 0.900" in text
     assert "errors       3 (closed 3)" in text
+
+
+# ----------------------------------------------------------------------------- make bench
+
+
+def test_benchmark_config_is_a_valid_daemon_config(tmp_path: Path) -> None:
+    """The configuration ``make bench`` gives the daemon loads, with the alias map it writes."""
+    from benchmarks import run
+    from policyd.aliases import load_alias_maps
+    from policyd.config import load_config
+
+    virtual = tmp_path / "virtual"
+    run.write_alias_map(virtual, 50)
+    config_path = tmp_path / "bench.toml"
+    config_path.write_text(run.daemon_config(10040, alias_maps=[f"texthash:{virtual}"]))
+    config = load_config(str(config_path))
+    assert config.server.listen == ("tcp:10040:interface=127.0.0.1",)
+    maps = load_alias_maps([f"texthash:{virtual}"])
+    assert maps.expand(f"user7@{bench.OWN_DOMAIN}") == ("user7@partner7.example",)
+    assert set(maps.expand(f"user10@{bench.OWN_DOMAIN}")) == {
+        "user10@partner10.example",
+        f"archive10@{bench.OWN_DOMAIN}",
+    }
+
+
+def test_paired_ratio_is_the_median_of_round_ratios() -> None:
+    """Ratios pair rounds in order, so drift shared by a round cancels out."""
+    from benchmarks import run
+
+    assert run.paired_ratio([50, 40, 30], [100, 50, 60]) == 0.5
+    assert run.paired_ratio([], []) == 0.0
+
+
+def test_benchmarks_markdown_marks_missed_targets() -> None:
+    """BENCHMARKS.md shows the machine, every row, and a missed target as a bold no."""
+    from benchmarks import run
+
+    report = run.Report()
+    report.rows.append(run.Row("latency", "p99 ≤ 1 ms", "p99 2.000 ms", False, "`x latency`"))
+    report.rows.append(run.Row("memory", "≤ 80 MB", "50 MB", True, "`x memory`"))
+    report.details["latency"] = ["round 1: slow"]
+    text = run.markdown(report, [("CPUs (nproc)", "2")], partial=True)
+    assert "| CPUs (nproc) | 2 |" in text
+    assert "| latency | p99 ≤ 1 ms | p99 2.000 ms | **no** | `x latency` |" in text
+    assert "| memory | ≤ 80 MB | 50 MB | yes | `x memory` |" in text
+    assert "Partial run" in text
+    assert "- round 1: slow" in text
