@@ -1059,19 +1059,24 @@ def _tls_level_check(postfix: PostfixFacts) -> Check:
     )
 
 
-def _presented_file(postfix: PostfixFacts) -> tuple[str, str]:
-    """(parameter, file) of the certificate Postfix's SMTP client presents."""
+def _presented_files(postfix: PostfixFacts) -> tuple[str, list[str]]:
+    """(parameter, files) holding the certificate Postfix's SMTP client presents.
+
+    ``smtp_tls_chain_files`` (Postfix 3.4+) wins over ``smtp_tls_cert_file``; its files hold
+    keys and certificates in sequence, so any of them may be the certificate.
+    """
     chain = postfix.get("smtp_tls_chain_files")
     if chain:
-        first = re.split(r"[\s,]+", chain)[0]
-        return "smtp_tls_chain_files", first
-    return "smtp_tls_cert_file", postfix.get("smtp_tls_cert_file")
+        return "smtp_tls_chain_files", [f for f in re.split(r"[\s,]+", chain) if f]
+    cert_file = postfix.get("smtp_tls_cert_file")
+    return "smtp_tls_cert_file", [cert_file] if cert_file else []
 
 
 def _cert_file_check(config: Config, postfix: PostfixFacts, resolve: Callable[[str], str]) -> Check:
-    parameter, presented = _presented_file(postfix)
+    parameter, files = _presented_files(postfix)
+    presented = ", ".join(files)
     configured = config.certificate_path
-    if not presented and not configured:
+    if not files and not configured:
         return Check(
             "postfix-cert-file",
             POSTFIX,
@@ -1081,7 +1086,7 @@ def _cert_file_check(config: Config, postfix: PostfixFacts, resolve: Callable[[s
             "Install a CA-signed certificate named under an accepted domain in "
             "smtp_tls_cert_file and onprem.certificate.",
         )
-    if not presented:
+    if not files:
         return Check(
             "postfix-cert-file",
             POSTFIX,
@@ -1097,9 +1102,9 @@ def _cert_file_check(config: Config, postfix: PostfixFacts, resolve: Callable[[s
             WARNING,
             f"Postfix presents {presented} ({parameter}), but onprem.certificate is empty, so "
             "the daemon predicts as if no certificate were sent.",
-            f'Set onprem.certificate = "{presented}" in the daemon\'s configuration.',
+            f'Set onprem.certificate = "{files[-1]}" in the daemon\'s configuration.',
         )
-    if resolve(presented) == resolve(configured):
+    if any(resolve(f) == resolve(configured) for f in files):
         return Check(
             "postfix-cert-file",
             POSTFIX,
@@ -1308,14 +1313,20 @@ def _policy_checks(
     data = _find_ours(postfix, "smtpd_data_restrictions", ours, resolve)
     rcpt = recipient or relay
     if rcpt is None:
+        others = [
+            check.server
+            for parameter in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+            for check in policy_checks(postfix.get(parameter))[1]
+        ]
+        seen = f" (policy services named there: {', '.join(others)})" if others else ""
         checks.append(
             Check(
                 "postfix-policy-recipient",
                 POSTFIX,
                 ERROR,
                 f"No check_policy_service for the daemon's endpoint ({listen}) in "
-                "smtpd_recipient_restrictions or smtpd_relay_restrictions: Postfix never asks "
-                "for a prediction.",
+                f"smtpd_recipient_restrictions or smtpd_relay_restrictions{seen}: Postfix "
+                "never asks for a prediction.",
                 f"Add check_policy_service {{ inet:127.0.0.1:PORT, default_action=DUNNO }} to "
                 f"smtpd_recipient_restrictions as in {snippet}.",
             )
