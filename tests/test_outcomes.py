@@ -938,3 +938,88 @@ def test_serve_follows_journald_through_journalctl(tmp_path: Path) -> None:
         )
         assert "-o short-iso" in server.wait_for_log("journalctl: args:")
         assert server.stop(signal.SIGTERM) == 0
+
+
+# --- real Postfix, the stand-in and serve --------------------------------------------------------
+
+
+@pytest.mark.postfix
+def test_real_postfix_traffic_is_joined_with_the_predictions(tmp_path: Path) -> None:
+    """A private Postfix wired with the shipped snippet relays through the Microsoft 365
+    stand-in; serve follows Postfix's own log and joins each real reply with its prediction:
+    the own-domain sender's mail accepted, a foreign sender's and a forwarded one refused."""
+    from tests.e2e.postfix import PostfixInstance, postfix_unavailable
+    from tests.e2e.standin import Connector, StandIn, TenantView
+    from tests.pki import TestPKI
+    from tests.serverproc import PolicyServer
+
+    reason = postfix_unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the Postfix tests must run: {reason}")
+        pytest.skip(reason)
+    pki = TestPKI()
+    ca_file = pki.write_ca_bundle(tmp_path)
+    cert, key = pki.write(
+        tmp_path, pki.leaf("standin.mail.protection.outlook.example", ["localhost"]), "standin"
+    )
+    virtual = tmp_path / "virtual"
+    virtual.write_text("kate@contoso.com kate.private@example.net\n")
+    tenant = TenantView(
+        accepted_domains=("contoso.com",),
+        connectors=(Connector("IP", sender_ip_addresses=("127.0.0.10/32",)),),
+    )
+    snippet = Path(__file__).parent.parent / "contrib" / "postfix" / "main.cf.snippet"
+    with StandIn(cert_file=cert, key_file=key, ca_file=ca_file, tenant=tenant) as standin:
+        postfix = PostfixInstance.create(
+            relayhost=standin.relayhost,
+            settings={
+                "smtp_tls_security_level": "encrypt",
+                "smtp_tls_CAfile": str(ca_file),
+                "virtual_alias_maps": f"texthash:{virtual}",
+                "smtp_bind_address": "127.0.0.10",
+            },
+            start=False,
+        )
+        with postfix:
+            body = f"""
+[tenant]
+accepted_domains = ["contoso.com"]
+
+[[tenant.inbound_connector]]
+name = "IP"
+sender_ip_addresses = ["127.0.0.10/32"]
+
+[onprem]
+egress_addresses = ["127.0.0.10"]
+alias_maps = ["texthash:{virtual}"]
+
+[policy]
+action = "dunno"
+
+[outcomes]
+postfix_log = "{postfix.log_path}"
+relay_hosts = ["127.0.0.1"]
+"""
+            server = PolicyServer(tmp_path / "daemon", body)
+            postfix.apply_snippet(
+                snippet.read_text(),
+                {"m365_policyd_service": f"inet:127.0.0.1:{server.port}"},
+            )
+            postfix.start()
+            with server.start():
+                postfix.send("app@contoso.com", ["kate.external@tailspintoys.com"])
+                postfix.send("john@fabrikam.com", ["kate.external@tailspintoys.com"])
+                postfix.send("john@fabrikam.com", ["kate@contoso.com"])
+                outcomes = "m365_policyd_prediction_outcomes_total"
+                wait_metric(server, outcomes, {"predicted": "reject", "observed": "5.7.64"}, 2)
+                wait_metric(server, outcomes, {"predicted": "accept", "observed": "2.6.0"}, 1)
+                postfix.wait_queue_empty()
+                time.sleep(1.5)  # the follower's next polls: Postfix's bounces are in the log
+                samples = server.scrape()
+                assert samples.value(outcomes, predicted="accept", observed="5.7.64") is None
+                assert samples.value(outcomes, predicted="reject", observed="2.6.0") is None
+                observed = samples.value("m365_policyd_observed_replies_total", code="5.7.64")
+                assert observed is not None and observed >= 2
+                assert samples.value("m365_policyd_log_lines_skipped_total") == 0
+                assert "orig_to=<kate@contoso.com>" in postfix.log()
