@@ -467,7 +467,7 @@ def _certificate_name_checks(tenant: Tenant, cert: CertificateFacts) -> list[Che
         )
         return checks
     name = candidates[0]
-    add = name[2:] if name.startswith("*.") else _parent(name) or name
+    add = _domain_to_add(name)
     under = next((d.domain for d in tenant.accepted_domains if add.endswith("." + d.domain)), "")
     where = (
         f"more than one label below the accepted domain {under}"
@@ -491,6 +491,11 @@ def _certificate_name_checks(tenant: Tenant, cert: CertificateFacts) -> list[Che
 def _parent(name: str) -> str:
     _, dot, rest = name.partition(".")
     return rest if dot else ""
+
+
+def _domain_to_add(name: str) -> str:
+    """The accepted domain that would make certificate ``name`` pass the one-label rule."""
+    return name[2:] if name.startswith("*.") else _parent(name) or name
 
 
 def _key_check(cert: CertificateFacts, key: KeyCheck) -> Check:
@@ -812,6 +817,10 @@ REASON_FIXES = {
 }
 
 
+#: Refusals that a certificate under an accepted domain would turn into relays.
+_CERTIFICATE_FIXABLE = (predict.NULL_SENDER, predict.FORWARDED, predict.SENDER_NOT_ACCEPTED)
+
+
 def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[MailClass, ...]:
     """Run the real predictor for each class of mail and say whether it relays."""
     tenant, onprem = config.tenant, config.onprem
@@ -840,6 +849,19 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
             attribution=attribution,
         )
         relayed = prediction.verdict == predict.ACCEPT
+        fix = "" if relayed else REASON_FIXES.get(prediction.reason, "")
+        if (
+            not relayed
+            and attribution.connector is not None
+            and attribution.method == predict.BY_CERTIFICATE
+            and not attribution.certificate_domain
+            and prediction.reason in _CERTIFICATE_FIXABLE
+        ):
+            fix = (
+                f"Add {_domain_to_add(attribution.certificate_name)} as an accepted domain: "
+                f"the certificate name {attribution.certificate_name} already matches connector "
+                f"'{attribution.connector.name}', and then every sender relays."
+            )
         classes.append(
             MailClass(
                 id=class_id,
@@ -852,7 +874,7 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
                 code=prediction.code,
                 reply=prediction.reply,
                 explanation=prediction.explanation,
-                fix="" if relayed else REASON_FIXES.get(prediction.reason, ""),
+                fix=fix,
             )
         )
     return tuple(classes)
@@ -1458,9 +1480,9 @@ def _bounce_check(config: Config, postfix: PostfixFacts, classes: Sequence[MailC
         POSTFIX,
         NOTE,
         "Postfix sends its own bounces and delay notices with a null sender, which relays only "
-        f"through a certificate connector; here they are refused ({bounce.reason}){extra} "
-        f"({detail}).",
-        REASON_FIXES[predict.NULL_SENDER],
+        f"through a certificate connector; here they are refused [{bounce.reason}]{extra}. "
+        f"Notices: {detail}.",
+        bounce.fix,
     )
 
 
@@ -1483,9 +1505,10 @@ def write_text(report: Report, out: TextIO, *, title: str = "") -> None:
     out.write("\nWill Microsoft 365 relay it?\n")
     width = max(len(c.label) for c in report.classes)
     for row in report.classes:
-        sender = f"<{row.sender}>"
+        envelope = f"<{row.sender}> -> {', '.join(row.final)}"
         answer = "yes" if row.relayed else "NO "
-        out.write(f"  {row.label:<{width}}  {answer}  [{row.reason}]  {sender}\n")
+        reason = f"[{row.reason}]"
+        out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {envelope}\n")
         if row.fix:
             out.write(f"  {'':<{width}}       fix: {row.fix}\n")
     out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")

@@ -392,6 +392,14 @@ def test_table_with_srs_relays_foreign_and_forwarded_senders(tmp_path: Path) -> 
     assert rows["null-sender-bounce"] == (False, "null-sender")
 
 
+def test_table_names_the_accepted_domain_a_deep_certificate_needs(tmp_path: Path) -> None:
+    """A matching certificate two labels deep: the refused rows say which domain to add."""
+    report = audit(tmp_path, Setup(cert="deep", connectors=(Connector(tls="*.contoso.com"),)))
+    bounce = next(r for r in report.classes if r.id == "null-sender-bounce")
+    assert (bounce.relayed, bounce.reason) == (False, "null-sender")
+    assert bounce.fix.startswith("Add eu.contoso.com as an accepted domain")
+
+
 def test_table_without_a_connector_is_an_error(tmp_path: Path) -> None:
     """When even own-domain mail is refused (no connector), the summary is an error."""
     setup = replace(IP_ONLY, connectors=(Connector(ips=("198.51.100.0/24",), tls=""),))
@@ -1069,3 +1077,32 @@ def test_text_output_markers() -> None:
     assert text.index("Certificate") < text.index("Tenant") < text.index("Postfix")
     assert text.rstrip().endswith("1 errors, 1 warnings")
     assert report.exit_code == 1
+
+
+@pytest.mark.postfix
+def test_shipped_snippet_passes_the_policy_checks(tmp_path: Path) -> None:
+    """contrib/postfix/main.cf.snippet, appended to main.cf, passes every policy-wiring check."""
+    _require_postconf()
+    snippet = Path(__file__).resolve().parent.parent / "contrib" / "postfix" / "main.cf.snippet"
+    world = build(tmp_path, HEALTHY)
+    removed: dict[str, str | None] = {
+        name: None
+        for name in (
+            "m365_policyd_service",
+            "smtpd_relay_restrictions",
+            "smtpd_recipient_restrictions",
+            "smtpd_data_restrictions",
+        )
+    }
+    directory = postfix_dir(world, removed)
+    main = directory / "main.cf"
+    main.write_text(main.read_text() + snippet.read_text())
+    os.utime(main, (0, NOW.timestamp() - 60))  # see postfix_dir
+    facts = doctor.read_postfix(str(directory))
+    report = doctor.audit(load_config(str(world.config)), now=NOW, postfix=facts)
+    for check_id in (
+        "postfix-policy-recipient",
+        "postfix-policy-data",
+        "postfix-policy-default-action",
+    ):
+        assert report.status_of(check_id) == "ok", finding(report, check_id)
