@@ -38,8 +38,10 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from zope.interface import classImplements  # type: ignore[import-untyped]  # no stubs shipped
 
 from policyd.stats import (
     IDLE_TIMEOUT,
@@ -202,6 +204,20 @@ class PolicyProtocol(Protocol):
     def stopProducing(self) -> None:  # noqa: N802 - Twisted interface name
         """The connection is going away; connectionLost does the cleaning up."""
 
+    # IHalfCloseableProtocol (declared below the class)
+
+    def readConnectionLost(self) -> None:  # noqa: N802 - Twisted interface name
+        """The client shut down its sending side: send the replies owed, then close.
+
+        Without this Twisted drops the connection at the end of input, and a reply written in
+        the same reactor turn would never leave (a client that sends a request and then
+        ``shutdown(SHUT_WR)`` got nothing back).
+        """
+        self.close()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802 - Twisted interface name
+        """We never shut down our own sending side on purpose; nothing to do."""
+
     @property
     def closing(self) -> bool:
         """True once the connection is being closed; no more data is read or answered."""
@@ -321,6 +337,10 @@ class PolicyProtocol(Protocol):
             self._transport().write(replies[0] if len(replies) == 1 else b"".join(replies))
         if kind is not None:
             self.close(kind)
+
+
+# A call rather than @implementer, whose untyped decorator strict mypy refuses.
+classImplements(PolicyProtocol, IHalfCloseableProtocol)
 
 
 class PolicyFactory(ServerFactory):
