@@ -750,7 +750,12 @@ action = "{action}"
 
 
 def ask(engine: Any, session: Any, stage: str, **attrs: str) -> str:
-    request = {"protocol_state": stage, "instance": "i.1", "queue_id": "4F1A2B3C02"} | attrs
+    request = {
+        "request": "smtpd_access_policy",
+        "protocol_state": stage,
+        "instance": "i.1",
+        "queue_id": "4F1A2B3C02",
+    } | attrs
     return str(engine.handle(request, session))
 
 
