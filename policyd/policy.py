@@ -9,6 +9,7 @@ alias maps) is swapped in one step on reload.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,9 +93,13 @@ class PolicyEngine:
         self._clock = clock
         self._emit = emit
         self._state = state
+        self._log_predictions = _logs_predictions(state)
         self._attribution: Attribution | None = None
-        # (P1 sender key, recipient) -> (prediction, sender domain accepted or null sender)
-        self._cache: dict[tuple[str, str], tuple[RecipientPrediction, bool]] = {}
+        self._valid_until = -math.inf  # recompute the attribution from this instant on
+        # (P1 sender key, lower-cased recipient) -> (prediction, sender accepted or null)
+        self._predictions: dict[tuple[str, str], tuple[RecipientPrediction, bool]] = {}
+        # (sender, recipient) exactly as Postfix sent them -> everything the answer needs
+        self._entries: dict[tuple[str, str], _Entry] = {}
 
     # --- state ------------------------------------------------------------------------------
 
@@ -105,22 +110,26 @@ class PolicyEngine:
     def replace_state(self, state: State) -> None:
         """Swap in a freshly built state; cached predictions of the old one are dropped."""
         self._state = state
+        self._log_predictions = _logs_predictions(state)
         self._attribution = None
-        self._cache = {}
+        self._valid_until = -math.inf
+        self._predictions = {}
+        self._entries = {}
 
     def attribution(self) -> Attribution:
         """The current attribution, recomputed when a certificate validity boundary passes."""
         now = self._clock()
         attribution = self._attribution
-        if attribution is None or (
-            attribution.valid_until is not None and now >= attribution.valid_until
-        ):
+        if attribution is None or now >= self._valid_until:
             config = self._state.config
             attribution = predict.attribute(
                 config.tenant, config.onprem, datetime.fromtimestamp(now, UTC)
             )
             self._attribution = attribution
-            self._cache = {}
+            until = attribution.valid_until
+            self._valid_until = math.inf if until is None else until
+            self._predictions = {}
+            self._entries = {}
         return attribution
 
     def certificate_connector_match(self, now: float) -> bool | None:
@@ -140,7 +149,10 @@ class PolicyEngine:
 
     def handle(self, attrs: Mapping[str, str], session: object) -> str:
         """Answer one request. Never raises: our own failure answers ``policy.on_error``."""
+        # SPEC §6: only smtpd_access_policy requests at RCPT and DATA are predicted.
         stage = attrs.get("protocol_state", "")
+        if attrs.get("request") != "smtpd_access_policy":
+            stage = ""
         try:
             assert isinstance(session, Session)
             if stage == "RCPT":
@@ -180,13 +192,17 @@ class PolicyEngine:
 
     def predict(self, sender: str, recipient: str) -> RecipientPrediction:
         """Predict one recipient of ``sender`` with the current state (cached)."""
-        return self._predict(sender, recipient)[0]
+        return self._entry(sender, recipient).prediction
 
-    def _predict(self, sender: str, recipient: str) -> tuple[RecipientPrediction, bool]:
-        attribution = self.attribution()
+    def _entry(self, sender: str, recipient: str) -> _Entry:
+        """The cached answer for this exact (sender, recipient); built on first use."""
+        attribution = self.attribution()  # may drop every cache when a boundary passed
+        entry = self._entries.get((sender, recipient))
+        if entry is not None:
+            return entry
         _, at, domain = sender.rpartition("@")
         key = (("@" + domain.lower()) if at and domain else sender, recipient.lower())
-        cached = self._cache.get(key)
+        cached = self._predictions.get(key)
         if cached is None:
             config = self._state.config
             view = predict.sender_view(sender, config.tenant, config.onprem)
@@ -198,15 +214,19 @@ class PolicyEngine:
                 onprem=config.onprem,
                 attribution=attribution,
             )
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache = {}
             cached = (prediction, view.null or bool(view.accepted_domain))
-            self._cache[key] = cached
-            return cached
-        if cached[0].recipient != recipient:
+            if len(self._predictions) >= CACHE_LIMIT:
+                self._predictions = {}
+            self._predictions[key] = cached
+        prediction, sender_accepted = cached
+        if prediction.recipient != recipient:
             # Same recipient in another case: keep the cached decision, show the address as sent.
-            return RecipientPrediction(recipient, cached[0].addresses), cached[1]
-        return cached
+            prediction = RecipientPrediction(recipient, prediction.addresses)
+        entry = _Entry(prediction, sender_accepted, self._state.config.policy)
+        if len(self._entries) >= CACHE_LIMIT:
+            self._entries = {}
+        self._entries[(sender, recipient)] = entry
+        return entry
 
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str:
         instance = attrs.get("instance", "")
@@ -216,39 +236,39 @@ class PolicyEngine:
         recipient = attrs.get("recipient", "")
         if not recipient:
             return DUNNO
-        prediction, sender_accepted = self._predict(sender, recipient)
+        # The hot path: one clock read, one dict lookup, a few counters.
+        entry = None
+        if self._clock() < self._valid_until:
+            entry = self._entries.get((sender, recipient))
+        if entry is None:
+            entry = self._entry(sender, recipient)
         stats = self._stats
-        policy = self._state.config.policy
-        verdict = prediction.verdict
-        reason = prediction.reason
-        stats.predictions[(verdict, reason)] += 1
-        for address in prediction.addresses:
-            if address.relayed and address.verdict != REJECT:
-                stats.external_recipients += 1
-                if not sender_accepted:  # the 5.7.750 "unregistered domain" risk
-                    stats.unregistered_sender_relays += 1
-        action = policy.action_for(reason) if verdict == REJECT else "dunno"
-        stats.actions[action] += 1
-        if action not in ("defer", "reject"):
-            session.recipients.append(prediction)  # part of the message: counts in the header
-        answer = _answer(action, prediction, policy)
-        self._emit(
-            {
-                "event": "prediction",
-                "queue_id": attrs.get("queue_id", ""),
-                "instance": instance,
-                "client_address": attrs.get("client_address", ""),
-                "sender": sender,
-                "recipient": recipient,
-                "final": list(prediction.final),
-                "verdict": verdict,
-                "code": prediction.code,
-                "reason": reason,
-                "action": action,
-                "explanation": prediction.explanation,
-            }
-        )
-        return answer
+        stats.predictions[entry.counted] += 1
+        if entry.external:
+            stats.external_recipients += entry.external
+            stats.unregistered_sender_relays += entry.unregistered  # the 5.7.750 risk
+        stats.actions[entry.action] += 1
+        if entry.in_message:
+            session.recipients.append(entry.prediction)  # part of the message: in the header
+        if self._log_predictions:
+            prediction = entry.prediction
+            self._emit(
+                {
+                    "event": "prediction",
+                    "queue_id": attrs.get("queue_id", ""),
+                    "instance": instance,
+                    "client_address": attrs.get("client_address", ""),
+                    "sender": sender,
+                    "recipient": recipient,
+                    "final": list(prediction.final),
+                    "verdict": entry.counted[0],
+                    "code": prediction.code,
+                    "reason": entry.counted[1],
+                    "action": entry.action,
+                    "explanation": prediction.explanation,
+                }
+            )
+        return entry.answer
 
     def _data(self, attrs: Mapping[str, str], session: Session) -> str:
         if self.outcomes is not None and attrs.get("instance", "") == session.instance:
@@ -289,6 +309,40 @@ class PolicyEngine:
                     "problem": f"outcome watcher failed: {error!r}",
                 }
             )
+
+
+class _Entry:
+    """Everything an RCPT answer needs for one (sender, recipient), computed once per state."""
+
+    __slots__ = (
+        "action",
+        "answer",
+        "counted",
+        "external",
+        "in_message",
+        "prediction",
+        "unregistered",
+    )
+
+    def __init__(
+        self, prediction: RecipientPrediction, sender_accepted: bool, policy: PolicySettings
+    ) -> None:
+        self.prediction = prediction
+        verdict = prediction.verdict
+        self.counted = (verdict, prediction.reason)  # m365_policyd_predictions_total labels
+        relayed = sum(1 for a in prediction.addresses if a.relayed and a.verdict != REJECT)
+        self.external = relayed  # recipients Microsoft 365 will send to the internet
+        self.unregistered = 0 if sender_accepted else relayed
+        action = policy.action_for(prediction.reason) if verdict == REJECT else "dunno"
+        self.action = action
+        # Deferred and rejected recipients are not part of the message Postfix accepts.
+        self.in_message = action not in ("defer", "reject")
+        self.answer = _answer(action, prediction, policy)
+
+
+def _logs_predictions(state: State) -> bool:
+    """Prediction lines are written at info: below that level, do not even build them."""
+    return state.config.log.level in ("debug", "info")
 
 
 def tag_value(recipients: list[RecipientPrediction]) -> str:

@@ -247,6 +247,32 @@ def test_other_states_are_dunno(state: str) -> None:
     assert not stats.predictions
 
 
+@pytest.mark.parametrize("request_name", ["", "smtpd_other_policy", "SMTPD_ACCESS_POLICY"])
+def test_other_requests_are_dunno(request_name: str) -> None:
+    """A request that is not smtpd_access_policy is answered DUNNO and not predicted."""
+    handler, stats, _ = engine(PolicySettings(action="reject"))
+    request = rcpt(FOREIGN, OUTSIDE)
+    request["request"] = request_name
+    assert handler.handle(request, Session()) == "DUNNO"
+    assert stats.requests["other"] == 1
+    assert not stats.predictions
+
+
+def test_predictions_are_not_built_below_info(tmp_path: Path) -> None:
+    """At log level warn the engine emits no prediction records, but errors still go out."""
+    stats = Stats()
+    records: list[Mapping[str, object]] = []
+    cfg = replace(config(PolicySettings(action="defer")), log=LogSettings(level="warn"))
+    handler = PolicyEngine(State(cfg, load_alias_maps(()), 1), stats, Clock(), records.append)
+    assert handler.handle(rcpt(FOREIGN, OUTSIDE), Session()).startswith("450 ")
+    assert records == []
+    handler.replace_state(
+        State(replace(cfg, log=LogSettings(level="info")), load_alias_maps(()), 2)
+    )
+    handler.handle(rcpt(FOREIGN, OUTSIDE), Session())
+    assert [r["event"] for r in records] == ["prediction"]
+
+
 class _Broken(AliasMaps):
     def __init__(self, error: Exception) -> None:
         super().__init__()
