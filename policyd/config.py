@@ -160,7 +160,6 @@ EXAMPLES: dict[str, str] = {
 _T = TypeVar("_T")
 
 #: ``[outcomes] relay_hosts`` default: the relays that are Microsoft 365 (SPEC §8).
-RELAY_HOSTS: tuple[str, ...] = ("*.mail.protection.outlook.com",)
 _RELAY_PATTERN = re.compile(r"^[A-Za-z0-9*?!._:-]+$")  # a host name or address glob, no brackets
 
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 field-name: ftext, no colon
@@ -218,7 +217,7 @@ class OutcomeSettings:
     the relays whose replies count (globs against the relay's host name and bracketed address)."""
 
     postfix_log: str = defaults.POSTFIX_LOG
-    relay_hosts: tuple[str, ...] = RELAY_HOSTS
+    relay_hosts: tuple[str, ...] = defaults.RELAY_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +488,7 @@ def _log(table: _Table) -> LogSettings:
 
 
 def _relay_hosts(table: _Table) -> tuple[str, ...]:
-    patterns = tuple(p.strip() for p in table.strings("relay_hosts", RELAY_HOSTS))
+    patterns = tuple(p.strip() for p in table.strings("relay_hosts", defaults.RELAY_HOSTS))
     if not patterns:
         raise table.error(
             "relay_hosts",

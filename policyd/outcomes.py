@@ -41,7 +41,7 @@ from twisted.internet import protocol, task
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
-from policyd.config import RELAY_HOSTS
+from policyd.defaults import RELAY_HOSTS
 from policyd.stats import Stats
 
 #: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.

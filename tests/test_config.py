@@ -681,7 +681,7 @@ VALIDATION = [
      "expected a string, got a boolean (false); "
      'write for example postfix_log = "/var/log/mail.log"'),
     ("[outcomes]\nfollow = true\n", "outcomes.follow",
-     "unknown key; allowed keys in [outcomes]: postfix_log"),
+     "unknown key; allowed keys in [outcomes]: postfix_log, relay_hosts"),
 ]  # fmt: skip
 
 

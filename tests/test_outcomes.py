@@ -20,7 +20,8 @@ import pytest
 from twisted.internet import task
 from twisted.python.failure import Failure
 
-from policyd.config import RELAY_HOSTS, load_config
+from policyd.config import load_config
+from policyd.defaults import RELAY_HOSTS
 from policyd.errors import ConfigError
 from policyd.outcomes import (
     DEFAULT_RELAY_HOSTS,
