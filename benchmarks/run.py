@@ -145,6 +145,7 @@ def machine() -> list[tuple[str, str]]:
         ("Python", platform.python_version()),
         ("Twisted", twisted.__version__),
         ("Postfix", postfix),
+        ("load average at start (1/5/15 min)", " / ".join(f"{v:.2f}" for v in os.getloadavg())),
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
 

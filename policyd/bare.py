@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # imported here so that importing this module does not install the global reactor
-    from twisted.internet import reactor as installed  # noqa: PLC0415 - see the comment above
+    from twisted.internet import reactor as installed
 
     reactor: Any = installed
     status = [0]
