@@ -784,3 +784,26 @@ def test_failing_new_session_keeps_the_connection_answering() -> None:
     assert not transport.disconnecting
     assert transport.value() == b"action=INFO request 1 RCPT\n\n"
     assert handler.seen[0][1] is None
+
+
+def test_postfix_layout_and_any_other_order_read_the_same() -> None:
+    """A request in Postfix's own attribute order and the same request shuffled, with a
+    duplicated name, or with a wanted line renamed, are all read by the general rule."""
+    import random
+
+    from policyd.protocol import _postfix_layout, _search
+
+    for path in STREAMS:
+        for block in path.read_text().rstrip("\n").split("\n\n"):
+            by_position = _postfix_layout(block)
+            assert by_position is not None  # the recorded requests are in Postfix's layout
+            assert by_position == _search(block)
+            lines = block.split("\n")
+            random.Random(len(block)).shuffle(lines)
+            shuffled = "\n".join(lines)
+            assert (_postfix_layout(shuffled) or _search(shuffled)) == by_position
+            renamed = block.replace("\nsender=", "\nsenders=", 1)
+            assert _postfix_layout(renamed) is None
+            assert "sender" not in _search(renamed)
+            twice = block.replace("\nrecipient=", "\nrecipient=first@x\nrecipient=", 1)
+            assert (_postfix_layout(twice) or _search(twice))["recipient"] == "first@x"
