@@ -807,3 +807,73 @@ def test_postfix_layout_and_any_other_order_read_the_same() -> None:
             assert "sender" not in _search(renamed)
             twice = block.replace("\nrecipient=", "\nrecipient=first@x\nrecipient=", 1)
             assert (_postfix_layout(twice) or _search(twice))["recipient"] == "first@x"
+
+
+class _Socket:
+    """A socket that takes at most ``accept`` bytes per send (None: raises EAGAIN)."""
+
+    def __init__(self, accept: int | None) -> None:
+        self.accept = accept
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        if self.accept is None:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        self.sent.append(data[: self.accept])
+        return min(len(data), self.accept)
+
+
+class _BufferedTransport(WriteLog):
+    """A WriteLog with the write-buffer attributes of twisted.internet.abstract.FileDescriptor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataBuffer = b""
+        self._tempDataLen = 0
+
+
+def _direct_protocol(sock: _Socket) -> tuple[PolicyProtocol, _BufferedTransport]:
+    factory, _, _ = make_factory(RecordingHandler())
+    protocol = factory.buildProtocol(None)
+    transport = _BufferedTransport()
+    protocol.makeConnection(transport)
+    protocol._direct = sock  # what _direct_socket returns for a real TCP or UNIX connection
+    return protocol, transport
+
+
+@pytest.mark.parametrize(
+    ("accept", "direct", "buffered"),
+    [
+        (10_000, b"action=INFO request 1 RCPT\n\n", b""),
+        (7, b"action=", b"INFO request 1 RCPT\n\n"),
+        (None, b"", b"action=INFO request 1 RCPT\n\n"),
+    ],
+    ids=["all-at-once", "partial", "would-block"],
+)
+def test_direct_send_hands_what_the_kernel_refuses_to_twisted(
+    accept: int | None, direct: bytes, buffered: bytes
+) -> None:
+    """A reply goes straight to the socket; whatever it does not take goes through Twisted."""
+    sock = _Socket(accept)
+    protocol, transport = _direct_protocol(sock)
+    protocol.dataReceived(b"protocol_state=RCPT\n\n")
+    assert b"".join(sock.sent) == direct
+    assert transport.value() == buffered
+
+
+def test_direct_send_never_overtakes_queued_replies() -> None:
+    """With data already queued in Twisted's buffer, a new reply queues behind it."""
+    sock = _Socket(10_000)
+    protocol, transport = _direct_protocol(sock)
+    transport._tempDataLen = 5  # Twisted still holds unsent bytes
+    protocol.dataReceived(b"protocol_state=RCPT\n\n")
+    assert sock.sent == []
+    assert transport.value() == b"action=INFO request 1 RCPT\n\n"
+
+
+def test_direct_send_is_used_only_for_real_sockets() -> None:
+    """Test and TLS transports have no socket to write to: replies use transport.write."""
+    from policyd.protocol import _direct_socket
+
+    assert _direct_socket(StringTransport()) is None
+    assert _direct_socket(object()) is None
