@@ -190,14 +190,30 @@ def watched_paths(state: State) -> list[str]:
 # --- endpoints ------------------------------------------------------------------------------
 
 
+#: Listen queue of ``tcp:``/``unix:`` endpoints that set no ``backlog=``. Twisted's default of
+#: 50 overflows when many smtpd processes connect at once (after a restart, say); the kernel
+#: then drops their SYNs and each such client stalls a second or more before it retries.
+#: Linux caps the value at ``net.core.somaxconn``.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description``, plus ``backlog=LISTEN_BACKLOG`` for a tcp or unix endpoint without one."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: str) -> Endpoint:
     """``serverFromString`` with errors an administrator can act on.
 
     An unparseable string is a configuration error (exit 78); a ``systemd:`` endpoint whose
-    socket systemd did not pass is a listen failure (exit 1).
+    socket systemd did not pass is a listen failure (exit 1). A tcp or unix endpoint without
+    ``backlog=`` gets ``LISTEN_BACKLOG``.
     """
     try:
-        endpoint: Endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]  # untyped in Twisted
+        endpoint: Endpoint = serverFromString(reactor, with_backlog(description))  # type: ignore[no-untyped-call]  # untyped in Twisted
     except (IndexError, KeyError) as error:
         if description.startswith("systemd:"):
             raise ListenError(
