@@ -67,13 +67,34 @@ def level_for(name: str) -> LogLevel:
     return level
 
 
+#: Rendered text values by value: senders, recipients, reasons and explanations repeat from
+#: one prediction to the next, so most values skip the quoting check. Bounded; cleared when full.
+_RENDERED: dict[object, str] = {}
+_RENDERED_LIMIT = 8192
+
+
 def text_value(value: object) -> str:
     """One value in a ``key=value`` line: bare when safe, else a JSON string literal.
 
     Lists and tuples are joined with commas; None and "" are written as ``""`` so that a key is
     never followed by nothing.
     """
-    if type(value) is str:  # the common case first: this runs for every prediction field
+    kind = type(value)
+    if kind is str or kind is tuple:  # the hashable common cases: memoized
+        try:
+            return _RENDERED[value]
+        except KeyError:
+            pass
+        rendered = _render(value)
+        if len(_RENDERED) >= _RENDERED_LIMIT:
+            _RENDERED.clear()
+        _RENDERED[value] = rendered
+        return rendered
+    return _render(value)
+
+
+def _render(value: object) -> str:
+    if type(value) is str:
         text = value
     elif isinstance(value, list | tuple):
         text = ",".join(map(str, value))
@@ -204,9 +225,16 @@ class LogOutput:
         level = "error" if record.get("event") == "error" else "info"
         if level == "info" and not self._info:
             return None
-        pairs = self._head(level)
-        pairs.extend(record.items())
-        return self._line(pairs)
+        if self._format == JSON:
+            pairs = self._head(level)
+            pairs.extend(record.items())
+            return json_line(pairs)
+        head = (
+            f"time={timestamp(self._clock())} level={level}"
+            if self._timestamps
+            else (f"level={level}")
+        )
+        return " ".join([head, *[f"{key}={text_value(value)}" for key, value in record.items()]])
 
     # --- output -------------------------------------------------------------------------------
 

@@ -260,7 +260,7 @@ class PolicyEngine:
                     "client_address": attrs.get("client_address", ""),
                     "sender": sender,
                     "recipient": recipient,
-                    "final": list(prediction.final),
+                    "final": prediction.final,
                     "verdict": entry.counted[0],
                     "code": prediction.code,
                     "reason": entry.counted[1],

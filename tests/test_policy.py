@@ -312,7 +312,7 @@ def test_forward_through_alias_map(tmp_path: Path) -> None:
     )
     answer = handler.handle(rcpt(FOREIGN, "kate@contoso.com"), Session())
     assert answer.startswith("450 4.7.64 ") and "reason=forwarded" in answer
-    assert records[-1]["final"] == ["kate.home@tailspintoys.com"]
+    assert records[-1]["final"] == ("kate.home@tailspintoys.com",)
     assert stats.predictions[("reject", "forwarded")] == 1
 
 
@@ -349,7 +349,7 @@ def test_prediction_record_has_the_logged_fields() -> None:
         "client_address": "127.0.0.1",
         "sender": FOREIGN,
         "recipient": OUTSIDE,
-        "final": [OUTSIDE],
+        "final": (OUTSIDE,),
         "verdict": "reject",
         "code": "5.7.64",
         "reason": "sender-not-accepted",

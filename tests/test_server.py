@@ -709,3 +709,17 @@ def test_configuration_error_exits_78(tmp_path: Path) -> None:
     lines = caught.value.stderr.strip().splitlines()
     assert len(lines) == 1
     assert str(server.config_path) in lines[0]
+
+
+def test_memoized_text_values_render_like_fresh_ones() -> None:
+    """A value rendered twice (the memoized path) is written exactly as the first time, and
+    the memo stays bounded."""
+    from policyd import log
+
+    values = ["plain@x.example", "with space", "", 'quote"d', ("a@b", "c@d"), ("one",)]
+    first = [text_value(v) for v in values]
+    assert [text_value(v) for v in values] == first
+    assert first == ["plain@x.example", '"with space"', '""', '"quote\\"d"', "a@b,c@d", "one"]
+    for n in range(log._RENDERED_LIMIT + 10):
+        text_value(f"v{n}")
+    assert len(log._RENDERED) <= log._RENDERED_LIMIT
