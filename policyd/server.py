@@ -19,6 +19,7 @@ error (one line on stderr naming the file, the key and the fix).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -339,6 +340,7 @@ class Server:
         log_alias_warnings(self.state)
         self.configure_outcomes()
         self.install_reload()
+        settle_heap()
         self.notifier.ready(status=f"serving {len(self.ports)} endpoint(s)")
 
     def fail(self, error: ListenError) -> None:
@@ -465,6 +467,7 @@ class Server:
             )
         self._schedule_checks(config.server.reload_interval)
         self.configure_outcomes()
+        settle_heap()
         return True
 
     # --- shutdown ---------------------------------------------------------------------------
@@ -497,6 +500,20 @@ class Server:
         while getattr(self.factory, "open_count", 0) and self.reactor.seconds() < deadline:
             yield task.deferLater(self.reactor, 0.01, lambda: None)
         self.output.flush()
+
+
+def settle_heap() -> None:
+    """Collect once, then move every live object out of the garbage collector's way.
+
+    The loaded state (tenant, alias maps: up to hundreds of thousands of objects) lives until the
+    next reload; without ``gc.freeze()`` every full collection walks it and pauses request
+    handling for milliseconds (measured: 17 ms at start-up, ~1 ms eleven times per 10 s).
+    Frozen objects are still freed by reference counting; unfreezing first lets the collection
+    at each reload also reclaim any cycles left over from the previous state.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _why(error: BaseException) -> str:

@@ -723,3 +723,16 @@ def test_memoized_text_values_render_like_fresh_ones() -> None:
     for n in range(log._RENDERED_LIMIT + 10):
         text_value(f"v{n}")
     assert len(log._RENDERED) <= log._RENDERED_LIMIT
+
+
+def test_settle_heap_freezes_the_loaded_state() -> None:
+    """After start-up or a reload the live objects are frozen, so full collections skip them."""
+    import gc
+
+    from policyd.server import settle_heap
+
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
