@@ -53,5 +53,9 @@ run: $(STAMP)
 	@echo "  $(VENV)/bin/m365-policyd check -c $(CONFIG) --sender john@fabrikam.com --recipient kate@tailspintoys.com"
 	exec $(VENV)/bin/m365-policyd serve -c $(CONFIG)
 
+# SPEC §9 figures in one run, written to BENCHMARKS.md with the machine's description.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -71,20 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
-    bench = commands.add_parser(
-        "bench", help="drive a running policy server with realistic Postfix traffic"
+    # Listed for --help only: `bench` has its own parser (policyd.bench), see main().
+    commands.add_parser(
+        "bench",
+        help="drive a running policy server with realistic Postfix traffic",
+        add_help=False,
     )
-    bench.add_argument("--connect", required=True, metavar="ENDPOINT")
-    bench.add_argument("--connections", type=int, default=50, metavar="N")
-    bench.add_argument("--duration", type=float, default=10.0, metavar="S")
-    bench.add_argument("--rate", type=float, default=0.0, metavar="R", help="offered requests/s")
-    bench.add_argument("--processes", type=int, default=0, metavar="P")
-    bench.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:
+        from policyd import bench
+
+        return bench.main(args_list[1:])
     parser = _parser()
     try:
         args = parser.parse_args(args_list)
@@ -96,10 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "m365-policyd: error: a command is required (serve, check, doctor, bench)\n"
         )
         return EXIT_USAGE
-    if args.command == "bench":
-        from policyd import bench
-
-        return bench.main(args_list[1:])
     config_path = args.config or default_config_path(os.environ)
     if args.command == "serve":
         from policyd import server

@@ -222,3 +222,11 @@ def test_console_script_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"m365-policyd {__version__}"
+
+
+def test_bench_arguments_reach_the_bench_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    """`m365-policyd bench` hands its arguments to the bench command's own parser."""
+    code = cli.main(["bench", "--connect", "127.0.0.1:9", "--requests", "x"])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "--requests" in err
