@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -502,6 +503,29 @@ class Server:
         self.output.flush()
 
 
+#: File descriptors the daemon needs besides policy connections (listeners, metrics, log files,
+#: postmap pipes, the outcome follower).
+FD_MARGIN = 64
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force.
+
+    Each Postfix connection is a file descriptor. The usual soft limit (1024) is below the
+    default ``max_connections`` (4096); past it, Twisted closes new connections at accept time
+    without our counting them.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # a container may refuse: keep what we have
+            pass
+    return soft
+
+
 def settle_heap() -> None:
     """Collect once, then move every live object out of the garbage collector's way.
 
@@ -574,6 +598,16 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         sys.stderr.write(f"m365-policyd: {error}\n")
         return error.status
     start_logging(output)
+    limit = raise_open_files_limit()
+    if limit < config.server.max_connections + FD_MARGIN:
+        _log.warn(
+            "server.max_connections = {wanted} but only {limit} file descriptors are allowed; "
+            "connections beyond about {usable} are closed uncounted: raise LimitNOFILE= (systemd) "
+            "or ulimit -n, or lower server.max_connections",
+            wanted=config.server.max_connections,
+            limit=limit,
+            usable=max(limit - FD_MARGIN, 0),
+        )
     reactor.addSystemEventTrigger("before", "shutdown", server.shutdown)
 
     server.pending_sighups = early_hups

@@ -75,17 +75,6 @@ def raise_fd_limit(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-@contextlib.contextmanager
-def fd_limit(soft: int) -> Iterator[None]:
-    """Run the block (a server start) with a lower soft RLIMIT_NOFILE, then restore it."""
-    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
-
-
 def rss_kb(pid: int) -> int:
     """Resident set size of ``pid`` in KiB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -605,8 +594,9 @@ def test_max_connections_below_the_fd_limit_protects_the_daemon(tmp_path: Path) 
     """With 256 descriptors and max_connections = 200, 400 clients cannot starve the daemon."""
     extra = "max_connections = 200"
     limited = PolicyServer(tmp_path, server_extra=extra)
-    with fd_limit(256):
-        limited.start()
+    limited.start()
+    assert limited.process is not None
+    resource.prlimit(limited.process.pid, resource.RLIMIT_NOFILE, (256, 256))
     with limited, watched(limited):
         socks = [connect(limited) for _ in range(400)]
         try:
@@ -623,15 +613,18 @@ def test_max_connections_below_the_fd_limit_protects_the_daemon(tmp_path: Path) 
 
 
 def test_running_out_of_descriptors_closes_the_excess_and_keeps_serving(tmp_path: Path) -> None:
-    """At its fd limit (128, below max_connections) the daemon drops the excess, never hangs.
+    """At its fd limit (128 soft and hard, below max_connections) the daemon drops the excess,
+    never hangs.
 
     Twisted's EMFILE recovery accepts and closes what it cannot keep (no reply, so Postfix
     retries; not counted as too-many-connections): the open connections keep their answers,
     no client waits forever, and new clients are served once the flood is gone.
     """
     flooded = PolicyServer(tmp_path)
-    with fd_limit(128):
-        flooded.start()
+    flooded.start()
+    assert flooded.process is not None
+    # serve raises its soft limit to the hard one at start; cap both, as a strict host would.
+    resource.prlimit(flooded.process.pid, resource.RLIMIT_NOFILE, (128, 128))
     with flooded, watched(flooded):
         socks = [connect(flooded, timeout=5.0) for _ in range(300)]
         try:

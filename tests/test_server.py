@@ -736,3 +736,21 @@ def test_settle_heap_freezes_the_loaded_state() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    """serve raises its soft descriptor limit to the hard one (room for max_connections)."""
+    import resource
+
+    from policyd.server import raise_open_files_limit
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, before[1]))
+        limit = raise_open_files_limit()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert limit == soft
+        assert hard in (soft, resource.RLIM_INFINITY)
+        assert soft > 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
