@@ -1,6 +1,8 @@
 # m365-policyd — every set-up step a fresh Debian machine needs lives here.
 #   make run    create .venv, install, start the daemon on the example config
 #   make test   create .venv, install test needs (and Debian's postfix/prometheus as root), run every test
+#   make bench  measure the SPEC §9 targets, write BENCHMARKS.md
+#   make fuzz   coverage-guided fuzzing of the policy protocol (atheris, FUZZ_SECONDS=300)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -56,6 +58,14 @@ run: $(STAMP)
 # SPEC §9 figures in one run, written to BENCHMARKS.md with the machine's description.
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+FUZZ_SECONDS ?= 300
+FUZZ_CORPUS ?= $(VENV)/fuzz-corpus
+
+fuzz: $(STAMP)
+	$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install --quiet atheris
+	mkdir -p $(FUZZ_CORPUS)
+	$(PY) fuzz/fuzz_protocol.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/ $(FUZZ_CORPUS) tests/data/requests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
