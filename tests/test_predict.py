@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from policyd import predict
+from policyd.aliases import load_alias_maps
 from policyd.certificate import read_certificate
 from policyd.model import (
     PARTNER,
@@ -936,3 +937,68 @@ def test_rule_with_generated_certificates(
     prediction = run("john@fabrikam.com", t=CERT_ONLY, o=onprem(FAR_EGRESS, certificate=facts))
     assert prediction.reason == reason
     assert phrase in prediction.explanation
+
+
+@pytest.mark.parametrize(
+    ("table", "sender", "recipient", "final", "reason"),
+    [
+        (
+            "@contoso.com  desk@tailspintoys.com\n",
+            "john@fabrikam.com",
+            "anyone@contoso.com",
+            ("desk@tailspintoys.com",),
+            predict.FORWARDED,
+        ),
+        (
+            "@contoso.com  desk@tailspintoys.com\nkate@contoso.com  kate@contoso.com\n",
+            "john@fabrikam.com",
+            "kate@contoso.com",
+            ("kate@contoso.com",),
+            predict.RECIPIENT_IN_TENANT,
+        ),
+        (
+            "sales@contoso.com  team@contoso.com\n"
+            "team@contoso.com  bob@fabrikam.net, kim@contoso.com\n",
+            "john@fabrikam.com",
+            "sales@contoso.com",
+            ("bob@fabrikam.net", "kim@contoso.com"),
+            predict.FORWARDED,
+        ),
+        (
+            "sales@contoso.com  team@contoso.com\nteam@contoso.com  bob@fabrikam.net\n",
+            "alerts@contoso.com",
+            "sales@contoso.com",
+            ("bob@fabrikam.net",),
+            predict.SENDER_ACCEPTED_DOMAIN,
+        ),
+        (
+            "sales@contoso.com  team@contoso.com\nteam@contoso.com  bob@fabrikam.net\n",
+            "",
+            "sales@contoso.com",
+            ("bob@fabrikam.net",),
+            predict.NULL_SENDER,
+        ),
+    ],
+    ids=[
+        "catch-all",
+        "exact-key-beats-catch-all",
+        "recursion",
+        "recursion-own-sender",
+        "recursion-null-sender",
+    ],
+)
+def test_forwarding_through_real_alias_tables(
+    tmp_path: Path,
+    table: str,
+    sender: str,
+    recipient: str,
+    final: tuple[str, ...],
+    reason: str,
+) -> None:
+    """Forwards found through a catch-all or through recursive aliases decide the verdict."""
+    path = tmp_path / "virtual"
+    path.write_text(table)
+    expanded = load_alias_maps([f"texthash:{path}"]).expand(recipient)
+    assert expanded == final
+    prediction = run(sender, recipient, final=expanded)
+    assert prediction.reason == reason
