@@ -6,7 +6,7 @@ Two sources feed one stream:
   ``LogOutput.__call__``, which filters by the configured level and writes and flushes one line;
 - prediction records from ``PolicyEngine`` (one per recipient) go through ``LogOutput.emit``,
   the hot path: no ``Logger`` machinery, the line is formatted and appended to the stream's
-  buffer, and one flush per reactor turn (scheduled with ``callLater(0)``) writes them all.
+  buffer, and one scheduled flush (``serve`` uses ``callLater(0.1)``) writes them all.
 
 Both write to the same stream object, so lines keep their order. Text lines are ``key=value``
 pairs (values with spaces, quotes, ``=`` or control characters are quoted JSON-style, so one

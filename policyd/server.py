@@ -503,6 +503,11 @@ class Server:
         self.output.flush()
 
 
+#: Prediction lines are written at most this long (seconds) after they happen, or sooner when
+#: the stream's buffer fills; one flush per reactor turn cost a write syscall and a timer per
+#: request under load.
+LOG_FLUSH_DELAY = 0.1
+
 #: File descriptors the daemon needs besides policy connections (listeners, metrics, log files,
 #: postmap pipes, the outcome follower).
 FD_MARGIN = 64
@@ -588,7 +593,9 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     assert reactor is not None
     config = state.config
     output = default_output(
-        config.log.format, config.log.level, lambda flush: reactor.callLater(0, flush)
+        config.log.format,
+        config.log.level,
+        lambda flush: reactor.callLater(LOG_FLUSH_DELAY, flush),
     )
     server = Server(config_path, state, reactor, output, handle_sighup=True)
     try:

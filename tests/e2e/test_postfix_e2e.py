@@ -247,6 +247,40 @@ def test_mixed_recipients_carry_one_header_with_counts(fresh: World) -> None:
         assert_agree(world.daemon.prediction(rcpt), seen.replies[final], rcpt)
 
 
+def test_defer_and_reject_keep_refused_recipients_out_of_the_header(fresh: World) -> None:
+    """Under defer (450) or reject (550) the refused recipient is turned away at RCPT and is
+    not part of the message: the in-tenant rest is not a relay, so it carries no header, while
+    a relayed message under the same action is tagged refused=0 (SPEC §6)."""
+    for action, code in (("defer", 450), ("reject", 550)):
+        world = fresh.apply(Setup(action=action))
+        tag = token()
+        mark = len(world.standin.transactions)
+        outside, inside = f"{action}-{tag}@example.net", f"ok-{tag}@contoso.com"
+        result = world.postfix.send("john@fabrikam.com", [outside, inside])
+        assert result.rcpt[outside][0] == code, result
+        assert result.rcpt[inside][0] == 250, result
+        assert result.queued
+        (seen,) = world.standin.wait_for(lambda t, inside=inside: inside in t.replies, since=mark)
+        assert seen.accepted == [inside]
+        assert outside not in seen.replies
+        assert seen.message.get_all("X-M365-Relay") is None
+        assert_agree(
+            world.daemon.prediction(outside),
+            world.standin_would_say("john@fabrikam.com", outside),
+            action,
+        )
+        relayed = f"relayed-{tag}@example.net"
+        mark = len(world.standin.transactions)
+        assert world.postfix.send("alerts@contoso.com", [relayed]).queued
+        (seen,) = world.standin.wait_for(
+            lambda t, relayed=relayed: relayed in t.replies, since=mark
+        )
+        assert seen.accepted == [relayed]
+        assert seen.message.get_all("X-M365-Relay") == [
+            "verdict=accept; code=none; reason=sender-accepted-domain; refused=0; recipients=1"
+        ]
+
+
 def test_reroute_sends_the_message_to_the_second_relay(fresh: World) -> None:
     """action=reroute: the whole message goes to the second sink, none of it to the stand-in."""
     world = fresh.apply(Setup(action="reroute", reroute=True))
