@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,9 @@ class _PostmapTable:
         self._cache_size = cache_size
         self._runner = runner
         self._cache: OrderedDict[str, str | None] = OrderedDict()
+        # serve runs these lookups in worker threads (they block on postmap): the cache is
+        # shared, so its updates are serialised; the postmap runs themselves are not.
+        self._lock = threading.Lock()
 
     def query(self, key: str) -> tuple[bool, str]:
         """Run postmap once: (found, value); raises AliasLookupError when the table fails."""
@@ -156,15 +160,17 @@ class _PostmapTable:
         # Postfix folds keys for fixed-string tables itself; pattern tables see the key as is.
         cache_key = key if self.pattern else fold(key)
         cache = self._cache
-        if cache_key in cache:
-            cache.move_to_end(cache_key)
-            return cache[cache_key]
+        with self._lock:
+            if cache_key in cache:
+                cache.move_to_end(cache_key)
+                return cache[cache_key]
         found, value = self.query(key)
         result = value if found else None
         if self._cache_size > 0:
-            cache[cache_key] = result
-            if len(cache) > self._cache_size:
-                cache.popitem(last=False)
+            with self._lock:
+                cache[cache_key] = result
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
         return result
 
 

@@ -22,8 +22,14 @@ from policyd.predict import REJECT, Attribution, RecipientPrediction
 from policyd.stats import Stats
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
     from policyd.config import Config, PolicySettings
     from policyd.outcomes import Expectations
+
+#: Runs a blocking function off the reactor thread: ``deferToThread``'s shape.
+InThread = Callable[..., "Deferred[tuple[str, ...]]"]
 
 #: Postfix answers; "action=" and the blank line are the protocol layer's business.
 DUNNO = "DUNNO"
@@ -86,9 +92,19 @@ class PolicyEngine:
         clock: Callable[[], float],
         emit: Callable[[Mapping[str, object]], None],
         outcomes: Expectations | None = None,
+        *,
+        in_thread: InThread | None = None,
     ) -> None:
-        """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID."""
+        """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID.
+
+        ``in_thread(f, *args)`` runs ``f`` off the reactor thread and returns a Deferred of its
+        result (``serve`` passes ``twisted.internet.threads.deferToThread``). With it, a
+        recipient whose expansion needs ``postmap -q`` is answered by a Deferred instead of
+        blocking every other connection while postmap runs; without it (``check``, tests) the
+        lookup happens in place.
+        """
         self.outcomes = outcomes
+        self._in_thread = in_thread
         self._stats = stats
         self._clock = clock
         self._emit = emit
@@ -147,8 +163,11 @@ class PolicyEngine:
     def new_session(self) -> Session:
         return Session()
 
-    def handle(self, attrs: Mapping[str, str], session: object) -> str:
-        """Answer one request. Never raises: our own failure answers ``policy.on_error``."""
+    def handle(self, attrs: Mapping[str, str], session: object) -> str | Deferred[str]:
+        """Answer one request. Never raises: our own failure answers ``policy.on_error``.
+
+        The answer is a Deferred only while a recipient's expansion waits for ``postmap``.
+        """
         # SPEC §6: only smtpd_access_policy requests at RCPT and DATA are predicted.
         stage = attrs.get("protocol_state", "")
         if attrs.get("request") != "smtpd_access_policy":
@@ -194,21 +213,23 @@ class PolicyEngine:
         """Predict one recipient of ``sender`` with the current state (cached)."""
         return self._entry(sender, recipient).prediction
 
-    def _entry(self, sender: str, recipient: str) -> _Entry:
-        """The cached answer for this exact (sender, recipient); built on first use."""
+    def _entry(self, sender: str, recipient: str, final: tuple[str, ...] | None = None) -> _Entry:
+        """The cached answer for this exact (sender, recipient); built on first use.
+
+        ``final`` is the recipient's alias expansion when the caller already has it.
+        """
         attribution = self.attribution()  # may drop every cache when a boundary passed
         entry = self._entries.get((sender, recipient))
         if entry is not None:
             return entry
-        _, at, domain = sender.rpartition("@")
-        key = (("@" + domain.lower()) if at and domain else sender, recipient.lower())
+        key = _prediction_key(sender, recipient)
         cached = self._predictions.get(key)
         if cached is None:
             config = self._state.config
             view = predict.sender_view(sender, config.tenant, config.onprem)
             prediction = predict.predict_recipient(
                 recipient,
-                self._state.aliases.expand(recipient),
+                self._state.aliases.expand(recipient) if final is None else final,
                 sender=view,
                 tenant=config.tenant,
                 onprem=config.onprem,
@@ -228,7 +249,7 @@ class PolicyEngine:
         self._entries[(sender, recipient)] = entry
         return entry
 
-    def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str:
+    def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
         if instance != session.instance:
             session.start(instance)
@@ -241,7 +262,48 @@ class PolicyEngine:
         if self._clock() < self._valid_until:
             entry = self._entries.get((sender, recipient))
         if entry is None:
+            if (
+                self._in_thread is not None
+                and self._state.aliases.uses_subprocess
+                and _prediction_key(sender, recipient) not in self._predictions
+            ):
+                return self._rcpt_in_thread(attrs, session, sender, recipient)
             entry = self._entry(sender, recipient)
+        return self._answer_rcpt(attrs, session, entry, sender, recipient)
+
+    def _rcpt_in_thread(
+        self, attrs: Mapping[str, str], session: Session, sender: str, recipient: str
+    ) -> Deferred[str]:
+        """Expand ``recipient`` through postmap in a worker thread, then answer as usual."""
+        assert self._in_thread is not None
+        aliases = self._state.aliases
+
+        def expanded(final: tuple[str, ...]) -> str:
+            # Reloaded meanwhile: the new tables decide (cached or looked up in place).
+            entry = self._entry(
+                sender, recipient, final if self._state.aliases is aliases else None
+            )
+            return self._answer_rcpt(attrs, session, entry, sender, recipient)
+
+        def failed(failure: Failure) -> str:
+            error = failure.value
+            if isinstance(error, AliasLookupError):
+                return self._failed(attrs, f"alias expansion failed: {error}")
+            return self._failed(attrs, f"internal error: {error!r}")
+
+        deferred: Deferred[tuple[str, ...]] = self._in_thread(aliases.expand, recipient)
+        return deferred.addCallback(expanded).addErrback(failed)
+
+    def _answer_rcpt(
+        self,
+        attrs: Mapping[str, str],
+        session: Session,
+        entry: _Entry,
+        sender: str,
+        recipient: str,
+    ) -> str:
+        """Count, remember and log one RCPT prediction; the Postfix action text."""
+        instance = session.instance
         stats = self._stats
         stats.predictions[entry.counted] += 1
         if entry.external:
@@ -338,6 +400,12 @@ class _Entry:
         # Deferred and rejected recipients are not part of the message Postfix accepts.
         self.in_message = action not in ("defer", "reject")
         self.answer = _answer(action, prediction, policy)
+
+
+def _prediction_key(sender: str, recipient: str) -> tuple[str, str]:
+    """Predictions depend on the sender's domain, not its local part (unless it has none)."""
+    _, at, domain = sender.rpartition("@")
+    return (("@" + domain.lower()) if at and domain else sender, recipient.lower())
 
 
 def _logs_predictions(state: State) -> bool:

@@ -39,9 +39,11 @@ from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import classImplements  # type: ignore[import-untyped]  # no stubs shipped
 
 from policyd.stats import (
@@ -161,8 +163,11 @@ class Handler(TypingProtocol):
         """Per-connection state, opaque to the protocol."""
         ...
 
-    def handle(self, attrs: Mapping[str, str], session: object) -> str:
-        """The action text for one request (without ``action=``); must not raise."""
+    def handle(self, attrs: Mapping[str, str], session: object) -> str | Deferred[str]:
+        """The action text for one request (without ``action=``); must not raise.
+
+        A Deferred answer holds this connection (only) until it fires.
+        """
         ...
 
 
@@ -197,6 +202,10 @@ class PolicyProtocol(Protocol):
         self._closing = False
         self._counted = False  # in factory's open set and stats.connections
         self._direct: Any = None  # the socket, when replies may bypass Twisted's buffer
+        self._waiting = False  # an answer is a Deferred that has not fired yet
+        self._held: list[bytes] = []  # data received meanwhile, replayed in order afterwards
+        self._held_len = 0
+        self._close_when_answered = False  # the client half-closed while we were waiting
         self.last_activity = 0.0
 
     # --- connection life --------------------------------------------------------------------
@@ -277,6 +286,9 @@ class PolicyProtocol(Protocol):
         the same reactor turn would never leave (a client that sends a request and then
         ``shutdown(SHUT_WR)`` got nothing back).
         """
+        if self._waiting:
+            self._close_when_answered = True
+            return
         self.close()
 
     def writeConnectionLost(self) -> None:  # noqa: N802 - Twisted interface name
@@ -293,6 +305,12 @@ class PolicyProtocol(Protocol):
         if self._closing or not data:
             return
         self.last_activity = self._seconds()
+        if self._waiting:  # Postfix waits for each answer; anyone else waits their turn
+            self._held.append(data)
+            self._held_len += len(data)
+            if self._held_len >= self._factory.settings.max_request_bytes:
+                self.close(TOO_LARGE)
+            return
         if self._cr or b"\r" in data:
             data = self._without_crlf(data)
             if not data:
@@ -316,6 +334,35 @@ class PolicyProtocol(Protocol):
             self._answer(data[:nul], NUL_BYTE)
         else:
             self._answer(data, None)
+
+    def _answered(
+        self, answer: object, attrs: Mapping[str, str], began: float, rest: bytes, error: str | None
+    ) -> None:
+        """A Deferred answer arrived: send it, then read on where the connection stopped."""
+        self._waiting = False
+        factory = self._factory
+        if isinstance(answer, Failure):
+            factory.internal_error(
+                f"policy handler failed: {answer.getErrorMessage()}", attrs, with_traceback=False
+            )
+            answer = FALLBACK_ACTION
+        factory.stats.observe_duration(perf_counter() - began)
+        if self._closing:  # the connection went away meanwhile: nobody to answer
+            self._held = []
+            return
+        reply = factory.replies.get(answer) if isinstance(answer, str) else None
+        self._send(reply or factory.encode_reply(answer, attrs))
+        held, self._held, self._held_len = self._held, [], 0
+        if rest or error is not None:
+            self._answer(rest, error)
+        for data in held:
+            if self._waiting:  # the rest waits again: keep the later data behind it
+                self._held.append(data)
+                self._held_len += len(data)
+            else:
+                self.dataReceived(data)
+        if self._close_when_answered and not self._waiting:
+            self.close()
 
     def _send(self, data: bytes) -> None:
         """Write replies: straight to the socket when nothing is queued ahead of them.
@@ -398,6 +445,14 @@ class PolicyProtocol(Protocol):
             except Exception:  # fail open: a bug must never refuse mail
                 factory.internal_error("policy handler raised", attrs)
                 answer = FALLBACK_ACTION
+            if isinstance(answer, Deferred):
+                # The handler waits on something slow (a postmap lookup): send what is
+                # answered, hold the rest of this connection until the answer comes.
+                if replies:
+                    self._send(b"".join(replies))
+                self._waiting = True
+                answer.addBoth(self._answered, attrs, began, buf[after:], error)
+                return
             observe(perf_counter() - began)
             try:
                 replies.append(cache[answer])

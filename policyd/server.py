@@ -29,7 +29,7 @@ from datetime import UTC
 from types import FrameType
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -278,7 +278,12 @@ class Server:
         self.ports: list[ListeningPort] = []
         self.outcomes = OutcomeWatcher(self.stats, reactor)  # follows [outcomes] once started
         self.engine: PolicyEngine = PolicyEngine(
-            state, self.stats, reactor.seconds, output.emit, outcomes=self.outcomes
+            state,
+            self.stats,
+            reactor.seconds,
+            output.emit,
+            outcomes=self.outcomes,
+            in_thread=_in_thread(reactor),
         )
         self.factory: ProtocolFactory = factory or _policy_factory(
             self.engine, self.stats, state.config, reactor
@@ -529,6 +534,18 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):  # a container may refuse: keep what we have
             pass
     return soft
+
+
+def _in_thread(reactor: Any) -> Callable[..., Any] | None:
+    """Run blocking alias lookups (postmap) in the reactor's thread pool; None without one."""
+    get_pool = getattr(reactor, "getThreadPool", None)
+    if get_pool is None:  # a test reactor: lookups happen in place
+        return None
+
+    def run(function: Callable[..., Any], *args: Any) -> Any:
+        return threads.deferToThreadPool(reactor, get_pool(), function, *args)
+
+    return run
 
 
 def settle_heap() -> None:
