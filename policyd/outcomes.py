@@ -532,6 +532,11 @@ class JournalFollower:
 class Expectations(Protocol):
     """What the policy engine needs: a place to hand a message's predictions at DATA."""
 
+    @property
+    def following(self) -> bool:
+        """False while nothing is followed: the engine then skips building the entries."""
+        ...
+
     def expect(self, queue_id: str, entries: Sequence[Expected]) -> None: ...
 
 
@@ -610,6 +615,11 @@ class OutcomeWatcher:
             self._problem = problem
         else:
             self._problem = ""
+
+    @property
+    def following(self) -> bool:
+        """True while ``[outcomes] postfix_log`` names something to follow."""
+        return bool(self.source)
 
     def expect(self, queue_id: str, entries: Sequence[Expected]) -> None:
         """The engine's hook at DATA: remember the message's predictions (when following)."""

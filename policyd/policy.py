@@ -333,7 +333,12 @@ class PolicyEngine:
         return entry.answer
 
     def _data(self, attrs: Mapping[str, str], session: Session) -> str:
-        if self.outcomes is not None and attrs.get("instance", "") == session.instance:
+        outcomes = self.outcomes
+        if (
+            outcomes is not None
+            and outcomes.following
+            and attrs.get("instance", "") == session.instance
+        ):
             self._expect_outcomes(attrs, session)
         policy = self._state.config.policy
         if (

@@ -710,9 +710,10 @@ def test_missing_journalctl_counts_nothing_and_spawns_nothing() -> None:
 class Recorder:
     """An ``Expectations`` that records what the engine hands over."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, following: bool = True) -> None:
         self.calls: list[tuple[str, list[tuple[str, str, str]]]] = []
         self.fail = fail
+        self.following = following
 
     def expect(self, queue_id: str, entries: Sequence[tuple[str, str, str]]) -> None:
         if self.fail:
@@ -794,6 +795,16 @@ def test_engine_hands_nothing_without_queue_id_or_for_refused_recipients(tmp_pat
     ask(engine, session, "RCPT", sender="app@contoso.com", recipient="kate@tailspintoys.com")
     ask(engine, session, "DATA", queue_id="")
     ask(engine, session, "DATA", instance="other")
+    assert recorder.calls == []
+
+
+def test_engine_hands_nothing_while_the_watcher_follows_nothing(tmp_path: Path) -> None:
+    """With [outcomes] off the engine does not even build the entries."""
+    recorder = Recorder(following=False)
+    engine, _ = policy_engine(tmp_path, recorder)
+    session = engine.new_session()
+    ask(engine, session, "RCPT", sender="john@fabrikam.com", recipient="bob@contoso.com")
+    ask(engine, session, "DATA")
     assert recorder.calls == []
 
 
