@@ -636,6 +636,10 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
 
     server.pending_sighups = early_hups
     reactor.callWhenRunning(lambda: server.start(endpoints).addErrback(server.crashed))
+    # A process started in the background by a non-interactive shell inherits SIGINT as
+    # ignored, and Twisted installs its SIGINT handler only over Python's default one: restore
+    # the default so that SIGINT stops the daemon wherever it was started from.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()
     output.flush()
     return server.exit_status

@@ -627,6 +627,19 @@ def test_sigint_also_exits_zero(tmp_path: Path) -> None:
         server.kill()
 
 
+def test_sigint_stops_even_when_inherited_as_ignored(tmp_path: Path) -> None:
+    """Started from a shell that ignores SIGINT (a background job), SIGINT still stops serve."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child
+    try:
+        server = PolicyServer(tmp_path, metrics=False).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert server.stop(signal.SIGINT, timeout=5) == 0
+    finally:
+        server.kill()
+
+
 def test_socket_activation_with_passed_socket(tmp_path: Path) -> None:
     """A socket passed as LISTEN_FDS (fd 3) is served; READY/RELOADING/STOPPING are notified."""
     notify_path = str(tmp_path / "notify.sock")
