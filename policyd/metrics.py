@@ -59,6 +59,23 @@ def _with_known(counts: Mapping[Any, int], known: Iterable[Any]) -> Iterator[tup
         yield key, counts[key]
 
 
+def _labelled(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    counts: Mapping[Any, int],
+    known: Iterable[Any] = (),
+) -> CounterMetricFamily:
+    """A labelled counter family: known label values first (from 0), then any other counted.
+
+    Keys of ``counts`` are one label value, or a tuple of values for several labels.
+    """
+    family = CounterMetricFamily(PREFIX + name, documentation, labels=labels)
+    for key, count in _with_known(counts, known):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+    return family
+
+
 class PolicydCollector:
     """A prometheus-client collector reading ``Stats`` (and the certificate) at scrape time."""
 
@@ -87,14 +104,13 @@ class PolicydCollector:
         """Every metric of SPEC §7 and §8, built from the current counters."""
         stats = self._stats
 
-        requests = CounterMetricFamily(
-            PREFIX + "requests_total",
+        yield _labelled(
+            "requests_total",
             "Policy requests answered, by protocol stage.",
-            labels=["stage"],
+            ["stage"],
+            stats.requests,
+            STAGES,
         )
-        for stage, count in _with_known(stats.requests, STAGES):
-            requests.add_metric([stage], count)
-        yield requests
 
         cumulative: list[tuple[str, float]] = []
         running = 0
@@ -110,34 +126,32 @@ class PolicydCollector:
             sum_value=stats.duration_sum,
         )
 
-        predictions = CounterMetricFamily(
-            PREFIX + "predictions_total",
+        yield _labelled(
+            "predictions_total",
             "Recipient predictions, by verdict and reason id.",
-            labels=["verdict", "reason"],
+            ["verdict", "reason"],
+            stats.predictions,
+            PREDICTION_LABELS,
         )
-        for (verdict, reason), count in _with_known(stats.predictions, PREDICTION_LABELS):
-            predictions.add_metric([verdict, reason], count)
-        yield predictions
-
-        actions = CounterMetricFamily(
-            PREFIX + "actions_total", "Actions answered to Postfix, by action.", labels=["action"]
+        yield _labelled(
+            "actions_total",
+            "Actions answered to Postfix, by action.",
+            ["action"],
+            stats.actions,
+            ACTIONS,
         )
-        for action, count in _with_known(stats.actions, ACTIONS):
-            actions.add_metric([action], count)
-        yield actions
 
         yield GaugeMetricFamily(
             PREFIX + "connections", "Policy connections open now.", value=stats.connections
         )
 
-        errors = CounterMetricFamily(
-            PREFIX + "protocol_errors_total",
+        yield _labelled(
+            "protocol_errors_total",
             "Connections closed without an answer because of a malformed request or a limit.",
-            labels=["kind"],
+            ["kind"],
+            stats.protocol_errors,
+            PROTOCOL_ERROR_KINDS,
         )
-        for kind, count in _with_known(stats.protocol_errors, PROTOCOL_ERROR_KINDS):
-            errors.add_metric([kind], count)
-        yield errors
 
         yield CounterMetricFamily(
             PREFIX + "internal_errors_total",
@@ -157,36 +171,31 @@ class PolicydCollector:
 
         yield from self._certificate_metrics()
 
-        reloads = CounterMetricFamily(
-            PREFIX + "config_reloads_total",
+        yield _labelled(
+            "config_reloads_total",
             "Configuration reloads (SIGHUP or changed files), by result.",
-            labels=["result"],
+            ["result"],
+            stats.reloads,
+            RELOAD_RESULTS,
         )
-        for result, count in _with_known(stats.reloads, RELOAD_RESULTS):
-            reloads.add_metric([result], count)
-        yield reloads
         yield GaugeMetricFamily(
             PREFIX + "config_last_reload_success_timestamp_seconds",
             "When the configuration in use was loaded (start-up or last successful reload).",
             value=stats.last_reload_success,
         )
 
-        replies = CounterMetricFamily(
-            PREFIX + "observed_replies_total",
+        yield _labelled(
+            "observed_replies_total",
             "Replies Microsoft 365 gave in Postfix's log, by enhanced status code.",
-            labels=["code"],
+            ["code"],
+            stats.observed_replies,
         )
-        for code, count in sorted(stats.observed_replies.items()):
-            replies.add_metric([code], count)
-        yield replies
-        outcomes = CounterMetricFamily(
-            PREFIX + "prediction_outcomes_total",
+        yield _labelled(
+            "prediction_outcomes_total",
             "Predictions matched with the reply Microsoft 365 really gave.",
-            labels=["predicted", "observed"],
+            ["predicted", "observed"],
+            stats.prediction_outcomes,
         )
-        for (predicted, observed), count in sorted(stats.prediction_outcomes.items()):
-            outcomes.add_metric([predicted, observed], count)
-        yield outcomes
         yield CounterMetricFamily(
             PREFIX + "log_lines_skipped_total",
             "Postfix log lines the outcome follower could not parse.",
