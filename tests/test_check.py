@@ -22,6 +22,16 @@ def run(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
+def with_aliases(directory: Path, table: str) -> str:
+    """The example configuration with ``table`` as its texthash alias map; returns its path."""
+    (directory / "virtual").write_text(table)
+    config = directory / "m365-policyd.toml"
+    example = Path(EXAMPLE).read_text()
+    assert "alias_maps = []" in example
+    config.write_text(example.replace("alias_maps = []", 'alias_maps = ["texthash:virtual"]'))
+    return str(config)
+
+
 def test_example_predicts_a_5764_refusal(capsys: pytest.CaptureFixture[str]) -> None:
     """The README example: a fabrikam sender to an outside recipient is refused, exit 1."""
     code, out, _ = run(
@@ -105,15 +115,11 @@ def test_forward_is_shown_with_its_final_address(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A recipient forwarded through alias_maps shows the final address and reason forwarded."""
-    (tmp_path / "virtual").write_text("kate@contoso.com kate@tailspintoys.com\n")
-    config = tmp_path / "m365-policyd.toml"
-    config.write_text(
-        Path(EXAMPLE).read_text().replace("alias_maps = []", 'alias_maps = ["texthash:virtual"]')
-    )
+    config = with_aliases(tmp_path, "kate@contoso.com kate@tailspintoys.com\n")
     code, out, _ = run(
         "check",
         "-c",
-        str(config),
+        config,
         "--sender",
         "john@fabrikam.com",
         "--recipient",
@@ -132,15 +138,11 @@ def test_alias_loop_is_reported_not_guessed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An alias loop that Postfix would defer is reported as an error, exit 1."""
-    (tmp_path / "virtual").write_text("a@contoso.com b@contoso.com\nb@contoso.com a@contoso.com\n")
-    config = tmp_path / "m365-policyd.toml"
-    config.write_text(
-        Path(EXAMPLE).read_text().replace("alias_maps = []", 'alias_maps = ["texthash:virtual"]')
-    )
+    config = with_aliases(tmp_path, "a@contoso.com b@contoso.com\nb@contoso.com a@contoso.com\n")
     code, out, _ = run(
         "check",
         "-c",
-        str(config),
+        config,
         "--sender",
         "john@contoso.com",
         "--recipient",
