@@ -110,6 +110,11 @@ class Tenant:
 
         A domain is covered by an exact accepted domain, or by a parent accepted domain that
         has ``MatchSubDomains``.
+
+        Uncertain: Microsoft documents MatchSubDomains for sending and receiving on subdomains
+        (InternalRelay domains); whether it also satisfies the relay rule's sender and
+        certificate domains is not documented (reference/m365-relay-rules.md, open questions).
+        We apply it everywhere the spec says "accepted domain".
         """
         if domain in self._exact:
             return domain
