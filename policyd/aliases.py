@@ -497,11 +497,16 @@ def _read_source(path: str, spec: str) -> str:
         raise ConfigError(path, f"line {line}", "not UTF-8; save the file as UTF-8") from None
 
 
+#: Seconds one ``postmap -q`` may take. A lookup still running at shutdown holds the exit for
+#: up to this long (its worker thread is joined), and SIGTERM must exit within 5 s.
+LOOKUP_TIMEOUT = 3.0
+
+
 def load_alias_maps(
     specs: Sequence[str],
     *,
     postmap: str = "postmap",
-    timeout: float = 5.0,
+    timeout: float = LOOKUP_TIMEOUT,
     cache_size: int = 10000,
     runner: Runner | None = None,
     recursion_limit: int = RECURSION_LIMIT,
