@@ -7,6 +7,7 @@ connection's later bytes until the answer is written, in order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -269,8 +270,8 @@ esac
 """
 
 
-def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
-    """serve: while one recipient waits 2 s for postmap, another connection gets its answer."""
+def slow_postmap_server(tmp_path: Path) -> PolicyServer:
+    """serve with an ldap: alias table behind a postmap that takes 2 s for slow@contoso.com."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "postmap"
@@ -280,12 +281,34 @@ def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
     ldap_cf = tmp_path / "ldap-aliases.cf"
     ldap_cf.write_text("server_host = ldap://127.0.0.1\n")
     body = DEFAULT_BODY.replace("[onprem]\n", f'[onprem]\nalias_maps = ["ldap:{ldap_cf}"]\n', 1)
-    server = PolicyServer(
+    return PolicyServer(
         tmp_path / "srv",
         body=body,
         env={"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"},
-    )
-    server.start()
+    ).start()
+
+
+def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
+    """A postmap still running at SIGTERM does not hold the exit past the 5 s budget."""
+    server = slow_postmap_server(tmp_path)
+
+    def ask() -> None:
+        with contextlib.suppress(Exception):  # the connection may close unanswered
+            server.ask(rcpt("john@fabrikam.com", "slow@contoso.com"))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    time.sleep(0.3)  # the lookup is under way in a worker thread
+    try:
+        assert server.stop(timeout=5) == 0
+    finally:
+        server.kill()
+        asker.join(10)
+
+
+def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
+    """serve: while one recipient waits 2 s for postmap, another connection gets its answer."""
+    server = slow_postmap_server(tmp_path)
     try:
         results: dict[str, Any] = {}
 
