@@ -276,8 +276,12 @@ def load_config(path: str) -> Config:
     tenant_table = sections["tenant"]
     accepted = list(_inline_accepted_domains(tenant_table))
     connectors = list(_inline_connectors(tenant_table))
-    accepted_file = resolve(tenant_table.string("accepted_domains_file", ""))
-    connectors_file = resolve(tenant_table.string("inbound_connectors_file", ""))
+    accepted_file = resolve(
+        tenant_table.string("accepted_domains_file", defaults.ACCEPTED_DOMAINS_FILE)
+    )
+    connectors_file = resolve(
+        tenant_table.string("inbound_connectors_file", defaults.INBOUND_CONNECTORS_FILE)
+    )
     if accepted_file:
         accepted.extend(load_accepted_domains(accepted_file))
     if connectors_file:

@@ -25,10 +25,6 @@ class ConfigError(PolicydError):
         super().__init__(f"{where}: {problem}")
 
 
-class CertificateError(PolicydError):
-    """The certificate file cannot be read or is not PEM."""
-
-
 class AliasLookupError(PolicydError):
     """A recipient could not be expanded: a table failed, or Postfix's limits were hit.
 

@@ -98,7 +98,7 @@ class PolicyEngine:
         """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID.
 
         ``in_thread(f, *args)`` runs ``f`` off the reactor thread and returns a Deferred of its
-        result (``serve`` passes ``twisted.internet.threads.deferToThread``). With it, a
+        result (``serve`` passes ``deferToThreadPool`` on the reactor's thread pool). With it, a
         recipient whose expansion needs ``postmap -q`` is answered by a Deferred instead of
         blocking every other connection while postmap runs; without it (``check``, tests) the
         lookup happens in place.
@@ -117,6 +117,11 @@ class PolicyEngine:
         # (sender, recipient) exactly as Postfix sent them -> everything the answer needs
         self._entries: dict[tuple[str, str], _Entry] = {}
 
+    def _forget(self) -> None:
+        """Drop every cached prediction: the state or the attribution changed."""
+        self._predictions = {}
+        self._entries = {}
+
     # --- state ------------------------------------------------------------------------------
 
     @property
@@ -129,8 +134,7 @@ class PolicyEngine:
         self._log_predictions = _logs_predictions(state)
         self._attribution = None
         self._valid_until = -math.inf
-        self._predictions = {}
-        self._entries = {}
+        self._forget()
 
     def attribution(self) -> Attribution:
         """The current attribution, recomputed when a certificate validity boundary passes."""
@@ -144,8 +148,7 @@ class PolicyEngine:
             self._attribution = attribution
             until = attribution.valid_until
             self._valid_until = math.inf if until is None else until
-            self._predictions = {}
-            self._entries = {}
+            self._forget()
         return attribution
 
     def certificate_connector_match(self, now: float) -> bool | None:
