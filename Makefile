@@ -1,6 +1,7 @@
 # m365-policyd — every set-up step a fresh Debian machine needs lives here.
 #   make run    create .venv, install, start the daemon on the example config
 #   make test   create .venv, install test needs (and Debian's postfix/prometheus as root), run every test
+#   make quick  lint, types and every test but the real-Postfix and slow ones (the inner loop)
 #   make bench  measure the SPEC §9 targets, write BENCHMARKS.md
 #   make fuzz   coverage-guided fuzzing of the policy protocol (atheris, FUZZ_SECONDS=300)
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= contrib/m365-policyd.example.toml
 DEBIAN_PACKAGES := postfix prometheus swaks postsrsd
 
-.PHONY: run test lint typecheck unit system-deps bench fuzz clean venv
+.PHONY: run test quick lint typecheck unit system-deps bench fuzz clean venv
 
 venv: $(STAMP)
 
@@ -41,6 +42,7 @@ system-deps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -49,6 +51,9 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 test: system-deps $(STAMP) lint typecheck unit
+
+quick: $(STAMP) lint typecheck
+	$(VENV)/bin/pytest -q -m "not postfix and not slow"
 
 run: $(STAMP)
 	@echo "m365-policyd: policy service on 127.0.0.1:10040, metrics on http://127.0.0.1:9464/metrics"

@@ -8,8 +8,8 @@ Run from the repository root::
 
 Rows (each may be selected alone):
 
-- ``throughput``: the daemon and the bare Twisted responder (``policyd.bare``), 50 lockstep
-  connections, the same generator (``policyd.bench``), alternating 3 x 4 s runs; target: the
+- ``throughput``: the daemon and the bare Twisted responder (``benchmarks.bare``), 50 lockstep
+  connections, the same generator (``policyd.tools.bench``), alternating 3 x 4 s runs; target: the
   daemon's median ≥ 0.8 x the bare responder's. The bare figure is also the generator's
   ceiling: the generator's own CPU use during those runs shows it was not the bottleneck.
   An extra line measures the cost of per-prediction logging (``log.level = "info"``).
@@ -23,7 +23,7 @@ Rows (each may be selected alone):
   messages/s. Needs root and Debian's postfix (reported as skipped otherwise).
 
 Every server runs as a child process on a free loopback port; the daemon is started through
-the real command line (``python -m policyd.cli serve -c FILE``) with its logs in a file.
+the real command line (``python -m policyd.tools.cli serve -c FILE``) with its logs in a file.
 Nothing is hidden: a missed target is reported as "no" with the figure.
 """
 
@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from policyd import bench
+from policyd.tools import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "BENCHMARKS.md"
@@ -231,12 +231,18 @@ class Server:
 
 
 def start_bare(workdir: Path) -> Server:
-    """``python -m policyd.bare`` on a free loopback port."""
+    """``python -m benchmarks.bare`` on a free loopback port."""
     port = free_port()
     log = workdir / f"bare-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "policyd.bare", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bare",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -281,14 +287,14 @@ level = "{log_level}"
 def start_daemon(
     workdir: Path, name: str, *, log_level: str = "warn", alias_maps: Sequence[str] = ()
 ) -> Server:
-    """``python -m policyd.cli serve -c FILE`` on a free loopback port, output to a file."""
+    """``python -m policyd.tools.cli serve -c FILE`` on a free loopback port, output to a file."""
     port = free_port()
     config = workdir / f"{name}.toml"
     config.write_text(daemon_config(port, log_level=log_level, alias_maps=alias_maps))
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "policyd.cli", "serve", "-c", str(config)],
+            [sys.executable, "-m", "policyd.tools.cli", "serve", "-c", str(config)],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -462,12 +468,13 @@ import json, sys, time
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from policyd import bench
-from policyd.bare import BareFactory
-from policyd.config import load_config
-from policyd.policy import PolicyEngine, build_state
-from policyd.protocol import PolicyFactory
-from policyd.stats import Stats
+from policyd.tools import bench
+from benchmarks.bare import BareFactory
+from policyd.sources.config import load_config
+from policyd.engine.policy import PolicyEngine
+from policyd.sources.state import build_state
+from policyd.wire.protocol import PolicyFactory
+from policyd.engine.stats import Stats
 
 config = load_config(sys.argv[1])
 stats = Stats()
@@ -661,9 +668,9 @@ def write_alias_map(path: Path, entries: int) -> None:
 
 ALIAS_TIMER = """
 import json, sys, time
-from policyd.aliases import load_alias_maps
-from policyd.config import load_config
-from policyd.policy import build_state
+from policyd.sources.tables import load_alias_maps
+from policyd.sources.config import load_config
+from policyd.sources.state import build_state
 start = time.perf_counter()
 maps = load_alias_maps([sys.argv[1]])
 aliases = time.perf_counter() - start

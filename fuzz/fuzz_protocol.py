@@ -35,10 +35,11 @@ from twisted.internet.testing import StringTransport
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from policyd.config import Config, load_config  # noqa: E402 - after the path set-up above
-from policyd.policy import PolicyEngine, State, build_state  # noqa: E402 - same
-from policyd.protocol import PolicyFactory  # noqa: E402 - same
-from policyd.stats import Stats  # noqa: E402 - same
+from policyd.engine.policy import PolicyEngine  # noqa: E402 - after the path set-up above
+from policyd.engine.stats import Stats  # noqa: E402 - same
+from policyd.sources.config import Config, load_config  # noqa: E402 - same
+from policyd.sources.state import State, build_state  # noqa: E402 - same
+from policyd.wire.protocol import PolicyFactory  # noqa: E402 - same
 
 EXAMPLE = ROOT / "contrib" / "m365-policyd.example.toml"
 NOW = 1_795_000_000.0  # late 2026; the engine reads only this injected clock

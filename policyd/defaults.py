@@ -1,6 +1,6 @@
 """Every user-visible default of m365-policyd, in one place (SPEC §4).
 
-``policyd.config`` fills each key a configuration file leaves out from here, the example
+``policyd.sources.config`` fills each key a configuration file leaves out from here, the example
 configuration in ``contrib/`` spells the same values, and the command line names the default
 configuration path from here. Change a default here and nowhere else.
 """

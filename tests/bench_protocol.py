@@ -3,7 +3,7 @@
 Feeds realistic Postfix 3.7 requests (``tests/data/requests``) through ``dataReceived`` of a
 ``PolicyProtocol`` on a ``StringTransport`` with a trivial handler, and the same bytes through a
 bare responder that answers ``action=DUNNO`` per ``\\n\\n`` without parsing (what
-``policyd.bare`` does over sockets). No sockets, so this isolates the Python cost per request;
+``benchmarks.bare`` does over sockets). No sockets, so this isolates the Python cost per request;
 the socket-level comparison of SPEC §9 is ``m365-policyd bench``. Not collected by pytest::
 
     .venv/bin/python -m tests.bench_protocol [--requests 100000] [--rounds 5]
@@ -23,8 +23,8 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from policyd.protocol import PolicyFactory
-from policyd.stats import Stats
+from policyd.engine.stats import Stats
+from policyd.wire.protocol import PolicyFactory
 
 DATA = Path(__file__).parent / "data" / "requests"
 END = b"\n\n"

@@ -1,7 +1,7 @@
 """Run the real ``serve`` process on loopback for end-to-end tests.
 
 The helper writes a configuration into a temporary directory, starts
-``python -m policyd.server -c FILE`` (the same code as ``m365-policyd serve``) on a free
+``python -m policyd.daemon.serve -c FILE`` (the same code as ``m365-policyd serve``) on a free
 loopback port, waits until it has announced readiness, and stops it again. Everything it
 needs is in this file; engineers reuse it from their own tests.
 
@@ -320,7 +320,7 @@ class PolicyServer:
         env.pop("JOURNAL_STREAM", None)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env)
-        argv = [sys.executable, "-m", "policyd.server", "-c", str(self.config_path)]
+        argv = [sys.executable, "-m", "policyd.daemon.serve", "-c", str(self.config_path)]
         pass_fds: tuple[int, ...] = ()
         if self.listen_socket is not None:
             fd = self.listen_socket.fileno()

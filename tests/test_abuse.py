@@ -32,9 +32,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from policyd.protocol import PolicyFactory
-from policyd.server import LISTEN_BACKLOG, parse_endpoint, with_backlog
-from policyd.stats import (
+from policyd.daemon.serve import LISTEN_BACKLOG, parse_endpoint, with_backlog
+from policyd.engine.stats import (
     IDLE_TIMEOUT,
     INVALID_UTF8,
     NO_EQUALS,
@@ -43,6 +42,7 @@ from policyd.stats import (
     TOO_MANY_CONNECTIONS,
     Stats,
 )
+from policyd.wire.protocol import PolicyFactory
 from tests.serverproc import LOOPBACK, PolicyServer, Samples, rcpt, request_text
 
 #: The daemon's memory may not grow past this while it is being abused.

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from policyd.aliases import AliasMaps, load_alias_maps, parse_source
 from policyd.errors import AliasLookupError, ConfigError
+from policyd.rules.aliases import AliasMaps
+from policyd.sources.tables import load_alias_maps, parse_source
 
 DATA = Path(__file__).parent / "data" / "aliases"
 VIRTUAL = str(DATA / "virtual")

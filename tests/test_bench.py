@@ -1,4 +1,4 @@
-"""The load generator (``policyd.bench``) and the bare responder (``policyd.bare``).
+"""The load generator (``policyd.tools.bench``) and the bare responder (``benchmarks.bare``).
 
 The generator runs for about a second against real loopback servers: the bare Twisted
 responder in a child process, and tiny threaded servers that misbehave on purpose. No test
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import StringTransport
 
-from policyd import bench
-from policyd.bare import REPLY, BareFactory
+from benchmarks.bare import REPLY, BareFactory
+from policyd.tools import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bare_endpoint() -> Iterator[str]:
-    """A ``policyd.bare`` child process on a free loopback port; yields ``HOST:PORT``."""
+    """A ``benchmarks.bare`` child process on a free loopback port; yields ``HOST:PORT``."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "policyd.bare", "--listen", "tcp:0:interface=127.0.0.1"],
+        [sys.executable, "-m", "benchmarks.bare", "--listen", "tcp:0:interface=127.0.0.1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -279,7 +279,7 @@ def test_bare_responder_batches_pipelined_requests() -> None:
 def test_bare_reports_bad_listen_endpoint() -> None:
     """An invalid --listen exits 2 with a message naming it."""
     process = subprocess.run(
-        [sys.executable, "-m", "policyd.bare", "--listen", "nonsense:1"],
+        [sys.executable, "-m", "benchmarks.bare", "--listen", "nonsense:1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -499,8 +499,8 @@ def test_text_report_names_the_figures() -> None:
 def test_benchmark_config_is_a_valid_daemon_config(tmp_path: Path) -> None:
     """The configuration ``make bench`` gives the daemon loads, with the alias map it writes."""
     from benchmarks import run
-    from policyd.aliases import load_alias_maps
-    from policyd.config import load_config
+    from policyd.sources.config import load_config
+    from policyd.sources.tables import load_alias_maps
 
     virtual = tmp_path / "virtual"
     run.write_alias_map(virtual, 50)

@@ -1,4 +1,4 @@
-"""Certificate facts (``policyd.certificate``): names, validity, chain, EKU, key, connectors."""
+"""Certificate facts (``policyd.sources.pem``): names, validity, chain, EKU, key, connectors."""
 
 from __future__ import annotations
 
@@ -16,13 +16,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policyd.certificate import (
-    connector_name_matches,
-    key_matches_certificate,
-    read_certificate,
-    validity_problem,
-)
-from policyd.model import CertificateFacts
+from policyd.rules.certnames import connector_name_matches, validity_problem
+from policyd.rules.model import CertificateFacts
+from policyd.sources.pem import key_matches_certificate, read_certificate
 from tests.pki import Issued, TestPKI
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

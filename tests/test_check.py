@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from policyd import __version__, cli
+from policyd import __version__
+from policyd.tools import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "contrib" / "m365-policyd.example.toml")

@@ -1,4 +1,4 @@
-"""Loading and validating the TOML configuration (policyd.config)."""
+"""Loading and validating the TOML configuration (policyd.sources.config)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from policyd import config as config_module
 from policyd import defaults
-from policyd.config import (
+from policyd.errors import ConfigError
+from policyd.rules.model import AcceptedDomain, InboundConnector
+from policyd.sources import config as config_module
+from policyd.sources.config import (
     Config,
     LogSettings,
     OutcomeSettings,
@@ -21,8 +23,6 @@ from policyd.config import (
     default_config_path,
     load_config,
 )
-from policyd.errors import ConfigError
-from policyd.model import AcceptedDomain, InboundConnector
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "contrib" / "m365-policyd.example.toml"
@@ -93,7 +93,7 @@ def test_example_config_check_predictions(
     status: int,
 ) -> None:
     """With the example, check refuses fabrikam.com senders (ATTR36) and passes contoso.com."""
-    cli = pytest.importorskip("policyd.cli")
+    cli = pytest.importorskip("policyd.tools.cli")
     argv = ["check", "-c", str(EXAMPLE), "--sender", sender]
     exit_status = cli.main([*argv, "--recipient", "kate@tailspintoys.com", "--json"])
     result = json.loads(capsys.readouterr().out)
@@ -245,7 +245,7 @@ def test_action_for_uses_by_reason_overrides() -> None:
 
 def test_refusing_reasons_match_the_predictor() -> None:
     """The reason ids by_reason accepts are exactly the predictor's refusing reasons."""
-    predict = pytest.importorskip("policyd.predict")
+    predict = pytest.importorskip("policyd.rules.predict")
     assert set(config_module.REFUSING_REASONS) == set(predict.REFUSE_REASONS)
 
 

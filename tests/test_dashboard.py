@@ -477,8 +477,6 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Start the daemon (with a certificate and a followed Postfix log) and a Prometheus
     scraping it every second, drive traffic, and wait until a scrape shows it."""
-    if not (ROOT / "policyd" / "server.py").exists():
-        pytest.skip("policyd/server.py (the serve command) is not in the tree yet")
     required_binary("prometheus", "prometheus")
     from tests.pki import TestPKI
     from tests.serverproc import running_server
@@ -512,7 +510,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield Live(prometheus, values)
 
 
-#: Metrics fed by the outcome follower (``[outcomes] postfix_log``, policyd/outcomes.py).
+#: Metrics fed by the outcome follower (``[outcomes] postfix_log``, policyd/daemon/followers.py).
 OUTCOME_METRICS = {"m365_policyd_observed_replies_total", "m365_policyd_prediction_outcomes_total"}
 
 
@@ -559,8 +557,6 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(live: Live) -> No
 @pytest.mark.slow
 def test_outcome_panels_return_data_from_a_real_prometheus(live: Live) -> None:
     """The observed-replies and outcome panels show what the followed Postfix log said."""
-    if not (ROOT / "policyd" / "outcomes.py").exists():
-        pytest.skip("policyd/outcomes.py (the outcome follower) is not in the tree yet")
     live.prometheus.wait_for('m365_policyd_observed_replies_total{code="5.7.64"} > 0')
     live.prometheus.wait_for('m365_policyd_prediction_outcomes_total{predicted="reject"} > 0')
     time.sleep(2)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from policyd import cli, doctor
-from policyd.config import load_config
+from policyd.sources import postfix as postfix_source
+from policyd.sources.config import load_config
+from policyd.tools import cli, doctor
+from policyd.tools.doctor import postfix as doctor_postfix
 from tests.pki import Issued, TestPKI
 
 #: The CLI reads the real clock, so the test certificates are built around it.
@@ -411,7 +413,7 @@ def test_table_without_a_connector_is_an_error(tmp_path: Path) -> None:
 
 # --- Postfix, through the real postconf ----------------------------------------------------------
 
-POSTCONF = shutil.which("postconf") or shutil.which("postconf", path=doctor.POSTFIX_PATH)
+POSTCONF = shutil.which("postconf") or shutil.which("postconf", path=postfix_source.POSTFIX_PATH)
 
 
 def _require_postconf() -> None:
@@ -469,7 +471,7 @@ def postfix_report(
         (world.directory / name).write_text(text)
         os.utime(world.directory / name, (0, NOW.timestamp() - 60))  # see postfix_dir
     directory = postfix_dir(world, overrides)
-    facts = doctor.read_postfix(str(directory))
+    facts = postfix_source.read_postfix(str(directory))
     assert facts.error == ""
     return doctor.audit(
         load_config(str(world.config)), now=NOW, postfix=facts, resolve=os.path.realpath
@@ -839,7 +841,7 @@ def test_postfix_read_from_a_healthy_directory(tmp_path: Path) -> None:
 def test_postfix_directory_missing_is_a_warning(tmp_path: Path) -> None:
     """A directory without main.cf makes one warning naming postconf's complaint, no crash."""
     _require_postconf()
-    facts = doctor.read_postfix(str(tmp_path / "nowhere"))
+    facts = postfix_source.read_postfix(str(tmp_path / "nowhere"))
     assert "main.cf" in facts.error
     world = build(tmp_path, HEALTHY)
     report = doctor.audit(load_config(str(world.config)), now=NOW, postfix=facts)
@@ -851,8 +853,8 @@ def test_postfix_directory_missing_is_a_warning(tmp_path: Path) -> None:
 
 def test_postconf_missing_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without a postconf program the audit says so in a warning instead of failing."""
-    monkeypatch.setattr(doctor, "_tool", lambda name: None)
-    facts = doctor.read_postfix("/etc/postfix")
+    monkeypatch.setattr(postfix_source, "find_tool", lambda name: None)
+    facts = postfix_source.read_postfix("/etc/postfix")
     assert facts.error.startswith("postconf not found")
     world = build(tmp_path, HEALTHY)
     report = doctor.audit(load_config(str(world.config)), now=NOW, postfix=facts)
@@ -865,15 +867,15 @@ def test_postconf_missing_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_postfix_list_keeps_brace_groups() -> None:
     """Restriction lists split on commas and spaces but keep { ... } groups whole."""
     text = "permit_mynetworks,reject_unauth_destination check_policy_service { a:b, { x = 1 2 } }"
-    assert doctor.split_postfix_list(text) == [
+    assert postfix_source.split_postfix_list(text) == [
         "permit_mynetworks",
         "reject_unauth_destination",
         "check_policy_service",
         "{ a:b, { x = 1 2 } }",
     ]
-    names, checks = doctor.policy_checks(text)
+    names, checks = doctor_postfix.policy_checks(text)
     assert names == ["permit_mynetworks", "reject_unauth_destination", "check_policy_service"]
-    assert checks == [doctor.PolicyCheck(2, "a:b", {"x": "1 2"})]
+    assert checks == [doctor_postfix.PolicyCheck(2, "a:b", {"x": "1 2"})]
 
 
 @pytest.mark.parametrize(
@@ -892,15 +894,15 @@ def test_postfix_list_keeps_brace_groups() -> None:
 )
 def test_endpoint_matching(listen: str, server: str, matches: bool) -> None:
     """A check_policy_service server names our listener exactly when address and port agree."""
-    ours = doctor.listen_endpoints([listen])
-    theirs = doctor.postfix_endpoint(server, "/q")
-    assert any(doctor._same_endpoint(o, theirs, os.path.normpath) for o in ours) is matches
+    ours = doctor_postfix.listen_endpoints([listen])
+    theirs = doctor_postfix.postfix_endpoint(server, "/q")
+    assert any(doctor_postfix._same_endpoint(o, theirs, os.path.normpath) for o in ours) is matches
 
 
 def test_tls_policy_keys() -> None:
     """The policy-map keys follow the relayhost as written, then host and parent domains."""
-    assert doctor.tls_policy_keys(RELAYHOST) == [RELAYHOST]
-    assert doctor.tls_policy_keys("relay.example.net:25") == [
+    assert postfix_source.tls_policy_keys(RELAYHOST) == [RELAYHOST]
+    assert postfix_source.tls_policy_keys("relay.example.net:25") == [
         "relay.example.net:25",
         "relay.example.net",
         ".example.net",
@@ -963,7 +965,9 @@ def test_cli_json_shape(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--json prints one object: counts, checks with id/area/status/finding/fix, and classes."""
-    monkeypatch.setattr(doctor, "_tool", lambda name: None)  # Postfix unreadable: a warning
+    monkeypatch.setattr(
+        postfix_source, "find_tool", lambda name: None
+    )  # Postfix unreadable: a warning
     world = build(tmp_path, IP_ONLY)
     code, out, _ = run_cli("-c", str(world.config), "--json", capsys=capsys)
     document = json.loads(out)
@@ -1000,7 +1004,7 @@ def test_cli_key_matches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--key with the certificate's own key is ok."""
-    monkeypatch.setattr(doctor, "_tool", lambda name: None)
+    monkeypatch.setattr(postfix_source, "find_tool", lambda name: None)
     world = build(tmp_path, HEALTHY)
     assert world.key is not None
     code, out, _ = run_cli(
@@ -1014,7 +1018,7 @@ def test_cli_key_mismatch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--key with another certificate's key is an error and exit 1."""
-    monkeypatch.setattr(doctor, "_tool", lambda name: None)
+    monkeypatch.setattr(postfix_source, "find_tool", lambda name: None)
     world = build(tmp_path, HEALTHY)
     other = world.pki.leaf("mail.contoso.com", ["mail.contoso.com"])
     _, other_key = world.pki.write(tmp_path / "other", other)
@@ -1031,7 +1035,7 @@ def test_cli_key_unreadable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--key naming a missing file is an error that says why."""
-    monkeypatch.setattr(doctor, "_tool", lambda name: None)
+    monkeypatch.setattr(postfix_source, "find_tool", lambda name: None)
     world = build(tmp_path, HEALTHY)
     code, out, _ = run_cli(
         "-c", str(world.config), "--key", str(tmp_path / "missing.key"), "--json", capsys=capsys
@@ -1098,7 +1102,7 @@ def test_shipped_snippet_passes_the_policy_checks(tmp_path: Path) -> None:
     main = directory / "main.cf"
     main.write_text(main.read_text() + snippet.read_text())
     os.utime(main, (0, NOW.timestamp() - 60))  # see postfix_dir
-    facts = doctor.read_postfix(str(directory))
+    facts = postfix_source.read_postfix(str(directory))
     report = doctor.audit(load_config(str(world.config)), now=NOW, postfix=facts)
     for check_id in (
         "postfix-policy-recipient",

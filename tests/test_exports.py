@@ -1,4 +1,4 @@
-"""Reading Get-AcceptedDomain / Get-InboundConnector ConvertTo-Json output (policyd.exports).
+"""Reading Get-AcceptedDomain / Get-InboundConnector ConvertTo-Json output (sources.exports).
 
 The fixtures in tests/data/exports have the shapes PowerShell writes: ``*-select.json`` as the
 recommended ``Select`` with string casts writes them (Windows PowerShell 5.1 layout),
@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from policyd import exports
 from policyd.errors import ConfigError
-from policyd.model import AcceptedDomain, InboundConnector
+from policyd.rules.model import AcceptedDomain, InboundConnector
+from policyd.sources import exports
 
 DATA = Path(__file__).parent / "data" / "exports"
 CONTRIB = Path(__file__).parent.parent / "contrib" / "exchange"

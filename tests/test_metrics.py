@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.web.test.requesthelper import DummyRequest
 
-from policyd import __version__, predict
-from policyd.metrics import (
+from policyd import __version__
+from policyd.daemon.metrics import (
     ACTIONS,
     RELOAD_RESULTS,
     STAGES,
@@ -17,8 +17,9 @@ from policyd.metrics import (
     make_registry,
     metrics_site,
 )
-from policyd.model import CertificateFacts
-from policyd.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
+from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
+from policyd.rules import predict
+from policyd.rules.model import CertificateFacts
 
 NOW = 1_700_000_000.0
 P = "m365_policyd_"

@@ -20,22 +20,13 @@ import pytest
 from twisted.internet import task
 from twisted.python.failure import Failure
 
-from policyd.config import load_config
+from policyd.daemon.followers import JOURNALCTL_ARGS, FileFollower, JournalFollower, OutcomeWatcher
 from policyd.defaults import RELAY_HOSTS
+from policyd.engine.outcomes import DEFAULT_RELAY_HOSTS, OutcomeJoin
+from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
-from policyd.outcomes import (
-    DEFAULT_RELAY_HOSTS,
-    JOURNALCTL_ARGS,
-    UNPARSEABLE,
-    Delivery,
-    FileFollower,
-    JournalFollower,
-    OutcomeJoin,
-    OutcomeWatcher,
-    parse_delivery,
-    relay_matcher,
-)
-from policyd.stats import Stats
+from policyd.rules.outcomes import UNPARSEABLE, Delivery, parse_delivery, relay_matcher
+from policyd.sources.config import load_config
 
 DATA = Path(__file__).parent / "data" / "maillog"
 MX = "contoso-com.mail.protection.outlook.com"
@@ -724,7 +715,8 @@ class Recorder:
 def policy_engine(
     tmp_path: Path, recorder: Recorder, *, tag: bool = True, action: str = "dunno"
 ) -> tuple[Any, Stats]:
-    from policyd.policy import PolicyEngine, build_state
+    from policyd.engine.policy import PolicyEngine
+    from policyd.sources.state import build_state
 
     (tmp_path / "virtual").write_text(
         "kate@contoso.com kate.private@example.net, ops@lab.contoso.net\n"

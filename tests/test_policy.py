@@ -10,12 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from policyd.aliases import AliasMaps, load_alias_maps
-from policyd.config import Config, LogSettings, OutcomeSettings, PolicySettings, ServerSettings
+from policyd.engine.policy import PolicyEngine, Session, tag_value
+from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError
-from policyd.model import AcceptedDomain, CertificateFacts, InboundConnector, OnPrem, Tenant
-from policyd.policy import PolicyEngine, Session, State, tag_value
-from policyd.stats import Stats
+from policyd.rules.aliases import AliasMaps
+from policyd.rules.model import AcceptedDomain, CertificateFacts, InboundConnector, OnPrem, Tenant
+from policyd.sources.config import (
+    Config,
+    LogSettings,
+    OutcomeSettings,
+    PolicySettings,
+    ServerSettings,
+)
+from policyd.sources.state import State
+from policyd.sources.tables import load_alias_maps
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -413,7 +421,7 @@ def test_tag_value_reason_for_accepted_message() -> None:
 
 def test_recipient_delimiter_reaches_alias_expansion(tmp_path: Path) -> None:
     """With Postfix's recipient_delimiter configured, bob+news@ is expanded like bob@."""
-    from policyd.policy import build_state
+    from policyd.sources.state import build_state
 
     table = tmp_path / "virtual"
     table.write_text("bob@contoso.com bob@tailspintoys.com\n")

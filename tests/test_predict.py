@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from policyd import predict
-from policyd.aliases import load_alias_maps
-from policyd.certificate import read_certificate
-from policyd.model import (
+from policyd.rules import predict
+from policyd.rules.model import (
     PARTNER,
     AcceptedDomain,
     CertificateFacts,
@@ -22,6 +20,8 @@ from policyd.model import (
     Tenant,
     normalize_domain,
 )
+from policyd.sources.pem import read_certificate
+from policyd.sources.tables import load_alias_maps
 from tests.pki import Issued, TestPKI
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def cert(
     chain_problem: str = "",
     error: str = "",
 ) -> CertificateFacts:
-    """Certificate facts as ``policyd.certificate`` would report them."""
+    """Certificate facts as ``policyd.sources.pem`` would report them."""
     return CertificateFacts(
         path="/etc/postfix/client.pem",
         error=error,

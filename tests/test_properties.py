@@ -29,20 +29,21 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from policyd.aliases import parse_source
-from policyd.config import Config, load_config
+from policyd.engine.policy import PolicyEngine
+from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
-from policyd.exports import (
+from policyd.rules.model import ON_PREMISES, PARTNER, AcceptedDomain, InboundConnector
+from policyd.sources.config import Config, load_config
+from policyd.sources.exports import (
     CONNECTOR_TYPES,
     DOMAIN_TYPES,
     decode_export,
     parse_accepted_domains,
     parse_inbound_connectors,
 )
-from policyd.model import ON_PREMISES, PARTNER, AcceptedDomain, InboundConnector
-from policyd.policy import PolicyEngine, build_state
-from policyd.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol
-from policyd.stats import Stats
+from policyd.sources.state import build_state
+from policyd.sources.tables import parse_source
+from policyd.wire.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "contrib" / "m365-policyd.example.toml"

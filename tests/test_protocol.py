@@ -15,9 +15,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from policyd import stats as kinds
-from policyd.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol, describe_peer
-from policyd.stats import Stats
+from policyd.engine import stats as kinds
+from policyd.engine.stats import Stats
+from policyd.wire.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol, describe_peer
 
 DATA = Path(__file__).parent / "data" / "requests"
 STREAMS = sorted(DATA.glob("*.txt"))
@@ -26,7 +26,7 @@ STREAM_IDS = [path.stem for path in STREAMS]
 
 @dataclass(frozen=True)
 class Limits:
-    """Stands in for ``policyd.config.ServerSettings``."""
+    """Stands in for ``policyd.sources.config.ServerSettings``."""
 
     max_connections: int = 8
     idle_timeout: float = 300.0
@@ -791,7 +791,7 @@ def test_postfix_layout_and_any_other_order_read_the_same() -> None:
     duplicated name, or with a wanted line renamed, are all read by the general rule."""
     import random
 
-    from policyd.protocol import _postfix_layout, _search
+    from policyd.wire.protocol import _postfix_layout, _search
 
     for path in STREAMS:
         for block in path.read_text().rstrip("\n").split("\n\n"):
@@ -873,7 +873,7 @@ def test_direct_send_never_overtakes_queued_replies() -> None:
 
 def test_direct_send_is_used_only_for_real_sockets() -> None:
     """Test and TLS transports have no socket to write to: replies use transport.write."""
-    from policyd.protocol import _direct_socket
+    from policyd.wire.protocol import _direct_socket
 
     assert _direct_socket(StringTransport()) is None
     assert _direct_socket(object()) is None

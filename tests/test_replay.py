@@ -13,10 +13,11 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from policyd.config import load_config
-from policyd.policy import PolicyEngine, build_state
-from policyd.protocol import PolicyFactory
-from policyd.stats import Stats
+from policyd.engine.policy import PolicyEngine
+from policyd.engine.stats import Stats
+from policyd.sources.config import load_config
+from policyd.sources.state import build_state
+from policyd.wire.protocol import PolicyFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 

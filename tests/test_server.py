@@ -18,20 +18,20 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
-from policyd.config import load_config
-from policyd.errors import ConfigError
-from policyd.log import LogOutput, stdout_is_journal, text_line, text_value
-from policyd.policy import State, build_state
-from policyd.server import (
+from policyd.daemon.log import LogOutput, stdout_is_journal, text_line, text_value
+from policyd.daemon.serve import (
     EXIT_CONFIG,
     EXIT_LISTEN,
-    FileWatcher,
     ListenError,
     Server,
     describe_state,
     parse_endpoint,
 )
-from policyd.systemd import Notifier
+from policyd.daemon.systemd import Notifier
+from policyd.daemon.watch import FileWatcher
+from policyd.errors import ConfigError
+from policyd.sources.config import load_config
+from policyd.sources.state import State, build_state
 from tests.pki import TestPKI
 from tests.serverproc import DEFAULT_BODY, PolicyClient, PolicyServer, data, rcpt, request_text
 
@@ -727,7 +727,7 @@ def test_configuration_error_exits_78(tmp_path: Path) -> None:
 def test_memoized_text_values_render_like_fresh_ones() -> None:
     """A value rendered twice (the memoized path) is written exactly as the first time, and
     the memo stays bounded."""
-    from policyd import log
+    from policyd.daemon import log
 
     values = ["plain@x.example", "with space", "", 'quote"d', ("a@b", "c@d"), ("one",)]
     first = [text_value(v) for v in values]
@@ -742,7 +742,7 @@ def test_settle_heap_freezes_the_loaded_state() -> None:
     """After start-up or a reload the live objects are frozen, so full collections skip them."""
     import gc
 
-    from policyd.server import settle_heap
+    from policyd.daemon.serve import settle_heap
 
     try:
         settle_heap()
@@ -755,7 +755,7 @@ def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
     """serve raises its soft descriptor limit to the hard one (room for max_connections)."""
     import resource
 
-    from policyd.server import raise_open_files_limit
+    from policyd.daemon.serve import raise_open_files_limit
 
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

@@ -21,13 +21,20 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from policyd.aliases import load_alias_maps
-from policyd.config import Config, LogSettings, OutcomeSettings, PolicySettings, ServerSettings
+from policyd.engine.policy import PolicyEngine, Session
+from policyd.engine.stats import TOO_LARGE, Stats
 from policyd.errors import AliasLookupError
-from policyd.model import AcceptedDomain, InboundConnector, OnPrem, Tenant
-from policyd.policy import PolicyEngine, Session, State
-from policyd.protocol import PolicyFactory
-from policyd.stats import TOO_LARGE, Stats
+from policyd.rules.model import AcceptedDomain, InboundConnector, OnPrem, Tenant
+from policyd.sources.config import (
+    Config,
+    LogSettings,
+    OutcomeSettings,
+    PolicySettings,
+    ServerSettings,
+)
+from policyd.sources.state import State
+from policyd.sources.tables import load_alias_maps
+from policyd.wire.protocol import PolicyFactory
 from tests.serverproc import DEFAULT_BODY, PolicyServer, rcpt
 from tests.test_aliases import FakePostmap
 

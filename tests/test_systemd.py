@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.systemd import Notifier, notify_address, sd_notify
+from policyd.daemon.systemd import Notifier, notify_address, sd_notify
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SERVICE = UNITS / "m365-policyd.service"

@@ -56,8 +56,8 @@ def _require(reason: str | None) -> None:
 def daemon_unavailable() -> str | None:
     """Why the daemon cannot be started from this tree, or None."""
     try:
-        import policyd.config
-        import policyd.server  # noqa: F401 - probing that the module exists
+        import policyd.daemon.serve
+        import policyd.sources.config  # noqa: F401 - probing that the modules exist
     except ImportError as error:
         return f"m365-policyd serve is not available in this tree: {error}"
     return None

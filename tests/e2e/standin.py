@@ -8,7 +8,7 @@ every ``RCPT TO`` applies Microsoft's documented relay rule (``reference/m365-re
 * the client certificate Postfix presented (CN and SAN DNS names, validity window),
 * the envelope sender (P1 ``MAIL FROM``) and the recipient.
 
-The rule is implemented here, independently of ``policyd.predict``, so the daemon's prediction
+The rule is implemented here, independently of ``policyd.rules.predict``, so the daemon's prediction
 and this server's verdict check each other in the end-to-end tests. Every transaction is
 recorded (envelope, per-recipient replies, the message with its headers) for assertions.
 

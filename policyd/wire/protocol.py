@@ -27,7 +27,7 @@ What the protocol layer decides, and nothing more:
   something that cannot be sent, the request is answered ``DUNNO``, counted in
   ``Stats.internal_errors`` and logged (rate-limited).
 
-Request counting by stage is the engine's (``policyd.policy``); this layer measures each
+Request counting by stage is the engine's (``policyd.engine.policy``); this layer measures each
 ``handle`` call into the duration histogram and keeps the open-connection gauge.
 """
 
@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements  # type: ignore[import-untyped]  # no stubs shipped
 
-from policyd.stats import (
+from policyd.engine.stats import (
     IDLE_TIMEOUT,
     INVALID_UTF8,
     NO_EQUALS,
@@ -157,7 +157,7 @@ def _direct_socket(transport: object) -> Any:
 
 
 class Handler(TypingProtocol):
-    """What the protocol hands well-formed requests to (``policyd.policy.PolicyEngine``)."""
+    """What the protocol hands well-formed requests to (``policyd.engine.policy.PolicyEngine``)."""
 
     def new_session(self) -> object:
         """Per-connection state, opaque to the protocol."""
@@ -172,7 +172,7 @@ class Handler(TypingProtocol):
 
 
 class ServerLimits(TypingProtocol):
-    """The ``[server]`` settings this layer reads (``policyd.config.ServerSettings``)."""
+    """The ``[server]`` settings this layer reads (``policyd.sources.config.ServerSettings``)."""
 
     @property
     def max_connections(self) -> int: ...

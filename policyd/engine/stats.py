@@ -2,7 +2,7 @@
 
 Per-request ``labels(...)`` lookups and histogram observations in prometheus-client are the
 largest cost after parsing (see performance notes), so the request path increments plain
-integers here and ``policyd.metrics`` exposes them through a custom collector. The object is
+integers here and ``policyd.daemon.metrics`` exposes them through a custom collector. The object is
 owned by the reactor thread; nothing here locks.
 """
 

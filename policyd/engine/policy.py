@@ -1,7 +1,7 @@
 """From a Postfix policy request to an action: the reactor-free heart of ``serve``.
 
 The protocol layer hands every well-formed request to ``PolicyEngine.handle`` with the
-connection's ``Session``; the engine predicts (``policyd.predict``), chooses the configured
+connection's ``Session``; the engine predicts (``policyd.rules.predict``), chooses the configured
 action, remembers the message's predictions for the one ``X-M365-Relay`` header at DATA, and
 counts into ``Stats``. Time comes from an injected clock; the state (configuration, tenant,
 alias maps) is swapped in one step on reload.
@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from policyd import predict
-from policyd.aliases import AliasMaps, load_alias_maps
+from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError
-from policyd.predict import REJECT, Attribution, RecipientPrediction
-from policyd.stats import Stats
+from policyd.rules import predict
+from policyd.rules.predict import REJECT, Attribution, RecipientPrediction
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
 
-    from policyd.config import Config, PolicySettings
-    from policyd.outcomes import Expectations
+    from policyd.engine.outcomes import Expectations
+    from policyd.sources.config import PolicySettings
+    from policyd.sources.state import State
 
 #: Runs a blocking function off the reactor thread: ``deferToThread``'s shape.
 InThread = Callable[..., "Deferred[tuple[str, ...]]"]
@@ -50,21 +49,6 @@ _SHORT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class State:
-    """Everything a prediction needs, built off to the side and swapped in one step."""
-
-    config: Config
-    aliases: AliasMaps
-    generation: int
-
-
-def build_state(config: Config, generation: int) -> State:
-    """Open the alias maps for ``config``; raises ConfigError when one cannot be used."""
-    aliases = load_alias_maps(config.alias_maps, recipient_delimiter=config.recipient_delimiter)
-    return State(config, aliases, generation)
-
-
 class Session:
     """Per-connection memory: the current message's RCPT predictions (one Postfix instance)."""
 
@@ -83,7 +67,7 @@ class Session:
 
 
 class PolicyEngine:
-    """Answers policy requests; implements ``policyd.protocol.Handler``."""
+    """Answers policy requests; implements ``policyd.wire.protocol.Handler``."""
 
     def __init__(
         self,

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from policyd.certificate import connector_name_matches, validity_problem
-from policyd.model import InboundConnector, OnPrem, Tenant, split_address
+from policyd.rules.certnames import connector_name_matches, validity_problem
+from policyd.rules.model import InboundConnector, OnPrem, Tenant, split_address
 
 # Verdicts.
 ACCEPT = "accept"

@@ -45,6 +45,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from policyd.constants import POSTFIX_ATTRIBUTE_ORDER
+
 #: Error kinds, in the order they are reported.
 CONNECT_FAILED = "connect-failed"
 CLOSED = "closed"
@@ -167,38 +169,8 @@ def raise_file_limit(wanted: int) -> int:
 # --------------------------------------------------------------------------- traffic
 
 
-#: The attributes Postfix 3.7 sends, in its order (SMTPD_POLICY_README); 29 in all.
-ATTRIBUTE_ORDER = (
-    "request",
-    "protocol_state",
-    "protocol_name",
-    "helo_name",
-    "queue_id",
-    "sender",
-    "recipient",
-    "recipient_count",
-    "client_address",
-    "client_name",
-    "reverse_client_name",
-    "instance",
-    "sasl_method",
-    "sasl_username",
-    "sasl_sender",
-    "size",
-    "ccert_subject",
-    "ccert_issuer",
-    "ccert_fingerprint",
-    "ccert_pubkey_fingerprint",
-    "encryption_protocol",
-    "encryption_cipher",
-    "encryption_keysize",
-    "etrn_domain",
-    "stress",
-    "client_port",
-    "policy_context",
-    "server_address",
-    "server_port",
-)
+#: The attributes Postfix sends, in its order (``policyd.constants``).
+ATTRIBUTE_ORDER = POSTFIX_ATTRIBUTE_ORDER
 
 
 def _request(attributes: Sequence[tuple[str, str]]) -> bytes:

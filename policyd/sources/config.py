@@ -24,17 +24,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from policyd import defaults
-from policyd.certificate import read_certificate
 from policyd.errors import ConfigError
-from policyd.exports import (
-    address_space_domain,
-    certificate_name,
-    domain_name,
-    load_accepted_domains,
-    load_inbound_connectors,
-    sender_ip_networks,
-)
-from policyd.model import (
+from policyd.rules.model import (
     ON_PREMISES,
     PARTNER,
     AcceptedDomain,
@@ -43,6 +34,15 @@ from policyd.model import (
     OnPrem,
     Tenant,
 )
+from policyd.sources.exports import (
+    address_space_domain,
+    certificate_name,
+    domain_name,
+    load_accepted_domains,
+    load_inbound_connectors,
+    sender_ip_networks,
+)
+from policyd.sources.pem import read_certificate
 
 #: Sections and their keys; anything else in the file is an error naming the allowed keys.
 SECTIONS: dict[str, tuple[str, ...]] = {

@@ -24,7 +24,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from types import FrameType
 from typing import Any
@@ -34,16 +34,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from policyd import __version__
-from policyd.config import Config, load_config
+from policyd.daemon.followers import OutcomeWatcher
+from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
+from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
+from policyd.daemon.systemd import Notifier
+from policyd.daemon.watch import FileWatcher, StatFunction, watched_paths
 from policyd.defaults import CONFIG_ENV, CONFIG_PATH
+from policyd.engine.policy import PolicyEngine
+from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
-from policyd.log import FIELDS, LogOutput, default_output, start_logging
-from policyd.metrics import PolicydCollector, make_registry, metrics_site
-from policyd.outcomes import OutcomeWatcher
-from policyd.policy import PolicyEngine, State, build_state
-from policyd.protocol import PolicyFactory
-from policyd.stats import Stats
-from policyd.systemd import Notifier
+from policyd.sources.config import Config, load_config
+from policyd.sources.state import State, build_state
+from policyd.wire.protocol import PolicyFactory
 
 EXIT_OK = 0
 EXIT_LISTEN = 1
@@ -54,11 +56,7 @@ SHUTDOWN_GRACE = 0.1
 #: How long to wait for closed connections to finish flushing before the reactor stops.
 SHUTDOWN_DRAIN = 2.0
 
-#: What a file looks like to the change detector: (mtime in ns, size, inode); None = missing.
-Stamp = tuple[int, int, int] | None
-StatFunction = Callable[[str], os.stat_result]
-
-_log = Logger(namespace="policyd.server")
+_log = Logger(namespace="policyd.daemon.serve")
 
 # Twisted's reactor, endpoints and ports are zope interfaces, which mypy cannot check without
 # the mypy-zope plugin; these aliases say what is meant where the type has to be ``Any``.
@@ -82,48 +80,6 @@ class ListenError(Exception):
 
 
 # --- file-change detection ------------------------------------------------------------------
-
-
-def file_stamp(path: str, stat: StatFunction = os.stat) -> Stamp:
-    """``(mtime_ns, size, inode)`` of ``path``, or None when it does not exist or cannot be read."""
-    try:
-        info = stat(path)
-    except OSError:
-        return None
-    return (info.st_mtime_ns, info.st_size, info.st_ino)
-
-
-class FileWatcher:
-    """Remembers how a set of files looked and says which of them changed since.
-
-    A change is any difference in (mtime, size, inode), so an editor that writes a new file and
-    renames it over the old one is seen even within the same mtime second; a file that appears
-    or disappears counts as changed too.
-    """
-
-    def __init__(self, stat: StatFunction = os.stat) -> None:
-        self._stat = stat
-        self._stamps: dict[str, Stamp] = {}
-
-    @property
-    def paths(self) -> tuple[str, ...]:
-        return tuple(self._stamps)
-
-    def stamp(self, path: str) -> Stamp:
-        """The current stamp of one path."""
-        return file_stamp(path, self._stat)
-
-    def snapshot(self, paths: Iterable[str]) -> dict[str, Stamp]:
-        """The current stamp of each path (None for a missing file)."""
-        return {path: file_stamp(path, self._stat) for path in dict.fromkeys(paths)}
-
-    def watch(self, stamps: Mapping[str, Stamp]) -> None:
-        """From now on compare against ``stamps`` (usually taken just before loading)."""
-        self._stamps = dict(stamps)
-
-    def changed(self) -> list[str]:
-        """The watched paths whose stamp differs from the remembered one, in watch order."""
-        return [path for path, old in self._stamps.items() if file_stamp(path, self._stat) != old]
 
 
 # --- describing what was loaded -------------------------------------------------------------
@@ -180,13 +136,6 @@ def log_alias_warnings(state: State) -> None:
             "alias map: {count} more warnings not shown",
             count=len(warnings) - ALIAS_WARNINGS_LOGGED,
         )
-
-
-def watched_paths(state: State) -> list[str]:
-    """Every file whose change triggers a reload: config, exports, certificate, alias maps."""
-    paths = [str(p) for p in state.config.input_files]
-    paths.extend(str(p) for p in state.aliases.watched_files)
-    return list(dict.fromkeys(p for p in paths if p))
 
 
 # --- endpoints ------------------------------------------------------------------------------
@@ -646,9 +595,9 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m policyd.server [-c FILE]``: the same as ``m365-policyd serve``."""
+    """``python -m policyd.daemon.serve [-c FILE]``: the same as ``m365-policyd serve``."""
     parser = argparse.ArgumentParser(
-        prog="python -m policyd.server", description="run m365-policyd serve"
+        prog="python -m policyd.daemon.serve", description="run m365-policyd serve"
     )
     parser.add_argument(
         "-c",

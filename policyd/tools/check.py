@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from policyd import predict
 from policyd.errors import AliasLookupError
-from policyd.predict import Attribution, RecipientPrediction, Sender
+from policyd.rules import predict
+from policyd.rules.predict import Attribution, RecipientPrediction, Sender
 
 if TYPE_CHECKING:
-    from policyd.policy import State
+    from policyd.sources.state import State
 
 #: Verdict for a recipient whose alias expansion failed: Postfix itself defers such mail.
 ERROR = "error"

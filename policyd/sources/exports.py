@@ -25,7 +25,8 @@ with entries counted from 1. Pure parsers (``parse_*``) take decoded JSON values
 
 The helpers ``parse_bool``, ``domain_name``, ``sender_ip_networks``, ``certificate_name``,
 ``address_space_domain`` and ``connector_type_name`` raise ``ValueError`` with a sentence a
-caller puts into its own ``ConfigError``; ``policyd.config`` uses them for inline connectors.
+caller puts into its own ``ConfigError``; ``policyd.sources.config`` uses them for inline
+connectors.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import re
 from collections.abc import Mapping
 
 from policyd.errors import ConfigError
-from policyd.model import (
+from policyd.rules.model import (
     ON_PREMISES,
     PARTNER,
     AcceptedDomain,

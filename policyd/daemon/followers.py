@@ -1,60 +1,30 @@
-"""Outcomes (SPEC §8): what Microsoft 365 really answered, joined with what the daemon predicted.
+"""Following Postfix's log for ``serve``: the wiring half of the outcomes (SPEC §8).
 
-Two layers in one file, in this order:
-
-- **Domain** (no reactor, no clock reads): ``parse_delivery`` reads one Postfix log line and
-  returns a ``Delivery`` for an smtp/lmtp delivery attempt, ``None`` for any other line, or
-  ``UNPARSEABLE`` for a line that starts like a delivery line but does not parse.
-  ``OutcomeJoin`` remembers the predictions made at DATA (queue ID → final address / original
-  recipient → predicted verdict), counts every delivery attempt to a Microsoft 365 relay into
-  ``Stats.observed_replies[dsn]`` and, when the queue ID and the recipient (``to=``, else
-  ``orig_to=``) match a prediction, into ``Stats.prediction_outcomes[(predicted, dsn)]``. The
-  join state is bounded in size (``MAX_ENTRIES`` addresses, oldest message dropped first) and
-  age (``MAX_AGE``, measured with the ``now`` its callers pass in).
-- **Wiring**: ``FileFollower`` reads the new complete lines of a log file on each ``poll`` —
-  starting at the end of a file that exists at start-up, across rotation (the path names a new
-  inode: the old file is read to its end, then the new one from its start), truncation
-  (``copytruncate``: the size dropped below the offset, so it starts over) and a file that
-  appears later. ``JournalFollower`` runs ``journalctl -f -n 0 -o short-iso`` for Postfix's
-  units and feeds its lines. ``OutcomeWatcher`` is what ``serve`` owns: the engine hands it the
-  predictions (``expect``), a ``LoopingCall`` polls the follower every second, and reload
-  (``configure``) switches the source or the relay patterns without losing the join state.
-
-Each delivery attempt counts once: a recipient deferred with ``4.4.62`` and delivered later
-counts ``4.4.62`` and then ``2.6.0``. Address-verification probes (``status=deliverable`` /
-``undeliverable``) are not deliveries and are not counted.
+``FileFollower`` reads the new complete lines of a log file on each ``poll`` — starting at the
+end of a file that exists at start-up, across rotation (the path names a new inode: the old
+file is read to its end, then the new one from its start), truncation (``copytruncate``: the
+size dropped below the offset, so it starts over) and a file that appears later.
+``JournalFollower`` runs ``journalctl -f -n 0 -o short-iso`` for Postfix's units and feeds its
+lines. ``OutcomeWatcher`` is what ``serve`` owns: the engine hands it the predictions
+(``expect``), a ``LoopingCall`` polls the follower every second, and reload (``configure``)
+switches the source or the relay patterns without losing the join state, which lives in
+``policyd.engine.outcomes.OutcomeJoin``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
-import re
 import shutil
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any
 
 from twisted.internet import protocol, task
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
-from policyd.defaults import RELAY_HOSTS
-from policyd.stats import Stats
-
-#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
-DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS
-#: Join state bounds: addresses remembered, and how long a message's predictions are kept
-#: (longer than Postfix's default maximal_queue_lifetime of 5 days, so late retries still join).
-MAX_ENTRIES = 100_000
-MAX_AGE = 7 * 86400.0
-#: Statuses of a delivery attempt that got (or failed to get) an answer from the relay.
-COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
-#: Predicted verdicts (``policyd.predict.ACCEPT`` / ``REJECT``).
-ACCEPT = "accept"
-REJECT = "reject"
+from policyd.engine.outcomes import DEFAULT_RELAY_HOSTS, Expected, OutcomeJoin
+from policyd.engine.stats import Stats
 
 #: How often the file follower looks for new lines, and how much it reads per look.
 POLL_INTERVAL = 1.0
@@ -65,230 +35,10 @@ MAX_LINE = 16384
 #: How long to wait before starting journalctl again after it exited.
 JOURNAL_RESTART_DELAY = 10.0
 
-_log = Logger(namespace="policyd.outcomes")
-
-
-# --- domain: parsing one log line ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One delivery attempt as Postfix's smtp(8)/lmtp(8) (or local, pipe, ...) logged it."""
-
-    service: str  # the syslog tag without pid: "postfix/smtp", "postfix-out/smtp"
-    queue_id: str
-    to: str  # the final recipient, as logged
-    orig_to: str  # the original recipient ("" when Postfix logged none)
-    relay: str  # as logged: "host[address]:port", "none", "local"
-    relay_host: str  # "host" (or the whole value when it has no brackets)
-    relay_address: str  # "address" inside the brackets, "" without
-    dsn: str  # the enhanced status code: "2.6.0", "5.7.64", "4.4.62"
-    status: str  # sent, deferred, bounced, ...
-
-
-class Unparseable:
-    """A line that looks like a delivery line but cannot be read (counted as skipped)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNPARSEABLE"
-
-
-UNPARSEABLE: Final = Unparseable()
-
-# "<tag>[pid]: <queue id>: to=<" anywhere in the line: syslog, ISO-8601 and journalctl
-# prefixes all come before it; the tag is syslog_name/service ("postfix/smtp",
-# "postfix-out/smtp", "postfix/relay/smtp").
-_DELIVERY_START = re.compile(
-    r"(?:^|\s)(?P<service>[^\s\[\]/:]+(?:/[^\s\[\]/:]+)+)\[\d+\]: (?P<queue_id>[0-9A-Za-z]+): to=<"
-)
-_DELIVERY_REST = re.compile(
-    r"(?P<to>[^>]*)>"
-    r"(?:, orig_to=<(?P<orig_to>[^>]*)>)?"
-    r", relay=(?P<relay>[^\s,]+)"
-    r"(?:, [a-z_]+=[^\s,]*)*?"  # conn_use=, delay=, delays=
-    r", dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3})"
-    r", status=(?P<status>[A-Za-z]+)(?:\s|$)"
-)
-_RELAY = re.compile(r"(?P<host>[^\[\]]*)(?:\[(?P<address>[^\[\]]*)\](?::\d+)?)?")
-
-
-def parse_delivery(line: str) -> Delivery | Unparseable | None:
-    """Read one Postfix log line: a ``Delivery``, ``None`` (not a delivery line) or
-    ``UNPARSEABLE`` (starts like a delivery line, but the rest does not parse)."""
-    if ": to=<" not in line:
-        return None
-    start = _DELIVERY_START.search(line)
-    if start is None:
-        return None
-    rest = _DELIVERY_REST.match(line, start.end())
-    if rest is None:
-        return UNPARSEABLE
-    relay = rest.group("relay")
-    parts = _RELAY.fullmatch(relay)
-    if parts is None:
-        return UNPARSEABLE
-    return Delivery(
-        service=start.group("service"),
-        queue_id=start.group("queue_id"),
-        to=rest.group("to"),
-        orig_to=rest.group("orig_to") or "",
-        relay=relay,
-        relay_host=parts.group("host"),
-        relay_address=parts.group("address") or "",
-        dsn=rest.group("dsn"),
-        status=rest.group("status").lower(),
-    )
-
-
-def relay_matcher(patterns: Iterable[str]) -> Callable[[Delivery], bool]:
-    """A test "is this delivery's relay one of ``patterns``" (shell globs, case-insensitive,
-    against the relay's host name and its bracketed address)."""
-    compiled = [re.compile(fnmatch.translate(p.strip().lower())) for p in patterns if p.strip()]
-
-    def matches(delivery: Delivery) -> bool:
-        host = delivery.relay_host.lower().rstrip(".")
-        address = delivery.relay_address.lower()
-        for pattern in compiled:
-            if pattern.match(host) or (address and pattern.match(address)):
-                return True
-        return False
-
-    return matches
+_log = Logger(namespace="policyd.daemon.followers")
 
 
 # --- domain: the join ------------------------------------------------------------------------
-
-#: What the engine hands over per relayed address: (final address, original recipient, verdict).
-Expected = tuple[str, str, str]
-
-
-class _Message:
-    """One message's predictions: by final address and by original recipient (lower case)."""
-
-    __slots__ = ("finals", "originals", "time")
-
-    def __init__(self, time: float) -> None:
-        self.time = time
-        self.finals: dict[str, str] = {}
-        self.originals: dict[str, str] = {}
-
-    def size(self) -> int:
-        return len(self.finals) + len(self.originals)
-
-
-class OutcomeJoin:
-    """Predictions at DATA joined with the replies Postfix logged (see the module docstring).
-
-    Reactor-free: every method that needs the time takes ``now`` (Unix seconds).
-    """
-
-    def __init__(
-        self,
-        stats: Stats,
-        relay_hosts: Iterable[str] = DEFAULT_RELAY_HOSTS,
-        *,
-        max_entries: int = MAX_ENTRIES,
-        max_age: float = MAX_AGE,
-    ) -> None:
-        self._stats = stats
-        self.max_entries = max_entries
-        self.max_age = max_age
-        self._messages: OrderedDict[str, _Message] = OrderedDict()  # oldest first
-        self._size = 0
-        self.relay_hosts = tuple(relay_hosts)
-
-    @property
-    def relay_hosts(self) -> tuple[str, ...]:
-        return self._relay_hosts
-
-    @relay_hosts.setter
-    def relay_hosts(self, patterns: Iterable[str]) -> None:
-        self._relay_hosts = tuple(patterns)
-        self._is_microsoft = relay_matcher(self._relay_hosts)
-
-    def __len__(self) -> int:
-        """How many addresses (final and original) are remembered."""
-        return self._size
-
-    def messages(self) -> int:
-        """How many messages (queue IDs) are remembered."""
-        return len(self._messages)
-
-    def expect(self, queue_id: str, entries: Iterable[Expected], now: float) -> None:
-        """Remember a message's predictions: ``(final address, original recipient, verdict)``."""
-        if not queue_id:
-            return
-        self.prune(now)
-        message = self._messages.pop(queue_id, None)
-        if message is None:
-            message = _Message(now)
-        else:
-            self._size -= message.size()
-            message.time = now
-        for final, original, verdict in entries:
-            final_key = final.lower()
-            message.finals[final_key] = _worse(message.finals.get(final_key), verdict)
-            if original:
-                original_key = original.lower()
-                message.originals[original_key] = _worse(
-                    message.originals.get(original_key), verdict
-                )
-        self._messages[queue_id] = message
-        self._size += message.size()
-        while self._size > self.max_entries and self._messages:
-            _, dropped = self._messages.popitem(last=False)
-            self._size -= dropped.size()
-
-    def prune(self, now: float) -> None:
-        """Forget messages whose predictions are older than ``max_age``."""
-        limit = now - self.max_age
-        messages = self._messages
-        while messages:
-            queue_id, oldest = next(iter(messages.items()))
-            if oldest.time >= limit:
-                return
-            del messages[queue_id]
-            self._size -= oldest.size()
-
-    def predicted(self, delivery: Delivery) -> str | None:
-        """The verdict predicted for this delivery's recipient, or None when unknown."""
-        message = self._messages.get(delivery.queue_id)
-        if message is None:
-            return None
-        verdict = message.finals.get(delivery.to.lower())
-        if verdict is None and delivery.orig_to:
-            verdict = message.originals.get(delivery.orig_to.lower())
-        return verdict
-
-    def observe(self, delivery: Delivery, now: float) -> bool:
-        """Count one delivery attempt if it went to a Microsoft 365 relay; True when counted."""
-        if delivery.status not in COUNTED_STATUSES or not self._is_microsoft(delivery):
-            return False
-        stats = self._stats
-        stats.observed_replies[delivery.dsn] += 1
-        self.prune(now)
-        verdict = self.predicted(delivery)
-        if verdict is not None:
-            stats.prediction_outcomes[(verdict, delivery.dsn)] += 1
-        return True
-
-    def feed(self, line: str, now: float) -> None:
-        """Parse one log line and count it (an unparseable delivery line counts as skipped)."""
-        parsed = parse_delivery(line)
-        if parsed is None:
-            return
-        if isinstance(parsed, Unparseable):
-            self._stats.log_lines_skipped += 1
-            return
-        self.observe(parsed, now)
-
-
-def _worse(old: str | None, new: str) -> str:
-    """Two predictions for one key: refused wins (SPEC §5: a refused final address refuses)."""
-    return REJECT if REJECT in (old, new) else new
-
 
 # --- wiring: following a log file ------------------------------------------------------------
 
@@ -527,17 +277,6 @@ class JournalFollower:
 
 
 # --- wiring: what serve owns -----------------------------------------------------------------
-
-
-class Expectations(Protocol):
-    """What the policy engine needs: a place to hand a message's predictions at DATA."""
-
-    @property
-    def following(self) -> bool:
-        """False while nothing is followed: the engine then skips building the entries."""
-        ...
-
-    def expect(self, queue_id: str, entries: Sequence[Expected]) -> None: ...
 
 
 class OutcomeWatcher:

@@ -137,7 +137,7 @@ class Tenant:
 class CertificateFacts:
     """What the certificate Postfix presents to Microsoft 365 looks like.
 
-    Built by ``policyd.certificate.read_certificate``; no clock is involved, the validity
+    Built by ``policyd.sources.pem.read_certificate``; no clock is involved, the validity
     window is compared against an injected ``now`` by whoever needs it.
     """
 

@@ -1,11 +1,11 @@
-"""Certificate facts: what the client certificate Postfix presents tells Microsoft 365.
+"""Reading the client certificate Postfix presents into plain ``CertificateFacts``.
 
 SPEC §5 step 3 attributes a connection to an OnPremises connector by certificate when the
 certificate is readable, currently valid, not self-signed, presented with its chain up to a
 trusted root, and one of its names (CN or SAN DNS name) matches the connector's
 ``TlsSenderCertificateName``. This module turns the PEM file into plain ``CertificateFacts``
-once per configuration generation and offers the pure comparisons the predictor and ``doctor``
-need. Nothing here reads a clock: validity is judged against an injected ``now``.
+once per configuration generation; the pure comparisons the predictor and ``doctor`` make on
+those facts are in ``policyd.rules.certnames``.
 
 Reading never raises for a bad file: the problem becomes ``CertificateFacts.error``
 ("unreadable: ..."), because a broken certificate must show up in predictions and in
@@ -18,7 +18,6 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policyd.model import CertificateFacts, normalize_domain
+from policyd.rules.model import CertificateFacts, normalize_domain
 
 #: Where Debian (and derivatives) keep the trust roots OpenSSL uses; the public CAs Microsoft
 #: 365 trusts are the same public CAs, so this is the best local stand-in for its trust store.
@@ -320,70 +319,6 @@ def read_certificate(path: str, *, ca_bundle: str = "") -> CertificateFacts:
         subject=_name_text(leaf.subject),
         fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
     )
-
-
-# -- pure comparisons ------------------------------------------------------------------------
-
-
-def validity_problem(facts: CertificateFacts, now: datetime) -> str:
-    """Whether the certificate is valid at ``now``: "" when it is, else one phrase.
-
-    ``"expired on YYYY-MM-DD"`` (after notAfter) or ``"not yet valid until YYYY-MM-DD"``
-    (before notBefore); both bounds are inclusive, as in X.509. Dates are UTC. An unreadable
-    certificate answers its ``error``; ``now`` must be timezone-aware.
-    """
-    if facts.error:
-        return facts.error
-    if facts.not_before is None or facts.not_after is None:
-        return "unreadable: no validity period"
-    if now < facts.not_before:
-        return f"not yet valid until {facts.not_before.date().isoformat()}"
-    if now > facts.not_after:
-        return f"expired on {facts.not_after.date().isoformat()}"
-    return ""
-
-
-def _norm(name: str) -> str:
-    return normalize_domain(name) if name else ""
-
-
-def connector_name_matches(connector_name: str, cert_name: str) -> bool:
-    """Does a connector's ``TlsSenderCertificateName`` match one certificate name (SPEC §5)?
-
-    - Connector ``*.contoso.com``: matches ``contoso.com`` and every name under it, at any
-      depth, including certificate wildcard names (``*.contoso.com``, ``*.eu.contoso.com``).
-    - Connector without ``*``: matches that exact name, or a certificate wildcard name that
-      covers it (certificate ``*.contoso.com`` covers ``mail.contoso.com``, not
-      ``contoso.com`` and not ``a.b.contoso.com``: a wildcard stands for exactly one label).
-    - A ``*`` anywhere else in the connector name ("no embedded wildcards" per the
-      New-InboundConnector docs) never matches.
-
-    Uncertain: Microsoft documents ``*.contoso.com`` only as "a domain and all subdomains" and
-    does not say whether the apex or several labels match, nor how a wildcard certificate name
-    is compared with an exact connector name; SPEC §5 decides as above (see
-    ``shared/reference/m365-relay-rules.md`` §2 and "Open questions"). Comparison is
-    case-insensitive, ignores a trailing dot and uses the ASCII form of IDNs.
-    """
-    connector = _norm(connector_name)
-    cert = _norm(cert_name)
-    if not connector or not cert:
-        return False
-    if connector.startswith("*."):
-        base = connector[2:]
-        if not base or "*" in base:
-            return False
-        return cert == base or cert.endswith("." + base)
-    if "*" in connector:
-        return False
-    if cert == connector:
-        return True
-    if cert.startswith("*."):
-        covered = cert[2:]
-        if not covered or "*" in covered:
-            return False
-        label, dot, rest = connector.partition(".")
-        return bool(label) and bool(dot) and rest == covered
-    return False
 
 
 # -- private key (doctor --key) --------------------------------------------------------------

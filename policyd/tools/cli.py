@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from policyd import __version__, defaults
-from policyd.config import default_config_path
+from policyd.sources.config import default_config_path
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
-    # Listed for --help only: `bench` has its own parser (policyd.bench), see main().
+    # Listed for --help only: `bench` has its own parser (policyd.tools.bench), see main().
     commands.add_parser(
         "bench",
         help="drive a running policy server with realistic Postfix traffic",
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:
-        from policyd import bench
+        from policyd.tools import bench
 
         return bench.main(args_list[1:])
     parser = _parser()
@@ -99,13 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     config_path = args.config or default_config_path(os.environ)
     if args.command == "serve":
-        from policyd import server
+        from policyd.daemon import serve as server
 
         return server.run(config_path)
     if args.command == "check":
         return _check(config_path, args.sender, args.recipient, as_json=args.json)
     if args.command == "doctor":
-        from policyd import doctor
+        from policyd.tools import doctor
 
         return doctor.main(
             config_path, postfix_dir=args.postfix_dir, key=args.key, as_json=args.json
@@ -114,10 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json: bool) -> int:
-    from policyd import check
-    from policyd.config import load_config
     from policyd.errors import ConfigError
-    from policyd.policy import build_state
+    from policyd.sources.config import load_config
+    from policyd.sources.state import build_state
+    from policyd.tools import check
 
     try:
         state = build_state(load_config(config_path), generation=0)

@@ -1,6 +1,6 @@
 """Prometheus exposition: ``Stats`` read at scrape time, served on ``/metrics`` by twisted.web.
 
-The request path only increments plain numbers in ``policyd.stats.Stats``; this module turns
+The request path only increments plain numbers in ``policyd.engine.stats.Stats``; this module turns
 them into metric families when Prometheus scrapes (SPEC §7 and §8), so a scrape costs
 something and a request costs nothing extra. The collector lives in a private
 ``CollectorRegistry`` (no process/platform collectors of the default registry, no global
@@ -29,9 +29,10 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from policyd import __version__, predict
-from policyd.model import CertificateFacts
-from policyd.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
+from policyd import __version__
+from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
+from policyd.rules import predict
+from policyd.rules.model import CertificateFacts
 
 PREFIX = "m365_policyd_"
 

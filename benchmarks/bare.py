@@ -4,7 +4,7 @@ It answers ``action=DUNNO`` plus a blank line for every ``\\n\\n`` it receives, 
 anything, so its throughput is what Twisted and the kernel cost with no policy work at all
 (SPEC §9: the daemon must reach at least 0.8 times this, same generator, same run)::
 
-    python -m policyd.bare --listen tcp:10041:interface=127.0.0.1
+    python -m benchmarks.bare --listen tcp:10041:interface=127.0.0.1
 
 With port 0 the kernel picks a free port; the first line on stdout always names the address
 actually bound (``listening on 127.0.0.1:PORT``), so a driver can read it.
@@ -64,7 +64,7 @@ def describe(port: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Listen on ``--listen`` (a Twisted server endpoint string) until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m policyd.bare",
+        prog="python -m benchmarks.bare",
         description="Answer action=DUNNO to every policy request without parsing it.",
     )
     parser.add_argument(
@@ -86,14 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
 
     def failed(failure: Any) -> None:
-        sys.stderr.write(f"policyd.bare: cannot listen on {args.listen}: {failure.value}\n")
+        sys.stderr.write(f"benchmarks.bare: cannot listen on {args.listen}: {failure.value}\n")
         status[0] = 1
         reactor.stop()
 
     try:
         endpoint: Any = endpoints.serverFromString(reactor, args.listen)  # type: ignore[no-untyped-call] # Twisted leaves it unannotated
     except (ValueError, TypeError, KeyError) as error:
-        sys.stderr.write(f"policyd.bare: invalid --listen {args.listen!r}: {error}\n")
+        sys.stderr.write(f"benchmarks.bare: invalid --listen {args.listen!r}: {error}\n")
         return 2
     endpoint.listen(BareFactory()).addCallbacks(listening, failed)
     reactor.run()

@@ -1,0 +1,185 @@
+"""Outcomes: the predictions made at DATA joined with what Microsoft 365 really answered.
+
+``OutcomeJoin`` remembers the predictions made at DATA (queue ID → final address / original
+recipient → predicted verdict), counts every delivery attempt to a Microsoft 365 relay into
+``Stats.observed_replies[dsn]`` and, when the queue ID and the recipient (``to=``, else
+``orig_to=``) match a prediction, into ``Stats.prediction_outcomes[(predicted, dsn)]``. The
+join state is bounded in size (``MAX_ENTRIES`` addresses, oldest message dropped first) and
+age (``MAX_AGE``, measured with the ``now`` its callers pass in). Reactor-free.
+
+Each delivery attempt counts once: a recipient deferred with ``4.4.62`` and delivered later
+counts ``4.4.62`` and then ``2.6.0``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from policyd.defaults import RELAY_HOSTS
+from policyd.engine.stats import Stats
+from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
+
+#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
+DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS
+
+
+#: Join state bounds: addresses remembered, and how long a message's predictions are kept
+#: (longer than Postfix's default maximal_queue_lifetime of 5 days, so late retries still join).
+MAX_ENTRIES = 100_000
+
+
+MAX_AGE = 7 * 86400.0
+
+
+#: Statuses of a delivery attempt that got (or failed to get) an answer from the relay.
+COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
+
+
+#: Predicted verdicts (``policyd.rules.predict.ACCEPT`` / ``REJECT``).
+ACCEPT = "accept"
+
+
+REJECT = "reject"
+
+
+#: What the engine hands over per relayed address: (final address, original recipient, verdict).
+Expected = tuple[str, str, str]
+
+
+class _Message:
+    """One message's predictions: by final address and by original recipient (lower case)."""
+
+    __slots__ = ("finals", "originals", "time")
+
+    def __init__(self, time: float) -> None:
+        self.time = time
+        self.finals: dict[str, str] = {}
+        self.originals: dict[str, str] = {}
+
+    def size(self) -> int:
+        return len(self.finals) + len(self.originals)
+
+
+class OutcomeJoin:
+    """Predictions at DATA joined with the replies Postfix logged (see the module docstring).
+
+    Reactor-free: every method that needs the time takes ``now`` (Unix seconds).
+    """
+
+    def __init__(
+        self,
+        stats: Stats,
+        relay_hosts: Iterable[str] = DEFAULT_RELAY_HOSTS,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        max_age: float = MAX_AGE,
+    ) -> None:
+        self._stats = stats
+        self.max_entries = max_entries
+        self.max_age = max_age
+        self._messages: OrderedDict[str, _Message] = OrderedDict()  # oldest first
+        self._size = 0
+        self.relay_hosts = tuple(relay_hosts)
+
+    @property
+    def relay_hosts(self) -> tuple[str, ...]:
+        return self._relay_hosts
+
+    @relay_hosts.setter
+    def relay_hosts(self, patterns: Iterable[str]) -> None:
+        self._relay_hosts = tuple(patterns)
+        self._is_microsoft = relay_matcher(self._relay_hosts)
+
+    def __len__(self) -> int:
+        """How many addresses (final and original) are remembered."""
+        return self._size
+
+    def messages(self) -> int:
+        """How many messages (queue IDs) are remembered."""
+        return len(self._messages)
+
+    def expect(self, queue_id: str, entries: Iterable[Expected], now: float) -> None:
+        """Remember a message's predictions: ``(final address, original recipient, verdict)``."""
+        if not queue_id:
+            return
+        self.prune(now)
+        message = self._messages.pop(queue_id, None)
+        if message is None:
+            message = _Message(now)
+        else:
+            self._size -= message.size()
+            message.time = now
+        for final, original, verdict in entries:
+            final_key = final.lower()
+            message.finals[final_key] = _worse(message.finals.get(final_key), verdict)
+            if original:
+                original_key = original.lower()
+                message.originals[original_key] = _worse(
+                    message.originals.get(original_key), verdict
+                )
+        self._messages[queue_id] = message
+        self._size += message.size()
+        while self._size > self.max_entries and self._messages:
+            _, dropped = self._messages.popitem(last=False)
+            self._size -= dropped.size()
+
+    def prune(self, now: float) -> None:
+        """Forget messages whose predictions are older than ``max_age``."""
+        limit = now - self.max_age
+        messages = self._messages
+        while messages:
+            queue_id, oldest = next(iter(messages.items()))
+            if oldest.time >= limit:
+                return
+            del messages[queue_id]
+            self._size -= oldest.size()
+
+    def predicted(self, delivery: Delivery) -> str | None:
+        """The verdict predicted for this delivery's recipient, or None when unknown."""
+        message = self._messages.get(delivery.queue_id)
+        if message is None:
+            return None
+        verdict = message.finals.get(delivery.to.lower())
+        if verdict is None and delivery.orig_to:
+            verdict = message.originals.get(delivery.orig_to.lower())
+        return verdict
+
+    def observe(self, delivery: Delivery, now: float) -> bool:
+        """Count one delivery attempt if it went to a Microsoft 365 relay; True when counted."""
+        if delivery.status not in COUNTED_STATUSES or not self._is_microsoft(delivery):
+            return False
+        stats = self._stats
+        stats.observed_replies[delivery.dsn] += 1
+        self.prune(now)
+        verdict = self.predicted(delivery)
+        if verdict is not None:
+            stats.prediction_outcomes[(verdict, delivery.dsn)] += 1
+        return True
+
+    def feed(self, line: str, now: float) -> None:
+        """Parse one log line and count it (an unparseable delivery line counts as skipped)."""
+        parsed = parse_delivery(line)
+        if parsed is None:
+            return
+        if isinstance(parsed, Unparseable):
+            self._stats.log_lines_skipped += 1
+            return
+        self.observe(parsed, now)
+
+
+def _worse(old: str | None, new: str) -> str:
+    """Two predictions for one key: refused wins (SPEC §5: a refused final address refuses)."""
+    return REJECT if REJECT in (old, new) else new
+
+
+class Expectations(Protocol):
+    """What the policy engine needs: a place to hand a message's predictions at DATA."""
+
+    @property
+    def following(self) -> bool:
+        """False while nothing is followed: the engine then skips building the entries."""
+        ...
+
+    def expect(self, queue_id: str, entries: Sequence[Expected]) -> None: ...

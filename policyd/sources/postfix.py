@@ -1,0 +1,196 @@
+"""Asking Postfix itself: one runner for ``postconf`` and ``postmap``, and what doctor reads.
+
+Every Postfix program the daemon or a tool runs goes through ``run_tool``: found on ``PATH``
+or in the sbin directories Debian puts them in (``POSTFIX_PATH``; a unit's or cron's ``PATH``
+often lacks ``/usr/sbin``), run with ``LC_ALL=C`` so messages are the ones we parse, and with a
+timeout, so a hanging table server never hangs us.
+
+``read_postfix`` reads the parameters doctor audits (``postconf -c DIR -x PARAM...``) and the
+TLS policy for the relay host (``postmap -c DIR -q KEY MAP``). A missing or failing
+``postconf`` is a ``PostfixFacts.error``, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+#: ``subprocess.run``'s shape; tests inject fakes.
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+#: Where Postfix's programs live when ``PATH`` lacks them (Debian: /usr/sbin).
+POSTFIX_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: Seconds a ``postconf`` run may take (doctor; start-up).
+POSTCONF_TIMEOUT = 10.0
+
+
+def find_tool(name: str) -> str | None:
+    """The path of Postfix program ``name`` (``PATH`` first, then ``POSTFIX_PATH``), or None."""
+    return shutil.which(name) or shutil.which(name, path=POSTFIX_PATH)
+
+
+def run_tool(
+    argv: Sequence[str], *, timeout: float, runner: Runner | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one Postfix program with ``LC_ALL=C`` and ``timeout`` seconds.
+
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` and ``OSError`` when it cannot start;
+    the exit status is the caller's to judge (``postmap -q`` exits 1 for "not found").
+    """
+    run = runner if runner is not None else subprocess.run
+    return run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of a program's output ("" when there is none)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+#: The Postfix parameters doctor reads (``postconf -x``: ``$name`` expanded).
+POSTFIX_PARAMETERS = (
+    "mail_version",
+    "relayhost",
+    "smtp_tls_security_level",
+    "smtp_enforce_tls",
+    "smtp_use_tls",
+    "smtp_tls_policy_maps",
+    "smtp_tls_cert_file",
+    "smtp_tls_key_file",
+    "smtp_tls_chain_files",
+    "smtp_tls_CAfile",
+    "smtpd_relay_restrictions",
+    "smtpd_recipient_restrictions",
+    "smtpd_data_restrictions",
+    "smtpd_policy_service_default_action",
+    "queue_directory",
+    "notify_classes",
+    "bounce_notice_recipient",
+    "2bounce_notice_recipient",
+    "delay_notice_recipient",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """What ``smtp_tls_policy_maps`` says for the relay host."""
+
+    key: str = ""  # the lookup key that matched, "" when none did
+    value: str = ""  # the policy, e.g. "encrypt protocols=>=TLSv1.2"
+    error: str = ""  # a lookup that failed (postmap error), "" otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class PostfixFacts:
+    """Postfix's configuration as ``postconf -x`` printed it (or why it could not be read)."""
+
+    directory: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    error: str = ""  # non-empty: postconf is missing or failed
+    tls_policy: TlsPolicy | None = None  # None: no smtp_tls_policy_maps or not looked up
+
+    def get(self, name: str) -> str:
+        return self.parameters.get(name, "").strip()
+
+
+def tls_policy_keys(relayhost: str) -> list[str]:
+    """The ``smtp_tls_policy_maps`` keys Postfix would look up for the relay, in order."""
+    keys: list[str] = []
+    for item in re.split(r"[\s,]+", relayhost.strip()):
+        if not item:
+            continue
+        keys.append(item)
+        if item.startswith("["):
+            continue
+        host = item.rpartition(":")[0] if re.search(r":\d+$", item) else item
+        if host != item:
+            keys.append(host)
+        labels = host.split(".")
+        keys.extend("." + ".".join(labels[i:]) for i in range(1, len(labels)))
+    return list(dict.fromkeys(keys))
+
+
+def split_postfix_list(text: str) -> list[str]:
+    """Split a Postfix list on commas and whitespace, keeping ``{ ... }`` groups whole."""
+    tokens: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if depth == 0 and (char == "," or char.isspace()):
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+        current.append(char)
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def parse_postconf(output: str) -> dict[str, str]:
+    """``name = value`` lines as printed by ``postconf`` into a mapping."""
+    parameters: dict[str, str] = {}
+    for line in output.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and name.strip():
+            parameters[name.strip()] = value.strip()
+    return parameters
+
+
+def read_postfix(directory: str) -> PostfixFacts:
+    """Read Postfix's parameters with ``postconf -c DIR -x`` (and the relay's TLS policy)."""
+    postconf = find_tool("postconf")
+    if postconf is None:
+        return PostfixFacts(directory, error="postconf not found (is Postfix installed?)")
+    try:
+        done = run_tool(
+            [postconf, "-c", directory, "-x", *POSTFIX_PARAMETERS], timeout=POSTCONF_TIMEOUT
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        return PostfixFacts(directory, error=f"postconf failed: {error}")
+    if done.returncode != 0:
+        message = last_line(done.stderr) or f"exit status {done.returncode}"
+        return PostfixFacts(directory, error=message)
+    parameters = parse_postconf(done.stdout)
+    policy = None
+    maps = parameters.get("smtp_tls_policy_maps", "").strip()
+    if maps:
+        policy = _lookup_tls_policy(directory, maps, parameters.get("relayhost", ""))
+    return PostfixFacts(directory, parameters, tls_policy=policy)
+
+
+def _lookup_tls_policy(directory: str, maps: str, relayhost: str) -> TlsPolicy:
+    postmap = find_tool("postmap")
+    if postmap is None:
+        return TlsPolicy(error="postmap not found")
+    errors: list[str] = []
+    for key in tls_policy_keys(relayhost):
+        for table in split_postfix_list(maps):
+            try:
+                done = run_tool(
+                    [postmap, "-c", directory, "-q", key, table], timeout=POSTCONF_TIMEOUT
+                )
+            except (OSError, subprocess.SubprocessError) as error:
+                errors.append(f"{table}: {error}")
+                continue
+            if done.returncode == 0 and done.stdout.strip():
+                return TlsPolicy(key=key, value=done.stdout.strip().splitlines()[0])
+            if done.returncode not in (0, 1) or "fatal" in done.stderr:
+                errors.append(f"{table}: {last_line(done.stderr)}")
+    return TlsPolicy(error="; ".join(dict.fromkeys(errors)))

@@ -1,0 +1,143 @@
+"""``m365-policyd doctor``: audit certificate, tenant, connectors and Postfix before mail is lost.
+
+Two layers, as everywhere in the package:
+
+- ``audit`` is pure: from the ``Config``, an optional private-key check, the Postfix parameters
+  (a plain mapping, as ``postconf -x`` prints them), the per-destination TLS policy found for the
+  relay host, and an injected ``now``, it builds the checklist and the closing table of mail
+  classes. It reads no file, runs no program and calls no clock; the closing table runs the real
+  predictor (``policyd.rules.predict``) rather than re-deriving the relay rule.
+- ``read_postfix`` and ``main`` are the wiring: ``postconf -c DIR -x PARAM...`` and
+  ``postmap -c DIR -q KEY MAP`` as subprocesses with a timeout, the key check, the clock, the
+  output. A missing or failing ``postconf`` becomes a warning check, never a crash.
+
+The checks live by what they audit: ``certificate``, ``tenant`` (with the closing table of
+mail classes), ``postfix``; ``report`` holds the vocabulary (statuses, areas, ``Check``,
+``Report``) and the text and JSON output. Exit status: 0 without errors, 1 with errors, 78 on a
+configuration error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TextIO
+
+from policyd.errors import ConfigError
+from policyd.rules import predict
+from policyd.sources.config import Config, load_config
+from policyd.sources.pem import key_matches_certificate
+from policyd.sources.postfix import PostfixFacts, read_postfix
+from policyd.tools.doctor.certificate import certificate_checks
+from policyd.tools.doctor.postfix import postfix_checks
+from policyd.tools.doctor.report import (
+    AREAS,
+    EXIT_CONFIG,
+    STATUSES,
+    Check,
+    KeyCheck,
+    MailClass,
+    Report,
+    write_json,
+    write_text,
+)
+from policyd.tools.doctor.tenant import mail_classes, summary_check, tenant_checks
+
+__all__ = [
+    "AREAS",
+    "STATUSES",
+    "Check",
+    "KeyCheck",
+    "MailClass",
+    "Report",
+    "audit",
+    "main",
+    "write_json",
+    "write_text",
+]
+
+
+def audit(
+    config: Config,
+    *,
+    now: datetime,
+    postfix: PostfixFacts | None = None,
+    key: KeyCheck | None = None,
+    resolve: Callable[[str], str] = os.path.normpath,
+) -> Report:
+    """Build the checklist and the closing table from plain inputs.
+
+    ``postfix`` None skips the Postfix checks; ``resolve`` turns a path into its comparable
+    form (the wiring passes ``os.path.realpath``, tests may pass anything).
+    """
+    tenant, onprem = config.tenant, config.onprem
+    attribution = predict.attribute(tenant, onprem, now)
+    checks: list[Check] = []
+    checks.extend(certificate_checks(config, attribution, key, now))
+    checks.extend(tenant_checks(config, attribution))
+    classes = mail_classes(config, attribution)
+    if postfix is not None:
+        checks.extend(postfix_checks(config, postfix, classes, resolve))
+    checks.append(summary_check(classes))
+    return Report(tuple(checks), classes)
+
+
+# --- certificate ---------------------------------------------------------------------------------
+
+
+# --- tenant --------------------------------------------------------------------------------------
+
+
+# --- the closing table ---------------------------------------------------------------------------
+
+# --- Postfix -------------------------------------------------------------------------------------
+
+
+# -- restriction lists --
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def _key_check_for(config: Config, key: str | None) -> KeyCheck | None:
+    """Compare ``--key`` with the configured certificate (nothing to compare without both)."""
+    if not config.certificate_path or not key:
+        return None
+    return KeyCheck(key, key_matches_certificate(config.certificate_path, key))
+
+
+def main(
+    config_path: str,
+    *,
+    postfix_dir: str = "/etc/postfix",
+    key: str | None = None,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    now: datetime | None = None,
+) -> int:
+    """``m365-policyd doctor``: 0 without errors, 1 with errors, 78 on a configuration error."""
+    stream = out if out is not None else sys.stdout
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
+        return EXIT_CONFIG
+    postfix = read_postfix(postfix_dir)
+    report = audit(
+        config,
+        now=now if now is not None else datetime.now(UTC),
+        postfix=postfix,
+        key=_key_check_for(config, key),
+        resolve=os.path.realpath,
+    )
+    if as_json:
+        write_json(report, stream)
+    else:
+        title = f"m365-policyd doctor: {config.path}, Postfix {postfix_dir}"
+        write_text(report, stream, title=title)
+    return report.exit_code

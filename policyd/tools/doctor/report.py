@@ -1,0 +1,188 @@
+"""doctor's vocabulary and output: statuses, areas, one ``Check``, the ``Report`` and its text.
+
+Each check has a stable kebab-case ``id``, an ``area`` (certificate, tenant, postfix, summary),
+a ``status`` (ok, warning, error, note), a one-line ``finding`` and a one-sentence ``fix`` (empty
+when ok). ``Report.exit_code`` is 0 without errors and 1 with errors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TextIO
+
+# Statuses and areas.
+OK = "ok"
+
+
+WARNING = "warning"
+
+
+ERROR = "error"
+
+
+NOTE = "note"
+
+
+STATUSES = (OK, WARNING, ERROR, NOTE)
+
+
+CERTIFICATE = "certificate"
+
+
+TENANT = "tenant"
+
+
+POSTFIX = "postfix"
+
+
+SUMMARY = "summary"
+
+
+AREAS = (CERTIFICATE, TENANT, POSTFIX, SUMMARY)
+
+
+#: Text markers of the checklist.
+MARKERS = {OK: "[ ok ]", WARNING: "[warn]", ERROR: "[FAIL]", NOTE: "[note]"}
+
+
+AREA_TITLES = {
+    CERTIFICATE: "Certificate",
+    TENANT: "Tenant",
+    POSTFIX: "Postfix",
+    SUMMARY: "Summary",
+}
+
+
+EXIT_OK = 0
+
+
+EXIT_ERRORS = 1
+
+
+EXIT_CONFIG = 78
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the checklist."""
+
+    id: str
+    area: str
+    status: str
+    finding: str
+    fix: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "area": self.area,
+            "status": self.status,
+            "finding": self.finding,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MailClass:
+    """One row of the closing table: will Microsoft 365 relay this class of mail?"""
+
+    id: str
+    label: str
+    sender: str
+    recipient: str
+    final: tuple[str, ...]
+    relayed: bool
+    reason: str
+    code: str | None
+    reply: str | None
+    explanation: str
+    fix: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "class": self.id,
+            "label": self.label,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "final": list(self.final),
+            "relayed": self.relayed,
+            "reason": self.reason,
+            "code": self.code,
+            "reply": self.reply,
+            "explanation": self.explanation,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """The result of comparing a private key with the certificate's leaf."""
+
+    path: str
+    result: bool | str  # True/False, or "unreadable: ..." from key_matches_certificate
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The whole audit: the checklist and the closing table."""
+
+    checks: tuple[Check, ...]
+    classes: tuple[MailClass, ...]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for c in self.checks if c.status == ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for c in self.checks if c.status == WARNING)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ERRORS if self.errors else EXIT_OK
+
+    def status_of(self, check_id: str) -> str | None:
+        """The status of the check ``check_id``, None when it was not made."""
+        for check in self.checks:
+            if check.id == check_id:
+                return check.status
+        return None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "checks": [c.as_json() for c in self.checks],
+            "classes": [c.as_json() for c in self.classes],
+        }
+
+
+def write_text(report: Report, out: TextIO, *, title: str = "") -> None:
+    """The checklist grouped by area, then the closing table and the totals."""
+    if title:
+        out.write(f"{title}\n")
+    for area in AREAS:
+        checks = [c for c in report.checks if c.area == area]
+        if not checks:
+            continue
+        out.write(f"\n{AREA_TITLES[area]}\n")
+        for check in checks:
+            out.write(f"  {MARKERS[check.status]} {check.id}: {check.finding}\n")
+            if check.fix:
+                out.write(f"         fix: {check.fix}\n")
+    out.write("\nWill Microsoft 365 relay it?\n")
+    width = max(len(c.label) for c in report.classes)
+    for row in report.classes:
+        envelope = f"<{row.sender}> -> {', '.join(row.final)}"
+        answer = "yes" if row.relayed else "NO "
+        reason = f"[{row.reason}]"
+        out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {envelope}\n")
+        if row.fix:
+            out.write(f"  {'':<{width}}       fix: {row.fix}\n")
+    out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")
+
+
+def write_json(report: Report, out: TextIO) -> None:
+    json.dump(report.as_json(), out, indent=2)
+    out.write("\n")

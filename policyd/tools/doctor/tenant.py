@@ -1,0 +1,376 @@
+"""doctor's tenant checks and the closing table of mail classes.
+
+Pure: the connectors, accepted domains and egress addresses of the configuration, and the
+attribution the real predictor (``policyd.rules.predict``) computes; the closing table predicts
+one envelope per mail class with that same predictor, so it can never disagree with ``check``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from policyd.rules import predict
+from policyd.rules.certnames import connector_name_matches
+from policyd.rules.model import InboundConnector, Tenant
+from policyd.sources.config import Config
+from policyd.tools.doctor.certificate import domain_to_add
+from policyd.tools.doctor.report import ERROR, NOTE, OK, SUMMARY, TENANT, WARNING, Check, MailClass
+
+#: Envelope addresses of the closing table.
+FOREIGN_SENDER = "john@fabrikam.example"
+
+
+OUTSIDE_RECIPIENT = "kate@tailspintoys.example"
+
+
+PLACEHOLDER_DOMAIN = "contoso.example"
+
+
+def tenant_checks(config: Config, attribution: predict.Attribution) -> list[Check]:
+    tenant = config.tenant
+    checks: list[Check] = []
+    if tenant.accepted_domains:
+        domains = ", ".join(d.domain for d in tenant.accepted_domains)
+        checks.append(Check("tenant-accepted-domains", TENANT, OK, f"Accepted domains: {domains}."))
+    else:
+        checks.append(
+            Check(
+                "tenant-accepted-domains",
+                TENANT,
+                ERROR,
+                "The tenant has no accepted domain, so no sender and no certificate can qualify "
+                "for relay.",
+                "List the tenant's domains in tenant.accepted_domains or export them to "
+                "tenant.accepted_domains_file (Get-AcceptedDomain).",
+            )
+        )
+    disabled = [d.domain for d in tenant.accepted_domains if d.sending_from_domain_disabled]
+    if disabled:
+        checks.append(
+            Check(
+                "tenant-sending-disabled",
+                TENANT,
+                NOTE,
+                f"SendingFromDomainDisabled is set on {', '.join(disabled)}: Microsoft 365 "
+                "blocks sending from these domains (the predictor still treats them as accepted).",
+                "Send from another accepted domain, or Set-AcceptedDomain "
+                "-SendingFromDomainDisabled $false.",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "tenant-sending-disabled",
+                TENANT,
+                OK,
+                "No accepted domain has SendingFromDomainDisabled.",
+            )
+        )
+    relay = tenant.relay_connectors
+    if relay:
+        names = ", ".join(f"'{c.name}'" for c in relay)
+        checks.append(
+            Check("tenant-onprem-connector", TENANT, OK, f"Enabled OnPremises connectors: {names}.")
+        )
+    else:
+        checks.append(
+            Check(
+                "tenant-onprem-connector",
+                TENANT,
+                ERROR,
+                "No enabled OnPremises inbound connector: Microsoft 365 relays nothing from this "
+                "server (550 5.7.64 TenantAttribution).",
+                "Create an OnPremises inbound connector (New-InboundConnector -ConnectorType "
+                "OnPremises) naming the certificate or the egress address, and export it again.",
+            )
+        )
+    checks.append(_inert_connector_check(tenant, config))
+    checks.append(_attribution_check(attribution))
+    checks.append(_egress_check(config, attribution))
+    checks.append(_ipv6_check(config, attribution))
+    return checks
+
+
+def _looks_meant(connector: InboundConnector, config: Config) -> str:
+    """Why an inert connector looks meant for this server ("" when it does not)."""
+    cert = config.onprem.certificate
+    if cert is not None and cert.readable and connector.tls_sender_certificate_name:
+        hits = [
+            n
+            for n in cert.names
+            if connector_name_matches(connector.tls_sender_certificate_name, n)
+        ]
+        if hits:
+            wanted = connector.tls_sender_certificate_name
+            return f"its TlsSenderCertificateName {wanted} matches {hits[0]}"
+    for address in config.onprem.egress_addresses:
+        if isinstance(address, ipaddress.IPv4Address) and any(
+            address in n for n in connector.sender_ip_addresses
+        ):
+            return f"its SenderIPAddresses contain the egress address {address}"
+    return ""
+
+
+def _inert_connector_check(tenant: Tenant, config: Config) -> Check:
+    found: list[str] = []
+    fixes: list[str] = []
+    for connector in tenant.connectors:
+        if connector.grants_relay:
+            continue
+        why = _looks_meant(connector, config)
+        if not why:
+            continue
+        if not connector.enabled:
+            found.append(f"'{connector.name}' is disabled, yet {why}")
+            fixes.append(f"Enable-InboundConnector '{connector.name}'")
+        else:
+            found.append(
+                f"'{connector.name}' is a {connector.connector_type} connector (never grants "
+                f"relay), yet {why}"
+            )
+            fixes.append(f"Set-InboundConnector '{connector.name}' -ConnectorType OnPremises")
+    if not found:
+        return Check(
+            "tenant-inert-connectors",
+            TENANT,
+            OK,
+            "No disabled or Partner connector looks meant for this server.",
+        )
+    return Check(
+        "tenant-inert-connectors",
+        TENANT,
+        WARNING,
+        "Connectors that look meant for this server but cannot grant relay: "
+        + "; ".join(found)
+        + ".",
+        f"{'; '.join(fixes)} (or remove it), so this server is attributed to an enabled "
+        "OnPremises connector.",
+    )
+
+
+def _attribution_check(attribution: predict.Attribution) -> Check:
+    connector = attribution.connector
+    if connector is not None:
+        how = (
+            f"by the certificate name {attribution.certificate_name}"
+            if attribution.method == predict.BY_CERTIFICATE
+            else f"by the egress address {attribution.egress_address}"
+        )
+        return Check(
+            "tenant-attribution",
+            TENANT,
+            OK,
+            f"Microsoft 365 attributes this server to connector '{connector.name}' {how}.",
+        )
+    problems = "; ".join(p for p in (attribution.certificate_problem, attribution.ip_problem) if p)
+    return Check(
+        "tenant-attribution",
+        TENANT,
+        ERROR,
+        f"No connector attributes this server ({problems}): every outside recipient gets "
+        "550 5.7.64 TenantAttribution.",
+        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or "
+        "present a certificate that its TlsSenderCertificateName matches.",
+    )
+
+
+def _egress_check(config: Config, attribution: predict.Attribution) -> Check:
+    tenant, onprem = config.tenant, config.onprem
+    by_certificate = attribution.method == predict.BY_CERTIFICATE
+    ipv4 = [a for a in onprem.egress_addresses if isinstance(a, ipaddress.IPv4Address)]
+    if not onprem.egress_addresses:
+        return Check(
+            "tenant-egress-addresses",
+            TENANT,
+            NOTE if by_certificate else WARNING,
+            "No egress address is configured (onprem.egress_addresses), so the IP path cannot "
+            "be predicted.",
+            "List the public address(es) Microsoft 365 sees this server connect from in "
+            "onprem.egress_addresses.",
+        )
+    if not ipv4:
+        return Check(
+            "tenant-egress-addresses",
+            TENANT,
+            NOTE,
+            "No IPv4 egress address is configured; connectors match IPv4 addresses only.",
+            "Add the IPv4 address Microsoft 365 sees, if Postfix has one, to "
+            "onprem.egress_addresses.",
+        )
+    uncovered = [
+        a
+        for a in ipv4
+        if not any(a in n for c in tenant.relay_connectors for n in c.sender_ip_addresses)
+    ]
+    if not uncovered:
+        return Check(
+            "tenant-egress-addresses",
+            TENANT,
+            OK,
+            f"Every IPv4 egress address ({', '.join(map(str, ipv4))}) is in an enabled "
+            "OnPremises connector's SenderIPAddresses.",
+        )
+    missing = ", ".join(map(str, uncovered))
+    fix = (
+        "Add the address(es) to the OnPremises connector's SenderIPAddresses "
+        "(Set-InboundConnector), or stop Postfix from sending from them (smtp_bind_address)."
+    )
+    if by_certificate:
+        return Check(
+            "tenant-egress-addresses",
+            TENANT,
+            NOTE,
+            f"Egress address(es) {missing} are in no OnPremises connector; the certificate "
+            "attributes the mail, so this matters only if the certificate stops matching.",
+            fix,
+        )
+    if len(uncovered) == len(ipv4):
+        return Check(
+            "tenant-egress-addresses",
+            TENANT,
+            ERROR,
+            f"No egress address ({missing}) is in an enabled OnPremises connector's "
+            "SenderIPAddresses.",
+            fix,
+        )
+    return Check(
+        "tenant-egress-addresses",
+        TENANT,
+        WARNING,
+        f"Egress address(es) {missing} are in no enabled OnPremises connector: mail that "
+        "leaves from them is refused with 5.7.64 TenantAttribution.",
+        fix,
+    )
+
+
+def _ipv6_check(config: Config, attribution: predict.Attribution) -> Check:
+    ipv6 = [a for a in config.onprem.egress_addresses if isinstance(a, ipaddress.IPv6Address)]
+    if not ipv6:
+        return Check("tenant-ipv6-egress", TENANT, OK, "No IPv6 egress address.")
+    shown = ", ".join(map(str, ipv6))
+    if attribution.method == predict.BY_CERTIFICATE:
+        return Check(
+            "tenant-ipv6-egress",
+            TENANT,
+            OK,
+            f"IPv6 egress ({shown}) is attributed by the certificate, which does not depend "
+            "on the address.",
+        )
+    return Check(
+        "tenant-ipv6-egress",
+        TENANT,
+        WARNING,
+        f"IPv6 egress ({shown}) with an IP-only connector: SenderIPAddresses match IPv4 only, "
+        "so mail sent over IPv6 is refused with 5.7.64 TenantAttribution.",
+        "Make Postfix reach Microsoft 365 over IPv4 (smtp_address_preference = ipv4, or "
+        "inet_protocols = ipv4), or present a certificate a connector matches.",
+    )
+
+
+#: What fixes a refusal, by reason id (one sentence each).
+REASON_FIXES = {
+    predict.NO_CONNECTOR: (
+        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or "
+        "present a certificate its TlsSenderCertificateName matches."
+    ),
+    predict.NULL_SENDER: (
+        "Present a CA-signed certificate named under an accepted domain that an enabled "
+        "OnPremises connector's TlsSenderCertificateName matches: only that path relays the "
+        "null sender."
+    ),
+    predict.FORWARDED: (
+        "Present a certificate named under an accepted domain, or rewrite forwarded senders "
+        "with SRS into an accepted domain (postsrsd, onprem.srs_domain)."
+    ),
+    predict.SENDER_NOT_ACCEPTED: (
+        "Send as an accepted domain, add the sender's domain to the tenant, or present a "
+        "certificate named under an accepted domain."
+    ),
+    predict.DIRECT_SEND_REJECTED: (
+        "Make a connector match this server, or turn RejectDirectSend off."
+    ),
+}
+
+
+#: Refusals that a certificate under an accepted domain would turn into relays.
+_CERTIFICATE_FIXABLE = (predict.NULL_SENDER, predict.FORWARDED, predict.SENDER_NOT_ACCEPTED)
+
+
+def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[MailClass, ...]:
+    """Run the real predictor for each class of mail and say whether it relays."""
+    tenant, onprem = config.tenant, config.onprem
+    own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+    rows = (
+        ("own-domain", "own-domain senders", f"alerts@{own}", OUTSIDE_RECIPIENT, ()),
+        ("foreign-sender", "foreign senders", FOREIGN_SENDER, OUTSIDE_RECIPIENT, ()),
+        (
+            "forwarded",
+            "forwarded mail",
+            FOREIGN_SENDER,
+            f"user@{own}",
+            (OUTSIDE_RECIPIENT,),
+        ),
+        ("null-sender-bounce", "null-sender bounces", "", OUTSIDE_RECIPIENT, ()),
+        ("out-of-office", "out-of-office replies", "", OUTSIDE_RECIPIENT, ()),
+    )
+    classes: list[MailClass] = []
+    for class_id, label, sender, recipient, final in rows:
+        prediction = predict.predict_recipient(
+            recipient,
+            final,
+            sender=predict.sender_view(sender, tenant, onprem),
+            tenant=tenant,
+            onprem=onprem,
+            attribution=attribution,
+        )
+        relayed = prediction.verdict == predict.ACCEPT
+        fix = "" if relayed else REASON_FIXES.get(prediction.reason, "")
+        if (
+            not relayed
+            and attribution.connector is not None
+            and attribution.method == predict.BY_CERTIFICATE
+            and not attribution.certificate_domain
+            and prediction.reason in _CERTIFICATE_FIXABLE
+        ):
+            fix = (
+                f"Add {domain_to_add(attribution.certificate_name)} as an accepted domain: "
+                f"the certificate name {attribution.certificate_name} already matches connector "
+                f"'{attribution.connector.name}', and then every sender relays."
+            )
+        classes.append(
+            MailClass(
+                id=class_id,
+                label=label,
+                sender=sender,
+                recipient=recipient,
+                final=prediction.final,
+                relayed=relayed,
+                reason=prediction.reason,
+                code=prediction.code,
+                reply=prediction.reply,
+                explanation=prediction.explanation,
+                fix=fix,
+            )
+        )
+    return tuple(classes)
+
+
+def summary_check(classes: Sequence[MailClass]) -> Check:
+    refused = [c for c in classes if not c.relayed]
+    if not refused:
+        return Check(
+            "summary-mail-classes",
+            SUMMARY,
+            OK,
+            "Microsoft 365 will relay every class of mail in the table below.",
+        )
+    labels = ", ".join(c.label for c in refused)
+    own_refused = any(c.id == "own-domain" for c in refused)
+    return Check(
+        "summary-mail-classes",
+        SUMMARY,
+        ERROR if own_refused else WARNING,
+        f"{len(refused)} of {len(classes)} classes of mail will be refused with 5.7.64: {labels}.",
+        refused[0].fix,
+    )
