@@ -4,16 +4,17 @@ The protocol layer hands every well-formed request to ``PolicyEngine.handle`` wi
 connection's ``Session``; the engine predicts (``policyd.rules.predict``), chooses the configured
 action, remembers the message's predictions for the one ``X-M365-Relay`` header at DATA, and
 counts into ``Stats``. Time comes from an injected clock; the state (configuration, tenant,
-alias maps) is swapped in one step on reload.
+alias maps) is swapped in one step on reload. The answers of one state are cached, and dropped,
+by ``policyd.engine.cache.PredictionCache``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from policyd.engine.cache import Entry, PredictionCache, PredictionLine
 from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError
 from policyd.rules import predict
@@ -30,11 +31,12 @@ if TYPE_CHECKING:
 #: Runs a blocking function off the reactor thread: ``deferToThread``'s shape.
 InThread = Callable[..., "Deferred[tuple[str, ...]]"]
 
+#: Runs one prediction's log line: ``(line, queue_id, instance, client_address)``; the log
+#: output keeps the line's fixed part rendered (``policyd.daemon.log.LogOutput.prediction``).
+PredictionOutput = Callable[[PredictionLine, str, str, str], None]
+
 #: Postfix answers; "action=" and the blank line are the protocol layer's business.
 DUNNO = "DUNNO"
-
-#: Bounded prediction cache: cleared whole when full (cheap, and entries are cheap to redo).
-CACHE_LIMIT = 65536
 
 #: SMTP reply texts must stay well inside Postfix's line limits.
 REPLY_TEXT_LIMIT = 400
@@ -78,6 +80,7 @@ class PolicyEngine:
         outcomes: Expectations | None = None,
         *,
         in_thread: InThread | None = None,
+        predictions: PredictionOutput | None = None,
     ) -> None:
         """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID.
 
@@ -86,58 +89,39 @@ class PolicyEngine:
         recipient whose expansion needs ``postmap -q`` is answered by a Deferred instead of
         blocking every other connection while postmap runs; without it (``check``, tests) the
         lookup happens in place.
+
+        Prediction log lines (at ``log.level`` info and below) go to ``predictions`` when given
+        (``serve`` passes ``LogOutput.prediction``), else to ``emit`` as whole records; errors
+        always go to ``emit``.
         """
         self.outcomes = outcomes
         self._in_thread = in_thread
         self._stats = stats
         self._clock = clock
         self._emit = emit
-        self._state = state
+        self._predictions_out = predictions
         self._log_predictions = _logs_predictions(state)
-        self._attribution: Attribution | None = None
-        self._valid_until = -math.inf  # recompute the attribution from this instant on
-        # (P1 sender key, lower-cased recipient) -> (prediction, sender accepted or null)
-        self._predictions: dict[tuple[str, str], tuple[RecipientPrediction, bool]] = {}
-        # (sender, recipient) exactly as Postfix sent them -> everything the answer needs
-        self._entries: dict[tuple[str, str], _Entry] = {}
-
-    def _forget(self) -> None:
-        """Drop every cached prediction: the state or the attribution changed."""
-        self._predictions = {}
-        self._entries = {}
+        self._cache = PredictionCache(state, clock, _answer)
 
     # --- state ------------------------------------------------------------------------------
 
     @property
     def state(self) -> State:
-        return self._state
+        """The state answers are computed with now."""
+        return self._cache.state
 
     def replace_state(self, state: State) -> None:
         """Swap in a freshly built state; cached predictions of the old one are dropped."""
-        self._state = state
         self._log_predictions = _logs_predictions(state)
-        self._attribution = None
-        self._valid_until = -math.inf
-        self._forget()
+        self._cache.replace(state)
 
     def attribution(self) -> Attribution:
         """The current attribution, recomputed when a certificate validity boundary passes."""
-        now = self._clock()
-        attribution = self._attribution
-        if attribution is None or now >= self._valid_until:
-            config = self._state.config
-            attribution = predict.attribute(
-                config.tenant, config.onprem, datetime.fromtimestamp(now, UTC)
-            )
-            self._attribution = attribution
-            until = attribution.valid_until
-            self._valid_until = math.inf if until is None else until
-            self._forget()
-        return attribution
+        return self._cache.attribution()
 
     def certificate_connector_match(self, now: float) -> bool | None:
         """For the metric: does the certificate match a connector? None: no certificate."""
-        config = self._state.config
+        config = self.state.config
         if config.onprem.certificate is None:
             return None
         attribution = predict.attribute(
@@ -192,49 +176,13 @@ class PolicyEngine:
 
     def _on_error(self) -> str:
         try:
-            return self._state.config.policy.on_error
+            return self.state.config.policy.on_error
         except Exception:  # even a broken state must not refuse mail
             return "dunno"
 
     def predict(self, sender: str, recipient: str) -> RecipientPrediction:
         """Predict one recipient of ``sender`` with the current state (cached)."""
-        return self._entry(sender, recipient).prediction
-
-    def _entry(self, sender: str, recipient: str, final: tuple[str, ...] | None = None) -> _Entry:
-        """The cached answer for this exact (sender, recipient); built on first use.
-
-        ``final`` is the recipient's alias expansion when the caller already has it.
-        """
-        attribution = self.attribution()  # may drop every cache when a boundary passed
-        entry = self._entries.get((sender, recipient))
-        if entry is not None:
-            return entry
-        key = _prediction_key(sender, recipient)
-        cached = self._predictions.get(key)
-        if cached is None:
-            config = self._state.config
-            view = predict.sender_view(sender, config.tenant, config.onprem)
-            prediction = predict.predict_recipient(
-                recipient,
-                self._state.aliases.expand(recipient) if final is None else final,
-                sender=view,
-                tenant=config.tenant,
-                onprem=config.onprem,
-                attribution=attribution,
-            )
-            cached = (prediction, view.null or bool(view.accepted_domain))
-            if len(self._predictions) >= CACHE_LIMIT:
-                self._predictions = {}
-            self._predictions[key] = cached
-        prediction, sender_accepted = cached
-        if prediction.recipient != recipient:
-            # Same recipient in another case: keep the cached decision, show the address as sent.
-            prediction = RecipientPrediction(recipient, prediction.addresses)
-        entry = _Entry(prediction, sender_accepted, self._state.config.policy)
-        if len(self._entries) >= CACHE_LIMIT:
-            self._entries = {}
-        self._entries[(sender, recipient)] = entry
-        return entry
+        return self._cache.entry(sender, recipient).prediction
 
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
@@ -245,32 +193,30 @@ class PolicyEngine:
         if not recipient:
             return DUNNO
         # The hot path: one clock read, one dict lookup, a few counters.
-        entry = None
-        if self._clock() < self._valid_until:
-            entry = self._entries.get((sender, recipient))
+        entry = self._cache.lookup(sender, recipient)
         if entry is None:
             if (
                 self._in_thread is not None
-                and self._state.aliases.uses_subprocess
-                and _prediction_key(sender, recipient) not in self._predictions
+                and self.state.aliases.uses_subprocess
+                and not self._cache.knows(sender, recipient)
             ):
                 return self._rcpt_in_thread(attrs, session, sender, recipient)
-            entry = self._entry(sender, recipient)
-        return self._answer_rcpt(attrs, session, entry, sender, recipient)
+            entry = self._cache.entry(sender, recipient)
+        return self._answer_rcpt(attrs, session, entry)
 
     def _rcpt_in_thread(
         self, attrs: Mapping[str, str], session: Session, sender: str, recipient: str
     ) -> Deferred[str]:
         """Expand ``recipient`` through postmap in a worker thread, then answer as usual."""
         assert self._in_thread is not None
-        aliases = self._state.aliases
+        aliases = self.state.aliases
 
         def expanded(final: tuple[str, ...]) -> str:
             # Reloaded meanwhile: the new tables decide (cached or looked up in place).
-            entry = self._entry(
-                sender, recipient, final if self._state.aliases is aliases else None
+            entry = self._cache.entry(
+                sender, recipient, final if self.state.aliases is aliases else None
             )
-            return self._answer_rcpt(attrs, session, entry, sender, recipient)
+            return self._answer_rcpt(attrs, session, entry)
 
         def failed(failure: Failure) -> str:
             error = failure.value
@@ -281,16 +227,8 @@ class PolicyEngine:
         deferred: Deferred[tuple[str, ...]] = self._in_thread(aliases.expand, recipient)
         return deferred.addCallback(expanded).addErrback(failed)
 
-    def _answer_rcpt(
-        self,
-        attrs: Mapping[str, str],
-        session: Session,
-        entry: _Entry,
-        sender: str,
-        recipient: str,
-    ) -> str:
+    def _answer_rcpt(self, attrs: Mapping[str, str], session: Session, entry: Entry) -> str:
         """Count, remember and log one RCPT prediction; the Postfix action text."""
-        instance = session.instance
         stats = self._stats
         stats.predictions[entry.counted] += 1
         if entry.external:
@@ -300,23 +238,12 @@ class PolicyEngine:
         if entry.in_message:
             session.recipients.append(entry.prediction)  # part of the message: in the header
         if self._log_predictions:
-            prediction = entry.prediction
-            self._emit(
-                {
-                    "event": "prediction",
-                    "queue_id": attrs.get("queue_id", ""),
-                    "instance": instance,
-                    "client_address": attrs.get("client_address", ""),
-                    "sender": sender,
-                    "recipient": recipient,
-                    "final": prediction.final,
-                    "verdict": entry.counted[0],
-                    "code": prediction.code,
-                    "reason": entry.counted[1],
-                    "action": entry.action,
-                    "explanation": prediction.explanation,
-                }
-            )
+            queue_id = attrs.get("queue_id", "")
+            client_address = attrs.get("client_address", "")
+            if self._predictions_out is not None:
+                self._predictions_out(entry.line, queue_id, session.instance, client_address)
+            else:
+                self._emit(entry.line.record(queue_id, session.instance, client_address))
         return entry.answer
 
     def _data(self, attrs: Mapping[str, str], session: Session) -> str:
@@ -327,7 +254,7 @@ class PolicyEngine:
             and attrs.get("instance", "") == session.instance
         ):
             self._expect_outcomes(attrs, session)
-        policy = self._state.config.policy
+        policy = self.state.config.policy
         if (
             not policy.tag
             or session.tagged
@@ -363,41 +290,6 @@ class PolicyEngine:
                     "problem": f"outcome watcher failed: {error!r}",
                 }
             )
-
-
-class _Entry:
-    """Everything an RCPT answer needs for one (sender, recipient), computed once per state."""
-
-    __slots__ = (
-        "action",
-        "answer",
-        "counted",
-        "external",
-        "in_message",
-        "prediction",
-        "unregistered",
-    )
-
-    def __init__(
-        self, prediction: RecipientPrediction, sender_accepted: bool, policy: PolicySettings
-    ) -> None:
-        self.prediction = prediction
-        verdict = prediction.verdict
-        self.counted = (verdict, prediction.reason)  # m365_policyd_predictions_total labels
-        relayed = sum(1 for a in prediction.addresses if a.relayed and a.verdict != REJECT)
-        self.external = relayed  # recipients Microsoft 365 will send to the internet
-        self.unregistered = 0 if sender_accepted else relayed
-        action = policy.action_for(prediction.reason) if verdict == REJECT else "dunno"
-        self.action = action
-        # Deferred and rejected recipients are not part of the message Postfix accepts.
-        self.in_message = action not in ("defer", "reject")
-        self.answer = _answer(action, prediction, policy)
-
-
-def _prediction_key(sender: str, recipient: str) -> tuple[str, str]:
-    """Predictions depend on the sender's domain, not its local part (unless it has none)."""
-    _, at, domain = sender.rpartition("@")
-    return (("@" + domain.lower()) if at and domain else sender, recipient.lower())
 
 
 def _logs_predictions(state: State) -> bool:
