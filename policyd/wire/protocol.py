@@ -261,7 +261,7 @@ class PolicyProtocol(Protocol):
             except Exception:  # fail open: a bug must never refuse mail
                 factory.internal_error("policy handler raised", attrs)
                 answer = FALLBACK_ACTION
-            if isinstance(answer, Deferred):
+            if type(answer) is not str and isinstance(answer, Deferred):  # str: skip the ABC
                 # The handler waits on something slow (a postmap lookup): send what is
                 # answered, hold the rest of this connection until the answer comes.
                 if replies:
