@@ -7,10 +7,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policyd.engine import cache as cache_module
 from policyd.engine.cache import PredictionCache
-from policyd.engine.policy import _answer
+from policyd.engine.policy import PolicyEngine, Session, _answer, tag_value
+from policyd.engine.stats import Stats
 from policyd.rules.model import AcceptedDomain, CertificateFacts, InboundConnector, OnPrem, Tenant
 from policyd.sources.config import (
     Config,
@@ -162,3 +165,43 @@ def test_the_log_line_holds_the_fixed_fields_in_record_order() -> None:
     ]
     assert record["event"] == "prediction"
     assert (record["sender"], record["final"], record["reason"]) == ("", (OUTSIDE,), "null-sender")
+
+
+SENDERS = ["app@contoso.com", "a@fabrikam.com", ""]
+RECIPIENTS = [OUTSIDE, "kate@contoso.com", "x@adatum.example", "KATE@tailspintoys.com"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from(SENDERS), st.sampled_from(RECIPIENTS)), min_size=1, max_size=6
+    ),
+    action=st.sampled_from(["dunno", "defer", "hold"]),
+)
+def test_the_session_header_is_tag_value_of_its_recipients(
+    pairs: list[tuple[str, str]], action: str
+) -> None:
+    """The header kept up per RCPT equals tag_value over the message's recipients, and a
+    message without a relayed recipient gets none."""
+    base = state()
+    settings_ = replace(base.config, policy=PolicySettings(action=action))
+    engine = PolicyEngine(State(settings_, base.aliases, 1), Stats(), Clock(), lambda r: None)
+    session = Session()
+    for sender, recipient in pairs:
+        engine.handle(
+            {
+                "request": "smtpd_access_policy",
+                "protocol_state": "RCPT",
+                "sender": sender,
+                "recipient": recipient,
+                "instance": "m.1",
+            },
+            session,
+        )
+    answer = engine.handle(
+        {"request": "smtpd_access_policy", "protocol_state": "DATA", "instance": "m.1"}, session
+    )
+    if any(p.relayed for p in session.recipients):
+        assert answer == f"PREPEND X-M365-Relay: {tag_value(session.recipients)}"
+    else:
+        assert answer == "DUNNO"

@@ -460,7 +460,7 @@ class Server:
 
 #: Prediction lines are written this long (seconds) after the first of them: 0 is the end of
 #: the reactor turn, so each turn's lines go out in one write (``policyd.daemon.log``).
-LOG_FLUSH_DELAY = 0.1
+LOG_FLUSH_DELAY = 0.0
 
 #: File descriptors the daemon needs besides policy connections (listeners, metrics, log files,
 #: postmap pipes, the outcome follower).

@@ -67,11 +67,14 @@ class Entry:
     __slots__ = (
         "action",
         "answer",
+        "code",
         "counted",
         "external",
         "in_message",
         "line",
         "prediction",
+        "refused",
+        "relayed",
         "unregistered",
     )
 
@@ -86,6 +89,9 @@ class Entry:
         self.prediction = prediction
         verdict = prediction.verdict
         self.counted = (verdict, prediction.reason)  # m365_policyd_predictions_total labels
+        self.code = prediction.code
+        self.refused = verdict == REJECT
+        self.relayed = prediction.relayed  # some final address goes out through Microsoft 365
         relayed = sum(1 for a in prediction.addresses if a.relayed and a.verdict != REJECT)
         self.external = relayed  # recipients Microsoft 365 will send to the internet
         self.unregistered = 0 if sender_accepted else relayed

@@ -52,20 +52,56 @@ _SHORT = {
 
 
 class Session:
-    """Per-connection memory: the current message's RCPT predictions (one Postfix instance)."""
+    """Per-connection memory: the current message's RCPT predictions (one Postfix instance).
 
-    __slots__ = ("instance", "recipients", "tagged")
+    Besides the predictions, it keeps what the ``X-M365-Relay`` header needs as they arrive
+    (the first refused and the first relayed recipient, the number refused), so the header at
+    DATA costs one format; ``tag_value(recipients)`` is the same header from the list.
+    """
+
+    __slots__ = ("first_refused", "first_relayed", "instance", "recipients", "refused", "tagged")
 
     def __init__(self) -> None:
         self.instance = ""
         self.recipients: list[RecipientPrediction] = []  # part of the message (not refused at RCPT)
         self.tagged = False
+        self.refused = 0
+        self.first_refused: Entry | None = None
+        self.first_relayed: Entry | None = None
 
     def start(self, instance: str) -> None:
         """A new instance means the previous message was delivered or aborted: forget it."""
         self.instance = instance
         self.recipients = []
         self.tagged = False
+        self.refused = 0
+        self.first_refused = None
+        self.first_relayed = None
+
+    def add(self, entry: Entry) -> None:
+        """One more recipient that is part of the message."""
+        self.recipients.append(entry.prediction)
+        if entry.refused:
+            self.refused += 1
+            if self.first_refused is None:
+                self.first_refused = entry
+        if entry.relayed and self.first_relayed is None:
+            self.first_relayed = entry
+
+    def tag_value(self) -> str:
+        """``tag_value(self.recipients)`` for a message with a relayed recipient."""
+        first = self.first_refused
+        if first is not None:
+            verdict, reason = first.counted
+            code = first.code or "none"
+        else:
+            relayed = self.first_relayed
+            assert relayed is not None, "a message without relayed recipients is not tagged"
+            verdict, code, reason = predict.ACCEPT, "none", relayed.counted[1]
+        return (
+            f"verdict={verdict}; code={code}; reason={reason}; "
+            f"refused={self.refused}; recipients={len(self.recipients)}"
+        )
 
 
 class PolicyEngine:
@@ -236,7 +272,7 @@ class PolicyEngine:
             stats.unregistered_sender_relays += entry.unregistered  # the 5.7.750 risk
         stats.actions[entry.action] += 1
         if entry.in_message:
-            session.recipients.append(entry.prediction)  # part of the message: in the header
+            session.add(entry)  # part of the message: in the header
         if self._log_predictions:
             queue_id = attrs.get("queue_id", "")
             client_address = attrs.get("client_address", "")
@@ -256,15 +292,15 @@ class PolicyEngine:
             self._expect_outcomes(attrs, session)
         policy = self.state.config.policy
         if (
-            not policy.tag
+            session.first_relayed is None
             or session.tagged
+            or not policy.tag
             or attrs.get("instance", "") != session.instance
-            or not any(p.relayed for p in session.recipients)
         ):
             return DUNNO
         session.tagged = True
         self._stats.actions["prepend"] += 1
-        return f"PREPEND {policy.header}: {tag_value(session.recipients)}"
+        return f"PREPEND {policy.header}: {session.tag_value()}"
 
     def _expect_outcomes(self, attrs: Mapping[str, str], session: Session) -> None:
         """Hand the outcome watcher (SPEC §8) this message's predictions for every address
