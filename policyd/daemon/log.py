@@ -202,6 +202,8 @@ class LogOutput:
         self._lines: list[str] = []  # whole lines, each with its newline, not yet written
         self._chars = 0
         self._unsent = b""  # what a non-blocking descriptor refused, written before the rest
+        self._millis = -1  # the millisecond of ``_stamp``
+        self._stamp = ""
         self.lines_dropped = 0  # prediction lines not written because stdout stalled
         self._format = TEXT
         self._level: LogLevel = LogLevel.info
@@ -281,6 +283,12 @@ class LogOutput:
         with the fixed part of the line rendered once per format and kept in ``line``."""
         if not self._info:
             return None
+        if self._timestamps:
+            now = self._clock()
+            millis = int(now * 1000)
+            if millis != self._millis:  # lines within one millisecond share the stamp
+                self._millis = millis
+                self._stamp = timestamp(now)
         fmt = self._format
         tail = line.rendered.get(fmt)
         if fmt == JSON:
@@ -288,7 +296,7 @@ class LogOutput:
                 tail = line.rendered[fmt] = "".join(
                     f", {_encode_string(key)}: {_encode_json(value)}" for key, value in line.fields
                 )
-            stamp = f'"time": "{timestamp(self._clock())}", ' if self._timestamps else ""
+            stamp = f'"time": "{self._stamp}", ' if self._timestamps else ""
             return (
                 f'{{{stamp}"level": "info", "event": "prediction", "queue_id": '
                 f'{_encode_string(queue_id)}, "instance": {_encode_string(instance)}, '
@@ -298,10 +306,9 @@ class LogOutput:
             tail = line.rendered[fmt] = "".join(
                 f" {key}={text_value(value)}" for key, value in line.fields
             )
-        stamp = f"time={timestamp(self._clock())} " if self._timestamps else ""
         rendered = _RENDERED.get  # text_value's memo, looked up here to save three calls
         return (
-            f"{stamp}level=info event=prediction "
+            f"{f'time={self._stamp} ' if self._timestamps else ''}level=info event=prediction "
             f"queue_id={rendered(queue_id) or text_value(queue_id)} "
             f"instance={rendered(instance) or text_value(instance)} "
             f"client_address={rendered(client_address) or text_value(client_address)}{tail}"
@@ -322,8 +329,19 @@ class LogOutput:
     ) -> None:
         """The engine's fast path: one prediction line, written with the rest of the turn's."""
         text = self.render_prediction(line, queue_id, instance, client_address)
-        if text is not None:
-            self._add(text + "\n")
+        if text is None:
+            return
+        if self._unsent and len(self._unsent) > MAX_UNSENT:  # see _add
+            self.lines_dropped += 1
+            return
+        text += "\n"
+        self._lines.append(text)
+        self._chars += len(text)
+        if self._chars >= FLUSH_CHARS or self._schedule is None:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._schedule(self._scheduled_flush)
 
     def emit(self, record: Mapping[str, object]) -> None:
         """The engine's ``emit``: one line per record; errors are written at once."""
@@ -337,6 +355,7 @@ class LogOutput:
             self._add(line + "\n")
 
     def _add(self, line: str) -> None:
+        """Queue ``line`` for the end of the turn (``prediction`` has this inline)."""
         if len(self._unsent) > MAX_UNSENT:  # stdout stopped taking lines: never grow memory
             self.lines_dropped += 1
             return
