@@ -181,7 +181,7 @@ def test_a_stalled_reader_never_gets_a_split_line_and_memory_stays_bounded(
 ) -> None:
     """On a non-blocking pipe nobody reads, flushing never blocks or raises; refused bytes wait
     (bounded by MAX_UNSENT, later lines are dropped and counted); once the reader drains, it
-    reads only whole lines, the first ones in order."""
+    reads only whole lines, the first ones in order, and then one warning with the count."""
     monkeypatch.setattr(log, "MAX_UNSENT", 100_000)
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETFL, fcntl.fcntl(write_end, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -207,6 +207,15 @@ def test_a_stalled_reader_never_gets_a_split_line_and_memory_stays_bounded(
             received += chunk
         os.close(read_end)
     assert received.endswith(b"\n")
+    warning = received.splitlines()[-1]
+    assert (
+        warning
+        == (
+            f'level=warning logger=policyd.daemon.log msg="{output.lines_dropped} prediction lines '
+            f'dropped: stdout did not take them" dropped={output.lines_dropped}'
+        ).encode()
+    )
+    received = received[: -len(warning) - 1]
     numbers = [int(re.search(rb"queue_id=Q(\d+) ", line)[1]) for line in received.splitlines()]  # type: ignore[index]
     assert numbers[: numbers.index(numbers[-1]) + 1] == sorted(numbers)
     assert numbers[:100] == list(range(100))

@@ -205,6 +205,7 @@ class LogOutput:
         self._millis = -1  # the millisecond of ``_stamp``
         self._stamp = ""
         self.lines_dropped = 0  # prediction lines not written because stdout stalled
+        self._drops_told = 0  # of those, how many a warning line has reported
         self._format = TEXT
         self._level: LogLevel = LogLevel.info
         self._info = True
@@ -373,6 +374,13 @@ class LogOutput:
 
     def flush(self) -> None:
         """Write every waiting line now, in order, whole (also called on stop)."""
+        if self.lines_dropped != self._drops_told and not self._unsent:  # stdout caught up
+            dropped = self.lines_dropped - self._drops_told
+            self._drops_told = self.lines_dropped
+            pairs = self._head("warning")
+            pairs += [("logger", __name__), ("msg", f"{dropped} prediction lines dropped: "
+                      "stdout did not take them"), ("dropped", dropped)]  # fmt: skip
+            self._lines.append(self._line(pairs) + "\n")
         lines = self._lines
         if not lines and not self._unsent:
             return
