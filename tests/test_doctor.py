@@ -23,6 +23,7 @@ from policyd.sources import postfix as postfix_source
 from policyd.sources.config import load_config
 from policyd.tools import cli, doctor
 from policyd.tools.doctor import postfix as doctor_postfix
+from policyd.tools.doctor.tenant import route_samples
 from tests.pki import Issued, TestPKI
 
 #: The CLI reads the real clock, so the test certificates are built around it.
@@ -447,12 +448,22 @@ def main_cf(world: World, overrides: Mapping[str, str | None]) -> dict[str, str]
     return settings
 
 
+#: The services a Debian master.cf defines for delivery (routing needs their commands).
+MASTER_CF = """\
+smtp      unix  -       -       y       -       -       smtp
+relay     unix  -       -       y       -       -       smtp
+error     unix  -       -       y       -       -       error
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+"""
+
+
 def postfix_dir(world: World, overrides: Mapping[str, str | None]) -> Path:
     directory = world.directory.parent / "postfix"
     directory.mkdir(exist_ok=True)
     text = "".join(f"{k} = {v}\n" for k, v in main_cf(world, overrides).items())
     (directory / "main.cf").write_text(text)
-    (directory / "master.cf").write_text("")
+    (directory / "master.cf").write_text(MASTER_CF)
     # Postfix waits up to 2 s for a main.cf modified in this very second to settle.
     for name in ("main.cf", "master.cf"):
         os.utime(directory / name, (0, NOW.timestamp() - 60))
@@ -471,11 +482,11 @@ def postfix_report(
         (world.directory / name).write_text(text)
         os.utime(world.directory / name, (0, NOW.timestamp() - 60))  # see postfix_dir
     directory = postfix_dir(world, overrides)
-    facts = postfix_source.read_postfix(str(directory))
+    config = load_config(str(world.config))
+    facts = postfix_source.read_postfix(str(directory), route_samples(config))
     assert facts.error == ""
-    return doctor.audit(
-        load_config(str(world.config)), now=NOW, postfix=facts, resolve=os.path.realpath
-    )
+    assert facts.route_error == ""
+    return doctor.audit(config, now=NOW, postfix=facts, resolve=os.path.realpath)
 
 
 TLS_POLICY = {"tls_policy": f"{RELAYHOST} encrypt\n"}
@@ -487,7 +498,72 @@ POSTFIX_CASES: list[
 ] = [
     # (case, main.cf overrides, setup, extra files, check id, status, text)
     ("relayhost M365", {}, HEALTHY, None, "postfix-relayhost", "ok", "MX endpoint"),
-    ("relayhost empty", {"relayhost": None}, HEALTHY, None, "postfix-relayhost", "error", "empty"),
+    (
+        "relayhost empty",
+        {"relayhost": None},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "error",
+        "directly to the recipients' MX",
+    ),
+    (
+        "relayhost empty, sender-dependent relay host to Microsoft 365",
+        {"relayhost": None, "sender_dependent_relayhost_maps": "texthash:{dir}/sender_relay"},
+        HEALTHY,
+        {
+            "sender_relay": f"@contoso.com {RELAYHOST}\n@fabrikam.example {RELAYHOST}\n"
+            f"<> {RELAYHOST}\n"
+        },
+        "postfix-relayhost",
+        "ok",
+        "sender_dependent_relayhost_maps",
+    ),
+    (
+        "relayhost empty, transport_maps * to Microsoft 365",
+        {"relayhost": None, "transport_maps": "texthash:{dir}/transport"},
+        HEALTHY,
+        {"transport": f"* smtp:{RELAYHOST}\n"},
+        "postfix-relayhost",
+        "ok",
+        "transport_maps: *",
+    ),
+    (
+        "relayhost mx.microsoft",
+        {"relayhost": "[contoso-com.a-v1.mx.microsoft]:25"},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "ok",
+        "MX endpoint",
+    ),
+    (
+        "relayhost GCC High",
+        {"relayhost": "[contoso-com.mail.protection.office365.us]:25"},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "ok",
+        "MX endpoint",
+    ),
+    (
+        "relayhost retired smart host",
+        {"relayhost": "[mail.messaging.microsoft.com]"},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "error",
+        "451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35",
+    ),
+    (
+        "transport_maps sends the outside domain elsewhere",
+        {"transport_maps": "texthash:{dir}/transport"},
+        HEALTHY,
+        {"transport": "tailspintoys.example smtp:[mx.tailspintoys.example]\n"},
+        "postfix-relayhost",
+        "warning",
+        "mx.tailspintoys.example is not a Microsoft 365 endpoint",
+    ),
     (
         "relayhost submission endpoint",
         {"relayhost": "[smtp.office365.com]:587"},
@@ -504,7 +580,7 @@ POSTFIX_CASES: list[
         None,
         "postfix-relayhost",
         "warning",
-        "not a *.mail.protection.outlook.com",
+        "relay.example.net is not a Microsoft 365 endpoint",
     ),
     (
         "relayhost port 587",

@@ -43,7 +43,12 @@ from policyd.tools.doctor.report import (
     write_json,
     write_text,
 )
-from policyd.tools.doctor.tenant import mail_classes, summary_check, tenant_checks
+from policyd.tools.doctor.tenant import (
+    mail_classes,
+    route_samples,
+    summary_check,
+    tenant_checks,
+)
 
 __all__ = [
     "AREAS",
@@ -127,7 +132,7 @@ def main(
     except ConfigError as error:
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
         return EXIT_CONFIG
-    postfix = read_postfix(postfix_dir)
+    postfix = read_postfix(postfix_dir, route_samples(config))
     report = audit(
         config,
         now=now if now is not None else datetime.now(UTC),

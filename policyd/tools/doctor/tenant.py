@@ -297,6 +297,18 @@ REASON_FIXES = {
 _CERTIFICATE_FIXABLE = (predict.NULL_SENDER, predict.FORWARDED, predict.SENDER_NOT_ACCEPTED)
 
 
+def route_samples(config: Config) -> tuple[tuple[str, str, str], ...]:
+    """(label, sender, recipient) envelopes whose routes doctor checks: mail to the internet
+    from an own-domain sender, a foreign sender and the null sender."""
+    tenant = config.tenant
+    own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+    return (
+        ("own-domain senders", f"alerts@{own}", OUTSIDE_RECIPIENT),
+        ("foreign senders", FOREIGN_SENDER, OUTSIDE_RECIPIENT),
+        ("null-sender bounces", "", OUTSIDE_RECIPIENT),
+    )
+
+
 def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[MailClass, ...]:
     """Run the real predictor for each class of mail and say whether it relays."""
     tenant, onprem = config.tenant, config.onprem
