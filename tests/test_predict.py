@@ -20,6 +20,8 @@ from policyd.rules.model import (
     Tenant,
     normalize_domain,
 )
+from policyd.rules.relay import Router, ServicePicture
+from policyd.rules.routing import PostfixView, Service
 from policyd.sources.pem import read_certificate
 from policyd.sources.tables import load_alias_maps
 from tests.pki import Issued, TestPKI
@@ -769,8 +771,136 @@ def test_rule(
 
 
 def test_every_reason_is_reached() -> None:
-    """The table reaches every reason id the spec defines, and no other."""
-    assert {case[-1] for case in CASES} == set(predict.REASONS)
+    """The tables reach every reason id the spec defines, and no other."""
+    reached = {case[-1] for case in CASES} | {case[-1] for case in ROUTE_CASES}
+    assert reached == set(predict.REASONS)
+
+
+# --- step 1 with [postfix]: the route Postfix takes ---------------------------------------------
+
+
+class DictTables:
+    """routing.Tables over in-memory tables: {table: {key: value}}."""
+
+    def __init__(self, tables: dict[str, dict[str, str]]) -> None:
+        self.tables = tables
+
+    def find(self, table: str, key: str, *, partial: bool) -> str | None:
+        return self.tables[table].get(key.lower())
+
+
+M365 = "[contoso-com.mail.protection.outlook.com]:25"
+VIEW = PostfixView(
+    parameters={
+        "myhostname": "mta.contoso.com",
+        "mydestination": "mta.contoso.com, localhost",
+        "relayhost": M365,
+        "default_transport": "smtp",
+        "relay_transport": "relay",
+        "local_transport": "local:mta.contoso.com",
+        "transport_maps": "texthash:/etc/postfix/transport",
+        "inet_interfaces": "loopback-only",
+    },
+    services={
+        "smtp": Service("smtp", "smtp"),
+        "relay-cert": Service("relay-cert", "smtp"),
+        "local": Service("local", "local"),
+    },
+    tables=DictTables(
+        {
+            "texthash:/etc/postfix/transport": {
+                "partner.example": "smtp:[mx.partner.example]",
+                "submit.example": "smtp:[smtp.office365.com]:587",
+                "cert.example": f"relay-cert:{M365}",
+                "legacy.example": "smtp:[mail.messaging.microsoft.com]",
+            }
+        }
+    ),
+)
+#: The plain smtp service presents nothing and has an egress address in no connector; the
+#: relay-cert service presents a good certificate.
+PLAIN = ServicePicture(
+    OnPrem(
+        egress_addresses=(ipaddress.ip_address(FAR_EGRESS),),
+        certificate_absent="not presented by Postfix: service smtp has no smtp_tls_cert_file",
+    ),
+    "main.cf: smtp_tls_security_level",
+    "main.cf: smtp_bind_address",
+)
+CERTIFIED = ServicePicture(
+    OnPrem(certificate=GOOD_CERT), "master.cf: relay-cert/unix -o smtp_tls_chain_files", ""
+)
+ROUTER = Router(
+    VIEW, {"smtp": PLAIN, "relay-cert": CERTIFIED}, PLAIN, tenant(connectors=(CERT_CONNECTOR,))
+)
+
+ROUTE_CASES = [
+    ("local class", "john@fabrikam.com", "root@mta.contoso.com", predict.LOCAL),
+    ("around Microsoft 365", "john@fabrikam.com", "kate@partner.example", predict.OTHER_ROUTE),
+    ("client submission", "john@fabrikam.com", "kate@submit.example", predict.OTHER_ROUTE),
+    ("relayhost, no certificate", "", "kate@tailspintoys.com", predict.NO_CONNECTOR),
+    ("service with certificate", "", "kate@cert.example", predict.CERTIFICATE_CONNECTOR),
+    ("legacy host still predicted", "", "kate@legacy.example", predict.NO_CONNECTOR),
+    ("in tenant", "", "kate@contoso.com", predict.RECIPIENT_IN_TENANT),
+]
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient", "reason"),
+    [case[1:] for case in ROUTE_CASES],
+    ids=[case[0] for case in ROUTE_CASES],
+)
+def test_route_decides_step_one(sender: str, recipient: str, reason: str) -> None:
+    """With a route, local delivery and other next hops are not relayed, and the service's
+    own certificate and egress decide attribution."""
+    t = ROUTER.tenant
+    prediction = predict.predict_recipient(
+        recipient,
+        (recipient,),
+        sender=predict.sender_view(sender, t, onprem()),
+        tenant=t,
+        onprem=onprem(),
+        attribution=predict.attribute(t, onprem(), NOW),
+        router=ROUTER.for_sender(sender, NOW),
+    )
+    assert prediction.reason == reason
+    address = prediction.addresses[0]
+    if reason in (predict.LOCAL, predict.OTHER_ROUTE):
+        assert (prediction.verdict, address.relayed) == (predict.ACCEPT, False)
+
+
+def test_certificate_not_presented_is_named() -> None:
+    """A route whose service presents no certificate says so, even when the configuration
+    names one (issue: firewall appliance with only an inbound certificate)."""
+    t = ROUTER.tenant
+    prediction = predict.predict_recipient(
+        "kate@tailspintoys.com",
+        ("kate@tailspintoys.com",),
+        sender=predict.sender_view("", t, onprem()),
+        tenant=t,
+        onprem=onprem(certificate=GOOD_CERT),  # the hand-written picture is overruled
+        attribution=predict.attribute(t, onprem(certificate=GOOD_CERT), NOW),
+        router=ROUTER.for_sender("", NOW),
+    )
+    assert prediction.reason == predict.NO_CONNECTOR
+    assert "not presented by Postfix" in prediction.explanation
+
+
+def test_other_route_names_the_next_hop() -> None:
+    """The other-route explanation names the next hop and the table entry that chose it."""
+    context = ROUTER.context("a@contoso.com", "kate@partner.example", NOW)
+    assert context.kind == "other"
+    prediction = predict.predict_address(
+        "kate@partner.example",
+        forwarded=False,
+        sender=predict.sender_view("a@contoso.com", ROUTER.tenant, onprem()),
+        tenant=ROUTER.tenant,
+        onprem=onprem(),
+        attribution=context.attribution,
+        route=context,
+    )
+    assert "[mx.partner.example]" in prediction.explanation
+    assert "transport_maps: partner.example" in prediction.explanation
 
 
 @pytest.mark.parametrize(

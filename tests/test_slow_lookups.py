@@ -242,9 +242,9 @@ def test_engine_expands_in_a_thread_once_then_answers_from_cache(tmp_path: Path)
     answer.addCallback(results.append)
     # no connector matches (no egress address): the forward is refused and deferred
     assert results[0].startswith("450 4.7.64 ")
-    assert calls == [("kate@contoso.com",)]
+    assert [call[-1] for call in calls] == ["kate@contoso.com"]  # predicted in the thread
     assert engine.handle(request("kate@contoso.com"), Session()) == results[0]
-    assert calls == [("kate@contoso.com",)]
+    assert len(calls) == 1  # the second answer came from the cache
     assert stats.predictions[("reject", "no-connector")] == 2
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from policyd.engine.stats import Stats
-from policyd.errors import AliasLookupError
+from policyd.errors import AliasLookupError, LookupFailureError
 from policyd.rules import predict
 from policyd.rules.predict import REJECT, Attribution, RecipientPrediction
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from policyd.sources.state import State
 
 #: Runs a blocking function off the reactor thread: ``deferToThread``'s shape.
-InThread = Callable[..., "Deferred[tuple[str, ...]]"]
+InThread = Callable[..., "Deferred[Any]"]
 
 #: Postfix answers; "action=" and the blank line are the protocol layer's business.
 DUNNO = "DUNNO"
@@ -169,8 +169,8 @@ class PolicyEngine:
                 return self._data(attrs, session)
             self._stats.requests["other"] += 1
             return DUNNO
-        except AliasLookupError as error:
-            return self._failed(attrs, f"alias expansion failed: {error}")
+        except LookupFailureError as error:
+            return self._failed(attrs, _lookup_problem(error))
         except Exception as error:  # fail open on our own bugs, by design
             return self._failed(attrs, f"internal error: {error!r}")
 
@@ -212,20 +212,8 @@ class PolicyEngine:
         key = _prediction_key(sender, recipient)
         cached = self._predictions.get(key)
         if cached is None:
-            config = self._state.config
-            view = predict.sender_view(sender, config.tenant, config.onprem)
-            prediction = predict.predict_recipient(
-                recipient,
-                self._state.aliases.expand(recipient) if final is None else final,
-                sender=view,
-                tenant=config.tenant,
-                onprem=config.onprem,
-                attribution=attribution,
-            )
-            cached = (prediction, view.null or bool(view.accepted_domain))
-            if len(self._predictions) >= CACHE_LIMIT:
-                self._predictions = {}
-            self._predictions[key] = cached
+            cached = self.compute(self._state, attribution, sender, recipient, final)
+            self._remember(key, cached)
         prediction, sender_accepted = cached
         if prediction.recipient != recipient:
             # Same recipient in another case: keep the cached decision, show the address as sent.
@@ -235,6 +223,46 @@ class PolicyEngine:
             self._entries = {}
         self._entries[(sender, recipient)] = entry
         return entry
+
+    def compute(
+        self,
+        state: State,
+        attribution: Attribution,
+        sender: str,
+        recipient: str,
+        final: tuple[str, ...] | None = None,
+    ) -> tuple[RecipientPrediction, bool]:
+        """Predict one recipient from scratch: (prediction, sender accepted or null).
+
+        Touches no cache, so it may run in a worker thread while lookups wait for postmap.
+        Raises ``LookupFailureError`` when an alias or routing table fails.
+        """
+        config = state.config
+        view = predict.sender_view(sender, config.tenant, config.onprem)
+        router = state.router
+        prediction = predict.predict_recipient(
+            recipient,
+            state.aliases.expand(recipient) if final is None else final,
+            sender=view,
+            tenant=config.tenant,
+            onprem=config.onprem,
+            attribution=attribution,
+            router=(
+                router.for_sender(sender, datetime.fromtimestamp(self._clock(), UTC))
+                if router is not None
+                else None
+            ),
+        )
+        return prediction, view.null or bool(view.accepted_domain)
+
+    def _remember(self, key: tuple[str, str], cached: tuple[RecipientPrediction, bool]) -> None:
+        if len(self._predictions) >= CACHE_LIMIT:
+            self._predictions = {}
+        self._predictions[key] = cached
+        router = self._state.router
+        if router is not None:
+            # A service's certificate boundary ends this prediction's validity too.
+            self._valid_until = min(self._valid_until, router.valid_until())
 
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
@@ -251,7 +279,7 @@ class PolicyEngine:
         if entry is None:
             if (
                 self._in_thread is not None
-                and self._state.aliases.uses_subprocess
+                and self._state.uses_subprocess
                 and _prediction_key(sender, recipient) not in self._predictions
             ):
                 return self._rcpt_in_thread(attrs, session, sender, recipient)
@@ -261,25 +289,29 @@ class PolicyEngine:
     def _rcpt_in_thread(
         self, attrs: Mapping[str, str], session: Session, sender: str, recipient: str
     ) -> Deferred[str]:
-        """Expand ``recipient`` through postmap in a worker thread, then answer as usual."""
+        """Predict ``recipient`` in a worker thread (its alias expansion or route needs
+        ``postmap -q``), then remember and answer on the reactor as usual."""
         assert self._in_thread is not None
-        aliases = self._state.aliases
+        state = self._state
+        attribution = self.attribution()
 
-        def expanded(final: tuple[str, ...]) -> str:
-            # Reloaded meanwhile: the new tables decide (cached or looked up in place).
-            entry = self._entry(
-                sender, recipient, final if self._state.aliases is aliases else None
-            )
+        def predicted(cached: tuple[RecipientPrediction, bool]) -> str:
+            if self._state is state:
+                self._remember(_prediction_key(sender, recipient), cached)
+            # Reloaded meanwhile: the new state decides (cached or predicted in place).
+            entry = self._entry(sender, recipient)
             return self._answer_rcpt(attrs, session, entry, sender, recipient)
 
         def failed(failure: Failure) -> str:
             error = failure.value
-            if isinstance(error, AliasLookupError):
-                return self._failed(attrs, f"alias expansion failed: {error}")
+            if isinstance(error, LookupFailureError):
+                return self._failed(attrs, _lookup_problem(error))
             return self._failed(attrs, f"internal error: {error!r}")
 
-        deferred: Deferred[tuple[str, ...]] = self._in_thread(aliases.expand, recipient)
-        return deferred.addCallback(expanded).addErrback(failed)
+        deferred: Deferred[tuple[RecipientPrediction, bool]] = self._in_thread(
+            self.compute, state, attribution, sender, recipient
+        )
+        return deferred.addCallback(predicted).addErrback(failed)
 
     def _answer_rcpt(
         self,
@@ -443,3 +475,9 @@ def reply_text(prediction: RecipientPrediction) -> str:
         f"(reason={reason}: {_SHORT.get(reason, reason)})"
     )
     return text.replace("\r", " ").replace("\n", " ")[:REPLY_TEXT_LIMIT]
+
+
+def _lookup_problem(error: LookupFailureError) -> str:
+    """The log line's problem for a failed table: which kind of lookup, and Postfix's words."""
+    kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
+    return f"{kind} failed: {error}"

@@ -177,3 +177,5 @@ class OnPrem:
     certificate: CertificateFacts | None = None  # None when no certificate is configured
     srs_domain: str = ""  # normalised; "" when no SRS rewriting happens
     local_domains: frozenset[str] = frozenset()
+    #: Why no certificate is presented when ``certificate`` is None ("" = none configured).
+    certificate_absent: str = ""

@@ -15,12 +15,14 @@ had to decide are in ``shared/reference/m365-relay-rules.md``; the decisions are
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from policyd.rules import endpoints
 from policyd.rules.certnames import connector_name_matches, validity_problem
 from policyd.rules.model import InboundConnector, OnPrem, Tenant, split_address
+from policyd.rules.routing import Route
 
 # Verdicts.
 ACCEPT = "accept"
@@ -37,9 +39,11 @@ SRS_REWRITTEN = "srs-rewritten"
 NULL_SENDER = "null-sender"
 FORWARDED = "forwarded"
 SENDER_NOT_ACCEPTED = "sender-not-accepted"
+OTHER_ROUTE = "other-route"
 
 ACCEPT_REASONS = (
     LOCAL,
+    OTHER_ROUTE,
     RECIPIENT_IN_TENANT,
     CERTIFICATE_CONNECTOR,
     SENDER_ACCEPTED_DOMAIN,
@@ -81,6 +85,23 @@ class Attribution:
     def certificate_grants_relay(self) -> bool:
         """Step 4: attributed by certificate, and the name is under an accepted domain."""
         return self.method == BY_CERTIFICATE and bool(self.certificate_domain)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContext:
+    """Step 1 with ``[postfix]``: how Postfix delivers one final address, and what the
+    delivering service presents to Microsoft 365 (``policyd.rules.relay.Router`` builds it)."""
+
+    route: Route
+    kind: str  # policyd.rules.endpoints kind of the next hop (RELAY, LEGACY, SUBMISSION, OTHER)
+    onprem: OnPrem  # the certificate and egress addresses of the route's service
+    attribution: Attribution  # steps 3 and 4 for that service
+    certificate_from: str = ""  # where the certificate came from (main.cf / master.cf / toml)
+    egress_from: str = ""  # where the egress addresses came from
+
+    @property
+    def reaches_microsoft(self) -> bool:
+        return self.route.relays and self.kind in (endpoints.RELAY, endpoints.LEGACY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +239,8 @@ def _certificate_match(
     """Step 3, certificate path: (problem, matching connector, matching certificate names)."""
     cert = onprem.certificate
     if cert is None:
+        if onprem.certificate_absent:
+            return f"the certificate is {onprem.certificate_absent}", None, ()
         return "no certificate is configured (onprem.certificate)", None, ()
     if not cert.readable:
         return f"the certificate {cert.path} is {cert.error}", None, ()
@@ -375,8 +398,13 @@ def predict_address(
     tenant: Tenant,
     onprem: OnPrem,
     attribution: Attribution,
+    route: RouteContext | None = None,
 ) -> AddressPrediction:
-    """Apply SPEC §5 steps 1-6 to one final address."""
+    """Apply SPEC §5 steps 1-6 to one final address.
+
+    ``route`` (with ``[postfix]``) is how Postfix delivers it; its service's certificate and
+    egress addresses then replace ``onprem``'s and ``attribution``.
+    """
     _, domain = split_address(address)
 
     # 1. Delivered by Postfix itself. A bare local name (an alias result without "@") gets
@@ -394,6 +422,11 @@ def predict_address(
             relayed=False,
         )
 
+    if route is not None:
+        routed = _routed_elsewhere(address, forwarded, route)
+        if routed is not None:
+            return routed
+        onprem, attribution = route.onprem, route.attribution
     # 2. Delivered into the tenant: not a relay, except under RejectDirectSend.
     tenant_domain = tenant.accepted_domain_for(domain)
     if tenant_domain:
@@ -531,6 +564,54 @@ def _p1_text(sender: Sender) -> str:
 # --- a whole recipient ------------------------------------------------------------------------
 
 
+def _routed_elsewhere(
+    address: str, forwarded: bool, context: RouteContext
+) -> AddressPrediction | None:
+    """Step 1 with a route: delivered by Postfix itself, or sent around Microsoft 365."""
+    route = context.route
+    decided = f" ({route.steps[-1]})" if route.steps else ""
+    if not route.relays:
+        return AddressPrediction(
+            address,
+            forwarded,
+            ACCEPT,
+            LOCAL,
+            None,
+            None,
+            f"{address} is delivered by Postfix itself through master.cf service "
+            f"{route.transport} ({route.command or 'not in master.cf'}, address class "
+            f"{route.address_class}){decided}, not relayed through Microsoft 365.",
+            relayed=False,
+        )
+    if context.kind == endpoints.SUBMISSION:
+        return AddressPrediction(
+            address,
+            forwarded,
+            ACCEPT,
+            OTHER_ROUTE,
+            None,
+            None,
+            f"Postfix sends {address} to {route.nexthop}, Microsoft 365's client-submission "
+            f"endpoint{decided}: SMTP AUTH decides there, not connectors, so the relay rule "
+            "does not apply.",
+            relayed=False,
+        )
+    if context.kind == endpoints.OTHER:
+        return AddressPrediction(
+            address,
+            forwarded,
+            ACCEPT,
+            OTHER_ROUTE,
+            None,
+            None,
+            f"Postfix sends {address} to {route.nexthop} through master.cf service "
+            f"{route.transport}{decided}, which is not a Microsoft 365 endpoint: not relayed "
+            "through Microsoft 365.",
+            relayed=False,
+        )
+    return None
+
+
 def predict_recipient(
     recipient: str,
     final: Sequence[str],
@@ -539,8 +620,11 @@ def predict_recipient(
     tenant: Tenant,
     onprem: OnPrem,
     attribution: Attribution,
+    router: Callable[[str], RouteContext] | None = None,
 ) -> RecipientPrediction:
     """Predict one RCPT from its final addresses (the alias expansion of ``recipient``).
+
+    ``router`` (with ``[postfix]``) gives each final address's route; see ``predict_address``.
 
     A final address counts as forwarded when it is not the recipient itself (compared without
     regard to case); an address that the alias maps expand into itself is therefore not a forward.
@@ -554,6 +638,7 @@ def predict_recipient(
             tenant=tenant,
             onprem=onprem,
             attribution=attribution,
+            route=router(address) if router is not None else None,
         )
         for address in (final or (recipient,))
     )

@@ -73,6 +73,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "policy": ("action", "reroute", "tag", "header", "on_error", "by_reason"),
     "log": ("format", "level"),
     "outcomes": ("postfix_log", "relay_hosts"),
+    "postfix": ("config_directory", "postsrsd_config"),
 }
 #: Keys of one ``[[tenant.inbound_connector]]`` (the export's fields in snake_case).
 CONNECTOR_KEYS = (
@@ -155,6 +156,8 @@ EXAMPLES: dict[str, str] = {
     "log.level": 'level = "info"',
     "outcomes.postfix_log": 'postfix_log = "/var/log/mail.log"',
     "outcomes.relay_hosts": 'relay_hosts = ["*.mail.protection.outlook.com"]',
+    "postfix.config_directory": 'config_directory = "/etc/postfix"',
+    "postfix.postsrsd_config": 'postsrsd_config = "/etc/default/postsrsd"',
 }
 
 _T = TypeVar("_T")
@@ -221,6 +224,14 @@ class OutcomeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PostfixSettings:
+    """``[postfix]`` (SPEC §5.1): read the relay picture from Postfix itself."""
+
+    config_directory: str = ""  # absolute; "" = off: the [onprem] keys describe Postfix
+    postsrsd_config: str = ""  # absolute; "" = postsrsd's usual places
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """One generation of configuration: built whole by ``load_config``, swapped whole on reload."""
 
@@ -236,6 +247,9 @@ class Config:
     ca_bundle: str  # absolute, "" = the system's trusted roots
     input_files: tuple[str, ...]  # what a reload watches: this file, exports, certificate, CA
     recipient_delimiter: str = ""  # Postfix's recipient_delimiter, for address extensions
+    postfix: PostfixSettings = PostfixSettings()
+    #: The [onprem] keys the file sets: with [postfix], these win over what Postfix says.
+    onprem_keys: frozenset[str] = frozenset()
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -325,6 +339,18 @@ def load_config(path: str) -> Config:
         postfix_log = resolve(postfix_log)
     relay_hosts = _relay_hosts(sections["outcomes"])
 
+    postfix_table = sections["postfix"]
+    postfix = PostfixSettings(
+        config_directory=resolve(postfix_table.string("config_directory", "")),
+        postsrsd_config=resolve(postfix_table.string("postsrsd_config", "")),
+    )
+    if postfix.config_directory and not os.path.isdir(postfix.config_directory):
+        raise postfix_table.error(
+            "config_directory",
+            f"{postfix.config_directory} is not a directory; name Postfix's config_directory "
+            f"(postconf -h config_directory), e.g. {EXAMPLES['postfix.config_directory']}",
+        )
+
     absolute = os.path.abspath(path)
     watched = (absolute, accepted_file, connectors_file, certificate_path, ca_bundle)
     return Config(
@@ -340,6 +366,8 @@ def load_config(path: str) -> Config:
         ca_bundle=ca_bundle,
         input_files=tuple(dict.fromkeys(f for f in watched if f)),
         recipient_delimiter=delimiter,
+        postfix=postfix,
+        onprem_keys=frozenset(str(key) for key in tables.get("onprem", {})),
     )
 
 

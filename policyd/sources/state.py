@@ -1,17 +1,31 @@
 """The picture of the world one prediction reads: configuration and opened tables, frozen.
 
 ``build_state`` reads everything once (the configuration was already loaded by
-``policyd.sources.config``; here the alias tables are opened); ``serve`` swaps the result in
-one step on reload, and ``check`` builds the same object, so both predict from the same state.
+``policyd.sources.config``; here the alias tables are opened and, with ``[postfix]
+config_directory``, Postfix's own configuration is read: routing, the certificate and bind
+address of every smtp(8) service, ``virtual_alias_maps`` and ``recipient_delimiter``). ``serve``
+swaps the result in one step on reload, and ``check`` builds the same object, so both predict
+from the same state. Explicit ``[onprem]`` keys win over what Postfix says (SPEC §5.1).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
 
+from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
+from policyd.rules.model import CertificateFacts, OnPrem
+from policyd.rules.relay import Router, ServicePicture
+from policyd.rules.routing import PostfixView, client_tls, split_list
 from policyd.sources.config import Config
+from policyd.sources.pem import read_certificate
+from policyd.sources.routes import CONFIG_KEY, LoadedPostfix, read_postfix_view
 from policyd.sources.tables import load_alias_maps
+
+#: Where a value came from when the configuration file gave it.
+FROM_TOML = "m365-policyd.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +35,123 @@ class State:
     config: Config
     aliases: AliasMaps
     generation: int
+    #: With ``[postfix]``: how Postfix routes, and the instance's files (None without).
+    router: Router | None = None
+    postfix: LoadedPostfix | None = None
+
+    @property
+    def watched_files(self) -> tuple[str, ...]:
+        """Every file whose change means a reload: config inputs, alias tables, Postfix's."""
+        postfix = self.postfix.files if self.postfix is not None else ()
+        return tuple(
+            dict.fromkeys((*self.config.input_files, *self.aliases.watched_files, *postfix))
+        )
+
+    @property
+    def uses_subprocess(self) -> bool:
+        """Some lookup may block on ``postmap -q``: predict such requests off the reactor."""
+        router = self.router
+        return self.aliases.uses_subprocess or (router is not None and router.uses_subprocess)
 
 
 def build_state(config: Config, generation: int) -> State:
-    """Open the alias maps for ``config``; raises ConfigError when one cannot be used."""
-    aliases = load_alias_maps(config.alias_maps, recipient_delimiter=config.recipient_delimiter)
-    return State(config, aliases, generation)
+    """Open the alias maps (and Postfix, with ``[postfix]``); raises ConfigError."""
+    directory = config.postfix.config_directory
+    if not directory:
+        aliases = load_alias_maps(config.alias_maps, recipient_delimiter=config.recipient_delimiter)
+        return State(config, aliases, generation)
+    postfix = read_postfix_view(directory)
+    view = postfix.view
+    keys = config.onprem_keys
+    alias_specs = (
+        config.alias_maps
+        if "alias_maps" in keys
+        else tuple(split_list(view.parameter("virtual_alias_maps")))
+    )
+    delimiter = (
+        config.recipient_delimiter
+        if "recipient_delimiter" in keys
+        else view.parameter("recipient_delimiter")
+    )
+    aliases = load_alias_maps(
+        alias_specs,
+        recipient_delimiter=delimiter,
+        config_directory=directory,
+        config_key="onprem.alias_maps" if "alias_maps" in keys else "main.cf: virtual_alias_maps",
+    )
+    pictures = {
+        name: _service_picture(config, view, name)
+        for name, service in view.services.items()
+        if service.command == "smtp"
+    }
+    fallback = ServicePicture(config.onprem, FROM_TOML, FROM_TOML)
+    router = Router(
+        view,
+        pictures,
+        fallback,
+        config.tenant,
+        uses_subprocess=postfix.tables.uses_subprocess,
+    )
+    return State(config, aliases, generation, router, postfix)
+
+
+def _service_picture(config: Config, view: PostfixView, service: str) -> ServicePicture:
+    """The certificate and egress addresses one smtp(8) service shows Microsoft 365."""
+    keys = config.onprem_keys
+    tls = client_tls(view, service)
+    absent = ""
+    certificate: CertificateFacts | None
+    if not tls.presents_certificate:
+        # Whatever file onprem.certificate names, Microsoft 365 sees none.
+        certificate, certificate_from = None, tls.level_from
+        absent = tls.not_presented_because
+    elif "certificate" in keys:
+        # The daemon reads this copy (e.g. Postfix's own file holds a key it may not read).
+        certificate = config.onprem.certificate
+        certificate_from = f"{FROM_TOML}: onprem.certificate"
+    else:
+        certificate = _presented(tls.certificate_files, config.ca_bundle)
+        certificate_from = tls.certificate_from
+    if "egress_addresses" in keys:
+        egress = config.onprem.egress_addresses
+        egress_from = f"{FROM_TOML}: onprem.egress_addresses"
+    elif tls.bind_address:
+        try:
+            egress = (ipaddress.ip_address(tls.bind_address.strip("[]")),)
+        except ValueError:
+            raise ConfigError(
+                view.config_directory,
+                CONFIG_KEY,
+                f"{tls.bind_from} = {tls.bind_address} is not an IP address; set "
+                "onprem.egress_addresses to the address Microsoft 365 sees",
+            ) from None
+        egress_from = tls.bind_from
+    else:
+        egress, egress_from = (), ""
+        if any(c.sender_ip_addresses for c in config.tenant.relay_connectors):
+            raise ConfigError(
+                os.path.join(view.config_directory, "main.cf"),
+                CONFIG_KEY,
+                f"{tls.bind_from.split(': ', 1)[-1]} is empty for master.cf service {service}, "
+                "so the address Microsoft 365 sees cannot be derived; set "
+                "onprem.egress_addresses (behind NAT: the public address)",
+            )
+    onprem = OnPrem(
+        egress_addresses=egress,
+        certificate=certificate,
+        srs_domain=config.onprem.srs_domain,
+        local_domains=config.onprem.local_domains,
+        certificate_absent=absent,
+    )
+    return ServicePicture(onprem, certificate_from, egress_from)
+
+
+def _presented(files: tuple[str, ...], ca_bundle: str) -> CertificateFacts:
+    """The certificate in ``smtp_tls_chain_files`` / ``smtp_tls_cert_file``: the first file
+    that holds a usable one (chain files may hold the key first)."""
+    facts = read_certificate(files[0], ca_bundle=ca_bundle)
+    for path in files:
+        candidate = read_certificate(path, ca_bundle=ca_bundle)
+        if candidate.readable:
+            return candidate
+    return facts

@@ -257,6 +257,8 @@ def load_alias_maps(
     address_length_limit: int = ADDRESS_LENGTH_LIMIT,
     recipient_delimiter: str = "",
     propagate_extensions: bool = True,
+    config_directory: str = "",
+    config_key: str = CONFIG_KEY,
 ) -> AliasMaps:
     """Open every table of ``onprem.alias_maps``; raises ConfigError naming the bad one.
 
@@ -272,11 +274,12 @@ def load_alias_maps(
     for spec in specs:
         opened = open_table(
             spec,
-            config_key=CONFIG_KEY,
+            config_key=config_key,
             postmap=postmap,
             timeout=timeout,
             cache_size=cache_size,
             runner=runner,
+            config_directory=config_directory,
         )
         tables.append(opened.table)
         watched.extend(opened.files)

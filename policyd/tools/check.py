@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from policyd.errors import AliasLookupError
+from policyd.errors import LookupFailureError
 from policyd.rules import predict
-from policyd.rules.predict import Attribution, RecipientPrediction, Sender
+from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
 
 if TYPE_CHECKING:
     from policyd.sources.state import State
@@ -24,6 +24,8 @@ class CheckResult:
     sender: Sender
     attribution: Attribution
     recipients: tuple[RecipientPrediction | tuple[str, str], ...]  # (recipient, problem) on error
+    #: With ``[postfix]``: each final address's route, as the prediction used it.
+    routes: dict[str, RouteContext] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
@@ -40,23 +42,32 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
     attribution = predict.attribute(config.tenant, config.onprem, now)
     view = predict.sender_view(sender, config.tenant, config.onprem)
     results: list[RecipientPrediction | tuple[str, str]] = []
+    routes: dict[str, RouteContext] = {}
+    route_of = None
+    if state.router is not None:
+        routed = state.router.for_sender(sender, now)
+
+        def route_of(address: str) -> RouteContext:
+            context = routed(address)
+            routes[address] = context
+            return context
+
     for recipient in recipients:
         try:
-            final = state.aliases.expand(recipient)
-        except AliasLookupError as error:
-            results.append((recipient, str(error)))
-            continue
-        results.append(
-            predict.predict_recipient(
-                recipient,
-                final,
-                sender=view,
-                tenant=config.tenant,
-                onprem=config.onprem,
-                attribution=attribution,
+            results.append(
+                predict.predict_recipient(
+                    recipient,
+                    state.aliases.expand(recipient),
+                    sender=view,
+                    tenant=config.tenant,
+                    onprem=config.onprem,
+                    attribution=attribution,
+                    router=route_of,
+                )
             )
-        )
-    return CheckResult(view, attribution, tuple(results))
+        except LookupFailureError as error:
+            results.append((recipient, str(error)))
+    return CheckResult(view, attribution, tuple(results), routes)
 
 
 def as_json(result: CheckResult) -> dict[str, object]:
@@ -73,7 +84,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
                     "code": None,
                     "reply": None,
                     "reason": None,
-                    "explanation": f"Alias expansion failed, so Postfix would defer: {problem}",
+                    "explanation": f"A table lookup failed, so Postfix would defer: {problem}",
                     "addresses": [],
                 }
             )
@@ -97,12 +108,48 @@ def as_json(result: CheckResult) -> dict[str, object]:
                         "reason": a.reason,
                         "explanation": a.explanation,
                         "relayed": a.relayed,
+                        "tenant": _tenant(a, result.routes.get(a.address)),
+                        "route": _route_json(result.routes.get(a.address)),
                     }
                     for a in entry.addresses
                 ],
             }
         )
     return {"verdict": result.verdict, "recipients": recipients}
+
+
+def _tenant(address: predict.AddressPrediction, context: RouteContext | None) -> str | None:
+    """The tenant's name (``default`` for a single ``[tenant]``), None when the address does
+    not go through Microsoft 365."""
+    if address.reason in (predict.LOCAL, predict.OTHER_ROUTE):
+        return None
+    if context is not None and not context.reaches_microsoft:
+        return None
+    return "default"
+
+
+def _route_json(context: RouteContext | None) -> dict[str, object] | None:
+    if context is None:
+        return None
+    route = context.route
+    return {
+        "service": route.transport,
+        "nexthop": route.nexthop,
+        "address_class": route.address_class,
+        "kind": context.kind,
+        "decided_by": list(route.steps),
+        "certificate": _certificate_text(context),
+        "certificate_from": context.certificate_from,
+        "egress_addresses": [str(a) for a in context.onprem.egress_addresses],
+        "egress_from": context.egress_from,
+    }
+
+
+def _certificate_text(context: RouteContext) -> str:
+    certificate = context.onprem.certificate
+    if certificate is None:
+        return context.onprem.certificate_absent or "none"
+    return certificate.path
 
 
 def write_json(result: CheckResult, out: TextIO) -> None:
@@ -114,9 +161,10 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     """The human explanation: sender, attribution, then each recipient's chain of reasoning."""
     sender = result.sender
     out.write(f"Sender    {_sender_line(sender)}\n")
-    out.write("Connector\n")
-    for line in attribution_lines(result.attribution):
-        out.write(f"  {line}\n")
+    if not result.routes:
+        out.write("Connector\n")
+        for line in attribution_lines(result.attribution):
+            out.write(f"  {line}\n")
     for entry in result.recipients:
         if not isinstance(entry, RecipientPrediction):
             recipient, problem = entry
@@ -124,8 +172,12 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             continue
         out.write(f"\nRecipient {entry.recipient}\n")
         for address in entry.addresses:
-            route = f"forwarded to {address.address}" if address.forwarded else address.address
-            out.write(f"  {route}\n")
+            shown = f"forwarded to {address.address}" if address.forwarded else address.address
+            out.write(f"  {shown}\n")
+            context = result.routes.get(address.address)
+            if context is not None:
+                for line in route_lines(context):
+                    out.write(f"    {line}\n")
             outcome = "ACCEPT" if address.verdict == predict.ACCEPT else "REFUSE"
             reply = f"  {address.reply}" if address.reply else ""
             out.write(f"    {outcome}  [{address.reason}]{reply}\n")
@@ -179,4 +231,24 @@ def attribution_lines(attribution: Attribution) -> list[str]:
     else:
         lines.append(f"IP           {attribution.ip_problem}")
         lines.append("             no connector matches: 550 5.7.64 TenantAttribution")
+    return lines
+
+
+def route_lines(context: RouteContext) -> list[str]:
+    """How Postfix delivers one address and what Microsoft 365 sees of it, with sources."""
+    route = context.route
+    lines = [f"route        {route} [{route.address_class} class]"]
+    lines.extend(f"             {step}" for step in route.steps)
+    if not context.reaches_microsoft:
+        return lines
+    certificate = context.onprem.certificate
+    if certificate is not None:
+        lines.append(f"certificate  {certificate.path} ({context.certificate_from})")
+    else:
+        lines.append(f"certificate  {_certificate_text(context)}")
+    egress = ", ".join(str(a) for a in context.onprem.egress_addresses) or "unknown"
+    lines.append(
+        f"egress       {egress}" + (f" ({context.egress_from})" if context.egress_from else "")
+    )
+    lines.extend(f"  {line}" for line in attribution_lines(context.attribution))
     return lines

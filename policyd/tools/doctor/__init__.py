@@ -27,13 +27,16 @@ from typing import TextIO
 
 from policyd.errors import ConfigError
 from policyd.rules import predict
+from policyd.rules.relay import Router
 from policyd.sources.config import Config, load_config
 from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
+from policyd.sources.state import build_state
 from policyd.tools.doctor.certificate import certificate_checks
 from policyd.tools.doctor.postfix import postfix_checks
 from policyd.tools.doctor.report import (
     AREAS,
+    ERROR,
     EXIT_CONFIG,
     STATUSES,
     Check,
@@ -71,21 +74,35 @@ def audit(
     postfix: PostfixFacts | None = None,
     key: KeyCheck | None = None,
     resolve: Callable[[str], str] = os.path.normpath,
+    router: Router | None = None,
 ) -> Report:
     """Build the checklist and the closing table from plain inputs.
 
     ``postfix`` None skips the Postfix checks; ``resolve`` turns a path into its comparable
-    form (the wiring passes ``os.path.realpath``, tests may pass anything).
+    form (the wiring passes ``os.path.realpath``, tests may pass anything); ``router`` is the
+    state's router with ``[postfix]``, so the table predicts exactly as the daemon does.
     """
     tenant, onprem = config.tenant, config.onprem
     attribution = predict.attribute(tenant, onprem, now)
     checks: list[Check] = []
     checks.extend(certificate_checks(config, attribution, key, now))
     checks.extend(tenant_checks(config, attribution))
-    classes = mail_classes(config, attribution)
+    routes = None
+    if router is not None:
+        active = router
+
+        def routes(sender: str) -> Callable[[str], predict.RouteContext]:
+            return active.for_sender(sender, now)
+
+    classes = mail_classes(config, attribution, routes)
+    disagrees = False
     if postfix is not None:
-        checks.extend(postfix_checks(config, postfix, classes, resolve))
-    checks.append(summary_check(classes))
+        found = postfix_checks(config, postfix, classes, resolve)
+        checks.extend(found)
+        disagrees = router is None and any(
+            c.status == ERROR and c.id in ("postfix-cert-file", "postfix-relayhost") for c in found
+        )
+    checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
 
 
@@ -132,6 +149,13 @@ def main(
     except ConfigError as error:
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
         return EXIT_CONFIG
+    try:
+        state = build_state(config, generation=0)
+    except ConfigError as error:
+        sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
+        return EXIT_CONFIG
+    if config.postfix.config_directory:
+        postfix_dir = config.postfix.config_directory
     postfix = read_postfix(postfix_dir, route_samples(config))
     report = audit(
         config,
@@ -139,6 +163,7 @@ def main(
         postfix=postfix,
         key=_key_check_for(config, key),
         resolve=os.path.realpath,
+        router=state.router,
     )
     if as_json:
         write_json(report, stream)

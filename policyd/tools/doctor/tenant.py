@@ -8,7 +8,7 @@ one envelope per mail class with that same predictor, so it can never disagree w
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from policyd.rules import predict
 from policyd.rules.certnames import connector_name_matches
@@ -309,8 +309,16 @@ def route_samples(config: Config) -> tuple[tuple[str, str, str], ...]:
     )
 
 
-def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[MailClass, ...]:
-    """Run the real predictor for each class of mail and say whether it relays."""
+def mail_classes(
+    config: Config,
+    attribution: predict.Attribution,
+    router: Callable[[str], Callable[[str], predict.RouteContext]] | None = None,
+) -> tuple[MailClass, ...]:
+    """Run the real predictor for each class of mail and say whether it relays.
+
+    ``router`` (with ``[postfix]``) gives, per sender, the route function the daemon uses, so
+    the table predicts with the certificate and egress Postfix really presents.
+    """
     tenant, onprem = config.tenant, config.onprem
     own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
     rows = (
@@ -335,6 +343,7 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
             tenant=tenant,
             onprem=onprem,
             attribution=attribution,
+            router=router(sender) if router is not None else None,
         )
         relayed = prediction.verdict == predict.ACCEPT
         fix = "" if relayed else REASON_FIXES.get(prediction.reason, "")
@@ -368,8 +377,23 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
     return tuple(classes)
 
 
-def summary_check(classes: Sequence[MailClass]) -> Check:
+def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False) -> Check:
+    """The verdict over the mail-class table.
+
+    ``postfix_disagrees``: a Postfix check failed while the table was predicted from the
+    ``[onprem]`` keys (no ``[postfix]``): the table then cannot be called a clean bill.
+    """
     refused = [c for c in classes if not c.relayed]
+    if not refused and postfix_disagrees:
+        return Check(
+            "summary-mail-classes",
+            SUMMARY,
+            WARNING,
+            "The table below relays every class of mail as the [onprem] keys describe Postfix, "
+            "but Postfix's own configuration disagrees (see the failed Postfix checks above).",
+            "Set [postfix] config_directory so the daemon predicts from what Postfix really "
+            "presents and where it really routes.",
+        )
     if not refused:
         return Check(
             "summary-mail-classes",
@@ -383,6 +407,6 @@ def summary_check(classes: Sequence[MailClass]) -> Check:
         "summary-mail-classes",
         SUMMARY,
         ERROR if own_refused else WARNING,
-        f"{len(refused)} of {len(classes)} classes of mail will be refused with 5.7.64: {labels}.",
+        f"{len(refused)} of {len(classes)} classes of mail will be refused: {labels}.",
         refused[0].fix,
     )
