@@ -52,4 +52,3 @@ LOG_LEVEL = "info"
 
 # [outcomes]
 POSTFIX_LOG = ""  # "" = do not follow Postfix's log
-RELAY_HOSTS: tuple[str, ...] = ("*.mail.protection.outlook.com",)  # relays whose replies count

@@ -21,10 +21,10 @@ from twisted.internet import task
 from twisted.python.failure import Failure
 
 from policyd.daemon.followers import JOURNALCTL_ARGS, FileFollower, JournalFollower, OutcomeWatcher
-from policyd.defaults import RELAY_HOSTS
 from policyd.engine.outcomes import DEFAULT_RELAY_HOSTS, OutcomeJoin
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
+from policyd.rules.endpoints import RELAY_HOST_GLOBS
 from policyd.rules.outcomes import UNPARSEABLE, Delivery, parse_delivery, relay_matcher
 from policyd.sources.config import load_config
 
@@ -198,7 +198,32 @@ def test_relay_matcher_uses_host_and_address_globs_case_insensitively() -> None:
     assert by_address(found["4F1A2B3C04"])  # IPv6 address glob
     assert not by_address(found["4F1A2B3C01"])
     assert by_address(deliveries("e2e-standin.log")[0])
-    assert DEFAULT_RELAY_HOSTS == RELAY_HOSTS == ("*.mail.protection.outlook.com",)
+    assert DEFAULT_RELAY_HOSTS == RELAY_HOST_GLOBS
+
+
+@pytest.mark.parametrize(
+    ("relay", "counted"),
+    [
+        ("contoso-com.mail.protection.outlook.com[52.101.68.10]:25", True),
+        ("contoso-com.a-v1.mx.microsoft[52.101.68.11]:25", True),
+        ("contoso-com.mail.protection.office365.us[52.127.1.1]:25", True),
+        ("contoso-com.mail.protection.partner.outlook.cn[42.159.1.1]:25", True),
+        ("mail.messaging.microsoft.com[40.107.1.1]:25", True),
+        ("mx.example.org[192.0.2.25]:25", False),
+    ],
+)
+def test_default_relays_are_every_microsoft_365_endpoint(relay: str, counted: bool) -> None:
+    """The watcher counts replies from every Microsoft 365 endpoint the routing knows (the
+    new mx.microsoft hosts, sovereign clouds, retired smart hosts), and nothing else."""
+    line = (
+        "2026-11-27T10:00:00.000000+00:00 mta postfix/smtp[4242]: 4F1A2B3C99: "
+        f"to=<kate@example.net>, relay={relay}, delay=0.2, delays=0.1/0/0.05/0.05, "
+        "dsn=2.6.0, status=sent (250 2.6.0 Queued mail for delivery)"
+    )
+    stats = Stats()
+    join = OutcomeJoin(stats)
+    join.feed(line, 0.0)
+    assert (stats.observed_replies["2.6.0"] == 1) is counted
 
 
 # --- counting and the join -------------------------------------------------------------------
@@ -821,7 +846,7 @@ def write_config(tmp_path: Path, outcomes: str) -> str:
 
 def test_relay_hosts_defaults_to_microsoft_365_and_can_be_set(tmp_path: Path) -> None:
     """relay_hosts is Microsoft 365's glob unless the file names others."""
-    assert load_config(write_config(tmp_path, "")).outcomes.relay_hosts == RELAY_HOSTS
+    assert load_config(write_config(tmp_path, "")).outcomes.relay_hosts == RELAY_HOST_GLOBS
     config = load_config(write_config(tmp_path, 'relay_hosts = ["127.0.0.1", " *.example.net "]'))
     assert config.outcomes.relay_hosts == ("127.0.0.1", "*.example.net")
 

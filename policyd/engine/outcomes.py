@@ -17,12 +17,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from policyd.defaults import RELAY_HOSTS
 from policyd.engine.stats import Stats
+from policyd.rules.endpoints import RELAY_HOST_GLOBS
 from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
 
-#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
-DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS
+#: Relays that are Microsoft 365 (``policyd.rules.endpoints``: relay and retired endpoints);
+#: ``[outcomes] relay_hosts`` may name others.
+DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOST_GLOBS
 
 
 #: Join state bounds: addresses remembered, and how long a message's predictions are kept

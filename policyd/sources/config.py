@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from policyd import defaults
 from policyd.errors import ConfigError
+from policyd.rules.endpoints import RELAY_HOST_GLOBS
 from policyd.rules.model import (
     ON_PREMISES,
     PARTNER,
@@ -220,7 +221,7 @@ class OutcomeSettings:
     the relays whose replies count (globs against the relay's host name and bracketed address)."""
 
     postfix_log: str = defaults.POSTFIX_LOG
-    relay_hosts: tuple[str, ...] = defaults.RELAY_HOSTS
+    relay_hosts: tuple[str, ...] = RELAY_HOST_GLOBS
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +521,7 @@ def _log(table: _Table) -> LogSettings:
 
 
 def _relay_hosts(table: _Table) -> tuple[str, ...]:
-    patterns = tuple(p.strip() for p in table.strings("relay_hosts", defaults.RELAY_HOSTS))
+    patterns = tuple(p.strip() for p in table.strings("relay_hosts", RELAY_HOST_GLOBS))
     if not patterns:
         raise table.error(
             "relay_hosts",
