@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
@@ -22,6 +22,7 @@ from policyd.rules.routing import PostfixView, client_tls, split_list
 from policyd.sources.config import Config
 from policyd.sources.pem import read_certificate
 from policyd.sources.routes import CONFIG_KEY, LoadedPostfix, read_postfix_view
+from policyd.sources.srs import SrsDomain, read_srs_domain
 from policyd.sources.tables import load_alias_maps
 
 #: Where a value came from when the configuration file gave it.
@@ -38,13 +39,16 @@ class State:
     #: With ``[postfix]``: how Postfix routes, and the instance's files (None without).
     router: Router | None = None
     postfix: LoadedPostfix | None = None
+    #: With ``[postfix]`` and postsrsd in sender_canonical_maps: the domain it writes.
+    srs: SrsDomain | None = None
 
     @property
     def watched_files(self) -> tuple[str, ...]:
         """Every file whose change means a reload: config inputs, alias tables, Postfix's."""
         postfix = self.postfix.files if self.postfix is not None else ()
+        srs = (self.srs.file,) if self.srs is not None and self.srs.file else ()
         return tuple(
-            dict.fromkeys((*self.config.input_files, *self.aliases.watched_files, *postfix))
+            dict.fromkeys((*self.config.input_files, *self.aliases.watched_files, *postfix, *srs))
         )
 
     @property
@@ -63,6 +67,10 @@ def build_state(config: Config, generation: int) -> State:
     postfix = read_postfix_view(directory)
     view = postfix.view
     keys = config.onprem_keys
+    srs = read_srs_domain(view.parameters, config.postfix.postsrsd_config)
+    if srs is not None and "srs_domain" not in keys:
+        # The effective configuration: predictions use the domain postsrsd really writes.
+        config = replace(config, onprem=replace(config.onprem, srs_domain=srs.domain))
     alias_specs = (
         config.alias_maps
         if "alias_maps" in keys
@@ -92,7 +100,7 @@ def build_state(config: Config, generation: int) -> State:
         config.tenant,
         uses_subprocess=postfix.tables.uses_subprocess,
     )
-    return State(config, aliases, generation, router, postfix)
+    return State(config, aliases, generation, router, postfix, srs)
 
 
 def _service_picture(config: Config, view: PostfixView, service: str) -> ServicePicture:

@@ -31,9 +31,10 @@ from policyd.rules.relay import Router
 from policyd.sources.config import Config, load_config
 from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
+from policyd.sources.srs import SrsDomain
 from policyd.sources.state import build_state
 from policyd.tools.doctor.certificate import certificate_checks
-from policyd.tools.doctor.postfix import postfix_checks
+from policyd.tools.doctor.postfix import postfix_checks, srs_check
 from policyd.tools.doctor.report import (
     AREAS,
     ERROR,
@@ -75,6 +76,7 @@ def audit(
     key: KeyCheck | None = None,
     resolve: Callable[[str], str] = os.path.normpath,
     router: Router | None = None,
+    srs: SrsDomain | None = None,
 ) -> Report:
     """Build the checklist and the closing table from plain inputs.
 
@@ -98,6 +100,8 @@ def audit(
     disagrees = False
     if postfix is not None:
         found = postfix_checks(config, postfix, classes, resolve)
+        if srs is not None:
+            found.append(srs_check(srs))
         checks.extend(found)
         disagrees = router is None and any(
             c.status == ERROR and c.id in ("postfix-cert-file", "postfix-relayhost") for c in found
@@ -164,6 +168,7 @@ def main(
         key=_key_check_for(config, key),
         resolve=os.path.realpath,
         router=state.router,
+        srs=state.srs,
     )
     if as_json:
         write_json(report, stream)

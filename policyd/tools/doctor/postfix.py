@@ -28,6 +28,7 @@ from policyd.rules import endpoints
 from policyd.rules.model import normalize_domain
 from policyd.sources.config import Config
 from policyd.sources.postfix import PostfixFacts, RouteSample, split_postfix_list
+from policyd.sources.srs import SrsDomain
 from policyd.tools.doctor.report import ERROR, NOTE, OK, POSTFIX, WARNING, Check, MailClass
 
 #: TLS levels that never fall back to plain text, and what weaker ones mean.
@@ -636,4 +637,24 @@ def _bounce_check(config: Config, postfix: PostfixFacts, classes: Sequence[MailC
         f"through a certificate connector; here they are refused [{bounce.reason}]{extra}. "
         f"Notices: {detail}.",
         bounce.fix,
+    )
+
+
+def srs_check(srs: SrsDomain) -> Check:
+    """The domain postsrsd writes into rewritten senders (SPEC §5.1)."""
+    if srs.problem:
+        return Check(
+            "postfix-srs-domain",
+            POSTFIX,
+            ERROR,
+            f"postsrsd ({srs.table}) writes senders into {srs.domain or 'no domain'} "
+            f"({srs.source}): {srs.problem}.",
+            "Set postsrsd's domain (SRS_DOMAIN in /etc/default/postsrsd, or srs-domain in "
+            "postsrsd.conf) to an accepted domain of the tenant, written out in full.",
+        )
+    return Check(
+        "postfix-srs-domain",
+        POSTFIX,
+        OK,
+        f"postsrsd ({srs.table}) rewrites forwarded senders into {srs.domain} ({srs.source}).",
     )
