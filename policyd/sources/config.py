@@ -61,6 +61,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "inbound_connectors_file",
         "reject_direct_send",
         "inbound_connector",
+        "endpoints",
     ),
     "onprem": (
         "egress_addresses",
@@ -158,6 +159,7 @@ EXAMPLES: dict[str, str] = {
     "outcomes.postfix_log": 'postfix_log = "/var/log/mail.log"',
     "outcomes.relay_hosts": 'relay_hosts = ["*.mail.protection.outlook.com"]',
     "postfix.config_directory": 'config_directory = "/etc/postfix"',
+    "tenant.endpoints": '"contoso-com.mail.protection.outlook.com"',
     "postfix.postsrsd_config": 'postsrsd_config = "/etc/default/postsrsd"',
 }
 
@@ -251,6 +253,9 @@ class Config:
     postfix: PostfixSettings = PostfixSettings()
     #: The [onprem] keys the file sets: with [postfix], these win over what Postfix says.
     onprem_keys: frozenset[str] = frozenset()
+    #: ``[tenant] endpoints``: next-hop host globs that reach the tenant besides Microsoft
+    #: 365's own names (policyd.rules.endpoints), e.g. a test stand-in or an internal name.
+    tenant_endpoints: tuple[str, ...] = ()
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -340,6 +345,15 @@ def load_config(path: str) -> Config:
         postfix_log = resolve(postfix_log)
     relay_hosts = _relay_hosts(sections["outcomes"])
 
+    tenant_endpoints = tuple(p.strip().lower() for p in tenant_table.strings("endpoints", ()))
+    for pattern in tenant_endpoints:
+        if not _RELAY_PATTERN.match(pattern):
+            raise tenant_table.error(
+                "endpoints",
+                f"{pattern!r} is not a host name pattern; write a glob such as "
+                f"{EXAMPLES['tenant.endpoints']} (no brackets, port or spaces)",
+            )
+
     postfix_table = sections["postfix"]
     postfix = PostfixSettings(
         config_directory=resolve(postfix_table.string("config_directory", "")),
@@ -369,6 +383,7 @@ def load_config(path: str) -> Config:
         recipient_delimiter=delimiter,
         postfix=postfix,
         onprem_keys=frozenset(str(key) for key in tables.get("onprem", {})),
+        tenant_endpoints=tenant_endpoints,
     )
 
 

@@ -98,6 +98,7 @@ def build_state(config: Config, generation: int) -> State:
         pictures,
         fallback,
         config.tenant,
+        endpoint_globs=config.tenant_endpoints,
         uses_subprocess=postfix.tables.uses_subprocess,
     )
     return State(config, aliases, generation, router, postfix, srs)

@@ -79,6 +79,11 @@ class Setup:
     reroute: bool = False
     tag: bool = True
     listen_unix: bool = False  # daemon on unix:private/m365-policyd instead of TCP
+    #: [postfix] config_directory: the daemon reads Postfix's own configuration instead of
+    #: [onprem] egress/certificate/alias keys (the stand-in's 127.0.0.1 is a tenant endpoint).
+    postfix_routing: bool = False
+    #: A recipient domain that transport_maps sends to the plain sink, around the stand-in.
+    around: str = ""
 
 
 class Daemon:
@@ -185,7 +190,15 @@ class World:
             if setup.listen_unix
             else f"inet:127.0.0.1:{self.daemon.port}"
         )
+        transport = ""
+        if setup.around:
+            table = self.root / "transport"
+            table.write_text(f"{setup.around} smtp:{self.sink.relayhost}\n")
+            past = time.time() - 10  # postmap and trivial-rewrite wait for younger files
+            os.utime(table, (past, past))
+            transport = f"texthash:{table}"
         return {
+            "transport_maps": transport,
             "smtp_bind_address": setup.egress,
             "smtp_tls_cert_file": cert_file,
             "smtp_tls_key_file": key_file,
@@ -215,14 +228,28 @@ class World:
                 "enabled = true",
                 f'tls_sender_certificate_name = "{setup.cert_connector}"',
             ]
+        if setup.postfix_routing:
+            lines.insert(2, 'endpoints = ["127.0.0.1"]')
+            lines += [
+                "",
+                "[postfix]",
+                f'config_directory = "{self.postfix.config_dir}"',
+                "",
+                "[onprem]",
+                f'ca_bundle = "{self.ca_file}"',
+                f'srs_domain = "{"contoso.com" if setup.srs else ""}"',
+            ]
+        else:
+            lines += [
+                "",
+                "[onprem]",
+                f'egress_addresses = ["{setup.egress}"]',
+                f'certificate = "{cert}"',
+                f'ca_bundle = "{self.ca_file}"',
+                f'srs_domain = "{"contoso.com" if setup.srs else ""}"',
+                f'alias_maps = ["texthash:{self.root / "virtual"}"]',
+            ]
         lines += [
-            "",
-            "[onprem]",
-            f'egress_addresses = ["{setup.egress}"]',
-            f'certificate = "{cert}"',
-            f'ca_bundle = "{self.ca_file}"',
-            f'srs_domain = "{"contoso.com" if setup.srs else ""}"',
-            f'alias_maps = ["texthash:{self.root / "virtual"}"]',
             "",
             "[policy]",
             f'action = "{setup.action}"',
@@ -236,12 +263,15 @@ class World:
         """Reconfigure stand-in, Postfix and daemon for ``setup``."""
         self.setup = setup
         self.standin.tenant = self.tenant_view(setup)
-        self.daemon.start(self.daemon_toml(setup), unix=setup.listen_unix)
         settings = self.postfix_settings(setup)
         changed = {k: v for k, v in settings.items() if self._postfix_settings.get(k) != v}
         if changed:
             self.postfix.postconf(changed, reload=True)
             self._postfix_settings.update(changed)
+            past = time.time() - 10  # the daemon's postconf must not wait for a fresh main.cf
+            os.utime(self.postfix.config_dir / "main.cf", (past, past))
+        # The daemon starts after Postfix changed: with [postfix] it reads what Postfix runs.
+        self.daemon.start(self.daemon_toml(setup), unix=setup.listen_unix)
         return self
 
     # -- expectations ---------------------------------------------------------------------
@@ -330,7 +360,10 @@ def world() -> Iterator[World]:
     (root / "virtual").write_text("".join(f"{k} {v}\n" for k, v in ALIASES.items()))
     srsd, srs_port = _start_postsrsd(root)
     standin = StandIn(cert_file=server_cert, key_file=server_key, ca_file=ca_file).start()
-    sink = StandIn(cert_file=server_cert, key_file=server_key, ca_file=ca_file).start()
+    # the sink listens on its own loopback address, so a next hop tells it from the stand-in
+    sink = StandIn(
+        cert_file=server_cert, key_file=server_key, ca_file=ca_file, host="127.0.0.2"
+    ).start()
     postfix: PostfixInstance | None = None
     daemon: Daemon | None = None
     try:
