@@ -12,8 +12,9 @@ import pytest
 
 from policyd import defaults
 from policyd.errors import ConfigError
+from policyd.rules import reasons
 from policyd.rules.model import AcceptedDomain, InboundConnector
-from policyd.sources import config as config_module
+from policyd.rules.reasons import Reason
 from policyd.sources.config import (
     Config,
     LogSettings,
@@ -23,6 +24,7 @@ from policyd.sources.config import (
     default_config_path,
     load_config,
 )
+from policyd.tools import cli
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "contrib" / "m365-policyd.example.toml"
@@ -93,7 +95,6 @@ def test_example_config_check_predictions(
     status: int,
 ) -> None:
     """With the example, check refuses fabrikam.com senders (ATTR36) and passes contoso.com."""
-    cli = pytest.importorskip("policyd.tools.cli")
     argv = ["check", "-c", str(EXAMPLE), "--sender", sender]
     exit_status = cli.main([*argv, "--recipient", "kate@tailspintoys.com", "--json"])
     result = json.loads(capsys.readouterr().out)
@@ -243,10 +244,15 @@ def test_action_for_uses_by_reason_overrides() -> None:
     assert policy.action_for("forwarded") == "defer"
 
 
-def test_refusing_reasons_match_the_predictor() -> None:
-    """The reason ids by_reason accepts are exactly the predictor's refusing reasons."""
-    predict = pytest.importorskip("policyd.rules.predict")
-    assert set(config_module.REFUSING_REASONS) == set(predict.REFUSE_REASONS)
+@pytest.mark.parametrize("reason", reasons.TABLE, ids=lambda reason: reason.id)
+def test_by_reason_takes_exactly_the_refusing_reasons(tmp_path: Path, reason: Reason) -> None:
+    """policy.by_reason accepts each refusing reason of the reasons table and no accepting one."""
+    path = write(tmp_path, f'[policy.by_reason]\n{reason.id} = "defer"\n')
+    if reason.verdict == "reject":
+        assert load_config(str(path)).policy.by_reason == ((reason.id, "defer"),)
+    else:
+        with pytest.raises(ConfigError, match="is not a refusing reason"):
+            load_config(str(path))
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

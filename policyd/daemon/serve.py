@@ -34,6 +34,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from policyd import __version__
+from policyd.constants import EXIT_CONFIG, EXIT_LISTEN, EXIT_OK
 from policyd.daemon.followers import OutcomeWatcher
 from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
 from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
@@ -46,10 +47,6 @@ from policyd.errors import ConfigError
 from policyd.sources.config import Config, load_config
 from policyd.sources.state import State, build_state
 from policyd.wire.protocol import PolicyFactory
-
-EXIT_OK = 0
-EXIT_LISTEN = 1
-EXIT_CONFIG = 78
 
 #: After the listeners stop, how long connections may still deliver what Postfix already sent.
 SHUTDOWN_GRACE = 0.1

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from policyd.constants import REJECT
 from policyd.defaults import RELAY_HOSTS
 from policyd.engine.stats import Stats
 from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
@@ -35,13 +36,6 @@ MAX_AGE = 7 * 86400.0
 
 #: Statuses of a delivery attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
-
-
-#: Predicted verdicts (``policyd.rules.predict.ACCEPT`` / ``REJECT``).
-ACCEPT = "accept"
-
-
-REJECT = "reject"
 
 
 #: What the engine hands over per relayed address: (final address, original recipient, verdict).

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from policyd import defaults
+from policyd.constants import ACTIONS, LOG_FORMATS, LOG_LEVELS, ON_ERROR_ACTIONS
 from policyd.errors import ConfigError
 from policyd.rules.model import (
     ON_PREMISES,
@@ -34,6 +35,7 @@ from policyd.rules.model import (
     OnPrem,
     Tenant,
 )
+from policyd.rules.reasons import REFUSE_REASONS
 from policyd.sources.exports import (
     address_space_domain,
     certificate_name,
@@ -86,18 +88,8 @@ CONNECTOR_KEYS = (
 #: Keys of an inline table in ``tenant.accepted_domains``.
 ACCEPTED_DOMAIN_KEYS = ("domain", "match_subdomains")
 
-ACTIONS = ("dunno", "defer", "reject", "hold", "reroute")
-ON_ERROR_ACTIONS = ("dunno", "warn")
-#: The refusing reason ids of SPEC §5 (``predict.REFUSE_REASONS``; a test keeps them equal).
-REFUSING_REASONS = (
-    "no-connector",
-    "null-sender",
-    "forwarded",
-    "sender-not-accepted",
-    "direct-send-rejected",
-)
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warn", "error")
+#: ``policy.by_reason`` keys: the refusing reason ids of the reasons table.
+REFUSING_REASONS = REFUSE_REASONS
 #: Twisted endpoint types a Postfix policy service or the metrics page can listen on.
 ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd", "ssl")
 #: Postfix lookup table types whose argument is a file (resolved like other paths).

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
+from policyd.constants import ACCEPT, REJECT
 from policyd.errors import AliasLookupError
 from policyd.rules import predict
 from policyd.rules.predict import Attribution, RecipientPrediction, Sender
@@ -29,9 +30,9 @@ class CheckResult:
     def verdict(self) -> str:
         """accept only when every recipient is predicted to pass."""
         for entry in self.recipients:
-            if not isinstance(entry, RecipientPrediction) or entry.verdict == predict.REJECT:
-                return predict.REJECT
-        return predict.ACCEPT
+            if not isinstance(entry, RecipientPrediction) or entry.verdict == REJECT:
+                return REJECT
+        return ACCEPT
 
 
 def run_check(state: State, sender: str, recipients: Sequence[str], now: datetime) -> CheckResult:
@@ -126,14 +127,14 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         for address in entry.addresses:
             route = f"forwarded to {address.address}" if address.forwarded else address.address
             out.write(f"  {route}\n")
-            outcome = "ACCEPT" if address.verdict == predict.ACCEPT else "REFUSE"
+            outcome = "ACCEPT" if address.verdict == ACCEPT else "REFUSE"
             reply = f"  {address.reply}" if address.reply else ""
             out.write(f"    {outcome}  [{address.reason}]{reply}\n")
             out.write(f"    {address.explanation}\n")
     refused = sum(
         1
         for e in result.recipients
-        if not isinstance(e, RecipientPrediction) or e.verdict == predict.REJECT
+        if not isinstance(e, RecipientPrediction) or e.verdict == REJECT
     )
     total = len(result.recipients)
     out.write(f"\nVerdict   {result.verdict} ({refused} of {total} recipients refused)\n")

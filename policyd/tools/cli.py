@@ -13,12 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from policyd import __version__, defaults
+from policyd.constants import ACCEPT, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from policyd.sources.config import default_config_path
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +125,7 @@ def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json:
         check.write_json(result, sys.stdout)
     else:
         check.write_text(result, sys.stdout)
-    return EXIT_OK if result.verdict == "accept" else EXIT_REFUSED
+    return EXIT_OK if result.verdict == ACCEPT else EXIT_REFUSED
 
 
 if __name__ == "__main__":  # pragma: no cover

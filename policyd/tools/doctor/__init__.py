@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
+from policyd.constants import EXIT_CONFIG
 from policyd.errors import ConfigError
 from policyd.rules import predict
 from policyd.sources.config import Config, load_config
@@ -34,7 +35,6 @@ from policyd.tools.doctor.certificate import certificate_checks
 from policyd.tools.doctor.postfix import postfix_checks
 from policyd.tools.doctor.report import (
     AREAS,
-    EXIT_CONFIG,
     STATUSES,
     Check,
     KeyCheck,
