@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from policyd import defaults
 from policyd.errors import ConfigError
 from policyd.rules import reasons
 from policyd.rules.model import AcceptedDomain, InboundConnector
 from policyd.rules.reasons import Reason
+from policyd.sources import schema
 from policyd.sources.config import (
     Config,
     LogSettings,
@@ -106,39 +106,39 @@ def test_example_config_check_predictions(
 
 
 def test_example_spells_the_defaults() -> None:
-    """The example's [server], [policy], [log] and [outcomes] values are policyd.defaults."""
+    """The example's [server], [policy], [log] and [outcomes] values are the schema."""
     config = load_config(str(EXAMPLE))
     assert config.server == ServerSettings()
     assert config.policy == PolicySettings()
     assert config.log == LogSettings()
     assert config.outcomes == OutcomeSettings()
-    assert ServerSettings().listen == defaults.LISTEN
+    assert ServerSettings().listen == schema.LISTEN.default
 
 
 def test_empty_config_takes_every_default(tmp_path: Path) -> None:
-    """An empty file is valid and every value comes from policyd.defaults."""
+    """An empty file is valid and every value comes from the schema."""
     config = load_config(str(write(tmp_path, "")))
     assert config.server == ServerSettings(
-        listen=defaults.LISTEN,
-        metrics=defaults.METRICS,
-        idle_timeout=defaults.IDLE_TIMEOUT,
-        max_connections=defaults.MAX_CONNECTIONS,
-        max_request_bytes=defaults.MAX_REQUEST_BYTES,
-        reload_interval=defaults.RELOAD_INTERVAL,
+        listen=schema.LISTEN.default,
+        metrics=schema.METRICS.default,
+        idle_timeout=schema.IDLE_TIMEOUT.default,
+        max_connections=schema.MAX_CONNECTIONS.default,
+        max_request_bytes=schema.MAX_REQUEST_BYTES.default,
+        reload_interval=schema.RELOAD_INTERVAL.default,
     )
     assert config.policy == PolicySettings(
-        action=defaults.ACTION,
-        reroute=defaults.REROUTE,
-        tag=defaults.TAG,
-        header=defaults.HEADER,
-        on_error=defaults.ON_ERROR,
+        action=schema.ACTION.default,
+        reroute=schema.REROUTE.default,
+        tag=schema.TAG.default,
+        header=schema.HEADER.default,
+        on_error=schema.ON_ERROR.default,
         by_reason=(),
     )
-    assert config.log == LogSettings(defaults.LOG_FORMAT, defaults.LOG_LEVEL)
-    assert config.outcomes == OutcomeSettings(defaults.POSTFIX_LOG)
+    assert config.log == LogSettings(schema.LOG_FORMAT.default, schema.LOG_LEVEL.default)
+    assert config.outcomes == OutcomeSettings(schema.POSTFIX_LOG.default)
     assert config.tenant.accepted_domains == ()
     assert config.tenant.connectors == ()
-    assert config.tenant.reject_direct_send is defaults.REJECT_DIRECT_SEND
+    assert config.tenant.reject_direct_send is schema.REJECT_DIRECT_SEND.default
     assert config.onprem.egress_addresses == ()
     assert config.onprem.certificate is None
 

@@ -21,12 +21,12 @@ from twisted.internet import task
 from twisted.python.failure import Failure
 
 from policyd.daemon.followers import JOURNALCTL_ARGS, FileFollower, JournalFollower, OutcomeWatcher
-from policyd.defaults import RELAY_HOSTS
 from policyd.engine.outcomes import DEFAULT_RELAY_HOSTS, OutcomeJoin
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
 from policyd.rules.outcomes import UNPARSEABLE, Delivery, parse_delivery, relay_matcher
 from policyd.sources.config import load_config
+from policyd.sources.schema import RELAY_HOSTS
 
 DATA = Path(__file__).parent / "data" / "maillog"
 MX = "contoso-com.mail.protection.outlook.com"
@@ -198,7 +198,7 @@ def test_relay_matcher_uses_host_and_address_globs_case_insensitively() -> None:
     assert by_address(found["4F1A2B3C04"])  # IPv6 address glob
     assert not by_address(found["4F1A2B3C01"])
     assert by_address(deliveries("e2e-standin.log")[0])
-    assert DEFAULT_RELAY_HOSTS == RELAY_HOSTS == ("*.mail.protection.outlook.com",)
+    assert DEFAULT_RELAY_HOSTS == RELAY_HOSTS.default == ("*.mail.protection.outlook.com",)
 
 
 # --- counting and the join -------------------------------------------------------------------
@@ -821,7 +821,7 @@ def write_config(tmp_path: Path, outcomes: str) -> str:
 
 def test_relay_hosts_defaults_to_microsoft_365_and_can_be_set(tmp_path: Path) -> None:
     """relay_hosts is Microsoft 365's glob unless the file names others."""
-    assert load_config(write_config(tmp_path, "")).outcomes.relay_hosts == RELAY_HOSTS
+    assert load_config(write_config(tmp_path, "")).outcomes.relay_hosts == RELAY_HOSTS.default
     config = load_config(write_config(tmp_path, 'relay_hosts = ["127.0.0.1", " *.example.net "]'))
     assert config.outcomes.relay_hosts == ("127.0.0.1", "*.example.net")
 

@@ -18,12 +18,12 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from policyd.constants import REJECT
-from policyd.defaults import RELAY_HOSTS
 from policyd.engine.stats import Stats
 from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
+from policyd.sources.schema import RELAY_HOSTS
 
 #: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
-DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS
+DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS.default
 
 
 #: Join state bounds: addresses remembered, and how long a message's predictions are kept

@@ -28,9 +28,10 @@ from typing import TextIO
 from policyd.constants import EXIT_CONFIG
 from policyd.errors import ConfigError
 from policyd.rules import predict
-from policyd.sources.config import Config, load_config
+from policyd.sources.config import Config
 from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
+from policyd.sources.state import load_config
 from policyd.tools.doctor.certificate import certificate_checks
 from policyd.tools.doctor.postfix import postfix_checks
 from policyd.tools.doctor.report import (
