@@ -106,7 +106,7 @@ def test_example_config_check_predictions(
 
 
 def test_example_spells_the_defaults() -> None:
-    """The example's [server], [policy], [log] and [outcomes] values are the schema."""
+    """The example's [server], [policy], [log] and [outcomes] values are the schema's defaults."""
     config = load_config(str(EXAMPLE))
     assert config.server == ServerSettings()
     assert config.policy == PolicySettings()

@@ -1,8 +1,8 @@
 """Every reason id of SPEC §5 and every word the product says about it, in one table.
 
 A prediction ends in one reason id. For each id this table holds its verdict, the enhanced
-status code and the reply Microsoft 365 gives (exactly as Microsoft writes it: SPEC §5's reply
-table, from ``shared/reference/m365-relay-rules.md``), the short phrase our own one-line SMTP
+status code and the reply Microsoft 365 gives (exactly as Microsoft writes it, as SPEC §5's
+reply table quotes it), the short phrase our own one-line SMTP
 replies carry (``policy.action`` other than ``dunno``), and the one sentence that says what makes
 such mail relay (``doctor``). Predict, the engine, doctor, configuration validation
 (``policy.by_reason`` keys) and metrics (label pre-seeding) all read it; a test proves that each
