@@ -18,7 +18,7 @@ from policyd.daemon.metrics import (
     metrics_site,
 )
 from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
-from policyd.rules import predict
+from policyd.rules import predict, reasons
 from policyd.rules.model import CertificateFacts
 
 NOW = 1_700_000_000.0
@@ -81,11 +81,11 @@ def test_known_label_values_start_at_zero() -> None:
         (("stage", stage),): 0.0 for stage in STAGES
     }
     predictions = samples[P + "predictions_total"]
-    for reason in predict.ACCEPT_REASONS:
+    for reason in reasons.ACCEPT_REASONS:
         assert predictions[(("reason", reason), ("verdict", "accept"))] == 0.0
-    for reason in predict.REFUSE_REASONS:
+    for reason in reasons.REFUSE_REASONS:
         assert predictions[(("reason", reason), ("verdict", "reject"))] == 0.0
-    assert len(predictions) == len(predict.REASONS)
+    assert len(predictions) == len(reasons.REASON_IDS)
     assert set(samples[P + "actions_total"]) == {(("action", a),) for a in ACTIONS}
     assert set(samples[P + "protocol_errors_total"]) == {
         (("kind", k),) for k in PROTOCOL_ERROR_KINDS

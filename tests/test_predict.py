@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.rules import predict
+from policyd.rules import predict, reasons
 from policyd.rules.model import (
     PARTNER,
     AcceptedDomain,
@@ -754,7 +754,7 @@ def test_rule(
     """Each row lands on the reason id SPEC §5 prescribes, with its verdict, code and reply."""
     prediction = run(sender, recipient, t=t, o=o, final=final)
     assert prediction.reason == reason
-    expected_verdict = predict.ACCEPT if reason in predict.ACCEPT_REASONS else predict.REJECT
+    expected_verdict = predict.ACCEPT if reason in reasons.ACCEPT_REASONS else predict.REJECT
     assert prediction.verdict == expected_verdict
     replies = {
         predict.NO_CONNECTOR: ("5.7.64", "550 5.7.64 TenantAttribution; Relay Access Denied"),
@@ -763,7 +763,8 @@ def test_rule(
         predict.SENDER_NOT_ACCEPTED: ("5.7.64", "550 5.7.64 Relay Access Denied ATTR36"),
         predict.DIRECT_SEND_REJECTED: (
             "5.7.68",
-            "550 5.7.68 TenantInboundAttribution; Direct Send not allowed",
+            "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization "
+            "from unauthorized sources",
         ),
     }
     assert (prediction.code, prediction.reply) == replies.get(reason, (None, None))
@@ -773,7 +774,7 @@ def test_rule(
 def test_every_reason_is_reached() -> None:
     """The tables reach every reason id the spec defines, and no other."""
     reached = {case[-1] for case in CASES} | {case[-1] for case in ROUTE_CASES}
-    assert reached == set(predict.REASONS)
+    assert reached == set(reasons.REASON_IDS)
 
 
 # --- step 1 with [postfix]: the route Postfix takes ---------------------------------------------

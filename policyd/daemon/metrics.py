@@ -29,23 +29,21 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from policyd import __version__
+from policyd import __version__, constants
 from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
-from policyd.rules import predict
+from policyd.rules import reasons
 from policyd.rules.model import CertificateFacts
 
 PREFIX = "m365_policyd_"
 
 #: ``requests_total{stage}``: the engine counts RCPT, DATA and everything else.
-STAGES = ("rcpt", "data", "other")
+STAGES = constants.STAGES
 #: ``actions_total{action}``: the configured actions, the DATA header, and our own failures.
-ACTIONS = ("dunno", "defer", "reject", "hold", "reroute", "prepend", "on_error")
+ACTIONS = constants.ACTION_LABELS
 #: ``config_reloads_total{result}``.
 RELOAD_RESULTS = ("success", "failure")
-#: ``predictions_total{verdict,reason}``: each reason id belongs to exactly one verdict.
-PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple(
-    (predict.ACCEPT, reason) for reason in predict.ACCEPT_REASONS
-) + tuple((predict.REJECT, reason) for reason in predict.REFUSE_REASONS)
+#: ``predictions_total{verdict,reason}``: each reason id with its one verdict, from the table.
+PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple((r.verdict, r.id) for r in reasons.TABLE)
 
 _log = Logger()
 

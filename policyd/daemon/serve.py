@@ -34,22 +34,19 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from policyd import __version__
+from policyd.constants import EXIT_CONFIG, EXIT_LISTEN, EXIT_OK
 from policyd.daemon.followers import OutcomeWatcher
 from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
 from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
 from policyd.daemon.watch import FileWatcher, StatFunction, watched_paths
-from policyd.defaults import CONFIG_ENV, CONFIG_PATH
 from policyd.engine.policy import PolicyEngine
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
-from policyd.sources.config import Config, load_config
-from policyd.sources.state import State, build_state
+from policyd.sources.config import Config
+from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
+from policyd.sources.state import State, load_state
 from policyd.wire.protocol import PolicyFactory
-
-EXIT_OK = 0
-EXIT_LISTEN = 1
-EXIT_CONFIG = 78
 
 #: After the listeners stop, how long connections may still deliver what Postfix already sent.
 SHUTDOWN_GRACE = 0.1
@@ -214,15 +211,15 @@ class Server:
         factory: ProtocolFactory | None = None,
         handle_sighup: bool = False,
     ) -> None:
-        """``load(path, generation)`` builds a new state (default: ``load_config`` +
-        ``build_state``); ``factory`` replaces the policy protocol factory (tests only);
+        """``load(path, generation)`` builds a new state (default: ``load_state``, as ``check``
+        does); ``factory`` replaces the policy protocol factory (tests only);
         ``handle_sighup`` installs the process-wide SIGHUP handler (``run`` only)."""
         self.config_path = config_path
         self.reactor = reactor
         self.output = output
         self.stats = stats if stats is not None else Stats()
         self.notifier = notifier or Notifier()
-        self._load = load or _load_state
+        self._load = load or load_state
         self.exit_status = EXIT_OK
         self.ports: list[ListeningPort] = []
         self.outcomes = OutcomeWatcher(self.stats, reactor)  # follows [outcomes] once started
@@ -529,10 +526,6 @@ def _global_reactor() -> Any:
     return reactor
 
 
-def _load_state(config_path: str, generation: int) -> State:
-    return build_state(load_config(config_path), generation)
-
-
 def _policy_factory(
     engine: PolicyEngine, stats: Stats, config: Config, reactor: Reactor
 ) -> PolicyFactory:
@@ -549,7 +542,7 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     early_hups: list[int] = []
     previous = signal.signal(signal.SIGHUP, lambda number, frame: early_hups.append(number))
     try:
-        state = _load_state(config_path, 0)
+        state = load_state(config_path, 0)
     except ConfigError as error:
         signal.signal(signal.SIGHUP, previous)
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")

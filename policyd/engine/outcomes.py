@@ -17,13 +17,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from policyd.constants import REJECT
 from policyd.engine.stats import Stats
-from policyd.rules.endpoints import RELAY_HOST_GLOBS
 from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
+from policyd.sources.schema import RELAY_HOSTS
 
-#: Relays that are Microsoft 365 (``policyd.rules.endpoints``: relay and retired endpoints);
-#: ``[outcomes] relay_hosts`` may name others.
-DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOST_GLOBS
+#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
+DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS.default
 
 
 #: Join state bounds: addresses remembered, and how long a message's predictions are kept
@@ -36,13 +36,6 @@ MAX_AGE = 7 * 86400.0
 
 #: Statuses of a delivery attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
-
-
-#: Predicted verdicts (``policyd.rules.predict.ACCEPT`` / ``REJECT``).
-ACCEPT = "accept"
-
-
-REJECT = "reject"
 
 
 #: What the engine hands over per relayed address: (final address, original recipient, verdict).

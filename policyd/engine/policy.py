@@ -14,10 +14,19 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from policyd.constants import (
+    ACCEPT,
+    ACTION_DEFER,
+    ACTION_DUNNO,
+    ACTION_HOLD,
+    ACTION_REROUTE,
+    REJECT,
+)
 from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError, LookupFailureError
 from policyd.rules import predict
-from policyd.rules.predict import REJECT, Attribution, RecipientPrediction
+from policyd.rules.predict import Attribution, RecipientPrediction
+from policyd.rules.reasons import BY_ID, CODE_5764, LOCAL
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -38,15 +47,6 @@ CACHE_LIMIT = 65536
 
 #: SMTP reply texts must stay well inside Postfix's line limits.
 REPLY_TEXT_LIMIT = 400
-
-#: Short phrases for the one-line reply texts, by reason id.
-_SHORT = {
-    predict.NO_CONNECTOR: "no inbound connector of the tenant matches this server",
-    predict.NULL_SENDER: "a null sender relays only through a certificate connector",
-    predict.FORWARDED: "forwarded mail from a sender domain the tenant does not accept",
-    predict.SENDER_NOT_ACCEPTED: "the sender domain is not an accepted domain of the tenant",
-    predict.DIRECT_SEND_REJECTED: "the tenant rejects Direct Send from unattributed servers",
-}
 
 
 class Session:
@@ -379,7 +379,7 @@ class PolicyEngine:
             (address.address, prediction.recipient, address.verdict)
             for prediction in session.recipients
             for address in prediction.addresses
-            if address.reason != predict.LOCAL
+            if address.reason != LOCAL
         ]
         if not queue_id or not entries or self.outcomes is None:
             return
@@ -445,7 +445,7 @@ def tag_value(recipients: list[RecipientPrediction]) -> str:
         verdict, code, reason = REJECT, first.code or "none", first.reason
     else:
         relayed = next((p for p in recipients if p.relayed), recipients[0])
-        verdict, code, reason = predict.ACCEPT, "none", relayed.reason
+        verdict, code, reason = ACCEPT, "none", relayed.reason
     return (
         f"verdict={verdict}; code={code}; reason={reason}; "
         f"refused={len(refused)}; recipients={len(recipients)}"
@@ -454,15 +454,15 @@ def tag_value(recipients: list[RecipientPrediction]) -> str:
 
 def _answer(action: str, prediction: RecipientPrediction, policy: PolicySettings) -> str:
     """The Postfix action text for a recipient the configured ``action`` applies to."""
-    if action == "dunno":
+    if action == ACTION_DUNNO:
         return DUNNO
-    if action == "reroute":
+    if action == ACTION_REROUTE:
         return f"FILTER {policy.reroute}"
     text = reply_text(prediction)
-    if action == "hold":
+    if action == ACTION_HOLD:
         return f"HOLD {text}"
-    code = prediction.code or predict.CODE_5764
-    if action == "defer":
+    code = prediction.code or CODE_5764
+    if action == ACTION_DEFER:
         return f"450 4{code[1:]} {text}"
     return f"550 {code} {text}"
 
@@ -470,10 +470,7 @@ def _answer(action: str, prediction: RecipientPrediction, policy: PolicySettings
 def reply_text(prediction: RecipientPrediction) -> str:
     """One line that names the reason, safe inside an SMTP reply."""
     reason = prediction.reason
-    text = (
-        f"Microsoft 365 would refuse relay to this recipient "
-        f"(reason={reason}: {_SHORT.get(reason, reason)})"
-    )
+    text = f"Microsoft 365 would refuse relay to this recipient (reason={reason}: {_short(reason)})"
     return text.replace("\r", " ").replace("\n", " ")[:REPLY_TEXT_LIMIT]
 
 
@@ -481,3 +478,9 @@ def _lookup_problem(error: LookupFailureError) -> str:
     """The log line's problem for a failed table: which kind of lookup, and Postfix's words."""
     kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
     return f"{kind} failed: {error}"
+
+
+def _short(reason: str) -> str:
+    """The reason's short phrase from ``policyd.rules.reasons``; the id itself if it has none."""
+    words = BY_ID.get(reason)
+    return (words.short if words else "") or reason

@@ -1,8 +1,8 @@
 """The relay rule: what Microsoft 365 will answer for each recipient (550 5.7.64 lives here).
 
 This module is SPEC §5 as pure functions over plain data: no reactor, no clock reads, no I/O.
-The order of the checks below is the order of the spec, and every reason id, enhanced status
-code and reply text is spelled exactly as the spec names it.
+The order of the checks below is the order of the spec; the reason ids, their enhanced status
+codes and Microsoft's reply texts come from the one table in ``policyd.rules.reasons``.
 
 Since November 2023 Exchange Online relays a message to a recipient outside the tenant only
 when (a) the connection is attributed to an enabled OnPremises inbound connector, by the TLS
@@ -19,45 +19,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from policyd.constants import ACCEPT, REJECT
 from policyd.rules import endpoints
 from policyd.rules.certnames import connector_name_matches, validity_problem
 from policyd.rules.model import InboundConnector, OnPrem, Tenant, split_address
-from policyd.rules.routing import Route
-
-# Verdicts.
-ACCEPT = "accept"
-REJECT = "reject"
-
-# Reason ids (SPEC §5). The same strings appear in metrics labels, the header, logs, JSON and docs.
-LOCAL = "local"
-RECIPIENT_IN_TENANT = "recipient-in-tenant"
-DIRECT_SEND_REJECTED = "direct-send-rejected"
-NO_CONNECTOR = "no-connector"
-CERTIFICATE_CONNECTOR = "certificate-connector"
-SENDER_ACCEPTED_DOMAIN = "sender-accepted-domain"
-SRS_REWRITTEN = "srs-rewritten"
-NULL_SENDER = "null-sender"
-FORWARDED = "forwarded"
-SENDER_NOT_ACCEPTED = "sender-not-accepted"
-OTHER_ROUTE = "other-route"
-
-ACCEPT_REASONS = (
+from policyd.rules.reasons import (
+    BY_ID,
+    CERTIFICATE_CONNECTOR,
+    DIRECT_SEND_REJECTED,
+    FORWARDED,
     LOCAL,
+    NO_CONNECTOR,
+    NULL_SENDER,
     OTHER_ROUTE,
     RECIPIENT_IN_TENANT,
-    CERTIFICATE_CONNECTOR,
     SENDER_ACCEPTED_DOMAIN,
+    SENDER_NOT_ACCEPTED,
     SRS_REWRITTEN,
 )
-REFUSE_REASONS = (DIRECT_SEND_REJECTED, NO_CONNECTOR, NULL_SENDER, FORWARDED, SENDER_NOT_ACCEPTED)
-REASONS = ACCEPT_REASONS + REFUSE_REASONS
-
-# What Microsoft 365 answers (reference §1 and §3).
-CODE_5764 = "5.7.64"
-CODE_5768 = "5.7.68"
-REPLY_NO_CONNECTOR = "550 5.7.64 TenantAttribution; Relay Access Denied"
-REPLY_ATTR36 = "550 5.7.64 Relay Access Denied ATTR36"
-REPLY_DIRECT_SEND = "550 5.7.68 TenantInboundAttribution; Direct Send not allowed"
+from policyd.rules.routing import Route
 
 # How the connection was attributed to a connector.
 BY_CERTIFICATE = "certificate"
@@ -126,8 +106,8 @@ class AddressPrediction:
     address: str
     forwarded: bool  # the address came from alias expansion
     verdict: str  # ACCEPT or REJECT
-    reason: str  # one of REASONS
-    code: str | None  # CODE_5764, CODE_5768 or None
+    reason: str  # a reason id of policyd.rules.reasons
+    code: str | None  # the reason's enhanced status code, None when Microsoft 365 accepts
     reply: str | None  # the SMTP reply Microsoft 365 would give, None when it accepts
     explanation: str  # one sentence: why, and what to change
     relayed: bool  # leaves through Microsoft 365 to a recipient outside the tenant
@@ -431,13 +411,10 @@ def predict_address(
     tenant_domain = tenant.accepted_domain_for(domain)
     if tenant_domain:
         if tenant.reject_direct_send and attribution.connector is None and sender.accepted_domain:
-            return AddressPrediction(
+            return _refused(
                 address,
                 forwarded,
-                REJECT,
                 DIRECT_SEND_REJECTED,
-                CODE_5768,
-                REPLY_DIRECT_SEND,
                 f"The tenant rejects Direct Send and no connector matches this server while the "
                 f"sender's domain {sender.p1_domain} is accepted: fix the connector "
                 f"({_attribution_problem(attribution)}) or turn RejectDirectSend off.",
@@ -457,16 +434,12 @@ def predict_address(
 
     # 3. No connector attributes the connection.
     if attribution.connector is None:
-        return AddressPrediction(
+        return _refused(
             address,
             forwarded,
-            REJECT,
             NO_CONNECTOR,
-            CODE_5764,
-            REPLY_NO_CONNECTOR,
             f"No enabled OnPremises connector matches this server: "
-            f"{_attribution_problem(attribution)}. Add the egress address to a connector's "
-            "SenderIPAddresses or present a certificate its TlsSenderCertificateName matches.",
+            f"{_attribution_problem(attribution)}. {BY_ID[NO_CONNECTOR].fix}",
             relayed=True,
         )
     connector = attribution.connector.name
@@ -539,8 +512,16 @@ def predict_address(
             "accepted domain, add the domain to the tenant, or present a certificate named "
             "under an accepted domain."
         )
+    return _refused(address, forwarded, reason, why, relayed=True)
+
+
+def _refused(
+    address: str, forwarded: bool, reason: str, explanation: str, *, relayed: bool
+) -> AddressPrediction:
+    """A refusal with ``reason``'s code and Microsoft's reply text from the reasons table."""
+    words = BY_ID[reason]
     return AddressPrediction(
-        address, forwarded, REJECT, reason, CODE_5764, REPLY_ATTR36, why, relayed=True
+        address, forwarded, REJECT, reason, words.code, words.reply, explanation, relayed
     )
 
 

@@ -1,11 +1,19 @@
-"""The picture of the world one prediction reads: configuration and opened tables, frozen.
+"""The picture of the world one prediction reads, built from one path in one place.
 
-``build_state`` reads everything once (the configuration was already loaded by
-``policyd.sources.config``; here the alias tables are opened and, with ``[postfix]
-config_directory``, Postfix's own configuration is read: routing, the certificate and bind
-address of every smtp(8) service, ``virtual_alias_maps`` and ``recipient_delimiter``). ``serve``
-swaps the result in one step on reload, and ``check`` builds the same object, so both predict
-from the same state. Explicit ``[onprem]`` keys win over what Postfix says (SPEC §5.1).
+``load_state(path, generation)`` reads everything a prediction needs, in this order: the
+configuration file (``policyd.sources.config``), the Exchange exports it names
+(``policyd.sources.exports``), the certificate with its CA bundle (``policyd.sources.pem``) and
+the alias tables (``policyd.sources.tables``), and freezes them into one ``State``. ``serve``
+calls it at start and on every reload and swaps the result in one step; ``check`` calls the same
+function, so both predict from the same state. ``doctor`` stops after the certificate
+(``load_config``): it audits the configuration without opening the alias tables. Any problem
+raises ``ConfigError`` naming the file and the key.
+
+With ``[postfix] config_directory``, ``build_state`` also reads Postfix's own configuration:
+routing, the certificate and bind address of every smtp(8) service, ``virtual_alias_maps``,
+``recipient_delimiter`` and the domain postsrsd writes. Explicit ``[onprem]`` keys win over
+what Postfix says (SPEC §5.1).
+
 """
 
 from __future__ import annotations
@@ -16,10 +24,11 @@ from dataclasses import dataclass, replace
 
 from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
-from policyd.rules.model import CertificateFacts, OnPrem
+from policyd.rules.model import CertificateFacts, OnPrem, Tenant
 from policyd.rules.relay import Router, ServicePicture
 from policyd.rules.routing import PostfixView, client_tls, split_list
-from policyd.sources.config import Config
+from policyd.sources.config import Config, read_config_file
+from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from policyd.sources.pem import read_certificate
 from policyd.sources.routes import CONFIG_KEY, LoadedPostfix, read_postfix_view
 from policyd.sources.srs import SrsDomain, read_srs_domain
@@ -56,6 +65,51 @@ class State:
         """Some lookup may block on ``postmap -q``: predict such requests off the reactor."""
         router = self.router
         return self.aliases.uses_subprocess or (router is not None and router.uses_subprocess)
+
+
+def load_state(path: str, generation: int) -> State:
+    """The configuration at ``path`` and every file it names, as state ``generation``."""
+    return build_state(load_config(path), generation)
+
+
+def load_config(path: str) -> Config:
+    """The configuration at ``path`` with the exports and the certificate it names."""
+    file = read_config_file(path)
+    accepted = file.tenant.accepted_domains
+    if file.accepted_domains_file:
+        accepted += load_accepted_domains(file.accepted_domains_file)
+    connectors = file.tenant.connectors
+    if file.inbound_connectors_file:
+        connectors += load_inbound_connectors(file.inbound_connectors_file)
+    certificate = (
+        read_certificate(file.certificate_path, ca_bundle=file.ca_bundle)
+        if file.certificate_path
+        else None
+    )
+    watched = (
+        file.path,
+        file.accepted_domains_file,
+        file.inbound_connectors_file,
+        file.certificate_path,
+        file.ca_bundle,
+    )
+    return Config(
+        path=file.path,
+        server=file.server,
+        tenant=Tenant(accepted, connectors, file.tenant.reject_direct_send),
+        onprem=replace(file.onprem, certificate=certificate),
+        alias_maps=file.alias_maps,
+        policy=file.policy,
+        log=file.log,
+        outcomes=file.outcomes,
+        certificate_path=file.certificate_path,
+        ca_bundle=file.ca_bundle,
+        input_files=tuple(dict.fromkeys(f for f in watched if f)),
+        recipient_delimiter=file.recipient_delimiter,
+        postfix=file.postfix,
+        onprem_keys=file.onprem_keys,
+        tenant_endpoints=file.tenant_endpoints,
+    )
 
 
 def build_state(config: Config, generation: int) -> State:

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
+from policyd.constants import ACCEPT, REJECT
 from policyd.errors import LookupFailureError
 from policyd.rules import predict
 from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
+from policyd.rules.reasons import LOCAL, OTHER_ROUTE
 
 if TYPE_CHECKING:
     from policyd.sources.state import State
@@ -31,9 +33,9 @@ class CheckResult:
     def verdict(self) -> str:
         """accept only when every recipient is predicted to pass."""
         for entry in self.recipients:
-            if not isinstance(entry, RecipientPrediction) or entry.verdict == predict.REJECT:
-                return predict.REJECT
-        return predict.ACCEPT
+            if not isinstance(entry, RecipientPrediction) or entry.verdict == REJECT:
+                return REJECT
+        return ACCEPT
 
 
 def run_check(state: State, sender: str, recipients: Sequence[str], now: datetime) -> CheckResult:
@@ -121,7 +123,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
 def _tenant(address: predict.AddressPrediction, context: RouteContext | None) -> str | None:
     """The tenant's name (``default`` for a single ``[tenant]``), None when the address does
     not go through Microsoft 365."""
-    if address.reason in (predict.LOCAL, predict.OTHER_ROUTE):
+    if address.reason in (LOCAL, OTHER_ROUTE):
         return None
     if context is not None and not context.reaches_microsoft:
         return None
@@ -178,14 +180,14 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             if context is not None:
                 for line in route_lines(context):
                     out.write(f"    {line}\n")
-            outcome = "ACCEPT" if address.verdict == predict.ACCEPT else "REFUSE"
+            outcome = "ACCEPT" if address.verdict == ACCEPT else "REFUSE"
             reply = f"  {address.reply}" if address.reply else ""
             out.write(f"    {outcome}  [{address.reason}]{reply}\n")
             out.write(f"    {address.explanation}\n")
     refused = sum(
         1
         for e in result.recipients
-        if not isinstance(e, RecipientPrediction) or e.verdict == predict.REJECT
+        if not isinstance(e, RecipientPrediction) or e.verdict == REJECT
     )
     total = len(result.recipients)
     out.write(f"\nVerdict   {result.verdict} ({refused} of {total} recipients refused)\n")

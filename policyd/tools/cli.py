@@ -12,13 +12,10 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from policyd import __version__, defaults
+from policyd import __version__
+from policyd.constants import ACCEPT, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from policyd.sources.config import default_config_path
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,9 +33,7 @@ def _parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE",
             default=None,
-            help=(
-                f"configuration file (default: ${defaults.CONFIG_ENV}, else {defaults.CONFIG_PATH})"
-            ),
+            help=(f"configuration file (default: ${CONFIG_ENV}, else {CONFIG_PATH})"),
         )
 
     serve = commands.add_parser("serve", help="run the policy server in the foreground")
@@ -115,12 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json: bool) -> int:
     from policyd.errors import ConfigError
-    from policyd.sources.config import load_config
-    from policyd.sources.state import build_state
+    from policyd.sources.state import load_state
     from policyd.tools import check
 
     try:
-        state = build_state(load_config(config_path), generation=0)
+        state = load_state(config_path, generation=0)
     except ConfigError as error:
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
         return EXIT_CONFIG
@@ -129,7 +123,7 @@ def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json:
         check.write_json(result, sys.stdout)
     else:
         check.write_text(result, sys.stdout)
-    return EXIT_OK if result.verdict == "accept" else EXIT_REFUSED
+    return EXIT_OK if result.verdict == ACCEPT else EXIT_REFUSED
 
 
 if __name__ == "__main__":  # pragma: no cover

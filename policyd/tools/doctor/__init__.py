@@ -25,20 +25,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
+from policyd.constants import EXIT_CONFIG
 from policyd.errors import ConfigError
 from policyd.rules import predict
 from policyd.rules.relay import Router
-from policyd.sources.config import Config, load_config
+from policyd.sources.config import Config
 from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
 from policyd.sources.srs import SrsDomain
-from policyd.sources.state import build_state
+from policyd.sources.state import build_state, load_config
 from policyd.tools.doctor.certificate import certificate_checks
 from policyd.tools.doctor.postfix import postfix_checks, srs_check
 from policyd.tools.doctor.report import (
     AREAS,
     ERROR,
-    EXIT_CONFIG,
     STATUSES,
     Check,
     KeyCheck,

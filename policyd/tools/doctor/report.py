@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import TextIO
 
+from policyd.constants import EXIT_ERRORS, EXIT_OK
+
 # Statuses and areas.
 OK = "ok"
 
@@ -52,15 +54,6 @@ AREA_TITLES = {
     POSTFIX: "Postfix",
     SUMMARY: "Summary",
 }
-
-
-EXIT_OK = 0
-
-
-EXIT_ERRORS = 1
-
-
-EXIT_CONFIG = 78
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from policyd.rules import predict
+from policyd.constants import ACCEPT
+from policyd.rules import predict, reasons
 from policyd.rules.certnames import connector_name_matches
 from policyd.rules.model import InboundConnector, Tenant
 from policyd.sources.config import Config
@@ -170,8 +171,7 @@ def _attribution_check(attribution: predict.Attribution) -> Check:
         ERROR,
         f"No connector attributes this server ({problems}): every outside recipient gets "
         "550 5.7.64 TenantAttribution.",
-        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or "
-        "present a certificate that its TlsSenderCertificateName matches.",
+        reasons.BY_ID[reasons.NO_CONNECTOR].fix,
     )
 
 
@@ -268,33 +268,8 @@ def _ipv6_check(config: Config, attribution: predict.Attribution) -> Check:
     )
 
 
-#: What fixes a refusal, by reason id (one sentence each).
-REASON_FIXES = {
-    predict.NO_CONNECTOR: (
-        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or "
-        "present a certificate its TlsSenderCertificateName matches."
-    ),
-    predict.NULL_SENDER: (
-        "Present a CA-signed certificate named under an accepted domain that an enabled "
-        "OnPremises connector's TlsSenderCertificateName matches: only that path relays the "
-        "null sender."
-    ),
-    predict.FORWARDED: (
-        "Present a certificate named under an accepted domain, or rewrite forwarded senders "
-        "with SRS into an accepted domain (postsrsd, onprem.srs_domain)."
-    ),
-    predict.SENDER_NOT_ACCEPTED: (
-        "Send as an accepted domain, add the sender's domain to the tenant, or present a "
-        "certificate named under an accepted domain."
-    ),
-    predict.DIRECT_SEND_REJECTED: (
-        "Make a connector match this server, or turn RejectDirectSend off."
-    ),
-}
-
-
 #: Refusals that a certificate under an accepted domain would turn into relays.
-_CERTIFICATE_FIXABLE = (predict.NULL_SENDER, predict.FORWARDED, predict.SENDER_NOT_ACCEPTED)
+_CERTIFICATE_FIXABLE = (reasons.NULL_SENDER, reasons.FORWARDED, reasons.SENDER_NOT_ACCEPTED)
 
 
 def route_samples(config: Config) -> tuple[tuple[str, str, str], ...]:
@@ -345,8 +320,8 @@ def mail_classes(
             attribution=attribution,
             router=router(sender) if router is not None else None,
         )
-        relayed = prediction.verdict == predict.ACCEPT
-        fix = "" if relayed else REASON_FIXES.get(prediction.reason, "")
+        relayed = prediction.verdict == ACCEPT
+        fix = "" if relayed else reasons.BY_ID[prediction.reason].fix
         if (
             not relayed
             and attribution.connector is not None

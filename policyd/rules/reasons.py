@@ -1,0 +1,111 @@
+"""Every reason id of SPEC §5 and every word the product says about it, in one table.
+
+A prediction ends in one reason id. For each id this table holds its verdict, the enhanced
+status code and the reply Microsoft 365 gives (exactly as Microsoft writes it, as SPEC §5's
+reply table quotes it), the short phrase our own one-line SMTP
+replies carry (``policy.action`` other than ``dunno``), and the one sentence that says what makes
+such mail relay (``doctor``). Predict, the engine, doctor, configuration validation
+(``policy.by_reason`` keys) and metrics (label pre-seeding) all read it; a test proves that each
+text below appears nowhere else in ``policyd/``.
+
+Later reasons (``partner-restricted`` with ``550 5.7.51``, the client-submission
+reasons of SPEC §5.4) are added here as rows when their rules land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policyd.constants import ACCEPT, REJECT
+
+# Reason ids (SPEC §5). The same strings appear in metrics labels, the header, logs, JSON and docs.
+LOCAL = "local"
+OTHER_ROUTE = "other-route"
+RECIPIENT_IN_TENANT = "recipient-in-tenant"
+CERTIFICATE_CONNECTOR = "certificate-connector"
+SENDER_ACCEPTED_DOMAIN = "sender-accepted-domain"
+SRS_REWRITTEN = "srs-rewritten"
+NO_CONNECTOR = "no-connector"
+NULL_SENDER = "null-sender"
+FORWARDED = "forwarded"
+SENDER_NOT_ACCEPTED = "sender-not-accepted"
+DIRECT_SEND_REJECTED = "direct-send-rejected"
+
+# The enhanced status codes Microsoft 365 refuses with.
+CODE_5764 = "5.7.64"
+CODE_5768 = "5.7.68"
+
+# Shared by three reasons: Microsoft 365 gives one reply for every ATTR36 refusal.
+_ATTR36 = "550 5.7.64 Relay Access Denied ATTR36"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One reason id and its words. Refusing reasons have all fields; accepting ones only two."""
+
+    id: str
+    verdict: str  # ACCEPT or REJECT
+    code: str | None = None  # enhanced status code Microsoft 365 refuses with; None: it accepts
+    reply: str | None = None  # Microsoft 365's reply, exactly as it writes it; None: it accepts
+    short: str = ""  # the phrase in our own one-line SMTP replies ("" when accepting)
+    fix: str = ""  # one sentence: what makes this mail relay ("" when accepting)
+
+
+#: The table, accepting reasons first, each group in the order of SPEC §5's steps.
+# E501: every text stays on one line, so that grep finds each in exactly one place.
+TABLE: tuple[Reason, ...] = (
+    Reason(LOCAL, ACCEPT),
+    Reason(OTHER_ROUTE, ACCEPT),
+    Reason(RECIPIENT_IN_TENANT, ACCEPT),
+    Reason(CERTIFICATE_CONNECTOR, ACCEPT),
+    Reason(SENDER_ACCEPTED_DOMAIN, ACCEPT),
+    Reason(SRS_REWRITTEN, ACCEPT),
+    Reason(
+        NO_CONNECTOR,
+        REJECT,
+        CODE_5764,
+        "550 5.7.64 TenantAttribution; Relay Access Denied",
+        "no inbound connector of the tenant matches this server",
+        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or present a certificate its TlsSenderCertificateName matches.",  # noqa: E501
+    ),
+    Reason(
+        NULL_SENDER,
+        REJECT,
+        CODE_5764,
+        _ATTR36,
+        "a null sender relays only through a certificate connector",
+        "Present a CA-signed certificate named under an accepted domain that an enabled OnPremises connector's TlsSenderCertificateName matches: only that path relays the null sender.",  # noqa: E501
+    ),
+    Reason(
+        FORWARDED,
+        REJECT,
+        CODE_5764,
+        _ATTR36,
+        "forwarded mail from a sender domain the tenant does not accept",
+        "Present a certificate named under an accepted domain, or rewrite forwarded senders with SRS into an accepted domain (postsrsd, onprem.srs_domain).",  # noqa: E501
+    ),
+    Reason(
+        SENDER_NOT_ACCEPTED,
+        REJECT,
+        CODE_5764,
+        _ATTR36,
+        "the sender domain is not an accepted domain of the tenant",
+        "Send as an accepted domain, add the sender's domain to the tenant, or present a certificate named under an accepted domain.",  # noqa: E501
+    ),
+    Reason(
+        DIRECT_SEND_REJECTED,
+        REJECT,
+        CODE_5768,
+        "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources",  # noqa: E501
+        "the tenant rejects Direct Send from unattributed servers",
+        "Make a connector match this server, or turn RejectDirectSend off.",
+    ),
+)
+
+#: Each reason by its id.
+BY_ID: dict[str, Reason] = {reason.id: reason for reason in TABLE}
+
+#: Reason ids by verdict, in table order.
+ACCEPT_REASONS: tuple[str, ...] = tuple(r.id for r in TABLE if r.verdict == ACCEPT)
+REFUSE_REASONS: tuple[str, ...] = tuple(r.id for r in TABLE if r.verdict == REJECT)
+REASON_IDS: tuple[str, ...] = tuple(BY_ID)
