@@ -11,9 +11,7 @@ variables substituted) through Prometheus's HTTP API and requires a non-empty re
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -29,33 +27,12 @@ from typing import Any
 
 import pytest
 
+from tests import needs
+from tests.metricnames import SPEC_METRICS, metric_names
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "m365-policyd.json"
 DATASOURCE_UID = "${DS_PROMETHEUS}"
-
-#: Metric names the daemon exports (SPEC §7 and §8), as Prometheus sees them.
-SPEC_METRICS = frozenset(
-    {
-        "m365_policyd_requests_total",
-        "m365_policyd_request_duration_seconds_bucket",
-        "m365_policyd_request_duration_seconds_sum",
-        "m365_policyd_request_duration_seconds_count",
-        "m365_policyd_predictions_total",
-        "m365_policyd_actions_total",
-        "m365_policyd_connections",
-        "m365_policyd_protocol_errors_total",
-        "m365_policyd_internal_errors_total",
-        "m365_policyd_external_recipients_total",
-        "m365_policyd_unregistered_sender_relays_total",
-        "m365_policyd_certificate_not_after_timestamp_seconds",
-        "m365_policyd_certificate_connector_match",
-        "m365_policyd_config_reloads_total",
-        "m365_policyd_config_last_reload_success_timestamp_seconds",
-        "m365_policyd_build_info",
-        "m365_policyd_observed_replies_total",
-        "m365_policyd_prediction_outcomes_total",
-    }
-)
 
 #: What the operations issue asks the dashboard to show, by the metric that shows it.
 REQUIRED_TOPICS = {
@@ -75,11 +52,6 @@ REQUIRED_TOPICS = {
 
 #: Grafana's own interval variables, and what the live test substitutes for them.
 GRAFANA_BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "1h"}
-
-
-def metric_names(text: str) -> set[str]:
-    """The ``m365_policyd_*`` metric names used in PromQL text (not recording-rule names)."""
-    return set(re.findall(r"(?<![\w:])m365_policyd_[a-z0-9_]+(?![\w:])", text))
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -250,17 +222,6 @@ def test_every_variable_used_is_defined() -> None:
 # -- live test: Debian's prometheus scraping a running daemon --------------------------------
 
 
-def required_binary(name: str, package: str) -> str:
-    """Path of ``name``; skip without it, but fail when the ``CI`` variable is set."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (Debian package {package!r}; `make test` installs it as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
@@ -313,7 +274,7 @@ class Prometheus:
 @contextmanager
 def running_prometheus(directory: Path, target: str, job: str) -> Iterator[Prometheus]:
     """Debian's ``prometheus`` scraping ``target`` every second, with its own config and TSDB."""
-    binary = required_binary("prometheus", "prometheus")
+    binary = needs.program("prometheus", "prometheus")
     port = free_port()
     config = directory / "prometheus.yml"
     config.write_text(
@@ -477,7 +438,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Start the daemon (with a certificate and a followed Postfix log) and a Prometheus
     scraping it every second, drive traffic, and wait until a scrape shows it."""
-    required_binary("prometheus", "prometheus")
+    needs.program("prometheus", "prometheus")
     from tests.pki import TestPKI
     from tests.serverproc import running_server
 

@@ -27,6 +27,7 @@ from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
 from policyd.rules.outcomes import UNPARSEABLE, Delivery, parse_delivery, relay_matcher
 from policyd.sources.config import load_config
+from tests import needs
 
 DATA = Path(__file__).parent / "data" / "maillog"
 MX = "contoso-com.mail.protection.outlook.com"
@@ -962,11 +963,7 @@ def test_real_postfix_traffic_is_joined_with_the_predictions(tmp_path: Path) -> 
     from tests.pki import TestPKI
     from tests.serverproc import PolicyServer
 
-    reason = postfix_unavailable()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the Postfix tests must run: {reason}")
-        pytest.skip(reason)
+    needs.require(postfix_unavailable())
     pki = TestPKI()
     ca_file = pki.write_ca_bundle(tmp_path)
     cert, key = pki.write(

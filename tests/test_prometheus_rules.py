@@ -8,15 +8,13 @@ stay quiet on healthy data. Without ``promtool`` the tests skip, unless ``CI`` i
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.test_dashboard import SPEC_METRICS, metric_names
+from tests import needs
+from tests.metricnames import SPEC_METRICS, metric_names
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "contrib" / "prometheus" / "m365-policyd.rules.yml"
@@ -26,15 +24,7 @@ UNIT_TESTS = sorted((ROOT / "tests" / "data" / "prometheus").glob("*.test.yml"))
 
 def promtool() -> str:
     """Path of ``promtool``; skip without it, but fail when the ``CI`` variable is set."""
-    path = shutil.which("promtool")
-    if path is None:
-        message = (
-            "promtool not found (Debian package 'prometheus'; `make test` installs it as root)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return needs.program("promtool", "prometheus")
 
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:

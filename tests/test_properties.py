@@ -44,6 +44,7 @@ from policyd.sources.exports import (
 from policyd.sources.state import build_state
 from policyd.sources.tables import parse_source
 from policyd.wire.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol
+from tests.doubles import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "contrib" / "m365-policyd.example.toml"
@@ -264,11 +265,6 @@ def test_valid_requests_reach_the_handler_exactly_as_sent(
     """Every attribute the engine relies on arrives with its exact value, and nothing else does."""
     recorder = Recorder()
     stats = Stats()
-
-    class Limits:
-        max_connections = 8
-        idle_timeout = 300.0
-        max_request_bytes = 65536
 
     factory = PolicyFactory(recorder, stats, Limits(), Clock())
     protocol = factory.buildProtocol(None)

@@ -744,11 +744,33 @@ def test_settle_heap_freezes_the_loaded_state() -> None:
 
     from policyd.daemon.serve import settle_heap
 
-    try:
-        settle_heap()
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
+    loaded = [{"tenant": "contoso.com"}]  # stands for the loaded state: a tracked container
+    assert gc.get_freeze_count() == 0  # the autouse fixture unfroze whatever came before
+    assert any(obj is loaded for obj in gc.get_objects())
+    settle_heap()
+    assert gc.get_freeze_count() > 0
+    assert not any(obj is loaded for obj in gc.get_objects())  # out of every generation
+
+
+def test_settle_heap_at_reload_reclaims_cycles_of_the_previous_state() -> None:
+    """A cycle frozen with the old state is collected at the next settle (unfreeze, collect)."""
+    import gc
+    import weakref
+
+    from policyd.daemon.serve import settle_heap
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    old_state = Node()
+    gone = weakref.ref(old_state)
+    settle_heap()  # start-up: the old state is frozen
+    del old_state
+    gc.collect()
+    assert gone() is not None  # frozen: a plain collection does not see the cycle
+    settle_heap()  # reload
+    assert gone() is None
 
 
 def test_open_files_limit_is_raised_to_the_hard_limit() -> None:

@@ -13,7 +13,6 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +34,10 @@ from policyd.sources.config import (
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
 from policyd.wire.protocol import PolicyFactory
+from tests.doubles import FakePostmap, Limits
 from tests.serverproc import DEFAULT_BODY, PolicyServer, rcpt
-from tests.test_aliases import FakePostmap
 
 # --- the protocol holds a connection while its answer is a Deferred ------------------------
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int = 8
-    idle_timeout: float = 300.0
-    max_request_bytes: int = 4096
 
 
 class SlowHandler:
@@ -85,7 +77,7 @@ def expected(count: int) -> bytes:
 
 
 def connection(handler: SlowHandler) -> tuple[Any, StringTransport, PolicyFactory]:
-    factory = PolicyFactory(handler, Stats(), Limits(), Clock())
+    factory = PolicyFactory(handler, Stats(), Limits(max_request_bytes=4096), Clock())
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -121,7 +113,7 @@ def test_nothing_is_read_past_a_pending_answer() -> None:
 def test_other_connections_are_answered_meanwhile() -> None:
     """A pending answer holds one connection only."""
     handler = SlowHandler()
-    factory = PolicyFactory(handler, Stats(), Limits(), Clock())
+    factory = PolicyFactory(handler, Stats(), Limits(max_request_bytes=4096), Clock())
     slow, fast = factory.buildProtocol(None), factory.buildProtocol(None)
     slow_t, fast_t = StringTransport(), StringTransport()
     slow.makeConnection(slow_t)

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ALIASES, OTHER_IP, REPO, Setup, World
 from tests.e2e.postfix import SendResult
 from tests.e2e.standin import ATTR36, NO_CONNECTOR, OK, Transaction
+from tests.e2e.world import ALIASES, OTHER_IP, REPO, Setup, World
 
 pytestmark = pytest.mark.postfix
 
