@@ -29,6 +29,7 @@ import pytest
 
 from tests import needs
 from tests.metricnames import SPEC_METRICS, metric_names
+from tests.tenants import ip_tenant_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "m365-policyd.json"
@@ -355,30 +356,14 @@ def postfix_smtp_line(queue_id: str, recipient: str, dsn: str, status: str, repl
     )
 
 
-BODY = """
-[tenant]
-accepted_domains = ["contoso.com"]
-
-[[tenant.inbound_connector]]
-name = "From on-premises"
-connector_type = "OnPremises"
-enabled = true
-sender_ip_addresses = ["203.0.113.10/32"]
-tls_sender_certificate_name = "*.contoso.com"
-
-[onprem]
-egress_addresses = ["203.0.113.10"]
-certificate = "{certificate}"
-ca_bundle = "{ca_bundle}"
-local_domains = ["lab.contoso.net"]
-
-[policy]
-action = "dunno"
-tag = true
-
-[outcomes]
-postfix_log = "{postfix_log}"
-"""
+BODY = ip_tenant_toml(
+    action="dunno",
+    connector='tls_sender_certificate_name = "*.contoso.com"',
+    onprem='certificate = "{certificate}"\nca_bundle = "{ca_bundle}"\n'
+    'local_domains = ["lab.contoso.net"]',
+    policy="tag = true",
+    tail='[outcomes]\npostfix_log = "{postfix_log}"',
+)
 
 
 def drive(server: Any, postfix_log: Path) -> None:

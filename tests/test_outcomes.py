@@ -28,6 +28,7 @@ from policyd.errors import ConfigError
 from policyd.rules.outcomes import UNPARSEABLE, Delivery, parse_delivery, relay_matcher
 from policyd.sources.config import load_config
 from tests import needs
+from tests.tenants import ip_tenant_toml
 
 DATA = Path(__file__).parent / "data" / "maillog"
 MX = "contoso-com.mail.protection.outlook.com"
@@ -724,20 +725,11 @@ def policy_engine(
     )
     path = tmp_path / "m365-policyd.toml"
     path.write_text(
-        f"""
-[tenant]
-accepted_domains = ["contoso.com"]
-[[tenant.inbound_connector]]
-name = "IP"
-sender_ip_addresses = ["203.0.113.10/32"]
-[onprem]
-egress_addresses = ["203.0.113.10"]
-local_domains = ["lab.contoso.net"]
-alias_maps = ["texthash:virtual"]
-[policy]
-tag = {"true" if tag else "false"}
-action = "{action}"
-"""
+        ip_tenant_toml(
+            action=action,
+            onprem='local_domains = ["lab.contoso.net"]\nalias_maps = ["texthash:virtual"]',
+            policy=f"tag = {'true' if tag else 'false'}",
+        )
     )
     stats = Stats()
     state = build_state(load_config(str(path)), 1)
@@ -848,23 +840,7 @@ def test_relay_hosts_errors_name_file_key_and_fix(tmp_path: Path, text: str, pro
 
 # --- through the real serve process ----------------------------------------------------------
 
-SERVE_BODY = """
-[tenant]
-accepted_domains = ["contoso.com"]
-
-[[tenant.inbound_connector]]
-name = "From on-premises"
-sender_ip_addresses = ["203.0.113.10/32"]
-
-[onprem]
-egress_addresses = ["203.0.113.10"]
-
-[policy]
-action = "dunno"
-
-[outcomes]
-postfix_log = "{postfix_log}"
-"""
+SERVE_BODY = ip_tenant_toml(action="dunno", tail='[outcomes]\npostfix_log = "{postfix_log}"')
 
 
 def wait_metric(server: Any, name: str, labels: dict[str, str], value: float) -> None:

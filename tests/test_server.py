@@ -34,6 +34,7 @@ from policyd.sources.config import load_config
 from policyd.sources.state import State, build_state
 from tests.pki import TestPKI
 from tests.serverproc import DEFAULT_BODY, PolicyClient, PolicyServer, data, rcpt, request_text
+from tests.tenants import ip_tenant_toml
 
 # --- file-change detection ------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ def test_reload_swaps_state_and_settings(tmp_path: Path, output: LogOutput) -> N
     old_settings = server.factory.settings
     write_config(
         tmp_path,
-        DEFAULT_BODY.replace('["contoso.com"]', '["contoso.com", "fabrikam.com"]'),
+        ip_tenant_toml(accepted=("contoso.com", "fabrikam.com")),
         "idle_timeout = 60",
     )
     reactor.advance(5)
@@ -454,7 +455,7 @@ def test_text_line_joins_pairs() -> None:
 
 # --- the real process -----------------------------------------------------------------------
 
-FABRIKAM_ACCEPTED = DEFAULT_BODY.replace('["contoso.com"]', '["contoso.com", "fabrikam.com"]')
+FABRIKAM_ACCEPTED = ip_tenant_toml(accepted=("contoso.com", "fabrikam.com"))
 
 
 def test_concurrent_connections_each_get_their_own_answers(tmp_path: Path) -> None:
