@@ -449,7 +449,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         drive(server, postfix_log)
         prometheus.wait_for('m365_policyd_predictions_total{reason="null-sender"} > 0')
         prometheus.wait_for('m365_policyd_connections{job="m365-policyd"}')
-        time.sleep(3)  # a few more scrapes, so rates over the window have several samples
         dashboard = load_dashboard()
         values = dict(GRAFANA_BUILTINS)
         values.update(job=job, instance=".*", licenses=variables(dashboard)["licenses"]["query"])
@@ -460,9 +459,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 OUTCOME_METRICS = {"m365_policyd_observed_replies_total", "m365_policyd_prediction_outcomes_total"}
 
 
-def empty_panels(live: Live, *, outcomes: bool) -> tuple[list[str], int]:
+def empty_panels(live: Live, *, outcomes: bool, timeout: float = 30.0) -> tuple[list[str], int]:
     """Panel queries (the outcome-fed ones, or all others) whose result is empty, and how many
-    queries were evaluated."""
+    queries were evaluated: polled until none is empty (rates need a few scrapes after the
+    traffic) or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        empty, evaluated = _empty_panels_now(live, outcomes=outcomes)
+        if not empty or time.monotonic() > deadline:
+            return empty, evaluated
+        time.sleep(1.0)  # Prometheus scrapes every second
+
+
+def _empty_panels_now(live: Live, *, outcomes: bool) -> tuple[list[str], int]:
     empty = []
     evaluated = 0
     for title, ref, expr in panel_queries(load_dashboard()):
@@ -505,7 +514,6 @@ def test_outcome_panels_return_data_from_a_real_prometheus(live: Live) -> None:
     """The observed-replies and outcome panels show what the followed Postfix log said."""
     live.prometheus.wait_for('m365_policyd_observed_replies_total{code="5.7.64"} > 0')
     live.prometheus.wait_for('m365_policyd_prediction_outcomes_total{predicted="reject"} > 0')
-    time.sleep(2)
     empty, evaluated = empty_panels(live, outcomes=True)
     assert empty == []
     assert evaluated == 2

@@ -36,6 +36,7 @@ from policyd.sources.tables import load_alias_maps
 from policyd.wire.protocol import PolicyFactory
 from tests.doubles import FakePostmap, Limits
 from tests.serverproc import DEFAULT_BODY, PolicyServer, rcpt
+from tests.waiting import wait_until
 
 # --- the protocol holds a connection while its answer is a Deferred ------------------------
 
@@ -261,20 +262,21 @@ def test_engine_thread_failure_answers_on_error(tmp_path: Path) -> None:
 # --- the real process: a slow postmap does not stall other connections ----------------------
 
 SLOW_POSTMAP = """#!/bin/sh
-# postmap -q KEY TABLE, as a slow directory server would answer it
+# postmap -q KEY TABLE, as a slow directory server would answer it ({started}: the slow one began)
 case "$2" in
-  slow@contoso.com) sleep 2; echo "slow@tailspintoys.example"; exit 0 ;;
+  slow@contoso.com) : > "{started}"; sleep 2; echo "slow@tailspintoys.example"; exit 0 ;;
   *) exit 1 ;;
 esac
 """
 
 
 def slow_postmap_server(tmp_path: Path) -> PolicyServer:
-    """serve with an ldap: alias table behind a postmap that takes 2 s for slow@contoso.com."""
+    """serve with an ldap: alias table behind a postmap that takes 2 s for slow@contoso.com
+    (and creates ``tmp_path/slow-lookup-started`` when that lookup begins)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "postmap"
-    fake.write_text(SLOW_POSTMAP)
+    fake.write_text(SLOW_POSTMAP.format(started=tmp_path / "slow-lookup-started"))
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     assert "[onprem]\n" in DEFAULT_BODY and 'action = "defer"' in DEFAULT_BODY
     ldap_cf = tmp_path / "ldap-aliases.cf"
@@ -297,7 +299,8 @@ def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
 
     asker = threading.Thread(target=ask)
     asker.start()
-    time.sleep(0.3)  # the lookup is under way in a worker thread
+    started = tmp_path / "slow-lookup-started"
+    wait_until(started.exists, "the slow postmap lookup started")
     try:
         assert server.stop(timeout=5) == 0
     finally:
@@ -318,7 +321,8 @@ def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=slow)
         thread.start()
-        time.sleep(0.3)  # the slow lookup is under way
+        lookup = tmp_path / "slow-lookup-started"
+        wait_until(lookup.exists, "the slow postmap lookup started")
         started = time.monotonic()
         fast = server.ask(rcpt("alerts@contoso.com", "kate@tailspintoys.example"))
         fast_seconds = time.monotonic() - started
