@@ -879,6 +879,7 @@ def send_message(server: Any, queue_id: str, sender: str, recipient: str) -> Non
         client.ask(data(instance, queue_id=queue_id))
 
 
+@pytest.mark.slow
 def test_serve_follows_the_postfix_log_and_exports_outcomes(tmp_path: Path) -> None:
     """A real serve process, told to follow a log, counts observed replies and joins them with
     the predictions it made at DATA; after a reload naming another log it follows that one."""

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests import needs
 from tests.metricnames import SPEC_METRICS, metric_names
 
@@ -79,6 +81,7 @@ def test_example_config_is_valid_and_loads_the_rules() -> None:
     assert "1 rule files found" in result.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests_pass() -> None:
     """Every promtool unit test in tests/data/prometheus passes against the shipped rules."""
     assert UNIT_TESTS, "no tests/data/prometheus/*.test.yml found"
@@ -87,6 +90,7 @@ def test_promtool_unit_tests_pass() -> None:
     assert "FAILED" not in result.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
     """The unit tests fail when the certificate threshold is changed, so they really check rules."""
     broken_dir = tmp_path / "contrib" / "prometheus"

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -289,6 +290,7 @@ def slow_postmap_server(tmp_path: Path) -> PolicyServer:
     ).start()
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
     """A postmap still running at SIGTERM does not hold the exit past the 5 s budget."""
     server = slow_postmap_server(tmp_path)
@@ -308,6 +310,7 @@ def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
         asker.join(10)
 
 
+@pytest.mark.slow
 def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
     """serve: while one recipient waits 2 s for postmap, another connection gets its answer."""
     server = slow_postmap_server(tmp_path)
