@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,6 +28,7 @@ import pytest
 
 from tests import needs
 from tests.metricnames import SPEC_METRICS, metric_names
+from tests.serverproc import free_port
 from tests.tenants import ip_tenant_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,14 +221,6 @@ def test_every_variable_used_is_defined() -> None:
 
 
 # -- live test: Debian's prometheus scraping a running daemon --------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -24,10 +24,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.e2e.postfix import PostfixInstance, free_port
+from tests.e2e.postfix import PostfixInstance
 from tests.e2e.standin import Connector, PeerCertificate, StandIn, TenantView, relay_verdict
 from tests.pki import Issued, TestPKI
-from tests.serverproc import PolicyServer
+from tests.serverproc import PolicyServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "contrib" / "postfix" / "main.cf.snippet"
