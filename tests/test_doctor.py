@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from policyd.sources.config import load_config
 from policyd.tools import cli, doctor
 from policyd.tools.doctor import postfix as doctor_postfix
 from policyd.tools.doctor.tenant import route_samples
+from tests import needs
 from tests.pki import Issued, TestPKI
 
 #: The CLI reads the real clock, so the test certificates are built around it.
@@ -414,14 +414,9 @@ def test_table_without_a_connector_is_an_error(tmp_path: Path) -> None:
 
 # --- Postfix, through the real postconf ----------------------------------------------------------
 
-POSTCONF = shutil.which("postconf") or shutil.which("postconf", path=postfix_source.POSTFIX_PATH)
-
 
 def _require_postconf() -> None:
-    if POSTCONF is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set, so the Postfix tests must run: postconf is missing")
-        pytest.skip("Debian's postfix (postconf) is not installed")
+    needs.program("postconf", "postfix")
 
 
 def main_cf(world: World, overrides: Mapping[str, str | None]) -> dict[str, str]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from policyd import __version__
@@ -226,8 +230,31 @@ def test_failing_collector_gives_500_not_an_exception() -> None:
     assert code == 500
 
 
-def test_site_does_not_log_scrapes() -> None:
-    """The metrics site overrides access logging, so scrapes do not flood the journal."""
+def access_log_after_one_scrape(site: Site, directory: Path) -> str:
+    """Serve ``GET /metrics`` through ``site`` in memory, its access log at a file; the log."""
+    log_path = directory / "access.log"
+    site.logPath = str(log_path)  # HTTPFactory opens it in doStart, as with Site(logPath=...)
+    site.doStart()
+    try:
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert transport.value().startswith(b"HTTP/1.1 200 ")
+    finally:
+        site.doStop()
+    return log_path.read_text()
+
+
+def test_a_plain_site_logs_each_scrape(tmp_path: Path) -> None:
+    """The control for the next test: twisted.web's ``Site`` writes one access line a scrape."""
+    resource = MetricsResource(make_registry(collector(Stats())))
+    log = access_log_after_one_scrape(Site(resource), tmp_path)
+    assert log.count('"GET /metrics HTTP/1.1" 200') == 1
+
+
+def test_site_does_not_log_scrapes(tmp_path: Path) -> None:
+    """The metrics site writes no access line for a scrape, so scrapes do not flood the journal."""
     site = metrics_site(make_registry(collector(Stats())))
-    assert site.log(DummyRequest([b"metrics"])) is None  # type: ignore[func-returns-value]
+    assert access_log_after_one_scrape(site, tmp_path) == ""
     assert site.noisy is False

@@ -24,19 +24,17 @@ from policyd.sources.config import (
 )
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
+from tests.tenants import IP_CONNECTOR, ONPREM
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 TENANT = Tenant(
     accepted_domains=(AcceptedDomain("contoso.com"),),
     connectors=(
-        InboundConnector(
-            "From on-premises", sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.10/32"),)
-        ),
+        IP_CONNECTOR,
         InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com"),
     ),
 )
-ONPREM = OnPrem(egress_addresses=(ipaddress.ip_address("203.0.113.10"),))
 
 
 def config(policy: PolicySettings | None = None, onprem: OnPrem = ONPREM) -> Config:

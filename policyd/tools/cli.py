@@ -16,6 +16,7 @@ from policyd import __version__
 from policyd.constants import ACCEPT, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from policyd.sources.config import default_config_path
 from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
+from policyd.tools.bench import commandline as bench_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,24 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
-    # Listed for --help only: `bench` has its own parser (policyd.tools.bench), see main().
-    commands.add_parser(
-        "bench",
-        help="drive a running policy server with realistic Postfix traffic",
-        add_help=False,
-    )
+    bench = commands.add_parser("bench", help=bench_cli.HELP, description=bench_cli.DESCRIPTION)
+    bench_cli.add_arguments(bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["bench"]:
-        from policyd.tools import bench
-
-        return bench.main(args_list[1:])
     parser = _parser()
     try:
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(exit_.code or 0)
     if args.command is None:
@@ -92,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "m365-policyd: error: a command is required (serve, check, doctor, bench)\n"
         )
         return EXIT_USAGE
+    if args.command == "bench":
+        return bench_cli.command(args)
     config_path = args.config or default_config_path(os.environ)
     if args.command == "serve":
         from policyd.daemon import serve as server

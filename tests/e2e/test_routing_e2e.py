@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import OTHER_IP, Setup, World
+from tests.e2e.world import OTHER_IP, Setup, World
 
 pytestmark = pytest.mark.postfix
 
