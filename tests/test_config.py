@@ -511,9 +511,9 @@ VALIDATION = [
     # structure
     ("[serverr]\n", "serverr",
      "unknown section (did you mean server?); "
-     "allowed sections: log, onprem, outcomes, policy, postfix, server, tenant"),
+     "allowed sections: log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
     ("listen = []\n", "listen",
-     "unknown section; allowed sections: log, onprem, outcomes, policy, postfix, server, tenant"),
+     "unknown section; allowed sections: log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
     ("server = 1\n", "server",
      "expected a table ([server]), got an integer (1); put its keys under a [server] line"),
     ("[server]\nlisten_on = []\n", "server.listen_on",

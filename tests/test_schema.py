@@ -69,7 +69,16 @@ def test_each_key_is_declared_once() -> None:
     """No two declarations share a table and name, and every table's keys are listed by it."""
     paths = [key.path for key in KEYS]
     assert len(paths) == len(set(paths))
-    assert schema.SECTIONS == ("server", "tenant", "onprem", "policy", "log", "outcomes", "postfix")
+    assert schema.SECTIONS == (
+        "server",
+        "tenant",
+        "onprem",
+        "policy",
+        "log",
+        "outcomes",
+        "postfix",
+        "tenants",
+    )
     for table in {key.table for key in KEYS}:
         assert list(schema.keys_of(table)) == [k.name for k in KEYS if k.table == table]
 
@@ -123,6 +132,10 @@ def _file_for(key: Key[Any], text: str) -> tuple[str, str]:
         return f"[tenant]\naccepted_domains = [{{ {other}{key.name} = {text} }}]\n", (
             f"tenant.accepted_domains.{key.name}"
         )
+    if key.table == "":
+        return f"{key.name} = {text}\n", key.name
+    if key.table == "tenants.NAME":
+        return f"[tenants.fabrikam]\n{key.name} = {text}\n", f"tenants.fabrikam.{key.name}"
     return f"[{key.table}]\n{key.name} = {text}\n", key.path
 
 
@@ -145,10 +158,11 @@ def test_a_value_of_the_wrong_type_names_the_key_and_its_example(
     )
 
 
-@pytest.mark.parametrize("table", sorted({key.table for key in KEYS}))
+@pytest.mark.parametrize("table", sorted({key.table for key in KEYS} - {""}))
 def test_unknown_keys_are_refused_with_the_schema_list(tmp_path: Path, table: str) -> None:
-    """Each table refuses a key the schema does not declare, listing the declared ones."""
-    key = schema.keys_of(table)
+    """Each table refuses a key the schema does not declare, listing the declared ones (a
+    [tenants.NAME] table takes every [tenant] key too; unknown top-level names are sections)."""
+    key = schema.TENANTS_KEYS if table == "tenants.NAME" else schema.keys_of(table)
     fake = schema.Key(table, "no_such_key", schema.STRING, "", "", "")
     text, name = _file_for(fake, '"x"')
     path = tmp_path / "m365-policyd.toml"
@@ -192,6 +206,11 @@ def test_readme_table_is_the_schema() -> None:
 # --- the example configuration -------------------------------------------------------------------
 
 
+def _path(table: str, name: str) -> str:
+    """A key's path as the schema writes it (a top-level key is its name alone)."""
+    return f"{table}.{name}" if table else name
+
+
 def _example_lines() -> list[tuple[str, str, object, str, bool]]:
     """(table, key, value, comment, commented out) for each key line of the example file.
 
@@ -200,7 +219,10 @@ def _example_lines() -> list[tuple[str, str, object, str, bool]]:
     lines: list[tuple[str, str, object, str, bool]] = []
     table = ""
     for raw in EXAMPLE.read_text("utf-8").splitlines():
-        header = re.match(r"^(\[\[?)([a-z_.]+)\]\]?(?:\s+#\s(.*))?$", raw)
+        header = re.match(r"^(?:# )?(\[\[?)([A-Za-z_.]+)\]\]?(?:\s+#\s(.*))?$", raw)
+        if header and header.group(2).startswith("tenants."):
+            table = "tenants.NAME"  # the commented-out example of several tenants
+            continue
         if header:
             array, name, comment = header.groups()
             parent, _, last = name.rpartition(".")
@@ -229,10 +251,10 @@ def test_example_file_has_every_key_once_with_its_meaning() -> None:
     """Each key appears once in the example (some commented out), commented with its meaning;
     keys of inline tables are shown in their parent's comment."""
     lines = [line for line in _example_lines() if line[0] != "policy.by_reason"]
-    seen = [f"{table}.{name}" for table, name, *_ in lines]
+    seen = [_path(table, name) for table, name, *_ in lines]
     assert len(seen) == len(set(seen)), seen
     assert set(seen) == {key.path for key in KEYS if key.table != INLINE_ENTRIES}
-    comments = {f"{table}.{name}": comment for table, name, _, comment, _ in lines}
+    comments = {_path(table, name): comment for table, name, _, comment, _ in lines}
     for key in KEYS:
         if key.table == INLINE_ENTRIES:
             assert f"{key.name} = " in comments["tenant.accepted_domains"], key.path
@@ -255,7 +277,7 @@ def test_example_file_values_are_the_defaults() -> None:
     for table, name, value, _, commented in _example_lines():
         if table == "policy.by_reason" or value is None:
             continue
-        key = keys[f"{table}.{name}"]
+        key = keys[_path(table, name)]
         read = key.kind.read(value)
         assert read is not None, key.path
         if key.required:

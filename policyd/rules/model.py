@@ -179,3 +179,25 @@ class OnPrem:
     local_domains: frozenset[str] = frozenset()
     #: Why no certificate is presented when ``certificate`` is None ("" = none configured).
     certificate_absent: str = ""
+
+
+#: The name of the tenant a single ``[tenant]`` table describes (metrics, logs, the header).
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTenant:
+    """One tenant of the configuration with what routes mail to it (SPEC §4, §5.2)."""
+
+    name: str  # DEFAULT_TENANT for a single [tenant]; the NAME of [tenants.NAME]
+    tenant: Tenant
+    endpoints: tuple[str, ...] = ()  # next-hop host globs that reach it (with [postfix])
+    sender_domains: frozenset[str] = frozenset()  # P1 sender domains routed to it (without)
+    certificate: CertificateFacts | None = None  # what Postfix presents to it (without [postfix])
+    certificate_path: str = ""  # "" = onprem.certificate applies
+    default: bool = False  # takes the mail no other tenant claims
+
+    @property
+    def claims_nothing(self) -> bool:
+        """Neither endpoints nor sender domains: a default by elimination."""
+        return not self.endpoints and not self.sender_domains

@@ -19,6 +19,7 @@ can be moved or tested as a whole.
 from __future__ import annotations
 
 import difflib
+import glob
 import ipaddress
 import os
 import re
@@ -29,7 +30,14 @@ from typing import Any, TypeVar
 
 from policyd.constants import ACTION_REROUTE, ACTIONS
 from policyd.errors import ConfigError
-from policyd.rules.model import AcceptedDomain, InboundConnector, OnPrem, Tenant
+from policyd.rules.model import (
+    DEFAULT_TENANT,
+    AcceptedDomain,
+    InboundConnector,
+    NamedTenant,
+    OnPrem,
+    Tenant,
+)
 from policyd.rules.reasons import REFUSE_REASONS
 from policyd.sources import schema
 from policyd.sources.exports import domain_name, sender_ip_networks
@@ -37,6 +45,9 @@ from policyd.sources.schema import Key
 from policyd.sources.validators import FILE_TABLE_TYPES, choices_text
 
 _T = TypeVar("_T")
+
+#: A tenant NAME: it becomes a Prometheus label value and a log field.
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _TOML_POSITION = re.compile(
     r"\s*\(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)\s*$"
@@ -126,6 +137,24 @@ class Config:
     #: ``[tenant] endpoints``: next-hop host globs that reach the tenant besides Microsoft
     #: 365's own names (policyd.rules.endpoints).
     tenant_endpoints: tuple[str, ...] = ()
+    #: Every tenant, exports and certificates read: one named "default" for a single
+    #: [tenant]; ``tenant`` above is the default one (or the first).
+    tenants: tuple[NamedTenant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantFile:
+    """One tenant as the configuration declares it; its export files are not read yet."""
+
+    name: str
+    tenant: Tenant  # inline accepted domains and connectors only
+    accepted_domains_file: str  # absolute; "" = none
+    inbound_connectors_file: str
+    endpoints: tuple[str, ...]
+    sender_domains: tuple[str, ...]
+    certificate_path: str  # absolute; "" = onprem.certificate
+    default: bool
+    file: str  # the configuration file that declares it
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +181,10 @@ class ConfigFile:
     postfix: PostfixSettings = PostfixSettings()
     onprem_keys: frozenset[str] = frozenset()
     tenant_endpoints: tuple[str, ...] = ()
+    #: Every tenant: one named "default" for a single [tenant], else the [tenants.NAME] tables.
+    tenants: tuple[TenantFile, ...] = ()
+    #: Included files and the directories their globs look in (watched for reloads).
+    included: tuple[str, ...] = ()
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -176,6 +209,9 @@ def read_config_file(path: str) -> ConfigFile:
     """Read and validate the configuration file at ``path``; raises ``ConfigError``."""
     document = _read_toml(path)
     base = os.path.dirname(os.path.abspath(path))
+    includes = _Table(
+        path, "", {"include": document.pop("include")} if "include" in document else {}
+    )
     tables: dict[str, dict[str, object]] = {}
     for name, value in document.items():
         if name not in schema.SECTIONS:
@@ -192,6 +228,8 @@ def read_config_file(path: str) -> ConfigFile:
         tables[name] = value
     sections: dict[str, _Table] = {}
     for name in schema.SECTIONS:
+        if name == "tenants":
+            continue
         table = _Table(path, name, tables.get(name, {}))
         table.reject_unknown(schema.keys_of(name), f"allowed keys in [{name}]")
         sections[name] = table
@@ -239,7 +277,29 @@ def read_config_file(path: str) -> ConfigFile:
         postfix_log=postfix_log if postfix_log in ("", "journal") else resolve(postfix_log),
         relay_hosts=sections["outcomes"].get(schema.RELAY_HOSTS),
     )
+    declared, included = _tenants(path, tables.get("tenants", {}), includes)
+    single = TenantFile(
+        DEFAULT_TENANT,
+        inline,
+        accepted_domains_file,
+        inbound_connectors_file,
+        tenant_endpoints,
+        (),
+        "",
+        True,
+        os.path.abspath(path),
+    )
+    if declared and "tenant" in tables:
+        raise ConfigError(
+            path,
+            "tenants",
+            "[tenant] and [tenants.NAME] tables in one configuration; describe one tenant with "
+            "[tenant], or every tenant with its own [tenants.NAME] table",
+        )
+    _check_tenants(declared, bool(postfix.config_directory))
     return ConfigFile(
+        tenants=declared or (single,),
+        included=included,
         path=os.path.abspath(path),
         server=server,
         tenant=inline,
@@ -262,6 +322,123 @@ def read_config_file(path: str) -> ConfigFile:
         onprem_keys=frozenset(str(key) for key in tables.get("onprem", {})),
         tenant_endpoints=tenant_endpoints,
     )
+
+
+def _tenants(
+    path: str, raw: object, includes: _Table
+) -> tuple[tuple[TenantFile, ...], tuple[str, ...]]:
+    """The [tenants.NAME] tables of this file and of its ``include`` files, in order."""
+    found: dict[str, TenantFile] = {}
+    _tenant_tables(path, raw, found)
+    watched: list[str] = []
+    base = os.path.dirname(os.path.abspath(path))
+    for pattern in includes.get(schema.INCLUDE):
+        absolute = os.path.join(base, pattern)
+        names = sorted(glob.glob(absolute))
+        if not names and not glob.has_magic(pattern):
+            raise includes.error(
+                "include",
+                f"{absolute} does not exist; fix the path, or use a glob such as "
+                f"{schema.INCLUDE.example}",
+            )
+        watched.append(os.path.dirname(absolute))
+        for name in names:
+            document = _read_toml(name)
+            for key in document:
+                if key != "tenants":
+                    raise ConfigError(
+                        name, key, "an included file holds only [tenants.NAME] tables"
+                    )
+            _tenant_tables(name, document.get("tenants", {}), found)
+            watched.append(os.path.abspath(name))
+    return tuple(found.values()), tuple(dict.fromkeys(watched))
+
+
+def _tenant_tables(path: str, raw: object, found: dict[str, TenantFile]) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            path,
+            "tenants",
+            "expected [tenants.NAME] tables, one per tenant (e.g. [tenants.contoso])",
+        )
+    base = os.path.dirname(os.path.abspath(path))
+
+    def resolve(value: str) -> str:
+        return os.path.normpath(os.path.join(base, value)) if value else ""
+
+    for name, value in raw.items():
+        if not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(
+                path,
+                f"tenants.{name}",
+                "a tenant name is a metric label: letters, digits, _ and - "
+                "(e.g. [tenants.contoso])",
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                path, f"tenants.{name}", f"expected a table; write [tenants.{name}] and its keys"
+            )
+        if name in found:
+            raise ConfigError(
+                path,
+                f"tenants.{name}",
+                f"is declared twice (also in {found[name].file}); give each tenant its own name",
+            )
+        table = _Table(path, f"tenants.{name}", value)
+        table.reject_unknown(schema.TENANTS_KEYS, f"allowed keys in [tenants.{name}]")
+        found[name] = TenantFile(
+            name,
+            Tenant(
+                accepted_domains=_inline_accepted_domains(table),
+                connectors=_inline_connectors(table),
+                reject_direct_send=table.get(schema.REJECT_DIRECT_SEND),
+            ),
+            resolve(table.get(schema.ACCEPTED_DOMAINS_FILE)),
+            resolve(table.get(schema.INBOUND_CONNECTORS_FILE)),
+            table.get(schema.TENANT_ENDPOINTS),
+            table.get(schema.TENANT_SENDER_DOMAINS),
+            resolve(table.get(schema.TENANT_CERTIFICATE)),
+            table.get(schema.TENANT_DEFAULT),
+            os.path.abspath(path),
+        )
+
+
+def _check_tenants(tenants: Sequence[TenantFile], routing: bool) -> None:
+    """SPEC §4: with several tenants each is reachable, and no two claim the same mail."""
+    if len(tenants) < 2:
+        return
+    defaults = [t for t in tenants if t.default]
+    if len(defaults) > 1:
+        first, second = defaults[:2]
+        raise ConfigError(
+            second.file,
+            f"tenants.{second.name}.default",
+            f"tenants {first.name} and {second.name} are both the default; keep default = true "
+            "on one",
+        )
+    claims: dict[tuple[str, str], TenantFile] = {}
+    for tenant in tenants:
+        if not (tenant.endpoints or tenant.sender_domains or tenant.default):
+            raise ConfigError(
+                tenant.file,
+                f"tenants.{tenant.name}",
+                "one of several tenants needs endpoints (with [postfix]), sender_domains or "
+                "default = true, so that mail can reach it",
+            )
+        for kind, values in (
+            ("endpoint", tenant.endpoints),
+            ("sender domain", tenant.sender_domains),
+        ):
+            for value in values:
+                other = claims.setdefault((kind, value), tenant)
+                if other is not tenant:
+                    raise ConfigError(
+                        tenant.file,
+                        f"tenants.{tenant.name}",
+                        f"tenants {other.name} and {tenant.name} both claim the {kind} {value}; "
+                        "mail for it can reach one tenant only",
+                    )
+    del routing  # both routings accept these rules; kept for the docs' sake
 
 
 def _read_toml(path: str) -> dict[str, object]:
@@ -368,7 +545,7 @@ def _inline_accepted_domains(table: _Table) -> tuple[AcceptedDomain, ...]:
             continue
         if not isinstance(value, dict):
             raise table.wrong_type(schema.ACCEPTED_DOMAINS, table.raw("accepted_domains"))
-        entry = _Table(table.file, "tenant.accepted_domains", value)
+        entry = _Table(table.file, f"{table.name}.accepted_domains", value)
         entry.reject_unknown(
             schema.keys_of("tenant.accepted_domains[]"), "allowed keys in an accepted domain table"
         )
@@ -385,10 +562,10 @@ def _inline_connectors(table: _Table) -> tuple[InboundConnector, ...]:
     connectors: list[InboundConnector] = []
     entries = table.get(schema.INBOUND_CONNECTOR)
     for number, item in enumerate(entries, 1):
-        entry = _Table(table.file, f"tenant.inbound_connector[{number}]", item)
+        entry = _Table(table.file, f"{table.name}.inbound_connector[{number}]", item)
         entry.reject_unknown(
             schema.keys_of("tenant.inbound_connector[]"),
-            "allowed keys in [[tenant.inbound_connector]]",
+            f"allowed keys in [[{table.name}.inbound_connector]]",
         )
         connectors.append(
             InboundConnector(
@@ -431,7 +608,7 @@ class _Table:
         self.values = values
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, f"{self.name}.{key}", problem)
+        return ConfigError(self.file, f"{self.name}.{key}" if self.name else key, problem)
 
     def reject_unknown(self, allowed: Iterable[str], label: str) -> None:
         names = tuple(allowed)

@@ -54,8 +54,9 @@ class Key(Generic[T]):
 
     @property
     def path(self) -> str:
-        """``section.key`` (``tenant.inbound_connector[].name`` for entry keys)."""
-        return f"{self.table}.{self.name}"
+        """``section.key`` (``tenant.inbound_connector[].name`` for entry keys; a top-level key
+        is its name alone)."""
+        return f"{self.table}.{self.name}" if self.table else self.name
 
 
 # --- TOML types ----------------------------------------------------------------------------------
@@ -133,6 +134,14 @@ def _key(
 
 
 # fmt: off
+# top level, before any table
+INCLUDE = _key(
+    "", "include", STRINGS, (),
+    example='include = ["tenants.d/*.toml"]',
+    meaning="files (globs, relative to this file) that hold more `[tenants.NAME]` tables, e.g. one "
+        "file per tenant; written before any table",
+)
+
 # [server]
 LISTEN = _key(
     "server", "listen", STRINGS, ("tcp:10040:interface=127.0.0.1",),
@@ -224,6 +233,25 @@ INBOUND_CONNECTOR = _key(
     example='[[tenant.inbound_connector]] with name = "From on-premises"',
     meaning="inline inbound connectors, the export's fields in snake_case; inline and exported "
         "entries combine",
+)
+
+# [tenants.NAME]: every key of [tenant], plus these (SPEC §4, several tenants)
+TENANT_SENDER_DOMAINS = _key(
+    "tenants.NAME", "sender_domains", STRINGS, (),
+    example='sender_domains = ["fabrikam.example"]',
+    meaning="without `[postfix]`: the P1 sender domains whose mail Postfix relays to this tenant",
+    check=v.domains,
+)
+TENANT_CERTIFICATE = _key(
+    "tenants.NAME", "certificate", STRING, "",
+    example='certificate = "/etc/postfix/certs/fabrikam.pem"',
+    meaning="without `[postfix]`: the PEM Postfix presents to this tenant; `\"\"` = "
+        "`onprem.certificate`",
+)
+TENANT_DEFAULT = _key(
+    "tenants.NAME", "default", BOOLEAN, False,
+    example="default = true",
+    meaning="the tenant for mail that no tenant's `endpoints` or `sender_domains` claims",
 )
 
 # [[tenant.inbound_connector]]
@@ -402,10 +430,19 @@ POSTSRSD_CONFIG = _key(
 #: Every key, in the order of the README's table and the example file.
 KEYS: tuple[Key[Any], ...] = tuple(_declared)
 
-#: The top-level sections, in order.
-SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.table for k in KEYS if "." not in k.table))
+#: The top-level sections, in order (``tenants`` holds one ``[tenants.NAME]`` table per tenant).
+SECTIONS: tuple[str, ...] = (
+    *dict.fromkeys(k.table for k in KEYS if k.table and "." not in k.table),
+    "tenants",
+)
+#: The keys of one ``[tenants.NAME]`` table: every ``[tenant]`` key, and its own.
+TENANTS_KEYS: dict[str, Key[Any]] = {}
 
 
 def keys_of(table: str) -> dict[str, Key[Any]]:
     """The keys of one table (``"server"``, ``"tenant.inbound_connector[]"``) by name."""
     return {key.name: key for key in KEYS if key.table == table}
+
+
+TENANTS_KEYS.update(keys_of("tenant"))
+TENANTS_KEYS.update(keys_of("tenants.NAME"))

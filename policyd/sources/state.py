@@ -24,10 +24,10 @@ from dataclasses import dataclass, replace
 
 from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
-from policyd.rules.model import CertificateFacts, OnPrem, Tenant
+from policyd.rules.model import CertificateFacts, NamedTenant, OnPrem, Tenant
 from policyd.rules.relay import Router, ServicePicture
 from policyd.rules.routing import PostfixView, client_tls, split_list
-from policyd.sources.config import Config, read_config_file
+from policyd.sources.config import Config, TenantFile, read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from policyd.sources.pem import read_certificate
 from policyd.sources.routes import CONFIG_KEY, LoadedPostfix, read_postfix_view
@@ -73,30 +73,24 @@ def load_state(path: str, generation: int) -> State:
 
 
 def load_config(path: str) -> Config:
-    """The configuration at ``path`` with the exports and the certificate it names."""
+    """The configuration at ``path`` with the exports and certificates it names, per tenant."""
     file = read_config_file(path)
-    accepted = file.tenant.accepted_domains
-    if file.accepted_domains_file:
-        accepted += load_accepted_domains(file.accepted_domains_file)
-    connectors = file.tenant.connectors
-    if file.inbound_connectors_file:
-        connectors += load_inbound_connectors(file.inbound_connectors_file)
     certificate = (
         read_certificate(file.certificate_path, ca_bundle=file.ca_bundle)
         if file.certificate_path
         else None
     )
-    watched = (
-        file.path,
-        file.accepted_domains_file,
-        file.inbound_connectors_file,
-        file.certificate_path,
-        file.ca_bundle,
-    )
+    tenants = tuple(_named_tenant(declared, file.ca_bundle) for declared in file.tenants)
+    chosen = next((t for t in tenants if t.default), tenants[0])
+    watched = [file.path]
+    for declared in file.tenants:
+        watched += [declared.accepted_domains_file, declared.inbound_connectors_file]
+    watched += [file.certificate_path, file.ca_bundle, *file.included]
+    watched += [declared.certificate_path for declared in file.tenants]
     return Config(
         path=file.path,
         server=file.server,
-        tenant=Tenant(accepted, connectors, file.tenant.reject_direct_send),
+        tenant=chosen.tenant,
         onprem=replace(file.onprem, certificate=certificate),
         alias_maps=file.alias_maps,
         policy=file.policy,
@@ -109,6 +103,31 @@ def load_config(path: str) -> Config:
         postfix=file.postfix,
         onprem_keys=file.onprem_keys,
         tenant_endpoints=file.tenant_endpoints,
+        tenants=tenants,
+    )
+
+
+def _named_tenant(declared: TenantFile, ca_bundle: str) -> NamedTenant:
+    """One tenant with its exports and its own certificate read."""
+    accepted = declared.tenant.accepted_domains
+    if declared.accepted_domains_file:
+        accepted += load_accepted_domains(declared.accepted_domains_file)
+    connectors = declared.tenant.connectors
+    if declared.inbound_connectors_file:
+        connectors += load_inbound_connectors(declared.inbound_connectors_file)
+    certificate = (
+        read_certificate(declared.certificate_path, ca_bundle=ca_bundle)
+        if declared.certificate_path
+        else None
+    )
+    return NamedTenant(
+        declared.name,
+        Tenant(accepted, connectors, declared.tenant.reject_direct_send),
+        endpoints=declared.endpoints,
+        sender_domains=frozenset(declared.sender_domains),
+        certificate=certificate,
+        certificate_path=declared.certificate_path,
+        default=declared.default,
     )
 
 
