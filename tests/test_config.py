@@ -513,7 +513,8 @@ VALIDATION = [
      "unknown section (did you mean server?); "
      "allowed sections: log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
     ("listen = []\n", "listen",
-     "unknown section; allowed sections: log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
+     "unknown section; allowed sections: "
+     "log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
     ("server = 1\n", "server",
      "expected a table ([server]), got an integer (1); put its keys under a [server] line"),
     ("[server]\nlisten_on = []\n", "server.listen_on",

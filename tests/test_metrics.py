@@ -45,12 +45,8 @@ def scrape(collector: PolicydCollector) -> dict[str, dict[tuple[tuple[str, str],
 def collector(
     stats: Stats, certificate: CertificateFacts | None = None, match: bool | None = None
 ) -> PolicydCollector:
-    return PolicydCollector(
-        stats,
-        clock=lambda: NOW,
-        certificate=lambda: certificate,
-        connector_match=lambda now: match,
-    )
+    found = [("default", certificate, bool(match))] if certificate is not None else []
+    return PolicydCollector(stats, clock=lambda: NOW, certificates=lambda now: found)
 
 
 def test_every_spec_metric_is_exported_with_its_exact_name() -> None:
@@ -86,10 +82,13 @@ def test_known_label_values_start_at_zero() -> None:
     }
     predictions = samples[P + "predictions_total"]
     for reason in reasons.ACCEPT_REASONS:
-        assert predictions[(("reason", reason), ("verdict", "accept"))] == 0.0
+        key = (("reason", reason), ("tenant", "default"), ("verdict", "accept"))
+        assert predictions[key] == 0.0
     for reason in reasons.REFUSE_REASONS:
-        assert predictions[(("reason", reason), ("verdict", "reject"))] == 0.0
+        key = (("reason", reason), ("tenant", "default"), ("verdict", "reject"))
+        assert predictions[key] == 0.0
     assert len(predictions) == len(reasons.REASON_IDS)
+    assert samples[P + "external_recipients_total"] == {(("tenant", "default"),): 0.0}
     assert set(samples[P + "actions_total"]) == {(("action", a),) for a in ACTIONS}
     assert set(samples[P + "protocol_errors_total"]) == {
         (("kind", k),) for k in PROTOCOL_ERROR_KINDS
@@ -104,14 +103,14 @@ def test_counters_follow_stats_at_scrape_time() -> None:
     c = collector(stats)
     stats.requests["rcpt"] += 5
     stats.requests["data"] += 2
-    stats.predictions[(predict.REJECT, predict.FORWARDED)] += 3
+    stats.predictions[("contoso", predict.REJECT, predict.FORWARDED)] += 3
     stats.actions["defer"] += 3
     stats.actions["made-up"] += 1
     stats.connections = 7
     stats.protocol_errors["nul-byte"] += 1
     stats.internal_errors = 4
-    stats.external_recipients = 11
-    stats.unregistered_sender_relays = 6
+    stats.external_recipients["contoso"] = 11
+    stats.unregistered_sender_relays["contoso"] = 6
     stats.reloads["failure"] += 1
     stats.last_reload_success = NOW - 10
     stats.observed_replies["5.7.64"] += 2
@@ -120,14 +119,15 @@ def test_counters_follow_stats_at_scrape_time() -> None:
     samples = scrape(c)
     assert samples[P + "requests_total"][(("stage", "rcpt"),)] == 5
     assert samples[P + "requests_total"][(("stage", "data"),)] == 2
-    assert samples[P + "predictions_total"][(("reason", "forwarded"), ("verdict", "reject"))] == 3
+    forwarded = (("reason", "forwarded"), ("tenant", "contoso"), ("verdict", "reject"))
+    assert samples[P + "predictions_total"][forwarded] == 3
     assert samples[P + "actions_total"][(("action", "defer"),)] == 3
     assert samples[P + "actions_total"][(("action", "made-up"),)] == 1
     assert samples[P + "connections"][()] == 7
     assert samples[P + "protocol_errors_total"][(("kind", "nul-byte"),)] == 1
     assert samples[P + "internal_errors_total"][()] == 4
-    assert samples[P + "external_recipients_total"][()] == 11
-    assert samples[P + "unregistered_sender_relays_total"][()] == 6
+    assert samples[P + "external_recipients_total"][(("tenant", "contoso"),)] == 11
+    assert samples[P + "unregistered_sender_relays_total"][(("tenant", "contoso"),)] == 6
     assert samples[P + "config_reloads_total"][(("result", "failure"),)] == 1
     assert samples[P + "config_reloads_total"][(("result", "success"),)] == 0
     assert samples[P + "config_last_reload_success_timestamp_seconds"][()] == NOW - 10
@@ -160,27 +160,31 @@ def test_duration_histogram_is_cumulative() -> None:
     assert abs(samples[P + "request_duration_seconds_sum"][()] - sum(durations)) < 1e-9
 
 
-def test_certificate_gauges_only_with_a_certificate() -> None:
-    """With a certificate the expiry and connector-match gauges appear, with the right values."""
+def test_certificate_gauges_per_certificate_and_tenant() -> None:
+    """Each presented certificate has its expiry gauge; each (tenant, certificate) pair its
+    connector-match gauge; none appear without a certificate."""
     not_after = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     facts = CertificateFacts(
         path="/etc/ssl/postfix.pem", common_name="mail.contoso.com", not_after=not_after
     )
     seen: list[float] = []
 
-    def match(now: float) -> bool:
+    def matches(now: float) -> list[tuple[str, CertificateFacts, bool]]:
         seen.append(now)
-        return True
+        return [("contoso", facts, True), ("fabrikam", facts, False)]
 
-    c = PolicydCollector(
-        Stats(), clock=lambda: NOW, certificate=lambda: facts, connector_match=match
-    )
+    c = PolicydCollector(Stats(), clock=lambda: NOW, certificates=matches)
     samples = scrape(c)
-    assert samples[P + "certificate_not_after_timestamp_seconds"][()] == not_after.timestamp()
-    assert samples[P + "certificate_connector_match"][()] == 1
+    expiry = samples[P + "certificate_not_after_timestamp_seconds"]
+    assert expiry == {(("certificate", "/etc/ssl/postfix.pem"),): not_after.timestamp()}
+    assert samples[P + "certificate_connector_match"] == {
+        (("certificate", "/etc/ssl/postfix.pem"), ("tenant", "contoso")): 1,
+        (("certificate", "/etc/ssl/postfix.pem"), ("tenant", "fabrikam")): 0,
+    }
     assert seen == [NOW]
     samples = scrape(collector(Stats(), facts, match=False))
-    assert samples[P + "certificate_connector_match"][()] == 0
+    key = (("certificate", "/etc/ssl/postfix.pem"), ("tenant", "default"))
+    assert samples[P + "certificate_connector_match"][key] == 0
 
 
 def test_unreadable_certificate_has_match_gauge_but_no_expiry() -> None:
@@ -188,7 +192,8 @@ def test_unreadable_certificate_has_match_gauge_but_no_expiry() -> None:
     facts = CertificateFacts(path="/missing.pem", error="unreadable: no such file")
     samples = scrape(collector(Stats(), facts, match=False))
     assert P + "certificate_not_after_timestamp_seconds" not in samples
-    assert samples[P + "certificate_connector_match"][()] == 0
+    key = (("certificate", "/missing.pem"), ("tenant", "default"))
+    assert samples[P + "certificate_connector_match"][key] == 0
 
 
 def render(resource: MetricsResource, path: bytes) -> tuple[int, bytes, bytes]:
@@ -222,10 +227,10 @@ def test_resource_answers_404_elsewhere() -> None:
 def test_failing_collector_gives_500_not_an_exception() -> None:
     """A collector that raises yields a 500 answer instead of propagating into the reactor."""
 
-    def broken() -> CertificateFacts:
+    def broken(now: float) -> list[tuple[str, CertificateFacts, bool]]:
         raise RuntimeError("boom")
 
-    c = PolicydCollector(Stats(), clock=lambda: NOW, certificate=broken)
+    c = PolicydCollector(Stats(), clock=lambda: NOW, certificates=broken)
     code, _, _ = render(MetricsResource(make_registry(c)), b"/metrics")
     assert code == 500
 

@@ -174,7 +174,7 @@ def test_transport_maps_route_around_microsoft_365_is_never_deferred(tmp_path: P
         )
 
     assert ask("kate@partner.example") == "DUNNO"
-    assert stats.predictions[("accept", "other-route")] == 1
+    assert stats.predictions[("", "accept", "other-route")] == 1
     assert str(ask("kate@tailspintoys.example")).startswith("450 4.7.64 ")
 
 

@@ -507,13 +507,19 @@ def test_metrics_counters_move(tmp_path: Path) -> None:
         assert after.value("m365_policyd_requests_total", stage="data") == 1
         assert (
             after.value(
-                "m365_policyd_predictions_total", verdict="reject", reason="sender-not-accepted"
+                "m365_policyd_predictions_total",
+                tenant="default",
+                verdict="reject",
+                reason="sender-not-accepted",
             )
             == 1
         )
         assert (
             after.value(
-                "m365_policyd_predictions_total", verdict="accept", reason="recipient-in-tenant"
+                "m365_policyd_predictions_total",
+                tenant="default",
+                verdict="accept",
+                reason="recipient-in-tenant",
             )
             == 1
         )
@@ -574,12 +580,16 @@ def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> No
     pki.write_ca_bundle(tmp_path)
     wrong = pki.leaf("mail.fabrikam.com", ["mail.fabrikam.com"])
     server.write_file("cert.pem", pki.chain_pem(wrong))
+    path = str(server.directory / "cert.pem")
     with server:
         null_sender = rcpt("", "kate@tailspintoys.com")
         assert server.ask(null_sender).startswith("550 5.7.64")
         samples = server.scrape()
-        assert samples.value("m365_policyd_certificate_connector_match") == 0
-        not_after = samples.value("m365_policyd_certificate_not_after_timestamp_seconds")
+        match = {"tenant": "default", "certificate": path}
+        assert samples.value("m365_policyd_certificate_connector_match", **match) == 0
+        not_after = samples.value(
+            "m365_policyd_certificate_not_after_timestamp_seconds", certificate=path
+        )
         assert not_after == pytest.approx(wrong.cert.not_valid_after_utc.timestamp())
 
         mark = server.log_offset()
@@ -590,9 +600,9 @@ def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> No
         server.wait_for_log("reloaded configuration", after=mark, timeout=10)
         assert server.ask(null_sender) == "DUNNO"
         samples = server.scrape()
-        assert samples.value("m365_policyd_certificate_connector_match") == 1
+        assert samples.value("m365_policyd_certificate_connector_match", **match) == 1
         assert samples.value(
-            "m365_policyd_certificate_not_after_timestamp_seconds"
+            "m365_policyd_certificate_not_after_timestamp_seconds", certificate=path
         ) == pytest.approx(right.cert.not_valid_after_utc.timestamp())
         assert "cert.pem" in server.wait_for_log("reloaded configuration", after=mark)
 

@@ -239,7 +239,7 @@ def test_engine_expands_in_a_thread_once_then_answers_from_cache(tmp_path: Path)
     assert [call[-1] for call in calls] == ["kate@contoso.com"]  # predicted in the thread
     assert engine.handle(request("kate@contoso.com"), Session()) == results[0]
     assert len(calls) == 1  # the second answer came from the cache
-    assert stats.predictions[("reject", "no-connector")] == 2
+    assert stats.predictions[("default", "reject", "no-connector")] == 2
 
 
 def test_engine_thread_failure_answers_on_error(tmp_path: Path) -> None:

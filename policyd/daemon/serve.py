@@ -239,8 +239,8 @@ class Server:
         self.collector = PolicydCollector(
             self.stats,
             clock=reactor.seconds,
-            certificate=lambda: self.engine.state.config.onprem.certificate,
-            connector_match=self.engine.certificate_connector_match,
+            certificates=self.engine.certificate_matches,
+            tenants=lambda: [t.name for t in self.engine.state.predictor.tenants],
         )
         self.watcher = FileWatcher(stat)
         self.watcher.watch(self.watcher.snapshot([config_path, *watched_paths(state)]))

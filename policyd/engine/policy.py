@@ -25,6 +25,7 @@ from policyd.constants import (
 from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError, LookupFailureError
 from policyd.rules import predict
+from policyd.rules.model import CertificateFacts
 from policyd.rules.predict import Attribution, RecipientPrediction
 from policyd.rules.reasons import BY_ID, CODE_5764, LOCAL
 
@@ -145,6 +146,31 @@ class PolicyEngine:
         )
         return attribution.method == predict.BY_CERTIFICATE
 
+    def certificate_matches(self, now: float) -> list[tuple[str, CertificateFacts, bool]]:
+        """For the metrics, per (tenant, certificate presented to it): does it attribute us to
+        one of the tenant's connectors now? Without [postfix] a tenant is shown its own
+        certificate or onprem's; with it, every certificate an smtp(8) service presents."""
+        when = datetime.fromtimestamp(now, UTC)
+        predictor = self._state.predictor
+        found: list[tuple[str, CertificateFacts, bool]] = []
+        router = self._state.router
+        for tenant in predictor.tenants:
+            if router is None:
+                certificates = [predictor.onprem_for(tenant)]
+            else:
+                certificates = [p.onprem for p in router.services.values()]
+            seen: set[str] = set()
+            for onprem in certificates:
+                certificate = onprem.certificate
+                if certificate is None or certificate.path in seen:
+                    continue
+                seen.add(certificate.path)
+                attribution = predict.attribute(tenant.tenant, onprem, when)
+                found.append(
+                    (tenant.name, certificate, attribution.method == predict.BY_CERTIFICATE)
+                )
+        return found
+
     # --- requests ---------------------------------------------------------------------------
 
     def new_session(self) -> Session:
@@ -209,7 +235,7 @@ class PolicyEngine:
         entry = self._entries.get((sender, recipient))
         if entry is not None:
             return entry
-        key = _prediction_key(sender, recipient)
+        key = self._key(sender, recipient)
         cached = self._predictions.get(key)
         if cached is None:
             cached = self.compute(self._state, attribution, sender, recipient, final)
@@ -237,32 +263,27 @@ class PolicyEngine:
         Touches no cache, so it may run in a worker thread while lookups wait for postmap.
         Raises ``LookupFailureError`` when an alias or routing table fails.
         """
-        config = state.config
-        view = predict.sender_view(sender, config.tenant, config.onprem)
-        router = state.router
-        prediction = predict.predict_recipient(
+        del attribution  # the predictor memoises each tenant's own attribution
+        return state.predictor.predict(
+            sender,
             recipient,
             state.aliases.expand(recipient) if final is None else final,
-            sender=view,
-            tenant=config.tenant,
-            onprem=config.onprem,
-            attribution=attribution,
-            router=(
-                router.for_sender(sender, datetime.fromtimestamp(self._clock(), UTC))
-                if router is not None
-                else None
-            ),
+            datetime.fromtimestamp(self._clock(), UTC),
         )
-        return prediction, view.null or bool(view.accepted_domain)
+
+    def _key(self, sender: str, recipient: str) -> tuple[str, str]:
+        """The prediction cache key: by sender domain, or by whole sender with [postfix]
+        (``sender_dependent_relayhost_maps`` may route boss@ and helpdesk@ apart)."""
+        if self._state.router is not None:
+            return sender, recipient.lower()
+        return _prediction_key(sender, recipient)
 
     def _remember(self, key: tuple[str, str], cached: tuple[RecipientPrediction, bool]) -> None:
         if len(self._predictions) >= CACHE_LIMIT:
             self._predictions = {}
         self._predictions[key] = cached
-        router = self._state.router
-        if router is not None:
-            # A service's certificate boundary ends this prediction's validity too.
-            self._valid_until = min(self._valid_until, router.valid_until())
+        # A tenant's or a service's certificate boundary ends this prediction's validity too.
+        self._valid_until = min(self._valid_until, self._state.predictor.valid_until())
 
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
@@ -280,7 +301,7 @@ class PolicyEngine:
             if (
                 self._in_thread is not None
                 and self._state.uses_subprocess
-                and _prediction_key(sender, recipient) not in self._predictions
+                and self._key(sender, recipient) not in self._predictions
             ):
                 return self._rcpt_in_thread(attrs, session, sender, recipient)
             entry = self._entry(sender, recipient)
@@ -297,7 +318,7 @@ class PolicyEngine:
 
         def predicted(cached: tuple[RecipientPrediction, bool]) -> str:
             if self._state is state:
-                self._remember(_prediction_key(sender, recipient), cached)
+                self._remember(self._key(sender, recipient), cached)
             # Reloaded meanwhile: the new state decides (cached or predicted in place).
             entry = self._entry(sender, recipient)
             return self._answer_rcpt(attrs, session, entry, sender, recipient)
@@ -326,8 +347,8 @@ class PolicyEngine:
         stats = self._stats
         stats.predictions[entry.counted] += 1
         if entry.external:
-            stats.external_recipients += entry.external
-            stats.unregistered_sender_relays += entry.unregistered  # the 5.7.750 risk
+            stats.external_recipients[entry.tenant] += entry.external
+            stats.unregistered_sender_relays[entry.tenant] += entry.unregistered  # 5.7.750 risk
         stats.actions[entry.action] += 1
         if entry.in_message:
             session.recipients.append(entry.prediction)  # part of the message: in the header
@@ -342,9 +363,10 @@ class PolicyEngine:
                     "sender": sender,
                     "recipient": recipient,
                     "final": prediction.final,
-                    "verdict": entry.counted[0],
+                    "tenant": entry.tenant,
+                    "verdict": entry.counted[1],
                     "code": prediction.code,
-                    "reason": entry.counted[1],
+                    "reason": entry.counted[2],
                     "action": entry.action,
                     "explanation": prediction.explanation,
                 }
@@ -407,6 +429,7 @@ class _Entry:
         "external",
         "in_message",
         "prediction",
+        "tenant",
         "unregistered",
     )
 
@@ -415,7 +438,9 @@ class _Entry:
     ) -> None:
         self.prediction = prediction
         verdict = prediction.verdict
-        self.counted = (verdict, prediction.reason)  # m365_policyd_predictions_total labels
+        self.tenant = prediction.deciding.tenant or ""  # "" when not through Microsoft 365
+        # m365_policyd_predictions_total labels
+        self.counted = (self.tenant, verdict, prediction.reason)
         relayed = sum(1 for a in prediction.addresses if a.relayed and a.verdict != REJECT)
         self.external = relayed  # recipients Microsoft 365 will send to the internet
         self.unregistered = 0 if sender_accepted else relayed
@@ -427,7 +452,8 @@ class _Entry:
 
 
 def _prediction_key(sender: str, recipient: str) -> tuple[str, str]:
-    """Predictions depend on the sender's domain, not its local part (unless it has none)."""
+    """Without [postfix], predictions depend on the sender's domain, not its local part (unless
+    it has none); with it, sender-dependent maps may name whole addresses (see ``_key``)."""
     _, at, domain = sender.rpartition("@")
     return (("@" + domain.lower()) if at and domain else sender, recipient.lower())
 

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from policyd.constants import ACCEPT, REJECT
 from policyd.rules import endpoints
 from policyd.rules.certnames import connector_name_matches, validity_problem
-from policyd.rules.model import InboundConnector, OnPrem, Tenant, split_address
+from policyd.rules.model import (
+    DEFAULT_TENANT,
+    InboundConnector,
+    NamedTenant,
+    OnPrem,
+    Tenant,
+    split_address,
+)
 from policyd.rules.reasons import (
     BY_ID,
     CERTIFICATE_CONNECTOR,
@@ -78,6 +85,8 @@ class RouteContext:
     attribution: Attribution  # steps 3 and 4 for that service
     certificate_from: str = ""  # where the certificate came from (main.cf / master.cf / toml)
     egress_from: str = ""  # where the egress addresses came from
+    #: The tenant this next hop reaches; None for a Microsoft 365 endpoint of no tenant.
+    tenant: NamedTenant | None = None
 
     @property
     def reaches_microsoft(self) -> bool:
@@ -111,6 +120,9 @@ class AddressPrediction:
     reply: str | None  # the SMTP reply Microsoft 365 would give, None when it accepts
     explanation: str  # one sentence: why, and what to change
     relayed: bool  # leaves through Microsoft 365 to a recipient outside the tenant
+    #: The tenant's name (``default`` for a single [tenant]); None when the address does not
+    #: go through Microsoft 365 (``local``, ``other-route``).
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,12 +391,39 @@ def predict_address(
     onprem: OnPrem,
     attribution: Attribution,
     route: RouteContext | None = None,
+    tenant_name: str = DEFAULT_TENANT,
 ) -> AddressPrediction:
     """Apply SPEC §5 steps 1-6 to one final address.
 
-    ``route`` (with ``[postfix]``) is how Postfix delivers it; its service's certificate and
-    egress addresses then replace ``onprem``'s and ``attribution``.
+    ``route`` (with ``[postfix]``) is how Postfix delivers it; its tenant, and its service's
+    certificate and egress addresses, then replace ``tenant``, ``onprem`` and ``attribution``.
+    ``tenant_name`` names ``tenant`` in the result.
     """
+    if route is not None:
+        routed = _routed_elsewhere(address, forwarded, route)
+        if routed is not None:
+            return routed
+        chosen = route.tenant
+        if chosen is None:
+            return _unknown_endpoint(address, forwarded, route)
+        tenant, onprem, attribution = chosen.tenant, route.onprem, route.attribution
+        sender = sender_view(sender.address, tenant, onprem)
+        tenant_name = chosen.name
+    found = _steps(address, forwarded, sender, tenant, onprem, attribution)
+    if found.reason == LOCAL:
+        return found
+    return replace(found, tenant=tenant_name)
+
+
+def _steps(  # noqa: PLR0917 - the inputs of the rule, in the order of its steps
+    address: str,
+    forwarded: bool,
+    sender: Sender,
+    tenant: Tenant,
+    onprem: OnPrem,
+    attribution: Attribution,
+) -> AddressPrediction:
+    """SPEC §5 steps 1 (local_domains) and 2-6 for one final address."""
     _, domain = split_address(address)
 
     # 1. Delivered by Postfix itself. A bare local name (an alias result without "@") gets
@@ -402,11 +441,6 @@ def predict_address(
             relayed=False,
         )
 
-    if route is not None:
-        routed = _routed_elsewhere(address, forwarded, route)
-        if routed is not None:
-            return routed
-        onprem, attribution = route.onprem, route.attribution
     # 2. Delivered into the tenant: not a relay, except under RejectDirectSend.
     tenant_domain = tenant.accepted_domain_for(domain)
     if tenant_domain:
@@ -545,6 +579,24 @@ def _p1_text(sender: Sender) -> str:
 # --- a whole recipient ------------------------------------------------------------------------
 
 
+def _unknown_endpoint(address: str, forwarded: bool, context: RouteContext) -> AddressPrediction:
+    """With several tenants, a Microsoft 365 endpoint that no tenant's endpoints name."""
+    words = BY_ID[NO_CONNECTOR]
+    route = context.route
+    return AddressPrediction(
+        address,
+        forwarded,
+        REJECT,
+        NO_CONNECTOR,
+        words.code,
+        words.reply,
+        f"Postfix sends {address} to the Microsoft 365 endpoint {route.nexthop} (master.cf "
+        f"service {route.transport}), which no [tenants.NAME] table lists in endpoints: no "
+        "configured tenant has a connector for it. Add the endpoint to its tenant's endpoints.",
+        relayed=True,
+    )
+
+
 def _routed_elsewhere(
     address: str, forwarded: bool, context: RouteContext
 ) -> AddressPrediction | None:
@@ -602,6 +654,7 @@ def predict_recipient(
     onprem: OnPrem,
     attribution: Attribution,
     router: Callable[[str], RouteContext] | None = None,
+    tenant_name: str = DEFAULT_TENANT,
 ) -> RecipientPrediction:
     """Predict one RCPT from its final addresses (the alias expansion of ``recipient``).
 
@@ -620,6 +673,7 @@ def predict_recipient(
             onprem=onprem,
             attribution=attribution,
             route=router(address) if router is not None else None,
+            tenant_name=tenant_name,
         )
         for address in (final or (recipient,))
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from policyd.rules import endpoints, predict
-from policyd.rules.model import OnPrem, Tenant
+from policyd.rules.model import DEFAULT_TENANT, NamedTenant, OnPrem, Tenant
 from policyd.rules.routing import PostfixView, resolve
 
 
@@ -50,22 +50,31 @@ class Router:
         self.fallback = fallback
         self.tenant = tenant
         self.endpoint_globs = endpoint_globs
+        only = NamedTenant(DEFAULT_TENANT, tenant, endpoint_globs, default=True)
+        #: Which tenant a next-hop host reaches; ``policyd.rules.predictor`` sets it for
+        #: several tenants (None: a Microsoft 365 endpoint of no configured tenant).
+        self.select: Callable[[str], NamedTenant | None] = lambda host: only
         #: Lookups may block on ``postmap -q``: run ``context`` off the reactor thread then.
         self.uses_subprocess = uses_subprocess
-        self._attributions: dict[str, tuple[predict.Attribution, float]] = {}
+        self._attributions: dict[tuple[str, str], tuple[predict.Attribution, float]] = {}
 
     def picture(self, service: str) -> ServicePicture:
         return self.services.get(service, self.fallback)
 
-    def attribution(self, service: str, now: datetime) -> predict.Attribution:
-        """Steps 3 and 4 for ``service``, recomputed when a certificate boundary passes."""
-        cached = self._attributions.get(service)
+    def attribution(
+        self, service: str, now: datetime, tenant: NamedTenant | None = None
+    ) -> predict.Attribution:
+        """Steps 3 and 4 for ``service`` towards ``tenant`` (default: the single tenant),
+        recomputed when a certificate boundary passes."""
+        key = (service, tenant.name if tenant is not None else "")
+        cached = self._attributions.get(key)
         stamp = now.timestamp()
         if cached is not None and stamp < cached[1]:
             return cached[0]
-        attribution = predict.attribute(self.tenant, self.picture(service).onprem, now)
+        target = tenant.tenant if tenant is not None else self.tenant
+        attribution = predict.attribute(target, self.picture(service).onprem, now)
         until = attribution.valid_until
-        self._attributions[service] = (attribution, math.inf if until is None else until)
+        self._attributions[key] = (attribution, math.inf if until is None else until)
         return attribution
 
     def valid_until(self) -> float:
@@ -84,13 +93,16 @@ class Router:
             else endpoints.OTHER
         )
         picture = self.picture(route.transport)
+        hops = endpoints.parse_nexthop(route.nexthop)
+        tenant = self.select(hops[0].host) if hops and kind != endpoints.OTHER else None
         return predict.RouteContext(
             route,
             kind,
             picture.onprem,
-            self.attribution(route.transport, now),
+            self.attribution(route.transport, now, tenant),
             picture.certificate_from,
             picture.egress_from,
+            tenant,
         )
 
     def for_sender(self, sender: str, now: datetime) -> Callable[[str], predict.RouteContext]:

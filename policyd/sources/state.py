@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
-from policyd.rules.model import CertificateFacts, NamedTenant, OnPrem, Tenant
+from policyd.rules.model import DEFAULT_TENANT, CertificateFacts, NamedTenant, OnPrem, Tenant
+from policyd.rules.predictor import Predictor
 from policyd.rules.relay import Router, ServicePicture
 from policyd.rules.routing import PostfixView, client_tls, split_list
 from policyd.sources.config import Config, TenantFile, read_config_file
@@ -50,6 +51,15 @@ class State:
     postfix: LoadedPostfix | None = None
     #: With ``[postfix]`` and postsrsd in sender_canonical_maps: the domain it writes.
     srs: SrsDomain | None = None
+    #: Tenant choice and the relay rule for this generation (built from the fields above).
+    predictor: Predictor = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        tenants = config.tenants or (
+            NamedTenant(DEFAULT_TENANT, config.tenant, config.tenant_endpoints, default=True),
+        )
+        object.__setattr__(self, "predictor", Predictor(tenants, config.onprem, self.router))
 
     @property
     def watched_files(self) -> tuple[str, ...]:
@@ -171,7 +181,8 @@ def build_state(config: Config, generation: int) -> State:
         pictures,
         fallback,
         config.tenant,
-        endpoint_globs=config.tenant_endpoints,
+        endpoint_globs=tuple(g for t in config.tenants for g in t.endpoints)
+        or config.tenant_endpoints,
         uses_subprocess=postfix.tables.uses_subprocess,
     )
     return State(config, aliases, generation, router, postfix, srs)

@@ -12,7 +12,7 @@ from policyd.constants import ACCEPT, REJECT
 from policyd.errors import LookupFailureError
 from policyd.rules import predict
 from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
-from policyd.rules.reasons import LOCAL, OTHER_ROUTE
+from policyd.rules.predictor import by_sender
 
 if TYPE_CHECKING:
     from policyd.sources.state import State
@@ -39,34 +39,24 @@ class CheckResult:
 
 
 def run_check(state: State, sender: str, recipients: Sequence[str], now: datetime) -> CheckResult:
-    """Predict ``recipients`` of ``sender`` with ``state`` at time ``now``."""
-    config = state.config
-    attribution = predict.attribute(config.tenant, config.onprem, now)
-    view = predict.sender_view(sender, config.tenant, config.onprem)
+    """Predict ``recipients`` of ``sender`` with ``state`` at time ``now``, exactly as the
+    daemon does (``state.predictor``); with ``[postfix]`` each final address's route is kept
+    for the explanation."""
+    predictor = state.predictor
+    tenant = by_sender(predictor.tenants, sender) or predictor.tenants[0]
+    onprem = predictor.onprem_for(tenant)
+    attribution = predictor.attribution(tenant, now)
+    view = predict.sender_view(sender, tenant.tenant, onprem)
     results: list[RecipientPrediction | tuple[str, str]] = []
     routes: dict[str, RouteContext] = {}
-    route_of = None
-    if state.router is not None:
-        routed = state.router.for_sender(sender, now)
-
-        def route_of(address: str) -> RouteContext:
-            context = routed(address)
-            routes[address] = context
-            return context
-
     for recipient in recipients:
         try:
-            results.append(
-                predict.predict_recipient(
-                    recipient,
-                    state.aliases.expand(recipient),
-                    sender=view,
-                    tenant=config.tenant,
-                    onprem=config.onprem,
-                    attribution=attribution,
-                    router=route_of,
-                )
-            )
+            final = state.aliases.expand(recipient)
+            prediction, _ = predictor.predict(sender, recipient, final, now)
+            if state.router is not None:
+                for address in prediction.final:
+                    routes[address] = state.router.context(sender, address, now)
+            results.append(prediction)
         except LookupFailureError as error:
             results.append((recipient, str(error)))
     return CheckResult(view, attribution, tuple(results), routes)
@@ -110,7 +100,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
                         "reason": a.reason,
                         "explanation": a.explanation,
                         "relayed": a.relayed,
-                        "tenant": _tenant(a, result.routes.get(a.address)),
+                        "tenant": a.tenant,
                         "route": _route_json(result.routes.get(a.address)),
                     }
                     for a in entry.addresses
@@ -118,16 +108,6 @@ def as_json(result: CheckResult) -> dict[str, object]:
             }
         )
     return {"verdict": result.verdict, "recipients": recipients}
-
-
-def _tenant(address: predict.AddressPrediction, context: RouteContext | None) -> str | None:
-    """The tenant's name (``default`` for a single ``[tenant]``), None when the address does
-    not go through Microsoft 365."""
-    if address.reason in (LOCAL, OTHER_ROUTE):
-        return None
-    if context is not None and not context.reaches_microsoft:
-        return None
-    return "default"
 
 
 def _route_json(context: RouteContext | None) -> dict[str, object] | None:
