@@ -137,8 +137,13 @@ def test_alerts_have_severity_for_and_a_fix() -> None:
 
 
 def test_licence_count_is_set_in_one_place() -> None:
-    """The licence count is one recording rule, and the TERRL formula derives the limit from it."""
+    """The licence count is one recording rule per tenant (one shipped, for "default"), and the
+    TERRL formula derives each tenant's limit from it."""
     text = RULES.read_text()
-    assert re.findall(r"record:\s*m365_policyd:tenant_licenses\n\s*expr:\s*vector\(\d+\)", text)
+    assert re.findall(
+        r"record:\s*m365_policyd:tenant_licenses\n\s*expr:\s*"
+        r'label_replace\(vector\(\d+\), "tenant", "default", "", ""\)',
+        text,
+    )
     assert "500 * m365_policyd:tenant_licenses ^ 0.7 + 9500" in text
-    assert len(re.findall(r"expr:.*vector\(", text)) == 1, "one constant, not several"
+    assert len(re.findall(r"^\s*expr:.*vector\(", text, re.MULTILINE)) == 1, "one constant"
