@@ -180,3 +180,160 @@ def test_included_file_holds_only_tenants(tmp_path: Path) -> None:
     write(tmp_path, CONTOSO + '[policy]\naction = "defer"\n', "tenants.d/a.toml")
     error = error_of(write(tmp_path, 'include = ["tenants.d/*.toml"]\n'))
     assert (error.file, error.key) == (str(tmp_path / "tenants.d" / "a.toml"), "policy")
+
+
+# --- which tenant predicts a message -----------------------------------------------------------
+
+SAAS_MAIN_CF = {
+    "compatibility_level": "3.6",
+    "myhostname": "mta.saas.example",
+    "mydestination": "$myhostname, localhost",
+    "relayhost": "",
+    "smtp_bind_address": "203.0.113.10",
+    "sender_dependent_relayhost_maps": "texthash:@DIR@/sender_relay",
+}
+SAAS_RELAYS = (
+    "@contoso.com [contoso-com.mail.protection.outlook.com]:25\n"
+    "@fabrikam.example [fabrikam-example.mail.protection.outlook.com]:25\n"
+    "@adatum.example [adatum-example.mail.protection.outlook.com]:25\n"
+)
+MASTER_CF = "smtp unix - - n - - smtp\nlocal unix - n n - - local\n"
+SAAS_TENANTS = """
+[postfix]
+config_directory = "@DIR@"
+
+[tenants.contoso]
+endpoints = ["contoso-com.mail.protection.outlook.com"]
+accepted_domains = ["contoso.com"]
+[[tenants.contoso.inbound_connector]]
+name = "SaaS relay"
+sender_ip_addresses = ["203.0.113.10/32"]
+
+[tenants.fabrikam]
+endpoints = ["fabrikam-example.mail.protection.outlook.com"]
+accepted_domains = ["fabrikam.example"]
+[[tenants.fabrikam.inbound_connector]]
+name = "SaaS relay"
+sender_ip_addresses = ["203.0.113.10/32"]
+"""
+
+
+def saas(tmp_path: Path) -> Path:
+    """A SaaS relay: relayhost empty, sender_dependent_relayhost_maps per customer domain, the
+    same sending address in an IP connector of each customer's tenant."""
+    import os
+    import time
+
+    etc = tmp_path / "postfix"
+    etc.mkdir()
+    (etc / "sender_relay").write_text(SAAS_RELAYS)
+    (etc / "main.cf").write_text(
+        "".join(f"{k} = {v.replace('@DIR@', str(etc))}\n" for k, v in SAAS_MAIN_CF.items())
+    )
+    (etc / "master.cf").write_text(MASTER_CF)
+    past = time.time() - 10
+    for path in etc.iterdir():
+        os.utime(path, (past, past))
+    return write(tmp_path, SAAS_TENANTS.replace("@DIR@", str(etc)))
+
+
+def predicted(config: Path, sender: str, recipient: str) -> tuple[str, str | None, str]:
+    from datetime import UTC, datetime
+
+    from policyd.sources.state import load_state
+
+    state = load_state(str(config), 0)
+    prediction, _ = state.predictor.predict(sender, recipient, (recipient,), datetime.now(UTC))
+    address = prediction.addresses[0]
+    return address.reason, address.tenant, address.explanation
+
+
+@pytest.mark.postfix
+def test_saas_relay_predicts_in_the_senders_own_tenant(tmp_path: Path) -> None:
+    """The issue's SaaS relay: helpdesk@fabrikam.example is routed to fabrikam's endpoint and
+    relays there as an accepted domain; contoso's mail is judged in contoso's tenant."""
+    config = saas(tmp_path)
+    assert predicted(config, "helpdesk@fabrikam.example", "user@example.net")[:2] == (
+        "sender-accepted-domain",
+        "fabrikam",
+    )
+    assert predicted(config, "alerts@contoso.com", "user@example.net")[:2] == (
+        "sender-accepted-domain",
+        "contoso",
+    )
+    # the route follows the sender: mail to contoso.com from fabrikam leaves through
+    # fabrikam's tenant, where contoso.com is an outside domain relayed for fabrikam.example
+    assert predicted(config, "helpdesk@fabrikam.example", "kate@contoso.com")[:2] == (
+        "sender-accepted-domain",
+        "fabrikam",
+    )
+
+
+@pytest.mark.postfix
+def test_endpoint_of_no_tenant_is_no_connector_naming_it(tmp_path: Path) -> None:
+    """A Microsoft 365 endpoint no tenant lists is refused no-connector, naming the endpoint."""
+    config = saas(tmp_path)
+    reason, tenant, explanation = predicted(config, "it@adatum.example", "user@example.net")
+    assert (reason, tenant) == ("no-connector", None)
+    assert "[adatum-example.mail.protection.outlook.com]:25" in explanation
+
+
+def test_without_postfix_the_sender_domain_chooses(tmp_path: Path) -> None:
+    """Without [postfix], sender_domains choose the tenant (subdomains too), the default takes
+    the rest, and a tenant's own certificate is what it is shown."""
+    config = write(
+        tmp_path,
+        """
+[onprem]
+egress_addresses = ["203.0.113.10"]
+
+[tenants.contoso]
+sender_domains = ["contoso.com"]
+accepted_domains = ["contoso.com"]
+[[tenants.contoso.inbound_connector]]
+name = "IP"
+sender_ip_addresses = ["203.0.113.10/32"]
+
+[tenants.fabrikam]
+default = true
+accepted_domains = ["fabrikam.example"]
+""",
+    )
+    assert predicted(config, "a@contoso.com", "u@example.net")[:2] == (
+        "sender-accepted-domain",
+        "contoso",
+    )
+    assert predicted(config, "a@eu.contoso.com", "u@example.net")[:2] == (
+        "sender-not-accepted",
+        "contoso",
+    )
+    assert predicted(config, "a@fabrikam.example", "u@example.net")[:2] == (
+        "no-connector",
+        "fabrikam",
+    )
+
+
+@pytest.mark.postfix
+def test_doctor_has_a_section_per_tenant_and_warns_of_a_shared_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doctor audits each tenant in its own section with its own table, and warns that one
+    egress address sits in both tenants' connectors (SPEC §5.2)."""
+    import json
+
+    from policyd.tools import doctor
+
+    config = saas(tmp_path)
+    assert doctor.main(str(config), as_json=True) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    tenants = {c.get("tenant") for c in report["checks"]}
+    assert {"contoso", "fabrikam"} <= tenants
+    shared = [c for c in report["checks"] if c["id"] == "tenants-shared-egress"]
+    assert shared[0]["status"] == "warning"
+    assert "203.0.113.10 (contoso, fabrikam)" in shared[0]["finding"]
+    rows = {(row["tenant"], row["class"]): row for row in report["classes"]}
+    assert rows[("fabrikam", "own-domain")]["relayed"] is True
+    doctor.main(str(config))
+    text = capsys.readouterr().out
+    assert "== Tenant contoso ==" in text and "== Tenant fabrikam ==" in text
+    assert "Will Microsoft 365 relay it? (tenant fabrikam)" in text

@@ -22,12 +22,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
 from policyd.constants import EXIT_CONFIG
 from policyd.errors import ConfigError
 from policyd.rules import predict
+from policyd.rules.predictor import Predictor
 from policyd.rules.relay import Router
 from policyd.sources.config import Config
 from policyd.sources.pem import key_matches_certificate
@@ -50,6 +52,8 @@ from policyd.tools.doctor.report import (
 from policyd.tools.doctor.tenant import (
     mail_classes,
     route_samples,
+    shared_certificate_check,
+    shared_egress_check,
     summary_check,
     tenant_checks,
 )
@@ -77,13 +81,19 @@ def audit(
     resolve: Callable[[str], str] = os.path.normpath,
     router: Router | None = None,
     srs: SrsDomain | None = None,
+    predictor: Predictor | None = None,
 ) -> Report:
     """Build the checklist and the closing table from plain inputs.
 
     ``postfix`` None skips the Postfix checks; ``resolve`` turns a path into its comparable
     form (the wiring passes ``os.path.realpath``, tests may pass anything); ``router`` is the
-    state's router with ``[postfix]``, so the table predicts exactly as the daemon does.
+    state's router with ``[postfix]``, so the table predicts exactly as the daemon does;
+    ``predictor`` (the state's) lists several tenants: each gets its own section and table,
+    and the cross-tenant checks of SPEC §5.2 are added.
     """
+    tenants = predictor.tenants if predictor is not None else ()
+    if len(tenants) > 1 and predictor is not None:
+        return _several(config, predictor, now, postfix, key, resolve, router, srs)
     tenant, onprem = config.tenant, config.onprem
     attribution = predict.attribute(tenant, onprem, now)
     checks: list[Check] = []
@@ -108,6 +118,60 @@ def audit(
         )
     checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
+
+
+def _routes(
+    router: Router | None, now: datetime
+) -> Callable[[str], Callable[[str], predict.RouteContext]] | None:
+    """Per sender, the route function the daemon uses (None without [postfix])."""
+    if router is None:
+        return None
+    active = router
+
+    def routes(sender: str) -> Callable[[str], predict.RouteContext]:
+        return active.for_sender(sender, now)
+
+    return routes
+
+
+def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
+    config: Config,
+    predictor: Predictor,
+    now: datetime,
+    postfix: PostfixFacts | None,
+    key: KeyCheck | None,
+    resolve: Callable[[str], str],
+    router: Router | None,
+    srs: SrsDomain | None,
+) -> Report:
+    """One section per tenant (its certificate, connectors and table), then Postfix, then the
+    cross-tenant warnings and the summary over every tenant's table."""
+    checks: list[Check] = []
+    classes: list[MailClass] = []
+    for named in predictor.tenants:
+        own = replace(config, tenant=named.tenant, onprem=predictor.onprem_for(named))
+        attribution = predictor.attribution(named, now)
+        section = [
+            *certificate_checks(own, attribution, key, now),
+            *tenant_checks(own, attribution),
+        ]
+        rows = mail_classes(own, attribution, _routes(router, now))
+        section.append(summary_check(rows))
+        checks.extend(replace(check, tenant=named.name) for check in section)
+        classes.extend(replace(row, tenant=named.name) for row in rows)
+    if postfix is not None:
+        found = postfix_checks(config, postfix, tuple(classes), resolve)
+        if srs is not None:
+            found.append(srs_check(srs))
+        checks.extend(found)
+    pictures = (
+        [p.onprem for p in router.services.values()]
+        if router is not None
+        else [predictor.onprem_for(t) for t in predictor.tenants]
+    )
+    checks.append(shared_egress_check(predictor.tenants, pictures))
+    checks.append(shared_certificate_check(predictor.tenants, pictures))
+    return Report(tuple(checks), tuple(classes))
 
 
 # --- certificate ---------------------------------------------------------------------------------
@@ -169,6 +233,7 @@ def main(
         resolve=os.path.realpath,
         router=state.router,
         srs=state.srs,
+        predictor=state.predictor,
     )
     if as_json:
         write_json(report, stream)

@@ -65,15 +65,19 @@ class Check:
     status: str
     finding: str
     fix: str = ""
+    tenant: str = ""  # with several tenants: the tenant this check is about ("" = all)
 
     def as_json(self) -> dict[str, str]:
-        return {
+        found = {
             "id": self.id,
             "area": self.area,
             "status": self.status,
             "finding": self.finding,
             "fix": self.fix,
         }
+        if self.tenant:
+            found["tenant"] = self.tenant
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +95,11 @@ class MailClass:
     reply: str | None
     explanation: str
     fix: str
+    tenant: str = ""  # with several tenants: the tenant whose own-domain senders the row uses
 
     def as_json(self) -> dict[str, object]:
         return {
+            "tenant": self.tenant or None,
             "class": self.id,
             "label": self.label,
             "sender": self.sender,
@@ -135,10 +141,10 @@ class Report:
     def exit_code(self) -> int:
         return EXIT_ERRORS if self.errors else EXIT_OK
 
-    def status_of(self, check_id: str) -> str | None:
-        """The status of the check ``check_id``, None when it was not made."""
+    def status_of(self, check_id: str, tenant: str = "") -> str | None:
+        """The status of the check ``check_id`` (about ``tenant``), None when not made."""
         for check in self.checks:
-            if check.id == check_id:
+            if check.id == check_id and check.tenant == tenant:
                 return check.status
         return None
 
@@ -155,25 +161,36 @@ def write_text(report: Report, out: TextIO, *, title: str = "") -> None:
     """The checklist grouped by area, then the closing table and the totals."""
     if title:
         out.write(f"{title}\n")
-    for area in AREAS:
-        checks = [c for c in report.checks if c.area == area]
-        if not checks:
-            continue
-        out.write(f"\n{AREA_TITLES[area]}\n")
-        for check in checks:
-            out.write(f"  {MARKERS[check.status]} {check.id}: {check.finding}\n")
-            if check.fix:
-                out.write(f"         fix: {check.fix}\n")
-    out.write("\nWill Microsoft 365 relay it?\n")
-    width = max(len(c.label) for c in report.classes)
-    for row in report.classes:
+    tenants = list(dict.fromkeys(c.tenant for c in report.checks if c.tenant))
+    for tenant in ["", *tenants]:
+        if tenant:
+            out.write(f"\n== Tenant {tenant} ==\n")
+        for area in AREAS:
+            checks = [c for c in report.checks if c.area == area and c.tenant == tenant]
+            if not checks:
+                continue
+            out.write(f"\n{AREA_TITLES[area]}\n")
+            for check in checks:
+                out.write(f"  {MARKERS[check.status]} {check.id}: {check.finding}\n")
+                if check.fix:
+                    out.write(f"         fix: {check.fix}\n")
+        _table(report, out, tenant)
+    out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")
+
+
+def _table(report: Report, out: TextIO, tenant: str) -> None:
+    rows = [c for c in report.classes if c.tenant == tenant]
+    if not rows:
+        return
+    out.write("\nWill Microsoft 365 relay it?" + (f" (tenant {tenant})" if tenant else "") + "\n")
+    width = max(len(c.label) for c in rows)
+    for row in rows:
         envelope = f"<{row.sender}> -> {', '.join(row.final)}"
         answer = "yes" if row.relayed else "NO "
         reason = f"[{row.reason}]"
         out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {envelope}\n")
         if row.fix:
             out.write(f"  {'':<{width}}       fix: {row.fix}\n")
-    out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")
 
 
 def write_json(report: Report, out: TextIO) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from policyd.constants import ACCEPT
 from policyd.rules import predict, reasons
 from policyd.rules.certnames import connector_name_matches
-from policyd.rules.model import InboundConnector, Tenant
+from policyd.rules.model import InboundConnector, NamedTenant, OnPrem, Tenant
 from policyd.sources.config import Config
 from policyd.tools.doctor.certificate import domain_to_add
 from policyd.tools.doctor.report import ERROR, NOTE, OK, SUMMARY, TENANT, WARNING, Check, MailClass
@@ -384,4 +384,83 @@ def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False)
         ERROR if own_refused else WARNING,
         f"{len(refused)} of {len(classes)} classes of mail will be refused: {labels}.",
         refused[0].fix,
+    )
+
+
+def shared_egress_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPrem]) -> Check:
+    """SPEC §5.2: an egress address inside several tenants' OnPremises connectors.
+
+    Microsoft calls IP addresses shared across tenants an anti-pattern (MC1226222): which
+    tenant a connection is attributed to may move, and mail is refused in the other one.
+    """
+    addresses = {a for onprem in pictures for a in onprem.egress_addresses}
+    shared: list[str] = []
+    for address in sorted(addresses, key=str):
+        owners = [
+            t.name
+            for t in tenants
+            if any(
+                address in network
+                for c in t.tenant.relay_connectors
+                for network in c.sender_ip_addresses
+            )
+        ]
+        if len(owners) > 1:
+            shared.append(f"{address} ({', '.join(owners)})")
+    if not shared:
+        return Check(
+            "tenants-shared-egress",
+            TENANT,
+            OK,
+            "No egress address sits in the IP connectors of more than one tenant.",
+        )
+    return Check(
+        "tenants-shared-egress",
+        TENANT,
+        WARNING,
+        f"Egress addresses in the connectors of several tenants: {'; '.join(shared)}. Microsoft "
+        "calls shared sending IPs an anti-pattern: the tenant a connection is attributed to "
+        "may change, and mail is then refused in the other one.",
+        "Give each tenant a certificate connector (a certificate per tenant, presented by that "
+        "tenant's own transport), or a sending address of its own.",
+    )
+
+
+def shared_certificate_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPrem]) -> Check:
+    """SPEC §5.2: one certificate accepted by the connectors of two tenants."""
+    certificates = {
+        onprem.certificate.path: onprem.certificate
+        for onprem in pictures
+        if onprem.certificate is not None and onprem.certificate.readable
+    }
+    shared: list[str] = []
+    for path, certificate in sorted(certificates.items()):
+        owners = [
+            t.name
+            for t in tenants
+            if any(
+                connector_name_matches(c.tls_sender_certificate_name, name)
+                for c in t.tenant.relay_connectors
+                if c.tls_sender_certificate_name
+                for name in certificate.names
+            )
+        ]
+        if len(owners) > 1:
+            shared.append(f"{path} ({', '.join(owners)})")
+    if not shared:
+        return Check(
+            "tenants-shared-certificate",
+            TENANT,
+            OK,
+            "No certificate is accepted by the connectors of more than one tenant.",
+        )
+    return Check(
+        "tenants-shared-certificate",
+        TENANT,
+        WARNING,
+        f"Certificates accepted by the connectors of several tenants: {'; '.join(shared)}. "
+        "Microsoft asks for a unique certificate per tenant: attribution by certificate is then "
+        "ambiguous.",
+        "Present each tenant its own certificate from its own transport (master.cf -o "
+        "smtp_tls_chain_files) and name it in that tenant's connector only.",
     )
