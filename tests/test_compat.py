@@ -6,6 +6,7 @@ libraries exercise the code Debian 12 runs), and through the public path that pi
 
 from __future__ import annotations
 
+import base64
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
@@ -115,6 +116,24 @@ def test_fallback_and_native_verifier_agree_on_the_test_pki() -> None:
     for verify in (pem.verify_issued_by, pem._verify_signature):
         with pytest.raises(InvalidSignature):
             verify(leaf.cert, TestPKI(now=NOW).intermediate.cert)
+
+
+@pytest.mark.parametrize("tag", [0, 1, 13, 48, 128])
+def test_name_with_an_unknown_string_tag_is_unreadable_not_raised(tmp_path: Path, tag: int) -> None:
+    """A name attribute whose string tag was damaged is reported as a corrupt certificate, on
+    every cryptography (38, in Debian 12, raises KeyError for it; newer ones ValueError)."""
+    leaf = TestPKI(now=NOW).leaf("mail.contoso.com")
+    der = bytearray(leaf.cert.public_bytes(serialization.Encoding.DER))
+    common_name_oid = der.find(bytes.fromhex("0603550403"))  # the issuer's CN comes first
+    der[common_name_oid + 5] = tag  # UTF8String (0x0c) becomes something no name holds
+    path = tmp_path / "damaged.pem"
+    body = base64.encodebytes(bytes(der))
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n")
+    facts = pem.read_certificate(str(path), ca_bundle=str(path))
+    assert facts.error.startswith("unreadable: certificate 1 in the file is corrupt ("), facts
+    assert pem.key_matches_certificate(str(path), str(path)) == (
+        f"unreadable: certificate {path}: {facts.error.removeprefix('unreadable: ')}"
+    )
 
 
 class NaiveOnly:

@@ -43,9 +43,11 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(?:.*?)-----END \1--
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _PRIVATE_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY")
 _ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
-#: What cryptography raises for a certificate whose DER does not decode.
+#: What cryptography raises for a certificate whose DER does not decode (cryptography 38, in
+#: Debian 12, raises KeyError for some malformed extensions).
 _CORRUPT = (
     ValueError,
+    KeyError,
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
@@ -174,7 +176,8 @@ def _parse_certificates(data: bytes) -> list[x509.Certificate]:
                 f"certificate {index} in the file uses an unsupported algorithm ({e})"
             ) from e
         except _CORRUPT as e:
-            raise _UnreadableError(f"certificate {index} in the file is corrupt ({e})") from e
+            detail = f"unknown ASN.1 tag {e}" if isinstance(e, KeyError) else str(e)
+            raise _UnreadableError(f"certificate {index} in the file is corrupt ({detail})") from e
     return certs
 
 
