@@ -44,7 +44,7 @@ _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _PRIVATE_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY")
 _ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
 #: What cryptography raises for a certificate whose DER does not decode (cryptography 38, in
-#: Debian 12, raises KeyError for some malformed extensions).
+#: Debian 12, raises KeyError for a name attribute with an unknown string tag).
 _CORRUPT = (
     ValueError,
     KeyError,
