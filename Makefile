@@ -71,7 +71,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# The unit tests (all but the postfix and deb markers) once more on Debian's python3-twisted,
+# The unit tests (all but the postfix, deb and slow markers) once more on Debian's python3-twisted,
 # python3-cryptography and python3-prometheus-client, and under every other Python that
 # setup.cfg's classifiers list (found on PATH or in pyenv); absent ones are reported.
 matrix: $(STAMP)

@@ -10,16 +10,19 @@
   Debian's before it runs anything.
 - **python3.X** for every Python that ``setup.cfg``'s classifiers list, except the one of
   ``.venv``: ``python3.X`` on PATH, or else the newest ``3.X.N`` that pyenv has installed (its
-  shims on PATH only answer for the selected versions). A venv with ``pip install -e .[test]``.
+  shims on PATH only answer for the selected versions). A venv with the package and its newest
+  libraries, and of the ``[test]`` extra only what the suite imports (pytest, hypothesis,
+  import-linter; not the linters, mypy or the build tools, which run once in ``.venv``).
 
 Each venv lives beside ``.venv`` (``.venv-debian``, ``.venv-py3.12``, ...) and is rebuilt when
 ``setup.cfg``, ``pyproject.toml`` or the interpreter changes. An interpreter or library set that
 is not on this machine is reported as absent, not failed; under ``CI`` the Debian one is
 required (SPEC §2: CI tests the oldest and the newest versions).
 
-Markers: ``postfix`` and ``deb`` run once, in ``.venv``. The Debian run includes ``slow`` (the
-abuse and soak tests are what the oldest Twisted must survive); the other Pythons skip ``slow``
-to keep ``make test`` well under 15 minutes on two cores.
+Markers: ``postfix``, ``deb`` and ``slow`` run once, in ``.venv``; the other runs take the rest
+(``$MATRIX_MARKERS`` overrides the expression, e.g. ``MATRIX_MARKERS="not postfix and not deb"
+make matrix`` adds the slow abuse, dashboard and build tests). That keeps ``make test`` well
+under 15 minutes on two cores, venvs built from scratch included.
 
 Exit status 1 when a suite failed or could not be set up, else 0. The last line adds up the
 runs: ``matrix: N passed, N failed, N skipped``.
@@ -47,8 +50,9 @@ LIBRARIES = (
     ("prometheus_client", "prometheus-client"),
 )
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]
-MARKERS_DEBIAN = "not postfix and not deb"
-MARKERS_OTHERS = "not postfix and not deb and not slow"
+MARKERS = os.environ.get("MATRIX_MARKERS") or "not postfix and not deb and not slow"
+#: Of setup.cfg's ``[test]`` extra, what the suite itself imports.
+TEST_TOOLS = ("pytest", "hypothesis", "import-linter")
 PIP = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
 _PYTEST_TOTALS = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)")
 
@@ -61,7 +65,7 @@ class Suite:
     venv: Path
     python: str = ""  # the interpreter the venv is made from
     system_site: bool = False
-    markers: str = MARKERS_OTHERS
+    markers: str = MARKERS
     absent: str = ""  # why it cannot run here
     libraries: str = ""
     counts: dict[str, int] = field(default_factory=dict)
@@ -69,15 +73,27 @@ class Suite:
     seconds: float = 0.0
 
 
-def supported_versions() -> list[str]:
-    """The ``3.X`` versions listed as ``Programming Language :: Python :: 3.X`` in setup.cfg."""
+def _setup_cfg() -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
     parser.read(REPO / "setup.cfg")
-    classifiers = parser.get("metadata", "classifiers").splitlines()
+    return parser
+
+
+def supported_versions() -> list[str]:
+    """The ``3.X`` versions listed as ``Programming Language :: Python :: 3.X`` in setup.cfg."""
+    classifiers = _setup_cfg().get("metadata", "classifiers").splitlines()
     found = (
         re.fullmatch(r"Programming Language :: Python :: (3\.\d+)", c.strip()) for c in classifiers
     )
     return sorted({m.group(1) for m in found if m}, key=lambda v: tuple(map(int, v.split("."))))
+
+
+def suite_tools() -> list[str]:
+    """The requirement lines of ``TEST_TOOLS`` as setup.cfg's ``[test]`` extra spells them."""
+    extra = _setup_cfg().get("options.extras_require", "test").split()
+    wanted = [line for line in extra if re.split(r"[<>=!~ ]", line, maxsplit=1)[0] in TEST_TOOLS]
+    assert len(wanted) == len(TEST_TOOLS), (wanted, extra)
+    return wanted
 
 
 def _version_of(python: str) -> str:
@@ -149,12 +165,14 @@ def prepare(suite: Suite) -> None:
     _quiet(venv)
     python = str(suite.venv / "bin" / "python")
     if suite.system_site:
-        # Debian's libraries stay the ones imported: only the test tools come from PyPI, and the
-        # package is installed without dependencies (built with Debian's setuptools).
-        _quiet([python, *PIP, "pytest", "hypothesis"])
+        # Debian's libraries stay the ones imported: only pytest and hypothesis come from PyPI
+        # (import-linter would bring its own click, and the layer contract does not depend on
+        # library versions), and the package is installed without dependencies.
+        tools = [tool for tool in suite_tools() if not tool.startswith("import-linter")]
+        _quiet([python, *PIP, *tools])
         _quiet([python, *PIP, "--no-deps", "--no-build-isolation", "-e", "."])
     else:
-        _quiet([python, *PIP, "-e", ".[test]"])
+        _quiet([python, *PIP, "-e", ".", *suite_tools()])
     stamp.write_text(expected)
 
 
@@ -223,9 +241,7 @@ def suites() -> list[Suite]:
     """The Debian run, then one per supported Python other than this interpreter's."""
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
     found: list[Suite] = []
-    debian = Suite(
-        "Debian's libraries", REPO / ".venv-debian", str(DEBIAN_PYTHON), True, MARKERS_DEBIAN
-    )
+    debian = Suite("Debian's libraries", REPO / ".venv-debian", str(DEBIAN_PYTHON), True)
     if not DEBIAN_PYTHON.exists():
         debian.absent = f"no {DEBIAN_PYTHON} (not a Debian system)"
     else:
