@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -433,44 +434,30 @@ def test_directory_is_unreadable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "key", "problem"),
+    ("text", "key", "where"),
     [
-        (
-            "[server]\nlisten = []\n[policy\naction = 'defer'\n",
-            "line 3",
-            "not valid TOML (Expected ']' at the end of a table declaration, column 8); "
-            "compare with contrib/m365-policyd.example.toml",
-        ),
-        (
-            '[server]\nmetrics = "tcp:9464\n',
-            "line 2",
-            "not valid TOML (Illegal character '\\n', column 20); "
-            "compare with contrib/m365-policyd.example.toml",
-        ),
-        (
-            "[log]\nlevel = verbose\n",
-            "line 2",
-            "not valid TOML (Invalid value, column 9); "
-            "compare with contrib/m365-policyd.example.toml",
-        ),
-        (
-            "[log]\nlevel =",
-            "line 2",
-            "not valid TOML (Invalid value, at the end of the file); "
-            "compare with contrib/m365-policyd.example.toml",
-        ),
+        ("[server]\nlisten = []\n[policy\naction = 'defer'\n", "line 3", "column"),
+        ('[server]\nmetrics = "tcp:9464\n', "line 2", "column"),
+        ("[log]\nlevel = verbose\n", "line 2", "column"),
+        ("[log]\nlevel =", "line 2", "end"),
     ],
 )
-def test_toml_syntax_error_names_the_line(
-    tmp_path: Path, text: str, key: str, problem: str
-) -> None:
-    """A TOML syntax error names the file and the line."""
+def test_toml_syntax_error_names_the_line(tmp_path: Path, text: str, key: str, where: str) -> None:
+    """A TOML syntax error names the file, the line, a column on it (or the end of the file),
+    tomllib's reason and the fix; the reason's words are the interpreter's, not promised."""
     error = config_error(tmp_path, text)
-    assert (error.file, error.key, error.problem) == (
-        str(tmp_path / "m365-policyd.toml"),
-        key,
-        problem,
+    assert (error.file, error.key) == (str(tmp_path / "m365-policyd.toml"), key)
+    found = re.fullmatch(
+        r"not valid TOML \(.+, (?:column (\d+)|(at the end of the file))\); "
+        r"compare with contrib/m365-policyd\.example\.toml",
+        error.problem,
     )
+    assert found is not None, error.problem
+    if where == "end":
+        assert found.group(2)
+    else:
+        line = text.split("\n")[int(key.split()[1]) - 1]
+        assert found.group(1) and 1 <= int(found.group(1)) <= len(line) + 1
 
 
 def test_non_utf8_config(tmp_path: Path) -> None:

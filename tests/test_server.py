@@ -31,6 +31,7 @@ from policyd.daemon.systemd import Notifier
 from policyd.daemon.watch import FileWatcher
 from policyd.errors import ConfigError
 from policyd.sources.config import load_config
+from policyd.sources.pem import not_valid_after
 from policyd.sources.state import State, build_state
 from tests.pki import TestPKI
 from tests.serverproc import DEFAULT_BODY, PolicyClient, PolicyServer, data, rcpt, request_text
@@ -590,7 +591,7 @@ def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> No
         not_after = samples.value(
             "m365_policyd_certificate_not_after_timestamp_seconds", certificate=path
         )
-        assert not_after == pytest.approx(wrong.cert.not_valid_after_utc.timestamp())
+        assert not_after == pytest.approx(not_valid_after(wrong.cert).timestamp())
 
         mark = server.log_offset()
         right = pki.leaf(
@@ -603,7 +604,7 @@ def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> No
         assert samples.value("m365_policyd_certificate_connector_match", **match) == 1
         assert samples.value(
             "m365_policyd_certificate_not_after_timestamp_seconds", certificate=path
-        ) == pytest.approx(right.cert.not_valid_after_utc.timestamp())
+        ) == pytest.approx(not_valid_after(right.cert).timestamp())
         assert "cert.pem" in server.wait_for_log("reloaded configuration", after=mark)
 
 

@@ -24,11 +24,12 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from types import FrameType
 from typing import Any
 
+import twisted
 from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -153,6 +154,33 @@ def with_backlog(description: str) -> str:
     return description
 
 
+#: Twisted 22.10 added ``systemd:...:name=NAME`` (the unit's ``FileDescriptorName=``); Debian 12
+#: ships 22.4, which knows only ``index=``, so ``systemd_by_index`` translates for it.
+TWISTED_SYSTEMD_NAMES = tuple(int(n) for n in twisted.__version__.split(".")[:2]) >= (22, 10)
+
+
+def systemd_by_index(description: str, environ: Mapping[str, str]) -> str:
+    """``systemd:...:name=NAME`` rewritten as ``systemd:...:index=N`` for Twisted < 22.10.
+
+    N is NAME's position in ``$LISTEN_FDNAMES`` (colon-separated, one name per passed socket,
+    sd_listen_fds_with_names(3)). Other descriptions are returned unchanged. Raises KeyError
+    when systemd passed no socket of that name, as Twisted's own ``name=`` lookup does.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() != "systemd":
+        return description
+    parts = rest.split(":")
+    named = [i for i, part in enumerate(parts) if part.startswith("name=")]
+    if not named:
+        return description
+    name = parts[named[-1]].removeprefix("name=")
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    if name not in names:
+        raise KeyError(name)
+    parts[named[-1]] = f"index={names.index(name)}"
+    return f"{kind}:{':'.join(parts)}"
+
+
 def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: str) -> Endpoint:
     """``serverFromString`` with errors an administrator can act on.
 
@@ -161,7 +189,8 @@ def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: st
     ``backlog=`` gets ``LISTEN_BACKLOG``.
     """
     try:
-        endpoint: Endpoint = serverFromString(reactor, with_backlog(description))  # type: ignore[no-untyped-call]  # untyped in Twisted
+        parsed = description if TWISTED_SYSTEMD_NAMES else systemd_by_index(description, os.environ)
+        endpoint: Endpoint = serverFromString(reactor, with_backlog(parsed))  # type: ignore[no-untyped-call]  # untyped in Twisted
     except (IndexError, KeyError) as error:
         if description.startswith("systemd:"):
             raise ListenError(

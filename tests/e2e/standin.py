@@ -93,7 +93,17 @@ class PeerCertificate:
             san = None
         if san is not None:
             names.extend(_norm(n) for n in san.get_values_for_type(x509.DNSName))
-        return cls(tuple(dict.fromkeys(names)), cert.not_valid_before_utc, cert.not_valid_after_utc)
+        return cls(tuple(dict.fromkeys(names)), *_validity(cert))
+
+
+def _validity(cert: x509.Certificate) -> tuple[datetime, datetime]:
+    """Aware UTC validity bounds: ``*_utc`` from cryptography 42, naive UTC before (38)."""
+    if hasattr(cert, "not_valid_before_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (
+        cert.not_valid_before.replace(tzinfo=UTC),
+        cert.not_valid_after.replace(tzinfo=UTC),
+    )
 
 
 def _norm(domain: str) -> str:
