@@ -69,7 +69,16 @@ def test_each_key_is_declared_once() -> None:
     """No two declarations share a table and name, and every table's keys are listed by it."""
     paths = [key.path for key in KEYS]
     assert len(paths) == len(set(paths))
-    assert schema.SECTIONS == ("server", "tenant", "onprem", "policy", "log", "outcomes", "postfix")
+    assert schema.SECTIONS == (
+        "server",
+        "tenant",
+        "onprem",
+        "policy",
+        "log",
+        "outcomes",
+        "postfix",
+        "assumptions",
+    )
     for table in {key.table for key in KEYS}:
         assert list(schema.keys_of(table)) == [k.name for k in KEYS if k.table == table]
 

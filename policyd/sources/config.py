@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from policyd.constants import ACTION_REROUTE, ACTIONS
 from policyd.errors import ConfigError
+from policyd.rules.assumptions import Assumptions
 from policyd.rules.model import AcceptedDomain, InboundConnector, OnPrem, Tenant
 from policyd.rules.reasons import REFUSE_REASONS
 from policyd.sources import schema
@@ -206,6 +207,7 @@ def read_config_file(path: str) -> ConfigFile:
         accepted_domains=_inline_accepted_domains(tenant),
         connectors=_inline_connectors(tenant),
         reject_direct_send=tenant.get(schema.REJECT_DIRECT_SEND),
+        assumptions=_assumptions(sections["assumptions"]),
     )
     accepted_domains_file = resolve(tenant.get(schema.ACCEPTED_DOMAINS_FILE))
     inbound_connectors_file = resolve(tenant.get(schema.INBOUND_CONNECTORS_FILE))
@@ -360,6 +362,19 @@ def _policy(table: _Table) -> PolicySettings:
     )
 
 
+def _assumptions(table: _Table) -> Assumptions:
+    """``[assumptions]``: every key of SPEC §5.3, each a boolean with the schema's default."""
+    return Assumptions(
+        wildcard_connector_covers_apex=table.get(schema.WILDCARD_CONNECTOR_COVERS_APEX),
+        san_names_count=table.get(schema.SAN_NAMES_COUNT),
+        host_connector_name_must_be_accepted=table.get(schema.HOST_CONNECTOR_NAME_MUST_BE_ACCEPTED),
+        match_subdomains_covers_senders=table.get(schema.MATCH_SUBDOMAINS_COVERS_SENDERS),
+        foreign_sender_via_certificate=table.get(schema.FOREIGN_SENDER_VIA_CERTIFICATE),
+        submission_sender_must_be_login=table.get(schema.SUBMISSION_SENDER_MUST_BE_LOGIN),
+        submission_null_sender_refused=table.get(schema.SUBMISSION_NULL_SENDER_REFUSED),
+    )
+
+
 def _inline_accepted_domains(table: _Table) -> tuple[AcceptedDomain, ...]:
     domains: list[AcceptedDomain] = []
     for value in table.get(schema.ACCEPTED_DOMAINS):
@@ -402,6 +417,8 @@ def _inline_connectors(table: _Table) -> tuple[InboundConnector, ...]:
                 ),
                 tls_sender_certificate_name=entry.get(schema.TLS_SENDER_CERTIFICATE_NAME),
                 sender_domains=entry.get(schema.SENDER_DOMAINS),
+                restrict_domains_to_ip_addresses=entry.get(schema.RESTRICT_DOMAINS_TO_IP_ADDRESSES),
+                restrict_domains_to_certificate=entry.get(schema.RESTRICT_DOMAINS_TO_CERTIFICATE),
             )
         )
     return tuple(connectors)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
-from policyd.rules.model import CertificateFacts, OnPrem, Tenant
+from policyd.rules.model import CertificateFacts, OnPrem
 from policyd.rules.relay import Router, ServicePicture
 from policyd.rules.routing import PostfixView, client_tls, split_list
 from policyd.sources.config import Config, read_config_file
@@ -96,7 +96,7 @@ def load_config(path: str) -> Config:
     return Config(
         path=file.path,
         server=file.server,
-        tenant=Tenant(accepted, connectors, file.tenant.reject_direct_send),
+        tenant=replace(file.tenant, accepted_domains=accepted, connectors=connectors),
         onprem=replace(file.onprem, certificate=certificate),
         alias_maps=file.alias_maps,
         policy=file.policy,
