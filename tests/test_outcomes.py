@@ -2,6 +2,7 @@
 
 Fixtures in ``tests/data/maillog/`` (see its README): ``e2e-standin.log`` is a real mail log of
 the end-to-end harness's private Postfix delivering to the Microsoft 365 stand-in;
+``kinds.log`` is another, with one recipient per observed kind and Postfix's own failures;
 ``microsoft-365.log`` holds delivery lines as Postfix writes them for Exchange Online's replies
 under several log prefixes; ``garbled.log`` holds damaged delivery lines.
 """
@@ -25,7 +26,16 @@ from policyd.engine.outcomes import DEFAULT_RELAY_HOSTS, OutcomeJoin
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
 from policyd.rules.endpoints import RELAY_HOST_GLOBS
-from policyd.rules.outcomes import UNPARSEABLE, Delivery, parse_delivery, relay_matcher
+from policyd.rules.outcomes import (
+    OBSERVED_KINDS,
+    UNPARSEABLE,
+    Delivery,
+    classify_reply,
+    microsoft_reply,
+    observed_kind,
+    parse_delivery,
+    relay_matcher,
+)
 from policyd.sources.config import load_config
 from tests import needs
 from tests.tenants import ip_tenant_toml
@@ -240,6 +250,107 @@ def test_default_relays_are_every_microsoft_365_endpoint(relay: str, counted: bo
     join = OutcomeJoin(stats)
     join.feed(line, 0.0)
     assert (stats.observed_replies[("2.6.0", "accepted")] == 1) is counted
+
+
+# --- observed kinds (SPEC §8) ----------------------------------------------------------------
+
+#: The kind each recipient of kinds.log stands for; None: Postfix's own failure, no reply.
+KIND_OF: dict[str, str | None] = {
+    "accepted@tailspintoys.com": "accepted",
+    "noconnector@tailspintoys.com": "no-connector",
+    "attr36@tailspintoys.com": "attr36",
+    "directsend@contoso.com": "direct-send",
+    "partner@contoso.com": "partner-restricted",
+    "region@tailspintoys.com": "wrong-region",
+    "unreg@tailspintoys.com": "unregistered-domain",
+    "tls@tailspintoys.com": "tls",
+    "other@tailspintoys.com": "other",
+    "own@down.example": None,  # relay=none: connection refused
+    "own@drop.example": None,  # lost connection while receiving the initial greeting
+    "own@notls.example": None,  # "TLS is required, but was not offered"
+}
+
+
+def test_real_postfix_lines_classify_into_every_observed_kind() -> None:
+    """Every delivery line a real Postfix wrote for the stand-in's (and scripted) replies is
+    classified by its text into the kind its recipient stands for; the lines of Postfix's own
+    failures hold no reply of Microsoft's; together they cover every observed kind."""
+    seen: set[str] = set()
+    for delivery in deliveries("kinds.log"):
+        assert delivery.service == "postfix/smtp"
+        if delivery.to in KIND_OF:
+            assert observed_kind(delivery) == KIND_OF[delivery.to], delivery
+            seen.add(delivery.to)
+        else:  # Postfix's bounces to the senders: replies of the stand-in too
+            assert observed_kind(delivery) in OBSERVED_KINDS, delivery
+    assert seen == set(KIND_OF)
+    assert {kind for kind in KIND_OF.values() if kind} == set(OBSERVED_KINDS)
+
+
+def test_the_reply_is_what_the_server_said() -> None:
+    """The reply is the server's text after "said:", without Postfix's "(in reply to ...)"; a
+    delivered message's reply is Postfix's quote of the final 250."""
+    found = {d.to: d for d in deliveries("kinds.log")}
+    assert microsoft_reply(found["partner@contoso.com"]) == (
+        "550 5.7.51 TenantInboundAttribution; There is a partner connector configured that "
+        "matched the message's recipient domain. The connector had either the "
+        "RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set [partner@contoso.com]"
+    )
+    assert microsoft_reply(found["accepted@tailspintoys.com"]) == (
+        "250 2.6.0 Queued mail for delivery"
+    )
+    assert microsoft_reply(found["own@down.example"]) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("250 2.6.0 <id@host> [InternalId=1] Queued mail for delivery", "accepted"),
+        ("550 5.7.64 TenantAttribution; Relay Access Denied [AM0PEPF1.prod.outlook.com]",
+         "no-connector"),
+        ("550 5.7.64 Relay Access Denied ATTR36 [AM0PEPF2.prod.outlook.com]", "attr36"),
+        ("550 5.7.64 Relay Access Denied", "other"),  # neither word: not guessed
+        ("550 5.7.68 TenantInboundAttribution; Direct Send not allowed", "direct-send"),
+        ("550 5.7.51 TenantInboundAttribution; Rejecting", "partner-restricted"),
+        ("451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35.", "wrong-region"),
+        ("550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains",
+         "unregistered-domain"),
+        ("454 4.7.0 Failed to establish appropriate TLS channel: Access Denied", "tls"),
+        ("454 4.7.0 Temporary authentication failure: ATTR41: CertificateExpired", "tls"),
+        ("451 4.7.0 Temporary server error. Please try again later", "other"),
+        ("421 4.3.2 Service not available", "other"),
+        ("550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP",
+         "other"),
+    ],
+)  # fmt: skip
+def test_reply_texts_classify_by_their_words(reply: str, kind: str) -> None:
+    """Each of Microsoft's reply texts gives its kind; codes and words decide, not the status."""
+    assert classify_reply(reply) == kind
+
+
+def test_the_join_counts_no_failure_of_postfix_and_agrees_by_kind() -> None:
+    """Fed the real kinds log with agreeing predictions for three messages, the join counts
+    them as agreements, and the lines of Postfix's own failures count nowhere."""
+    stats = Stats()
+    join = OutcomeJoin(stats, ["127.0.0.1"])
+    found = {d.to: d for d in deliveries("kinds.log")}
+    for to, reason in (
+        ("accepted@tailspintoys.com", "sender-accepted-domain"),
+        ("partner@contoso.com", "partner-restricted"),
+        ("directsend@contoso.com", "direct-send-rejected"),
+        ("own@drop.example", "sender-accepted-domain"),
+    ):
+        join.expect(found[to].queue_id, [(to, to, reason)], 0)
+    feed_all(join, "kinds.log", now=1)
+    assert dict(stats.prediction_outcomes) == {
+        ("accepted", "accepted"): 1,
+        ("partner-restricted", "partner-restricted"): 1,
+        ("direct-send", "direct-send"): 1,
+    }
+    codes = {code for code, _ in stats.observed_replies}
+    assert codes.isdisjoint({"4.4.1", "4.4.2", "4.7.4"})
+    assert stats.observed_replies[("5.7.51", "partner-restricted")] >= 1
+    assert stats.log_lines_skipped == 0
 
 
 # --- counting and the join -------------------------------------------------------------------
