@@ -88,6 +88,7 @@ def _certificate(pki: TestPKI, kind: str) -> tuple[Issued, bool] | None:
     names = {
         "wrong-name": "relay.fabrikam.example",
         "deep": "mail.eu.contoso.com",
+        "apex": "contoso.com",
     }
     name = names.get(kind, "mail.contoso.com")
     windows = {
@@ -567,6 +568,20 @@ def test_no_disputed_rule_is_ok(tmp_path: Path, setup: Setup, check_id: str) -> 
     """A wildcard connector (or a host name that is itself accepted) relies on no disputed rule."""
     check = finding(audit(tmp_path, setup), check_id)
     assert (check.status, check.fix) == ("ok", "")
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_certificate_checks_follow_the_apex_assumption(tmp_path: Path, setting: bool) -> None:
+    """A certificate named contoso.com against *.contoso.com matches at true, not at false, in
+    the certificate check as in the prediction, which names the assumption either way."""
+    setup = Setup(cert="apex", assumptions={"wildcard_connector_covers_apex": setting})
+    report = audit(tmp_path, setup)
+    assert finding(report, "certificate-connector-name").status == ("ok" if setting else "error")
+    bounce = next(r for r in report.classes if r.id == "null-sender-bounce")
+    assert (bounce.relayed, bounce.reason) == (
+        (True, "certificate-connector") if setting else (False, "null-sender")
+    )
+    assert "wildcard_connector_covers_apex" in bounce.assumptions
 
 
 def test_doctor_json_rows_carry_their_assumptions(
