@@ -484,13 +484,17 @@ ENDPOINT_FIX = (
     "is not a Twisted endpoint of a supported type; start it with tcp:, tcp6:, unix:, systemd: "
     'or ssl:, e.g. "tcp:10040:interface=127.0.0.1" or "unix:/run/m365-policyd/policy.sock"'
 )
-REASONS = "no-connector, null-sender, forwarded, sender-not-accepted, direct-send-rejected"
+REASONS = (
+    "no-connector, null-sender, forwarded, sender-not-accepted, direct-send-rejected, "
+    "partner-restricted"
+)
 REROUTE_REQUIRED = (
     'is required when policy.action or a policy.by_reason value is "reroute"; write '
     'transport:destination, e.g. reroute = "smtp:[relay2.example.net]:587"'
 )
 CONNECTOR_KEYS = (
-    "connector_type, enabled, name, sender_domains, sender_ip_addresses, "
+    "connector_type, enabled, name, restrict_domains_to_certificate, "
+    "restrict_domains_to_ip_addresses, sender_domains, sender_ip_addresses, "
     "tls_sender_certificate_name"
 )
 
@@ -498,10 +502,11 @@ VALIDATION = [
     # structure
     ("[serverr]\n", "serverr",
      "unknown section (did you mean server?); "
-     "allowed sections: log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
+     "allowed sections: assumptions, log, onprem, outcomes, policy, postfix, server, tenant, "
+     "tenants"),
     ("listen = []\n", "listen",
-     "unknown section; allowed sections: "
-     "log, onprem, outcomes, policy, postfix, server, tenant, tenants"),
+     "unknown section; allowed sections: assumptions, log, onprem, outcomes, policy, postfix, "
+     "server, tenant, tenants"),
     ("server = 1\n", "server",
      "expected a table ([server]), got an integer (1); put its keys under a [server] line"),
     ("[server]\nlisten_on = []\n", "server.listen_on",

@@ -333,7 +333,13 @@ def send_message(
 
 MX = "contoso-com.mail.protection.outlook.com"
 REFUSED_ATTR36 = (
-    f"host {MX}[52.101.68.10] said: 550 5.7.64 TenantAttribution; Relay Access Denied ATTR36 "
+    f"host {MX}[52.101.68.10] said: 550 5.7.64 Relay Access Denied ATTR36 "
+    "[AM0PR04MB1234.eurprd04.prod.outlook.com] (in reply to RCPT TO command)"
+)
+REFUSED_5751 = (
+    f"host {MX}[52.101.68.10] said: 550 5.7.51 TenantInboundAttribution; There is a partner "
+    "connector configured that matched the message's recipient domain. The connector had either "
+    "the RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set "
     "[AM0PR04MB1234.eurprd04.prod.outlook.com] (in reply to RCPT TO command)"
 )
 
@@ -400,6 +406,10 @@ def drive(server: Any, postfix_log: Path) -> None:
         )
         log.write(
             postfix_smtp_line("4F1A2B3C03", "ann@fabrikam.com", "5.7.64", "bounced", REFUSED_ATTR36)
+        )
+        # predicted recipient-in-tenant, answered 5.7.51: a disagreement the stat panel counts
+        log.write(
+            postfix_smtp_line("4F1A2B3C04", "bob@contoso.com", "5.7.51", "bounced", REFUSED_5751)
         )
 
 
@@ -503,16 +513,33 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(live: Live) -> No
 
 @pytest.mark.slow
 def test_outcome_panels_return_data_from_a_real_prometheus(live: Live) -> None:
-    """The observed-replies and outcome panels show what the followed Postfix log said."""
-    live.prometheus.wait_for('m365_policyd_observed_replies_total{code="5.7.64"} > 0')
-    live.prometheus.wait_for('m365_policyd_prediction_outcomes_total{predicted="reject"} > 0')
+    """The observed-replies and outcome panels show what the followed Postfix log said, in kinds:
+    the two ATTR36 refusals agree, the 5.7.51 answer to an accepted prediction is counted as
+    the one contradiction."""
+    live.prometheus.wait_for('m365_policyd_observed_replies_total{kind="attr36"} > 0')
+    live.prometheus.wait_for(
+        'm365_policyd_prediction_outcomes_total{predicted="accepted",observed="partner-restricted"}'
+        " > 0"
+    )
     empty, evaluated = empty_panels(live, outcomes=True)
     assert empty == []
-    assert evaluated == 2
-    outcomes = live.prometheus.query(
-        'm365_policyd_prediction_outcomes_total{predicted="reject"} > 0'
+    assert evaluated == 3
+    outcomes = live.prometheus.query("m365_policyd_prediction_outcomes_total > 0")
+    assert {
+        (s["metric"]["predicted"], s["metric"]["observed"]): float(s["value"][1])
+        for s in outcomes["result"]
+    } == {
+        ("accepted", "accepted"): 1,
+        ("attr36", "attr36"): 2,
+        ("accepted", "partner-restricted"): 1,
+    }
+    contradicted = next(
+        expr
+        for title, _, expr in panel_queries(load_dashboard())
+        if title == "Predictions Microsoft 365 contradicted in range"
     )
-    assert {s["metric"]["observed"] for s in outcomes["result"]} == {"5.7.64"}
+    (sample,) = live.prometheus.query(substitute(contradicted, live.values))["result"]
+    assert float(sample["value"][1]) == pytest.approx(1, abs=0.5)
 
 
 def test_substitute_replaces_all_variable_forms() -> None:

@@ -59,6 +59,7 @@ EXPECTED_CONNECTORS = (
         enabled=False,
         sender_ip_addresses=(net("198.51.100.25/32"),),
         sender_domains=("scanners.fabrikam.com",),
+        restrict_domains_to_ip_addresses=True,
     ),
     InboundConnector(
         "Inbound from 4c9b2a1e-7d3f-4f0a-9e55-2b8c6d1f0a77",

@@ -362,6 +362,7 @@ def test_prediction_record_has_the_logged_fields() -> None:
         "reason": "sender-not-accepted",
         "action": "defer",
         "explanation": record["explanation"],
+        "assumptions": (),
     }
     assert "fabrikam.com" in str(record["explanation"])
 

@@ -34,6 +34,28 @@ IP_CONNECTOR = InboundConnector(
     sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.0/28"),),
 )
 CERT_CONNECTOR = InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com")
+#: A filtering service that locks the tenant down to its own addresses (RestrictDomainsTo*).
+PARTNER_BY_IP = InboundConnector(
+    "Mail from the filtering service",
+    connector_type=PARTNER,
+    sender_ip_addresses=(ipaddress.IPv4Network("192.0.2.128/25"),),
+    sender_domains=("*",),
+    restrict_domains_to_ip_addresses=True,
+)
+PARTNER_BY_CERT = InboundConnector(
+    "Filtering service by certificate",
+    connector_type=PARTNER,
+    tls_sender_certificate_name="*.filter.example",
+    sender_domains=("*",),
+    restrict_domains_to_certificate=True,
+)
+#: MC1093237's advice: authenticate a scanner's Direct Send with a (non-restricting) Partner
+#: connector for its address.
+PARTNER_SCANNER = InboundConnector(
+    "Scanners",
+    connector_type=PARTNER,
+    sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.71/32"),),
+)
 
 
 def cert(
@@ -249,6 +271,221 @@ CASES = [
         "kate@contoso.com",
         None,
         onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    # step 2 (a): restricting Partner connectors, 5.7.51
+    (
+        "partner: restricted by IP, unmatched address, no OnPremises connector",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: restricted by IP, address in the Partner connector",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        onprem("192.0.2.130"),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: restricted by IP, but an OnPremises connector attributes",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        None,
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: restricted by certificate, renewed certificate matches nothing",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(CERT_CONNECTOR, PARTNER_BY_CERT)),
+        onprem(FAR_EGRESS, certificate=cert("relay.contoso.net")),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: restricted by certificate, certificate matches the Partner connector",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(CERT_CONNECTOR, PARTNER_BY_CERT)),
+        onprem(FAR_EGRESS, certificate=cert("mx1.filter.example")),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: restricted by certificate, no certificate presented",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_CERT)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: both restrictions, only the address satisfied",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(
+                replace(
+                    PARTNER_BY_IP,
+                    restrict_domains_to_certificate=True,
+                    tls_sender_certificate_name="*.filter.example",
+                ),
+            )
+        ),
+        onprem("192.0.2.130", certificate=cert("relay.contoso.net")),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: SenderDomains list covers the sender",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(replace(PARTNER_BY_IP, sender_domains=("fabrikam.com", "contoso.com")),)
+        ),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: SenderDomains list does not cover the sender",
+        "john@tailspintoys.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(replace(PARTNER_BY_IP, sender_domains=("fabrikam.com", "contoso.com")),)
+        ),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: SenderDomains *.contoso.com covers a subdomain",
+        "app@apps.contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, sender_domains=("*.contoso.com",)),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: SenderDomains * covers the null sender",
+        "",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_BY_IP,)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: a SenderDomains list does not cover the null sender",
+        "",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, sender_domains=("contoso.com",)),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: empty SenderDomains covers nobody",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, sender_domains=()),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: disabled restricting connector",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, enabled=False),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: RestrictDomainsTo* on an OnPremises connector is ignored",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, connector_type="OnPremises"),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: a matching Partner connector never grants relay outside",
+        "john@contoso.com",
+        "x@tailspintoys.com",
+        tenant(connectors=(PARTNER_BY_IP,)),
+        onprem("192.0.2.130"),
+        (),
+        predict.NO_CONNECTOR,
+    ),
+    (
+        "partner: restricted, but the recipient is outside the tenant",
+        "john@contoso.com",
+        "x@tailspintoys.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.NO_CONNECTOR,
+    ),
+    # step 2 (b): a matching Partner connector authenticates against RejectDirectSend
+    (
+        "direct send: Partner connector matches the egress address",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_SCANNER,), reject_direct_send=True),
+        onprem("203.0.113.71"),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "direct send: Partner connector for another address",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_SCANNER,), reject_direct_send=True),
+        onprem(FAR_EGRESS),
+        (),
+        predict.DIRECT_SEND_REJECTED,
+    ),
+    (
+        "direct send: disabled Partner connector authenticates nothing",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_SCANNER, enabled=False),), reject_direct_send=True),
+        onprem("203.0.113.71"),
+        (),
+        predict.DIRECT_SEND_REJECTED,
+    ),
+    (
+        "direct send: Partner connector matches the certificate",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(replace(PARTNER_SCANNER, tls_sender_certificate_name="*.filter.example"),),
+            reject_direct_send=True,
+        ),
+        onprem(FAR_EGRESS, certificate=cert("mx1.filter.example")),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "direct send: Partner connector matches, RejectDirectSend off",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_SCANNER,)),
+        onprem("203.0.113.71"),
         (),
         predict.RECIPIENT_IN_TENANT,
     ),
@@ -765,6 +1002,12 @@ def test_rule(
             "5.7.68",
             "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization "
             "from unauthorized sources",
+        ),
+        predict.PARTNER_RESTRICTED: (
+            "5.7.51",
+            "550 5.7.51 TenantInboundAttribution; There is a partner connector configured that "
+            "matched the message's recipient domain. The connector had either the "
+            "RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set",
         ),
     }
     assert (prediction.code, prediction.reply) == replies.get(reason, (None, None))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from policyd.constants import ACCEPT, REJECT
-from policyd.rules import reasons
+from policyd.rules import outcomes, reasons
 from policyd.rules.reasons import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,36 @@ def test_microsoft_reply_texts_are_spelled_as_the_spec() -> None:
             "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization "
             "from unauthorized sources"
         ),
+        "partner-restricted": (
+            "550 5.7.51 TenantInboundAttribution; There is a partner connector configured that "
+            "matched the message's recipient domain. The connector had either the "
+            "RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set"
+        ),
     }
+
+
+def test_each_reason_has_its_predicted_kind() -> None:
+    """Accepting reasons are the kind accepted; each refusal's kind is the one SPEC §8 gives its
+    reply, and the reply classifier reads that kind back from Microsoft's own text."""
+    assert {r.id: r.kind for r in reasons.TABLE} == {
+        "local": "accepted",
+        "other-route": "accepted",
+        "recipient-in-tenant": "accepted",
+        "certificate-connector": "accepted",
+        "sender-accepted-domain": "accepted",
+        "srs-rewritten": "accepted",
+        "no-connector": "no-connector",
+        "null-sender": "attr36",
+        "forwarded": "attr36",
+        "sender-not-accepted": "attr36",
+        "direct-send-rejected": "direct-send",
+        "partner-restricted": "partner-restricted",
+    }
+    for reason in reasons.TABLE:
+        if reason.reply is not None:
+            assert outcomes.classify_reply(reason.reply) == reason.kind, reason.id
+        assert reason.kind in outcomes.PREDICTED_KINDS
+        assert reasons.predicted_kind(reason.id) == reason.kind
 
 
 def _readme_reason_rows() -> dict[str, tuple[str, str]]:

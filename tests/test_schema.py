@@ -77,6 +77,7 @@ def test_each_key_is_declared_once() -> None:
         "log",
         "outcomes",
         "postfix",
+        "assumptions",
         "tenants",
     )
     for table in {key.table for key in KEYS}:

@@ -31,7 +31,7 @@ from twisted.web.server import Request, Site
 
 from policyd import __version__, constants
 from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
-from policyd.rules import reasons
+from policyd.rules import outcomes, reasons
 from policyd.rules.model import CertificateFacts
 
 PREFIX = "m365_policyd_"
@@ -47,6 +47,13 @@ RELOAD_RESULTS = ("success", "failure")
 SEEDED_TENANTS = 20
 #: ``predictions_total{verdict,reason}``: each reason id with its one verdict, from the table.
 PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple((r.verdict, r.id) for r in reasons.TABLE)
+#: ``prediction_outcomes_total{predicted,observed}``: every predicted kind against every observed
+#: kind (SPEC §8), so an alert on a disagreement sees the series before its first increase.
+OUTCOME_LABELS: tuple[tuple[str, str], ...] = tuple(
+    (predicted, observed)
+    for predicted in outcomes.PREDICTED_KINDS
+    for observed in outcomes.OBSERVED_KINDS
+)
 
 _log = Logger()
 
@@ -202,15 +209,18 @@ class PolicydCollector:
 
         yield _labelled(
             "observed_replies_total",
-            "Replies Microsoft 365 gave in Postfix's log, by enhanced status code.",
-            ["code"],
+            "Replies Microsoft 365 gave in Postfix's log, by enhanced status code and the kind "
+            "its text says.",
+            ["code", "kind"],
             stats.observed_replies,
         )
         yield _labelled(
             "prediction_outcomes_total",
-            "Predictions matched with the reply Microsoft 365 really gave.",
+            "Predictions matched with the reply Microsoft 365 really gave, by predicted and "
+            "observed kind.",
             ["predicted", "observed"],
             stats.prediction_outcomes,
+            OUTCOME_LABELS,
         )
         yield CounterMetricFamily(
             PREFIX + "log_lines_skipped_total",

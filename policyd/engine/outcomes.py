@@ -1,14 +1,19 @@
 """Outcomes: the predictions made at DATA joined with what Microsoft 365 really answered.
 
 ``OutcomeJoin`` remembers the predictions made at DATA (queue ID → final address / original
-recipient → predicted verdict), counts every delivery attempt to a Microsoft 365 relay into
-``Stats.observed_replies[dsn]`` and, when the queue ID and the recipient (``to=``, else
-``orig_to=``) match a prediction, into ``Stats.prediction_outcomes[(predicted, dsn)]``. The
-join state is bounded in size (``MAX_ENTRIES`` addresses, oldest message dropped first) and
-age (``MAX_AGE``, measured with the ``now`` its callers pass in). Reactor-free.
+recipient → predicted kind), and for every delivery attempt to a Microsoft 365 relay that holds
+a reply of Microsoft's classifies that reply by its text into an observed kind
+(``policyd.rules.outcomes``, SPEC §8). It counts ``Stats.observed_replies[(dsn, kind)]`` and,
+when the queue ID and the recipient (``to=``, else ``orig_to=``) match a prediction,
+``Stats.prediction_outcomes[(predicted kind, observed kind)]``: a prediction agrees only when
+the kinds are equal, so a refusal predicted for the wrong reason is a disagreement. Postfix's
+own failures (``relay=none``, a lost connection, its own TLS failure) are no reply of
+Microsoft's and are not counted. The join state is bounded in size (``MAX_ENTRIES``
+addresses, oldest message dropped first) and age (``MAX_AGE``, measured with the ``now`` its
+callers pass in). Reactor-free.
 
 Each delivery attempt counts once: a recipient deferred with ``4.4.62`` and delivered later
-counts ``4.4.62`` and then ``2.6.0``.
+counts ``wrong-region`` and then ``accepted``.
 """
 
 from __future__ import annotations
@@ -17,9 +22,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from policyd.constants import REJECT
 from policyd.engine.stats import Stats
-from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
+from policyd.rules.outcomes import (
+    ACCEPTED,
+    Delivery,
+    Unparseable,
+    observed_kind,
+    parse_delivery,
+    relay_matcher,
+)
+from policyd.rules.reasons import predicted_kind
 from policyd.sources.schema import RELAY_HOSTS
 
 #: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
@@ -38,12 +50,13 @@ MAX_AGE = 7 * 86400.0
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
 
-#: What the engine hands over per relayed address: (final address, original recipient, verdict).
+#: What the engine hands over per relayed address: (final address, original recipient, reason
+#: id); the join remembers the reason's predicted kind.
 Expected = tuple[str, str, str]
 
 
 class _Message:
-    """One message's predictions: by final address and by original recipient (lower case)."""
+    """One message's predicted kinds: by final address and by original recipient (lower case)."""
 
     __slots__ = ("finals", "originals", "time")
 
@@ -95,7 +108,7 @@ class OutcomeJoin:
         return len(self._messages)
 
     def expect(self, queue_id: str, entries: Iterable[Expected], now: float) -> None:
-        """Remember a message's predictions: ``(final address, original recipient, verdict)``."""
+        """Remember a message's predictions: ``(final address, original recipient, reason)``."""
         if not queue_id:
             return
         self.prune(now)
@@ -105,14 +118,13 @@ class OutcomeJoin:
         else:
             self._size -= message.size()
             message.time = now
-        for final, original, verdict in entries:
+        for final, original, reason in entries:
+            kind = predicted_kind(reason)
             final_key = final.lower()
-            message.finals[final_key] = _worse(message.finals.get(final_key), verdict)
+            message.finals[final_key] = _worse(message.finals.get(final_key), kind)
             if original:
                 original_key = original.lower()
-                message.originals[original_key] = _worse(
-                    message.originals.get(original_key), verdict
-                )
+                message.originals[original_key] = _worse(message.originals.get(original_key), kind)
         self._messages[queue_id] = message
         self._size += message.size()
         while self._size > self.max_entries and self._messages:
@@ -131,25 +143,28 @@ class OutcomeJoin:
             self._size -= oldest.size()
 
     def predicted(self, delivery: Delivery) -> str | None:
-        """The verdict predicted for this delivery's recipient, or None when unknown."""
+        """The kind predicted for this delivery's recipient, or None when unknown."""
         message = self._messages.get(delivery.queue_id)
         if message is None:
             return None
-        verdict = message.finals.get(delivery.to.lower())
-        if verdict is None and delivery.orig_to:
-            verdict = message.originals.get(delivery.orig_to.lower())
-        return verdict
+        kind = message.finals.get(delivery.to.lower())
+        if kind is None and delivery.orig_to:
+            kind = message.originals.get(delivery.orig_to.lower())
+        return kind
 
     def observe(self, delivery: Delivery, now: float) -> bool:
-        """Count one delivery attempt if it went to a Microsoft 365 relay; True when counted."""
+        """Count one delivery attempt if Microsoft 365 answered it; True when counted."""
         if delivery.status not in COUNTED_STATUSES or not self._is_microsoft(delivery):
             return False
+        observed = observed_kind(delivery)
+        if observed is None:  # Postfix's own failure: no reply of Microsoft's
+            return False
         stats = self._stats
-        stats.observed_replies[delivery.dsn] += 1
+        stats.observed_replies[(delivery.dsn, observed)] += 1
         self.prune(now)
-        verdict = self.predicted(delivery)
-        if verdict is not None:
-            stats.prediction_outcomes[(verdict, delivery.dsn)] += 1
+        predicted = self.predicted(delivery)
+        if predicted is not None:
+            stats.prediction_outcomes[(predicted, observed)] += 1
         return True
 
     def feed(self, line: str, now: float) -> None:
@@ -164,8 +179,11 @@ class OutcomeJoin:
 
 
 def _worse(old: str | None, new: str) -> str:
-    """Two predictions for one key: refused wins (SPEC §5: a refused final address refuses)."""
-    return REJECT if REJECT in (old, new) else new
+    """Two predicted kinds for one key: the first refusal wins (SPEC §5: a refused final
+    address refuses the recipient, and the first refused address decides the reason)."""
+    if old is None or old == ACCEPTED:
+        return new
+    return old
 
 
 class Expectations(Protocol):

@@ -369,6 +369,7 @@ class PolicyEngine:
                     "reason": entry.counted[2],
                     "action": entry.action,
                     "explanation": prediction.explanation,
+                    "assumptions": prediction.assumptions,
                 }
             )
         return entry.answer
@@ -398,7 +399,7 @@ class PolicyEngine:
         Microsoft 365 will see (all but ``local``); its failure is counted, never answered."""
         queue_id = attrs.get("queue_id", "")
         entries = [
-            (address.address, prediction.recipient, address.verdict)
+            (address.address, prediction.recipient, address.reason)
             for prediction in session.recipients
             for address in prediction.addresses
             if address.reason != LOCAL

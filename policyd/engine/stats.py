@@ -64,7 +64,9 @@ class Stats:
         self.unregistered_sender_relays: defaultdict[str, int] = defaultdict(int)
         self.reloads: defaultdict[str, int] = defaultdict(int)  # result: success | failure
         self.last_reload_success = 0.0  # Unix time
-        self.observed_replies: defaultdict[str, int] = defaultdict(int)  # by enhanced code
+        # Microsoft 365's replies by (enhanced code, observed kind), and the join of predictions
+        # with them by (predicted kind, observed kind): SPEC §8.
+        self.observed_replies: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.prediction_outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.log_lines_skipped = 0  # outcome watcher: unparseable Postfix log lines
 

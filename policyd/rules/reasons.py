@@ -3,13 +3,15 @@
 A prediction ends in one reason id. For each id this table holds its verdict, the enhanced
 status code and the reply Microsoft 365 gives (exactly as Microsoft writes it, as SPEC §5's
 reply table quotes it), the short phrase our own one-line SMTP
-replies carry (``policy.action`` other than ``dunno``), and the one sentence that says what makes
-such mail relay (``doctor``). Predict, the engine, doctor, configuration validation
-(``policy.by_reason`` keys) and metrics (label pre-seeding) all read it; a test proves that each
-text below appears nowhere else in ``policyd/``.
+replies carry (``policy.action`` other than ``dunno``), the one sentence that says what makes
+such mail relay (``doctor``), and the predicted **kind** (SPEC §8: the observed-reply vocabulary
+of ``policyd.rules.outcomes`` the outcome join compares in). Predict, the engine, doctor,
+configuration validation (``policy.by_reason`` keys), the outcome join and metrics (label
+pre-seeding) all read it; a test proves that each text below appears nowhere else in
+``policyd/``.
 
-Later reasons (``partner-restricted`` with ``550 5.7.51``, the client-submission
-reasons of SPEC §5.4) are added here as rows when their rules land.
+Later reasons (the client-submission reasons of SPEC §5.4) are added here as rows when their
+rules land.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policyd.constants import ACCEPT, REJECT
+from policyd.rules import outcomes
 
 # Reason ids (SPEC §5). The same strings appear in metrics labels, the header, logs, JSON and docs.
 LOCAL = "local"
@@ -30,10 +33,12 @@ NULL_SENDER = "null-sender"
 FORWARDED = "forwarded"
 SENDER_NOT_ACCEPTED = "sender-not-accepted"
 DIRECT_SEND_REJECTED = "direct-send-rejected"
+PARTNER_RESTRICTED = "partner-restricted"
 
 # The enhanced status codes Microsoft 365 refuses with.
 CODE_5764 = "5.7.64"
 CODE_5768 = "5.7.68"
+CODE_5751 = "5.7.51"
 
 # Shared by three reasons: Microsoft 365 gives one reply for every ATTR36 refusal.
 _ATTR36 = "550 5.7.64 Relay Access Denied ATTR36"
@@ -49,6 +54,7 @@ class Reason:
     reply: str | None = None  # Microsoft 365's reply, exactly as it writes it; None: it accepts
     short: str = ""  # the phrase in our own one-line SMTP replies ("" when accepting)
     fix: str = ""  # one sentence: what makes this mail relay ("" when accepting)
+    kind: str = outcomes.ACCEPTED  # the predicted kind (SPEC §8), compared with observed replies
 
 
 #: The table, accepting reasons first, each group in the order of SPEC §5's steps.
@@ -67,6 +73,7 @@ TABLE: tuple[Reason, ...] = (
         "550 5.7.64 TenantAttribution; Relay Access Denied",
         "no inbound connector of the tenant matches this server",
         "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or present a certificate its TlsSenderCertificateName matches.",  # noqa: E501
+        outcomes.NO_CONNECTOR,
     ),
     Reason(
         NULL_SENDER,
@@ -75,6 +82,7 @@ TABLE: tuple[Reason, ...] = (
         _ATTR36,
         "a null sender relays only through a certificate connector",
         "Present a CA-signed certificate named under an accepted domain that an enabled OnPremises connector's TlsSenderCertificateName matches: only that path relays the null sender.",  # noqa: E501
+        outcomes.ATTR36,
     ),
     Reason(
         FORWARDED,
@@ -83,6 +91,7 @@ TABLE: tuple[Reason, ...] = (
         _ATTR36,
         "forwarded mail from a sender domain the tenant does not accept",
         "Present a certificate named under an accepted domain, or rewrite forwarded senders with SRS into an accepted domain (postsrsd, onprem.srs_domain).",  # noqa: E501
+        outcomes.ATTR36,
     ),
     Reason(
         SENDER_NOT_ACCEPTED,
@@ -91,6 +100,7 @@ TABLE: tuple[Reason, ...] = (
         _ATTR36,
         "the sender domain is not an accepted domain of the tenant",
         "Send as an accepted domain, add the sender's domain to the tenant, or present a certificate named under an accepted domain.",  # noqa: E501
+        outcomes.ATTR36,
     ),
     Reason(
         DIRECT_SEND_REJECTED,
@@ -98,7 +108,17 @@ TABLE: tuple[Reason, ...] = (
         CODE_5768,
         "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources",  # noqa: E501
         "the tenant rejects Direct Send from unattributed servers",
-        "Make a connector match this server, or turn RejectDirectSend off.",
+        "Make an OnPremises connector match this server, or authenticate it with a Partner connector for its egress address or certificate (MC1093237), or turn RejectDirectSend off.",  # noqa: E501
+        outcomes.DIRECT_SEND,
+    ),
+    Reason(
+        PARTNER_RESTRICTED,
+        REJECT,
+        CODE_5751,
+        "550 5.7.51 TenantInboundAttribution; There is a partner connector configured that matched the message's recipient domain. The connector had either the RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set",  # noqa: E501
+        "a restricting Partner connector covers the sender and this server does not satisfy it",
+        "Make an OnPremises connector match this server again (its certificate or egress address), or add this server's egress address or certificate to the restricting Partner connector.",  # noqa: E501
+        outcomes.PARTNER_RESTRICTED,
     ),
 )
 
@@ -109,3 +129,8 @@ BY_ID: dict[str, Reason] = {reason.id: reason for reason in TABLE}
 ACCEPT_REASONS: tuple[str, ...] = tuple(r.id for r in TABLE if r.verdict == ACCEPT)
 REFUSE_REASONS: tuple[str, ...] = tuple(r.id for r in TABLE if r.verdict == REJECT)
 REASON_IDS: tuple[str, ...] = tuple(BY_ID)
+
+
+def predicted_kind(reason: str) -> str:
+    """The kind (SPEC §8) a prediction with ``reason`` is compared in; KeyError when unknown."""
+    return BY_ID[reason].kind

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from policyd.constants import ACTION_REROUTE, ACTIONS
 from policyd.errors import ConfigError
+from policyd.rules.assumptions import Assumptions
 from policyd.rules.model import (
     DEFAULT_TENANT,
     AcceptedDomain,
@@ -244,6 +245,7 @@ def read_config_file(path: str) -> ConfigFile:
         accepted_domains=_inline_accepted_domains(tenant),
         connectors=_inline_connectors(tenant),
         reject_direct_send=tenant.get(schema.REJECT_DIRECT_SEND),
+        assumptions=_assumptions(sections["assumptions"]),
     )
     accepted_domains_file = resolve(tenant.get(schema.ACCEPTED_DOMAINS_FILE))
     inbound_connectors_file = resolve(tenant.get(schema.INBOUND_CONNECTORS_FILE))
@@ -277,7 +279,7 @@ def read_config_file(path: str) -> ConfigFile:
         postfix_log=postfix_log if postfix_log in ("", "journal") else resolve(postfix_log),
         relay_hosts=sections["outcomes"].get(schema.RELAY_HOSTS),
     )
-    declared, included = _tenants(path, tables.get("tenants", {}), includes)
+    declared, included = _tenants(path, tables.get("tenants", {}), includes, inline.assumptions)
     single = TenantFile(
         DEFAULT_TENANT,
         inline,
@@ -325,11 +327,12 @@ def read_config_file(path: str) -> ConfigFile:
 
 
 def _tenants(
-    path: str, raw: object, includes: _Table
+    path: str, raw: object, includes: _Table, assumptions: Assumptions
 ) -> tuple[tuple[TenantFile, ...], tuple[str, ...]]:
-    """The [tenants.NAME] tables of this file and of its ``include`` files, in order."""
+    """The [tenants.NAME] tables of this file and of its ``include`` files, in order; every
+    tenant follows the configuration's ``[assumptions]``."""
     found: dict[str, TenantFile] = {}
-    _tenant_tables(path, raw, found)
+    _tenant_tables(path, raw, found, assumptions)
     watched: list[str] = []
     base = os.path.dirname(os.path.abspath(path))
     for pattern in includes.get(schema.INCLUDE):
@@ -349,12 +352,14 @@ def _tenants(
                     raise ConfigError(
                         name, key, "an included file holds only [tenants.NAME] tables"
                     )
-            _tenant_tables(name, document.get("tenants", {}), found)
+            _tenant_tables(name, document.get("tenants", {}), found, assumptions)
             watched.append(os.path.abspath(name))
     return tuple(found.values()), tuple(dict.fromkeys(watched))
 
 
-def _tenant_tables(path: str, raw: object, found: dict[str, TenantFile]) -> None:
+def _tenant_tables(
+    path: str, raw: object, found: dict[str, TenantFile], assumptions: Assumptions
+) -> None:
     if not isinstance(raw, dict):
         raise ConfigError(
             path,
@@ -392,6 +397,7 @@ def _tenant_tables(path: str, raw: object, found: dict[str, TenantFile]) -> None
                 accepted_domains=_inline_accepted_domains(table),
                 connectors=_inline_connectors(table),
                 reject_direct_send=table.get(schema.REJECT_DIRECT_SEND),
+                assumptions=assumptions,
             ),
             resolve(table.get(schema.ACCEPTED_DOMAINS_FILE)),
             resolve(table.get(schema.INBOUND_CONNECTORS_FILE)),
@@ -537,6 +543,19 @@ def _policy(table: _Table) -> PolicySettings:
     )
 
 
+def _assumptions(table: _Table) -> Assumptions:
+    """``[assumptions]``: every key of SPEC §5.3, each a boolean with the schema's default."""
+    return Assumptions(
+        wildcard_connector_covers_apex=table.get(schema.WILDCARD_CONNECTOR_COVERS_APEX),
+        san_names_count=table.get(schema.SAN_NAMES_COUNT),
+        host_connector_name_must_be_accepted=table.get(schema.HOST_CONNECTOR_NAME_MUST_BE_ACCEPTED),
+        match_subdomains_covers_senders=table.get(schema.MATCH_SUBDOMAINS_COVERS_SENDERS),
+        foreign_sender_via_certificate=table.get(schema.FOREIGN_SENDER_VIA_CERTIFICATE),
+        submission_sender_must_be_login=table.get(schema.SUBMISSION_SENDER_MUST_BE_LOGIN),
+        submission_null_sender_refused=table.get(schema.SUBMISSION_NULL_SENDER_REFUSED),
+    )
+
+
 def _inline_accepted_domains(table: _Table) -> tuple[AcceptedDomain, ...]:
     domains: list[AcceptedDomain] = []
     for value in table.get(schema.ACCEPTED_DOMAINS):
@@ -579,6 +598,8 @@ def _inline_connectors(table: _Table) -> tuple[InboundConnector, ...]:
                 ),
                 tls_sender_certificate_name=entry.get(schema.TLS_SENDER_CERTIFICATE_NAME),
                 sender_domains=entry.get(schema.SENDER_DOMAINS),
+                restrict_domains_to_ip_addresses=entry.get(schema.RESTRICT_DOMAINS_TO_IP_ADDRESSES),
+                restrict_domains_to_certificate=entry.get(schema.RESTRICT_DOMAINS_TO_CERTIFICATE),
             )
         )
     return tuple(connectors)

@@ -223,6 +223,12 @@ def parse_inbound_connectors(data: object, source: str) -> tuple[InboundConnecto
                 sender_domains.append(address_space_domain(value))
             except ValueError as error:
                 raise fail("SenderDomains", str(error)) from error
+        restrict: dict[str, bool] = {}
+        for field in ("RestrictDomainsToIPAddresses", "RestrictDomainsToCertificate"):
+            try:
+                restrict[field] = parse_bool(entry.get(field.lower()), default=False)
+            except ValueError as error:
+                raise fail(field, str(error)) from error
         connectors.append(
             InboundConnector(
                 name=name.strip(),
@@ -231,6 +237,8 @@ def parse_inbound_connectors(data: object, source: str) -> tuple[InboundConnecto
                 sender_ip_addresses=tuple(networks),
                 tls_sender_certificate_name=certificate,
                 sender_domains=tuple(sender_domains),
+                restrict_domains_to_ip_addresses=restrict["RestrictDomainsToIPAddresses"],
+                restrict_domains_to_certificate=restrict["RestrictDomainsToCertificate"],
                 source=source,
             )
         )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from policyd import constants
+from policyd.rules import assumptions
 from policyd.rules.endpoints import RELAY_HOST_GLOBS
 from policyd.sources import validators as v
 
@@ -289,8 +290,21 @@ TLS_SENDER_CERTIFICATE_NAME = _key(
 SENDER_DOMAINS = _key(
     "tenant.inbound_connector[]", "sender_domains", STRINGS, (),
     example='sender_domains = ["smtp:*;1"]',
-    meaning="`SenderDomains` address spaces; Partner connectors only, kept for doctor",
+    meaning="`SenderDomains` address spaces (Partner connectors): the senders a restricting "
+        "connector covers; `*` = every sender",
     check=v.address_spaces,
+)
+RESTRICT_DOMAINS_TO_IP_ADDRESSES = _key(
+    "tenant.inbound_connector[]", "restrict_domains_to_ip_addresses", BOOLEAN, False,
+    example="restrict_domains_to_ip_addresses = true",
+    meaning="`RestrictDomainsToIPAddresses` (Partner connectors): mail from its `SenderDomains` "
+        "must come from its `SenderIPAddresses`, else `550 5.7.51`",
+)
+RESTRICT_DOMAINS_TO_CERTIFICATE = _key(
+    "tenant.inbound_connector[]", "restrict_domains_to_certificate", BOOLEAN, False,
+    example="restrict_domains_to_certificate = true",
+    meaning="`RestrictDomainsToCertificate` (Partner connectors): mail from its `SenderDomains` "
+        "must present a certificate its `TlsSenderCertificateName` matches, else `550 5.7.51`",
 )
 
 # [onprem]
@@ -424,6 +438,59 @@ POSTSRSD_CONFIG = _key(
     example='postsrsd_config = "/etc/default/postsrsd"',
     meaning="postsrsd's configuration file, for the domain it really writes; "
         '`""` = `/etc/default/postsrsd`, then `/etc/postsrsd.conf`',
+)
+
+# [assumptions] (SPEC §5.3; policyd/rules/assumptions.py holds what each decides and its sources)
+_DEFAULT = assumptions.DEFAULT
+WILDCARD_CONNECTOR_COVERS_APEX = _key(
+    "assumptions", "wildcard_connector_covers_apex", BOOLEAN,
+    _DEFAULT.wildcard_connector_covers_apex,
+    example="wildcard_connector_covers_apex = true",
+    meaning="`*.contoso.com` in `TlsSenderCertificateName` also matches the certificate name "
+        "`contoso.com`",
+)
+SAN_NAMES_COUNT = _key(
+    "assumptions", "san_names_count", BOOLEAN, _DEFAULT.san_names_count,
+    example="san_names_count = true",
+    meaning="the certificate's SAN DNS names count, not only the subject CN (KB 4019940 speaks "
+        "of the subject only)",
+)
+HOST_CONNECTOR_NAME_MUST_BE_ACCEPTED = _key(
+    "assumptions", "host_connector_name_must_be_accepted", BOOLEAN,
+    _DEFAULT.host_connector_name_must_be_accepted,
+    example="host_connector_name_must_be_accepted = false",
+    meaning="a non-wildcard `TlsSenderCertificateName` (`mail.contoso.com`) attributes only when "
+        "it is itself an accepted domain (KB 3169958, Exchange Team blog 2025); `false`: one "
+        "label below an accepted domain suffices (KB 4019940)",
+)
+MATCH_SUBDOMAINS_COVERS_SENDERS = _key(
+    "assumptions", "match_subdomains_covers_senders", BOOLEAN,
+    _DEFAULT.match_subdomains_covers_senders,
+    example="match_subdomains_covers_senders = true",
+    meaning="`MatchSubDomains` also makes `sub.contoso.com` senders and certificate names "
+        "accepted (a 5.7.68 is never predicted on it)",
+)
+FOREIGN_SENDER_VIA_CERTIFICATE = _key(
+    "assumptions", "foreign_sender_via_certificate", BOOLEAN,
+    _DEFAULT.foreign_sender_via_certificate,
+    example="foreign_sender_via_certificate = true",
+    meaning="a certificate connector under an accepted domain relays senders of any domain "
+        "(KB 3169958); `false`: only accepted-domain senders and the null sender "
+        "(OfficeDocs-Support#174)",
+)
+SUBMISSION_SENDER_MUST_BE_LOGIN = _key(
+    "assumptions", "submission_sender_must_be_login", BOOLEAN,
+    _DEFAULT.submission_sender_must_be_login,
+    example="submission_sender_must_be_login = false",
+    meaning="SMTP AUTH routes (SPEC §5.4): without a `send_as` list, a sender other than the "
+        "login is refused; not implemented yet, decides nothing",
+)
+SUBMISSION_NULL_SENDER_REFUSED = _key(
+    "assumptions", "submission_null_sender_refused", BOOLEAN,
+    _DEFAULT.submission_null_sender_refused,
+    example="submission_null_sender_refused = false",
+    meaning="SMTP AUTH routes (SPEC §5.4): the null sender is refused; not implemented yet, "
+        "decides nothing",
 )
 # fmt: on
 

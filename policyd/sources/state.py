@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from policyd.errors import ConfigError
 from policyd.rules.aliases import AliasMaps
-from policyd.rules.model import DEFAULT_TENANT, CertificateFacts, NamedTenant, OnPrem, Tenant
+from policyd.rules.model import DEFAULT_TENANT, CertificateFacts, NamedTenant, OnPrem
 from policyd.rules.predictor import Predictor
 from policyd.rules.relay import Router, ServicePicture
 from policyd.rules.routing import PostfixView, client_tls, split_list
@@ -132,7 +132,7 @@ def _named_tenant(declared: TenantFile, ca_bundle: str) -> NamedTenant:
     )
     return NamedTenant(
         declared.name,
-        Tenant(accepted, connectors, declared.tenant.reject_direct_send),
+        replace(declared.tenant, accepted_domains=accepted, connectors=connectors),
         endpoints=declared.endpoints,
         sender_domains=frozenset(declared.sender_domains),
         certificate=certificate,

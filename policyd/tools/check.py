@@ -1,4 +1,9 @@
-"""``m365-policyd check``: predict one envelope offline and explain the reasoning."""
+"""``m365-policyd check``: predict one envelope offline and explain the reasoning.
+
+Every prediction that depends on a named assumption (SPEC §5.3) says so: its explanation names
+the key, ``--json`` lists the keys under ``"assumptions"`` (per recipient and per final
+address), and the text output adds an ``assumes`` line with each key's setting.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 from policyd.constants import ACCEPT, REJECT
 from policyd.errors import LookupFailureError
 from policyd.rules import predict
+from policyd.rules.assumptions import Assumptions
 from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
 from policyd.rules.predictor import by_sender
 
@@ -28,6 +34,8 @@ class CheckResult:
     recipients: tuple[RecipientPrediction | tuple[str, str], ...]  # (recipient, problem) on error
     #: With ``[postfix]``: each final address's route, as the prediction used it.
     routes: dict[str, RouteContext] = field(default_factory=dict)
+    #: The ``[assumptions]`` the prediction ran with.
+    assumptions: Assumptions = field(default_factory=Assumptions)
 
     @property
     def verdict(self) -> str:
@@ -59,7 +67,7 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
             results.append(prediction)
         except LookupFailureError as error:
             results.append((recipient, str(error)))
-    return CheckResult(view, attribution, tuple(results), routes)
+    return CheckResult(view, attribution, tuple(results), routes, tenant.tenant.assumptions)
 
 
 def as_json(result: CheckResult) -> dict[str, object]:
@@ -77,6 +85,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
                     "reply": None,
                     "reason": None,
                     "explanation": f"A table lookup failed, so Postfix would defer: {problem}",
+                    "assumptions": [],
                     "addresses": [],
                 }
             )
@@ -90,6 +99,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
                 "reply": entry.reply,
                 "reason": entry.reason,
                 "explanation": entry.explanation,
+                "assumptions": list(entry.assumptions),
                 "addresses": [
                     {
                         "address": a.address,
@@ -102,6 +112,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
                         "relayed": a.relayed,
                         "tenant": a.tenant,
                         "route": _route_json(result.routes.get(a.address)),
+                        "assumptions": list(a.assumptions),
                     }
                     for a in entry.addresses
                 ],
@@ -164,6 +175,9 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             reply = f"  {address.reply}" if address.reply else ""
             out.write(f"    {outcome}  [{address.reason}]{reply}\n")
             out.write(f"    {address.explanation}\n")
+            if address.assumptions:
+                settings = ", ".join(result.assumptions.setting(k) for k in address.assumptions)
+                out.write(f"    assumes  {settings} ([assumptions], SPEC §5.3)\n")
     refused = sum(
         1
         for e in result.recipients
@@ -203,8 +217,10 @@ def attribution_lines(attribution: Attribution) -> list[str]:
         else:
             lines.append(f"             {attribution.certificate_problem}")
         lines.append("IP           not consulted: the certificate matched first")
+        lines.extend(_partner_lines(attribution))
         return lines
     lines.append(f"certificate  {attribution.certificate_problem}")
+    lines.extend(_partner_lines(attribution))
     if attribution.method == predict.BY_IP and connector is not None:
         lines.append(
             f"IP           egress address {attribution.egress_address} is in connector "
@@ -213,6 +229,23 @@ def attribution_lines(attribution: Attribution) -> list[str]:
     else:
         lines.append(f"IP           {attribution.ip_problem}")
         lines.append("             no connector matches: 550 5.7.64 TenantAttribution")
+    return lines
+
+
+def _partner_lines(attribution: Attribution) -> list[str]:
+    """The Partner connectors step 2 asks about: the one this server matches, and the
+    restricting ones it does not satisfy."""
+    lines: list[str] = []
+    if attribution.partner is not None:
+        lines.append(
+            f"partner      this server matches Partner connector '{attribution.partner.name}' "
+            f"by {attribution.partner_match} (authenticated, not Direct Send)"
+        )
+    for restriction in attribution.restrictions:
+        lines.append(
+            f"partner      restricting Partner connector '{restriction.connector.name}' is not "
+            f"satisfied: {restriction.unmet}"
+        )
     return lines
 
 

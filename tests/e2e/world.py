@@ -71,6 +71,11 @@ class Setup:
     postfix_routing: bool = False
     #: A recipient domain that transport_maps sends to the plain sink, around the stand-in.
     around: str = ""
+    #: SenderIPAddresses of a Partner connector (SenderDomains *); with ``partner_restricts``
+    #: it has RestrictDomainsToIPAddresses (a filtering service locking the tenant down).
+    partner_ips: tuple[str, ...] = ()
+    partner_restricts: bool = True
+    reject_direct_send: bool = False
 
 
 class Daemon:
@@ -164,7 +169,21 @@ class World:
             connectors.append(
                 Connector("Certificate connector", tls_sender_certificate_name=setup.cert_connector)
             )
-        return TenantView(accepted_domains=setup.accepted, connectors=tuple(connectors))
+        if setup.partner_ips:
+            connectors.append(
+                Connector(
+                    "Partner connector",
+                    connector_type="Partner",
+                    sender_ip_addresses=setup.partner_ips,
+                    sender_domains=("*",),
+                    restrict_domains_to_ip_addresses=setup.partner_restricts,
+                )
+            )
+        return TenantView(
+            accepted_domains=setup.accepted,
+            connectors=tuple(connectors),
+            reject_direct_send=setup.reject_direct_send,
+        )
 
     def postfix_settings(self, setup: Setup) -> dict[str, str]:
         """The main.cf parameters that differ between scenarios."""
@@ -199,6 +218,7 @@ class World:
         lines = [
             "[tenant]",
             f"accepted_domains = {json.dumps(list(setup.accepted))}",
+            f"reject_direct_send = {'true' if setup.reject_direct_send else 'false'}",
             "",
             "[[tenant.inbound_connector]]",
             'name = "IP connector"',
@@ -214,6 +234,16 @@ class World:
                 'connector_type = "OnPremises"',
                 "enabled = true",
                 f'tls_sender_certificate_name = "{setup.cert_connector}"',
+            ]
+        if setup.partner_ips:
+            lines += [
+                "",
+                "[[tenant.inbound_connector]]",
+                'name = "Partner connector"',
+                'connector_type = "Partner"',
+                f"sender_ip_addresses = {json.dumps(list(setup.partner_ips))}",
+                'sender_domains = ["smtp:*;1"]',
+                f"restrict_domains_to_ip_addresses = {str(setup.partner_restricts).lower()}",
             ]
         if setup.postfix_routing:
             lines.insert(2, 'endpoints = ["127.0.0.1"]')

@@ -12,7 +12,8 @@ Two layers, as everywhere in the package:
   output. A missing or failing ``postconf`` becomes a warning check, never a crash.
 
 The checks live by what they audit: ``certificate``, ``tenant`` (with the closing table of
-mail classes), ``postfix``; ``report`` holds the vocabulary (statuses, areas, ``Check``,
+mail classes, and the Partner connectors), ``postfix``, ``assumptions`` (the disputed rules the
+setup relies on, SPEC §5.3); ``report`` holds the vocabulary (statuses, areas, ``Check``,
 ``Report``) and the text and JSON output. Exit status: 0 without errors, 1 with errors, 78 on a
 configuration error.
 """
@@ -36,6 +37,7 @@ from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
 from policyd.sources.srs import SrsDomain
 from policyd.sources.state import build_state, load_config
+from policyd.tools.doctor.assumptions import assumption_checks
 from policyd.tools.doctor.certificate import certificate_checks
 from policyd.tools.doctor.postfix import postfix_checks, srs_check
 from policyd.tools.doctor.report import (
@@ -116,6 +118,7 @@ def audit(
         disagrees = router is None and any(
             c.status == ERROR and c.id in ("postfix-cert-file", "postfix-relayhost") for c in found
         )
+    checks.extend(assumption_checks(config, classes))
     checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
 

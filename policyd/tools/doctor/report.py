@@ -1,6 +1,7 @@
 """doctor's vocabulary and output: statuses, areas, one ``Check``, the ``Report`` and its text.
 
-Each check has a stable kebab-case ``id``, an ``area`` (certificate, tenant, postfix, summary),
+Each check has a stable kebab-case ``id``, an ``area`` (certificate, tenant, postfix,
+assumptions, summary),
 a ``status`` (ok, warning, error, note), a one-line ``finding`` and a one-sentence ``fix`` (empty
 when ok). ``Report.exit_code`` is 0 without errors and 1 with errors.
 """
@@ -38,10 +39,13 @@ TENANT = "tenant"
 POSTFIX = "postfix"
 
 
+ASSUMPTIONS = "assumptions"
+
+
 SUMMARY = "summary"
 
 
-AREAS = (CERTIFICATE, TENANT, POSTFIX, SUMMARY)
+AREAS = (CERTIFICATE, TENANT, POSTFIX, ASSUMPTIONS, SUMMARY)
 
 
 #: Text markers of the checklist.
@@ -52,6 +56,7 @@ AREA_TITLES = {
     CERTIFICATE: "Certificate",
     TENANT: "Tenant",
     POSTFIX: "Postfix",
+    ASSUMPTIONS: "Assumptions (SPEC §5.3: where Microsoft's texts disagree)",
     SUMMARY: "Summary",
 }
 
@@ -96,6 +101,7 @@ class MailClass:
     explanation: str
     fix: str
     tenant: str = ""  # with several tenants: the tenant whose own-domain senders the row uses
+    assumptions: tuple[str, ...] = ()  # the SPEC §5.3 keys the prediction depends on
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -111,6 +117,7 @@ class MailClass:
             "reply": self.reply,
             "explanation": self.explanation,
             "fix": self.fix,
+            "assumptions": list(self.assumptions),
         }
 
 
@@ -191,6 +198,8 @@ def _table(report: Report, out: TextIO, tenant: str) -> None:
         out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {envelope}\n")
         if row.fix:
             out.write(f"  {'':<{width}}       fix: {row.fix}\n")
+        if row.assumptions:
+            out.write(f"  {'':<{width}}       assumes: {', '.join(row.assumptions)}\n")
 
 
 def write_json(report: Report, out: TextIO) -> None:

@@ -3,6 +3,9 @@
 Pure: the connectors, accepted domains and egress addresses of the configuration, and the
 attribution the real predictor (``policyd.rules.predict``) computes; the closing table predicts
 one envelope per mail class with that same predictor, so it can never disagree with ``check``.
+Partner connectors get two checks of their own: a restricting one this server does not satisfy
+(mail into the tenant refused with 5.7.51), and RejectDirectSend with or without a connector
+that authenticates this server (5.7.68).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def tenant_checks(config: Config, attribution: predict.Attribution) -> list[Chec
         )
     checks.append(_inert_connector_check(tenant, config))
     checks.append(_attribution_check(attribution))
+    checks.append(_partner_restriction_check(config, attribution))
+    checks.append(_direct_send_check(config, attribution))
     checks.append(_egress_check(config, attribution))
     checks.append(_ipv6_check(config, attribution))
     return checks
@@ -97,10 +102,13 @@ def _looks_meant(connector: InboundConnector, config: Config) -> str:
     """Why an inert connector looks meant for this server ("" when it does not)."""
     cert = config.onprem.certificate
     if cert is not None and cert.readable and connector.tls_sender_certificate_name:
+        covers_apex = config.tenant.assumptions.wildcard_connector_covers_apex
         hits = [
             n
             for n in cert.names
-            if connector_name_matches(connector.tls_sender_certificate_name, n)
+            if connector_name_matches(
+                connector.tls_sender_certificate_name, n, covers_apex=covers_apex
+            )
         ]
         if hits:
             wanted = connector.tls_sender_certificate_name
@@ -117,8 +125,8 @@ def _inert_connector_check(tenant: Tenant, config: Config) -> Check:
     found: list[str] = []
     fixes: list[str] = []
     for connector in tenant.connectors:
-        if connector.grants_relay:
-            continue
+        if connector.grants_relay or connector.restricts:
+            continue  # a restricting Partner connector is tenant-partner-restriction's business
         why = _looks_meant(connector, config)
         if not why:
             continue
@@ -172,6 +180,146 @@ def _attribution_check(attribution: predict.Attribution) -> Check:
         f"No connector attributes this server ({problems}): every outside recipient gets "
         "550 5.7.64 TenantAttribution.",
         reasons.BY_ID[reasons.NO_CONNECTOR].fix,
+    )
+
+
+def _own_domain(tenant: Tenant) -> str:
+    return tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+
+
+def _partner_restriction_check(config: Config, attribution: predict.Attribution) -> Check:
+    """A restricting Partner connector (RestrictDomainsTo*) that this server does not satisfy
+    refuses mail into the tenant with 5.7.51 once no OnPremises connector attributes it."""
+    tenant = config.tenant
+    restricting = [c for c in tenant.partner_connectors if c.restricts]
+    if not restricting:
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            OK,
+            "No enabled Partner connector restricts its sender domains to IP addresses or a "
+            "certificate (RestrictDomainsTo*).",
+        )
+    names = ", ".join(f"'{c.name}'" for c in restricting)
+    if not attribution.restrictions:
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            OK,
+            f"This server satisfies every restricting Partner connector ({names}).",
+        )
+    if attribution.connector is not None:
+        unmet = attribution.restrictions[0]
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            NOTE,
+            f"Partner connector '{unmet.connector.name}' restricts mail from "
+            f"{_domains_text(unmet.connector)} and this server does not "
+            f"satisfy it ({unmet.unmet}); mail into the tenant passes only because OnPremises "
+            f"connector '{attribution.connector.name}' attributes it: if that stops matching "
+            "(a renewed certificate, a new egress address), Microsoft 365 refuses it with "
+            f"{reasons.BY_ID[reasons.PARTNER_RESTRICTED].code}.",
+            _restriction_fix(unmet.connector, config),
+        )
+    own = _own_domain(tenant)
+    covered = [
+        r
+        for r in attribution.restrictions
+        if r.connector.covers_sender(own) or r.connector.covers_sender("")
+    ]
+    if not covered:
+        shown = "; ".join(
+            f"'{r.connector.name}' (SenderDomains {_domains_text(r.connector)})"
+            for r in attribution.restrictions
+        )
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            WARNING,
+            f"Restricting Partner connectors this server does not satisfy: {shown}; mail into "
+            "the tenant from the senders they cover is refused with 550 "
+            f"{reasons.BY_ID[reasons.PARTNER_RESTRICTED].code}.",
+            _restriction_fix(attribution.restrictions[0].connector, config),
+        )
+    unmet = covered[0]
+    return Check(
+        "tenant-partner-restriction",
+        TENANT,
+        ERROR,
+        f"Partner connector '{unmet.connector.name}' restricts mail from "
+        f"{_domains_text(unmet.connector)} and no OnPremises connector attributes "
+        f"this server, which does not satisfy it ({unmet.unmet}): mail from {own} into the tenant "
+        f"is refused with 550 {reasons.BY_ID[reasons.PARTNER_RESTRICTED].code} "
+        "TenantInboundAttribution.",
+        _restriction_fix(unmet.connector, config),
+    )
+
+
+def _domains_text(connector: InboundConnector) -> str:
+    return ", ".join(connector.sender_domains) or "none"
+
+
+def _restriction_fix(connector: InboundConnector, config: Config) -> str:
+    egress = ", ".join(
+        str(a) for a in config.onprem.egress_addresses if isinstance(a, ipaddress.IPv4Address)
+    )
+    parts = [
+        "Make the OnPremises connector match this server again (its certificate or egress address)"
+    ]
+    if connector.restrict_domains_to_ip_addresses and egress:
+        parts.append(
+            f"add {egress} to Partner connector '{connector.name}' "
+            "(Set-InboundConnector -SenderIPAddresses)"
+        )
+    if connector.restrict_domains_to_certificate:
+        parts.append(
+            f"present a certificate that Partner connector '{connector.name}''s "
+            f"TlsSenderCertificateName {connector.tls_sender_certificate_name or '(none)'} matches"
+        )
+    parts.append("narrow its SenderDomains to the partner's own domains")
+    return ", or ".join(parts) + "."
+
+
+def _direct_send_check(config: Config, attribution: predict.Attribution) -> Check:
+    """RejectDirectSend refuses own-domain mail into the tenant (5.7.68) from a server that no
+    OnPremises or Partner connector matches; a matching Partner connector authenticates it."""
+    tenant = config.tenant
+    if not tenant.reject_direct_send:
+        return Check(
+            "tenant-direct-send",
+            TENANT,
+            OK,
+            "RejectDirectSend is off: mail into the tenant needs no connector.",
+        )
+    if attribution.connector is not None:
+        return Check(
+            "tenant-direct-send",
+            TENANT,
+            OK,
+            f"RejectDirectSend is on; OnPremises connector '{attribution.connector.name}' "
+            "attributes this server, so its mail into the tenant is not Direct Send.",
+        )
+    if attribution.partner is not None:
+        return Check(
+            "tenant-direct-send",
+            TENANT,
+            OK,
+            f"RejectDirectSend is on and no OnPremises connector matches, but Partner connector "
+            f"'{attribution.partner.name}' matches {attribution.partner_match}, which "
+            "authenticates this server's mail into the tenant (MC1093237).",
+        )
+    own = _own_domain(tenant)
+    return Check(
+        "tenant-direct-send",
+        TENANT,
+        ERROR,
+        f"RejectDirectSend is on and neither an OnPremises nor a Partner connector matches this "
+        f"server: mail from {own} into the tenant is refused with 550 "
+        f"{reasons.BY_ID[reasons.DIRECT_SEND_REJECTED].code} (Direct Send).",
+        "Create a Partner connector for this server's egress address or certificate "
+        "(New-InboundConnector -ConnectorType Partner, as MC1093237 advises), make an OnPremises "
+        "connector match it, or turn RejectDirectSend off.",
     )
 
 
@@ -308,6 +456,7 @@ def mail_classes(
         ),
         ("null-sender-bounce", "null-sender bounces", "", OUTSIDE_RECIPIENT, ()),
         ("out-of-office", "out-of-office replies", "", OUTSIDE_RECIPIENT, ()),
+        ("into-tenant", "mail into the tenant", f"alerts@{own}", f"user@{own}", ()),
     )
     classes: list[MailClass] = []
     for class_id, label, sender, recipient, final in rows:
@@ -347,6 +496,7 @@ def mail_classes(
                 reply=prediction.reply,
                 explanation=prediction.explanation,
                 fix=fix,
+                assumptions=prediction.assumptions,
             )
         )
     return tuple(classes)
@@ -377,7 +527,7 @@ def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False)
             "Microsoft 365 will relay every class of mail in the table below.",
         )
     labels = ", ".join(c.label for c in refused)
-    own_refused = any(c.id == "own-domain" for c in refused)
+    own_refused = any(c.id in ("own-domain", "into-tenant") for c in refused)
     return Check(
         "summary-mail-classes",
         SUMMARY,
