@@ -11,7 +11,7 @@ through and says so. The two ``submission_*`` keys belong to the client-submissi
 (SPEC §5.4), which are not implemented yet: they are declared and validated, and decide
 nothing so far.
 
-Sources for each point: ``shared/reference/m365-relay-rules.md`` §7 ("Texts that disagree")
+Sources for each point: ``docs/relay-rules.md`` ("Assumptions: where Microsoft's texts disagree")
 and ``docs/relay-rules.md``.
 """
 
@@ -125,7 +125,7 @@ DOUBTS: tuple[Doubt, ...] = (
         SUBMISSION_SENDER_MUST_BE_LOGIN,
         "on an SMTP AUTH route without a send_as list, a sender other than the login is refused",
         "on an SMTP AUTH route without a send_as list, any sender is accepted",
-        "SPEC §5.4; not implemented yet",
+        "the README's SMTP AUTH notes; not implemented yet",
         "list the addresses each login may send as in [submission] send_as",
         decides=False,
     ),
@@ -133,7 +133,7 @@ DOUBTS: tuple[Doubt, ...] = (
         SUBMISSION_NULL_SENDER_REFUSED,
         "the null sender is refused on an SMTP AUTH route",
         "the null sender is accepted on an SMTP AUTH route",
-        "one public log shows it; no Microsoft text (SPEC §5.4); not implemented yet",
+        "one public log shows it; no Microsoft text; not implemented yet",
         "send bounces through a connector route rather than SMTP AUTH",
         decides=False,
     ),

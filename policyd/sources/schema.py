@@ -482,14 +482,14 @@ SUBMISSION_SENDER_MUST_BE_LOGIN = _key(
     "assumptions", "submission_sender_must_be_login", BOOLEAN,
     _DEFAULT.submission_sender_must_be_login,
     example="submission_sender_must_be_login = false",
-    meaning="SMTP AUTH routes (SPEC §5.4): without a `send_as` list, a sender other than the "
+    meaning="SMTP AUTH routes: without a `send_as` list, a sender other than the "
         "login is refused; not implemented yet, decides nothing",
 )
 SUBMISSION_NULL_SENDER_REFUSED = _key(
     "assumptions", "submission_null_sender_refused", BOOLEAN,
     _DEFAULT.submission_null_sender_refused,
     example="submission_null_sender_refused = false",
-    meaning="SMTP AUTH routes (SPEC §5.4): the null sender is refused; not implemented yet, "
+    meaning="SMTP AUTH routes: the null sender is refused; not implemented yet, "
         "decides nothing",
 )
 # fmt: on

@@ -177,7 +177,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             out.write(f"    {address.explanation}\n")
             if address.assumptions:
                 settings = ", ".join(result.assumptions.setting(k) for k in address.assumptions)
-                out.write(f"    assumes  {settings} ([assumptions], SPEC §5.3)\n")
+                out.write(f"    assumes  {settings} ([assumptions], docs/relay-rules.md)\n")
     refused = sum(
         1
         for e in result.recipients

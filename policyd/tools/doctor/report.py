@@ -56,7 +56,7 @@ AREA_TITLES = {
     CERTIFICATE: "Certificate",
     TENANT: "Tenant",
     POSTFIX: "Postfix",
-    ASSUMPTIONS: "Assumptions (SPEC §5.3: where Microsoft's texts disagree)",
+    ASSUMPTIONS: "Assumptions (where Microsoft's texts disagree; docs/relay-rules.md)",
     SUMMARY: "Summary",
 }
 
