@@ -206,6 +206,7 @@ TENANT_LABELLED = {
     "m365_policyd_external_recipients_total",
     "m365_policyd_unregistered_sender_relays_total",
     "m365_policyd_certificate_connector_match",
+    "m365_policyd_prediction_outcomes_total",
 }
 
 

@@ -216,11 +216,11 @@ class PolicydCollector:
         )
         yield _labelled(
             "prediction_outcomes_total",
-            "Predictions matched with the reply Microsoft 365 really gave, by predicted and "
-            "observed kind.",
-            ["predicted", "observed"],
+            "Predictions matched with the reply Microsoft 365 really gave, by tenant, predicted "
+            "and observed kind.",
+            ["tenant", "predicted", "observed"],
             stats.prediction_outcomes,
-            OUTCOME_LABELS,
+            [(tenant, *pair) for tenant in seeded for pair in OUTCOME_LABELS],
         )
         yield CounterMetricFamily(
             PREFIX + "log_lines_skipped_total",

@@ -399,7 +399,7 @@ class PolicyEngine:
         Microsoft 365 will see (all but ``local``); its failure is counted, never answered."""
         queue_id = attrs.get("queue_id", "")
         entries = [
-            (address.address, prediction.recipient, address.reason)
+            (address.address, prediction.recipient, address.reason, address.tenant or "")
             for prediction in session.recipients
             for address in prediction.addresses
             if address.reason != LOCAL

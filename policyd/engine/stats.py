@@ -67,7 +67,7 @@ class Stats:
         # Microsoft 365's replies by (enhanced code, observed kind), and the join of predictions
         # with them by (predicted kind, observed kind): SPEC §8.
         self.observed_replies: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.prediction_outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.prediction_outcomes: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.log_lines_skipped = 0  # outcome watcher: unparseable Postfix log lines
 
     def observe_duration(self, seconds: float) -> None:
