@@ -1160,7 +1160,12 @@ def test_serve_follows_the_postfix_log_and_exports_outcomes(tmp_path: Path) -> N
             server, outcomes, {"tenant": "default", "predicted": "attr36", "observed": "attr36"}, 2
         )
         wait_for_two_polls(server, second)  # the old file would have been read meanwhile
-        assert server.scrape().value(outcomes, tenant="default", predicted="accepted", observed="accepted") == 1
+        assert (
+            server.scrape().value(
+                outcomes, tenant="default", predicted="accepted", observed="accepted"
+            )
+            == 1
+        )
         assert server.stop() == 0
 
 
@@ -1276,8 +1281,18 @@ relay_hosts = ["127.0.0.1"]
                 postfix.wait_queue_empty()
                 wait_for_two_polls(server, postfix.log_path)  # Postfix's bounces are read
                 samples = server.scrape()
-                assert samples.value(outcomes, tenant="default", predicted="accepted", observed="attr36") == 0
-                assert samples.value(outcomes, tenant="default", predicted="attr36", observed="accepted") == 0
+                assert (
+                    samples.value(
+                        outcomes, tenant="default", predicted="accepted", observed="attr36"
+                    )
+                    == 0
+                )
+                assert (
+                    samples.value(
+                        outcomes, tenant="default", predicted="attr36", observed="accepted"
+                    )
+                    == 0
+                )
                 observed = samples.value(
                     "m365_policyd_observed_replies_total", code="5.7.64", kind="attr36"
                 )
