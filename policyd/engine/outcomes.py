@@ -3,7 +3,7 @@
 ``OutcomeJoin`` remembers the predictions made at DATA (queue ID → final address / original
 recipient → predicted kind), and for every delivery attempt to a Microsoft 365 relay that holds
 a reply of Microsoft's classifies that reply by its text into an observed kind
-(``policyd.rules.outcomes``, SPEC §8). It counts ``Stats.observed_replies[(dsn, kind)]`` and,
+(``policyd.rules.outcomes``). It counts ``Stats.observed_replies[(dsn, kind)]`` and,
 when the queue ID and the recipient (``to=``, else ``orig_to=``) match a prediction,
 ``Stats.prediction_outcomes[(predicted kind, observed kind)]``: a prediction agrees only when
 the kinds are equal, so a refusal predicted for the wrong reason is a disagreement. Postfix's
@@ -35,7 +35,7 @@ from policyd.rules.outcomes import (
 from policyd.rules.reasons import predicted_kind
 from policyd.sources.schema import RELAY_HOSTS
 
-#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
+#: Relays that are Microsoft 365 (docs/postfix.md); ``[outcomes] relay_hosts`` may name others.
 DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS.default
 
 
@@ -184,7 +184,7 @@ class OutcomeJoin:
 
 
 def _worse(old: tuple[str, str] | None, new: tuple[str, str]) -> tuple[str, str]:
-    """Two predicted kinds for one key: the first refusal wins (SPEC §5: a refused final
+    """Two predicted kinds for one key: the first refusal wins (docs/relay-rules.md: a refused final
     address refuses the recipient, and the first refused address decides the reason)."""
     if old is None or old[0] == ACCEPTED:
         return new
