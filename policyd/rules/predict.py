@@ -1,8 +1,8 @@
 """The relay rule: what Microsoft 365 will answer for each recipient (550 5.7.64 lives here).
 
 This module is the rule of ``docs/relay-rules.md`` as pure functions over plain data: no
-reactor, no clock reads, no I/O. The order of the checks below is the order of that page; the reason ids, their enhanced status
-codes and Microsoft's reply texts come from the one table in ``policyd.rules.reasons``;
+reactor, no clock reads, no I/O. The order of the checks below is the order of that page; the
+reason ids, their enhanced status codes and Microsoft's reply texts come from the one table in ``policyd.rules.reasons``;
 attribution (step 3, the certificate half of step 4, the Partner connectors step 2 asks about)
 is ``policyd.rules.attribution``.
 

@@ -100,7 +100,8 @@ class LogSettings:
 @dataclass(frozen=True, slots=True)
 class OutcomeSettings:
     """``[outcomes]`` (docs/postfix.md): the Postfix log to follow ("" = off, "journal" =
-    journald) and the relays whose replies count (globs against the relay's host name and bracketed address)."""
+    journald) and the relays whose replies count (globs against the relay's host name and
+    bracketed address)."""
 
     postfix_log: str = schema.POSTFIX_LOG.default
     relay_hosts: tuple[str, ...] = schema.RELAY_HOSTS.default
