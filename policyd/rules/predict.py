@@ -2,9 +2,9 @@
 
 This module is the rule of ``docs/relay-rules.md`` as pure functions over plain data: no
 reactor, no clock reads, no I/O. The order of the checks below is the order of that page; the
-reason ids, their enhanced status codes and Microsoft's reply texts come from the one table in ``policyd.rules.reasons``;
-attribution (step 3, the certificate half of step 4, the Partner connectors step 2 asks about)
-is ``policyd.rules.attribution``.
+reason ids, their enhanced status codes and Microsoft's reply texts come from the one table
+in ``policyd.rules.reasons``; attribution (step 3, the certificate half of step 4, the Partner
+connectors step 2 asks about) is ``policyd.rules.attribution``.
 
 Since November 2023 Exchange Online relays a message to a recipient outside the tenant only
 when (a) the connection is attributed to an enabled OnPremises inbound connector, by the TLS
