@@ -25,9 +25,21 @@ class ConfigError(PolicydError):
         super().__init__(f"{where}: {problem}")
 
 
-class AliasLookupError(PolicydError):
+class LookupFailureError(PolicydError):
+    """A Postfix table could not answer (``postmap -q`` failed or timed out).
+
+    The daemon answers ``on_error`` for the request: we report, never guess.
+    """
+
+
+class AliasLookupError(LookupFailureError):
     """A recipient could not be expanded: a table failed, or Postfix's limits were hit.
 
     Postfix itself defers such a message ("4.6.0 Alias expansion error"), so we report the
     problem instead of guessing a prediction.
     """
+
+
+class RouteLookupError(LookupFailureError):
+    """A table that decides the route (``transport_maps``, ``sender_dependent_*``, a domain
+    list) failed: trivial-rewrite(8) itself defers such mail ("lookup failure")."""

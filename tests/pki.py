@@ -324,3 +324,11 @@ class TestPKI:
         path = directory / name
         path.write_bytes(self.root.cert_pem())
         return path
+
+
+def load_certificates(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM text, in order (``x509.load_pem_x509_certificates`` of
+    cryptography 39 and later, written out for Debian 12's cryptography 38)."""
+    end = b"-----END CERTIFICATE-----"
+    blocks = [block + end for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
+    return [x509.load_pem_x509_certificate(block) for block in blocks]

@@ -59,26 +59,13 @@ from types import TracebackType
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.tenants import ip_tenant_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
-#: A tenant that accepts contoso.com, attributes us by IP, and defers predicted refusals.
-DEFAULT_BODY = """\
-[tenant]
-accepted_domains = ["contoso.com"]
-
-[[tenant.inbound_connector]]
-name = "From on-premises"
-connector_type = "OnPremises"
-enabled = true
-sender_ip_addresses = ["203.0.113.10/32"]
-
-[onprem]
-egress_addresses = ["203.0.113.10"]
-
-[policy]
-action = "defer"
-"""
+#: The IP-connector tenant (``tests/tenants.py``), deferring predicted refusals.
+DEFAULT_BODY = ip_tenant_toml(action="defer")
 
 #: The line ``serve`` logs once every endpoint listens.
 READY_MARKER = " ready"
@@ -93,10 +80,10 @@ class ServerProcessError(RuntimeError):
         self.stderr = stderr
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that was free a moment ago (bind to port 0, read, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

@@ -43,6 +43,7 @@ from policyd.engine.stats import (
     Stats,
 )
 from policyd.wire.protocol import PolicyFactory
+from tests.doubles import Limits
 from tests.serverproc import LOOPBACK, PolicyServer, Samples, rcpt, request_text
 
 #: The daemon's memory may not grow past this while it is being abused.
@@ -475,11 +476,6 @@ def test_half_closed_connection_still_gets_its_answers(
 
 def test_half_close_flushes_replies_then_closes_in_memory() -> None:
     """The protocol is half-closeable: end of input closes only after the replies went out."""
-
-    class Limits:
-        max_connections = 8
-        idle_timeout = 300.0
-        max_request_bytes = 65536
 
     class Handler:
         def new_session(self) -> object:

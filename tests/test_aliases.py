@@ -7,10 +7,8 @@ The semantic tests run on the fixtures in ``tests/data/aliases`` (read natively,
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,8 @@ import pytest
 from policyd.errors import AliasLookupError, ConfigError
 from policyd.rules.aliases import AliasMaps
 from policyd.sources.tables import load_alias_maps, parse_source
+from tests import needs
+from tests.doubles import FakePostmap
 
 DATA = Path(__file__).parent / "data" / "aliases"
 VIRTUAL = str(DATA / "virtual")
@@ -364,39 +364,6 @@ def test_watched_files_and_specs(tmp_path: Path) -> None:
 # --- tables queried through postmap -q (fake runner) ---------------------------------------
 
 
-class FakePostmap:
-    """Stands in for subprocess.run: answers ``postmap -q KEY TABLE`` from a dict, counts calls."""
-
-    def __init__(
-        self,
-        table: Mapping[str, str],
-        *,
-        fail: Callable[[str], subprocess.CompletedProcess[str] | None] | None = None,
-    ) -> None:
-        self.table = {k.lower(): v for k, v in table.items()}
-        self.fail = fail
-        self.keys: list[str] = []
-
-    def __call__(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        assert argv[1] == "-q"
-        assert kwargs["timeout"] > 0
-        key = argv[2]
-        self.keys.append(key)
-        if self.fail is not None:
-            failed = self.fail(key)
-            if failed is not None:
-                return failed
-        value = self.table.get(key.lower())
-        if value is None:
-            return subprocess.CompletedProcess(list(argv), 1, "", "")
-        return subprocess.CompletedProcess(list(argv), 0, value + "\n", "")
-
-    @property
-    def lookups(self) -> list[str]:
-        """The keys looked up after the load-time probe."""
-        return [key for key in self.keys if "probe" not in key]
-
-
 def test_postmap_table_cache_counts_calls() -> None:
     """Found and not-found answers are cached (case-folded), so postmap runs once per key."""
     fake = FakePostmap({"a@x.example": "b@y.example"})
@@ -502,15 +469,7 @@ def test_pattern_tables_never_see_partial_keys() -> None:
 @pytest.fixture
 def postmap() -> str:
     """Path of Debian's postmap; skip without it, but fail when the ``CI`` variable is set."""
-    path = shutil.which("postmap") or next(
-        (p for p in ("/usr/sbin/postmap", "/usr/bin/postmap") if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        reason = "postmap not installed (Debian package postfix)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the Postfix tests must run: {reason}")
-        pytest.skip(reason)
-    return path
+    return needs.program("postmap", "postfix")
 
 
 def real_query(postmap: str, key: str, table: str) -> str | None:

@@ -461,14 +461,19 @@ def test_unix_socket_endpoint(tmp_path: Path) -> None:
         (["--connect", "127.0.0.1:1", "--duration", "0"], "--duration"),
         (["--connect", "127.0.0.1:1", "--rate", "-1"], "--rate"),
         (["--connect", "127.0.0.1:1", "--processes", "-1"], "--processes"),
+        (["--connect", "127.0.0.1:1", "--requests", "-1"], "--requests"),
+        (["--connect", "127.0.0.1:1", "--timeout", "0"], "--timeout"),
+        (["--connect", "127.0.0.1:1", "--duration", "inf"], "--duration"),
     ],
 )
 def test_usage_errors_exit_2(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Bad option values exit 2 with one line naming the option."""
+    """Bad option values exit 2 with an error line naming the option."""
     assert bench.main(argv) == 2
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("m365-policyd bench: error: ")
+    assert message in error
 
 
 def test_text_report_names_the_figures() -> None:

@@ -84,7 +84,7 @@ def test_an_entry_is_built_once_per_exact_pair_and_found_by_lookup() -> None:
     assert cache.lookup("a@fabrikam.com", OUTSIDE) is entry
     assert cache.entry("a@fabrikam.com", OUTSIDE) is entry
     assert entry.answer.startswith("450 4.7.64 ")
-    assert (entry.action, entry.counted) == ("defer", ("reject", "sender-not-accepted"))
+    assert (entry.action, entry.counted) == ("defer", ("default", "reject", "sender-not-accepted"))
 
 
 def test_senders_of_one_domain_share_the_prediction_not_the_entry() -> None:
@@ -157,11 +157,13 @@ def test_the_log_line_holds_the_fixed_fields_in_record_order() -> None:
         "sender",
         "recipient",
         "final",
+        "tenant",
         "verdict",
         "code",
         "reason",
         "action",
         "explanation",
+        "assumptions",
     ]
     assert record["event"] == "prediction"
     assert (record["sender"], record["final"], record["reason"]) == ("", (OUTSIDE,), "null-sender")

@@ -227,9 +227,47 @@ def test_console_script_version() -> None:
     assert result.stdout.strip() == f"m365-policyd {__version__}"
 
 
-def test_bench_arguments_reach_the_bench_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    """`m365-policyd bench` hands its arguments to the bench command's own parser."""
-    code = cli.main(["bench", "--connect", "127.0.0.1:9", "--requests", "x"])
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["bench"], "--connect"),
+        (["bench", "--connect", "127.0.0.1:9", "--requests", "x"], "--requests"),
+        (["bench", "--connect", "127.0.0.1:9", "--timeout", "0"], "--timeout"),
+        (["bench", "--connect", "nowhere"], "--connect"),
+    ],
+    ids=["no-connect", "not-a-number", "zero-timeout", "bad-endpoint"],
+)
+def test_bench_usage_errors_are_argparse_errors_of_the_subcommand(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad `bench` option exits 2 with the subcommand's usage line and an error naming it."""
+    code = cli.main(args)
     _, err = capsys.readouterr()
     assert code == 2
-    assert "--requests" in err
+    assert err.startswith("usage: m365-policyd bench ")
+    error = err.splitlines()[-1]
+    assert error.startswith("m365-policyd bench: error: ")
+    assert option in error
+
+
+def test_bench_help_lists_its_options_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """`m365-policyd bench --help` is the subcommand's argparse help, every option listed."""
+    code = cli.main(["bench", "--help"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert out.startswith("usage: m365-policyd bench ")
+    for option in (
+        "--connect",
+        "--connections",
+        "--duration",
+        "--rate",
+        "--processes",
+        "--requests",
+        "--timeout",
+        "--seed",
+        "--json",
+    ):
+        assert option in out
+    code = cli.main(["--help"])
+    assert code == 0
+    assert "bench" in capsys.readouterr().out

@@ -11,10 +11,7 @@ variables substituted) through Prometheus's HTTP API and requires a non-empty re
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,33 +26,14 @@ from typing import Any
 
 import pytest
 
+from tests import needs
+from tests.metricnames import SPEC_METRICS, metric_names
+from tests.serverproc import free_port
+from tests.tenants import ip_tenant_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "m365-policyd.json"
 DATASOURCE_UID = "${DS_PROMETHEUS}"
-
-#: Metric names the daemon exports (SPEC §7 and §8), as Prometheus sees them.
-SPEC_METRICS = frozenset(
-    {
-        "m365_policyd_requests_total",
-        "m365_policyd_request_duration_seconds_bucket",
-        "m365_policyd_request_duration_seconds_sum",
-        "m365_policyd_request_duration_seconds_count",
-        "m365_policyd_predictions_total",
-        "m365_policyd_actions_total",
-        "m365_policyd_connections",
-        "m365_policyd_protocol_errors_total",
-        "m365_policyd_internal_errors_total",
-        "m365_policyd_external_recipients_total",
-        "m365_policyd_unregistered_sender_relays_total",
-        "m365_policyd_certificate_not_after_timestamp_seconds",
-        "m365_policyd_certificate_connector_match",
-        "m365_policyd_config_reloads_total",
-        "m365_policyd_config_last_reload_success_timestamp_seconds",
-        "m365_policyd_build_info",
-        "m365_policyd_observed_replies_total",
-        "m365_policyd_prediction_outcomes_total",
-    }
-)
 
 #: What the operations issue asks the dashboard to show, by the metric that shows it.
 REQUIRED_TOPICS = {
@@ -75,11 +53,6 @@ REQUIRED_TOPICS = {
 
 #: Grafana's own interval variables, and what the live test substitutes for them.
 GRAFANA_BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "1h"}
-
-
-def metric_names(text: str) -> set[str]:
-    """The ``m365_policyd_*`` metric names used in PromQL text (not recording-rule names)."""
-    return set(re.findall(r"(?<![\w:])m365_policyd_[a-z0-9_]+(?![\w:])", text))
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -221,11 +194,25 @@ def test_terrl_uses_the_licenses_variable() -> None:
     assert int(licenses["current"]["value"]) == int(licenses["query"])
     exprs = [e for _t, _r, e in panel_queries(dashboard)]
     assert "vector(500 * $licenses ^ 0.7 + 9500)" in exprs
-    assert 'sum(increase(m365_policyd_external_recipients_total{job=~"$job"}[24h]))' in exprs
+    assert (
+        "sum by (tenant) (increase(m365_policyd_external_recipients_total"
+        '{tenant=~"$tenant",job=~"$job"}[24h]))'
+    ) in exprs
 
 
-def test_queries_filter_by_job_and_instance_variables() -> None:
-    """Queries filter by $job, and all but the tenant-wide ones by $instance."""
+#: Metrics with a ``tenant`` label (SPEC §7): the dashboard filters them by $tenant.
+TENANT_LABELLED = {
+    "m365_policyd_predictions_total",
+    "m365_policyd_external_recipients_total",
+    "m365_policyd_unregistered_sender_relays_total",
+    "m365_policyd_certificate_connector_match",
+    "m365_policyd_prediction_outcomes_total",
+}
+
+
+def test_queries_filter_by_job_instance_and_tenant_variables() -> None:
+    """Queries filter by $job, all but the tenant-wide ones by $instance, and every metric
+    with a tenant label by $tenant."""
     dashboard = load_dashboard()
     tenant_wide = {"m365_policyd_external_recipients_total"}
     for title, ref, expr in panel_queries(dashboard):
@@ -234,6 +221,15 @@ def test_queries_filter_by_job_and_instance_variables() -> None:
             assert 'job=~"$job"' in labels, f"{title}/{ref}: {name} without $job"
             if name not in tenant_wide:
                 assert 'instance=~"$instance"' in labels, f"{title}/{ref}: {name}"
+            if name in TENANT_LABELLED:
+                assert 'tenant=~"$tenant"' in labels, f"{title}/{ref}: {name} without $tenant"
+
+
+def test_tenant_variable_lists_the_tenants() -> None:
+    """$tenant offers the tenant label values the daemons export, all of them by default."""
+    tenant = variables(load_dashboard())["tenant"]
+    assert "m365_policyd_predictions_total" in tenant["query"]["query"]
+    assert (tenant["includeAll"], tenant["multi"]) == (True, True)
 
 
 def test_every_variable_used_is_defined() -> None:
@@ -248,25 +244,6 @@ def test_every_variable_used_is_defined() -> None:
 
 
 # -- live test: Debian's prometheus scraping a running daemon --------------------------------
-
-
-def required_binary(name: str, package: str) -> str:
-    """Path of ``name``; skip without it, but fail when the ``CI`` variable is set."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (Debian package {package!r}; `make test` installs it as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -313,7 +290,7 @@ class Prometheus:
 @contextmanager
 def running_prometheus(directory: Path, target: str, job: str) -> Iterator[Prometheus]:
     """Debian's ``prometheus`` scraping ``target`` every second, with its own config and TSDB."""
-    binary = required_binary("prometheus", "prometheus")
+    binary = needs.program("prometheus", "prometheus")
     port = free_port()
     config = directory / "prometheus.yml"
     config.write_text(
@@ -379,7 +356,13 @@ def send_message(
 
 MX = "contoso-com.mail.protection.outlook.com"
 REFUSED_ATTR36 = (
-    f"host {MX}[52.101.68.10] said: 550 5.7.64 TenantAttribution; Relay Access Denied ATTR36 "
+    f"host {MX}[52.101.68.10] said: 550 5.7.64 Relay Access Denied ATTR36 "
+    "[AM0PR04MB1234.eurprd04.prod.outlook.com] (in reply to RCPT TO command)"
+)
+REFUSED_5751 = (
+    f"host {MX}[52.101.68.10] said: 550 5.7.51 TenantInboundAttribution; There is a partner "
+    "connector configured that matched the message's recipient domain. The connector had either "
+    "the RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set "
     "[AM0PR04MB1234.eurprd04.prod.outlook.com] (in reply to RCPT TO command)"
 )
 
@@ -394,30 +377,14 @@ def postfix_smtp_line(queue_id: str, recipient: str, dsn: str, status: str, repl
     )
 
 
-BODY = """
-[tenant]
-accepted_domains = ["contoso.com"]
-
-[[tenant.inbound_connector]]
-name = "From on-premises"
-connector_type = "OnPremises"
-enabled = true
-sender_ip_addresses = ["203.0.113.10/32"]
-tls_sender_certificate_name = "*.contoso.com"
-
-[onprem]
-egress_addresses = ["203.0.113.10"]
-certificate = "{certificate}"
-ca_bundle = "{ca_bundle}"
-local_domains = ["lab.contoso.net"]
-
-[policy]
-action = "dunno"
-tag = true
-
-[outcomes]
-postfix_log = "{postfix_log}"
-"""
+BODY = ip_tenant_toml(
+    action="dunno",
+    connector='tls_sender_certificate_name = "*.contoso.com"',
+    onprem='certificate = "{certificate}"\nca_bundle = "{ca_bundle}"\n'
+    'local_domains = ["lab.contoso.net"]',
+    policy="tag = true",
+    tail='[outcomes]\npostfix_log = "{postfix_log}"',
+)
 
 
 def drive(server: Any, postfix_log: Path) -> None:
@@ -463,6 +430,10 @@ def drive(server: Any, postfix_log: Path) -> None:
         log.write(
             postfix_smtp_line("4F1A2B3C03", "ann@fabrikam.com", "5.7.64", "bounced", REFUSED_ATTR36)
         )
+        # predicted recipient-in-tenant, answered 5.7.51: a disagreement the stat panel counts
+        log.write(
+            postfix_smtp_line("4F1A2B3C04", "bob@contoso.com", "5.7.51", "bounced", REFUSED_5751)
+        )
 
 
 @dataclass
@@ -477,7 +448,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Start the daemon (with a certificate and a followed Postfix log) and a Prometheus
     scraping it every second, drive traffic, and wait until a scrape shows it."""
-    required_binary("prometheus", "prometheus")
+    needs.program("prometheus", "prometheus")
     from tests.pki import TestPKI
     from tests.serverproc import running_server
 
@@ -503,10 +474,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         drive(server, postfix_log)
         prometheus.wait_for('m365_policyd_predictions_total{reason="null-sender"} > 0')
         prometheus.wait_for('m365_policyd_connections{job="m365-policyd"}')
-        time.sleep(3)  # a few more scrapes, so rates over the window have several samples
         dashboard = load_dashboard()
         values = dict(GRAFANA_BUILTINS)
-        values.update(job=job, instance=".*", licenses=variables(dashboard)["licenses"]["query"])
+        values.update(
+            job=job,
+            instance=".*",
+            tenant="default",  # the tenant variable set, as an operator picks one
+            licenses=variables(dashboard)["licenses"]["query"],
+        )
         yield Live(prometheus, values)
 
 
@@ -514,9 +489,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 OUTCOME_METRICS = {"m365_policyd_observed_replies_total", "m365_policyd_prediction_outcomes_total"}
 
 
-def empty_panels(live: Live, *, outcomes: bool) -> tuple[list[str], int]:
+def empty_panels(live: Live, *, outcomes: bool, timeout: float = 30.0) -> tuple[list[str], int]:
     """Panel queries (the outcome-fed ones, or all others) whose result is empty, and how many
-    queries were evaluated."""
+    queries were evaluated: polled until none is empty (rates need a few scrapes after the
+    traffic) or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        empty, evaluated = _empty_panels_now(live, outcomes=outcomes)
+        if not empty or time.monotonic() > deadline:
+            return empty, evaluated
+        time.sleep(1.0)  # Prometheus scrapes every second
+
+
+def _empty_panels_now(live: Live, *, outcomes: bool) -> tuple[list[str], int]:
     empty = []
     evaluated = 0
     for title, ref, expr in panel_queries(load_dashboard()):
@@ -535,6 +520,14 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(live: Live) -> No
     empty, evaluated = empty_panels(live, outcomes=False)
     assert empty == []
     assert evaluated >= 15
+    # $tenant's own query (label_values of the predictions) offers the daemon's tenant
+    tenants = live.prometheus.query(
+        substitute(
+            'count by (tenant) (m365_policyd_predictions_total{job=~"$job",tenant!=""})',
+            live.values,
+        )
+    )
+    assert {s["metric"]["tenant"] for s in tenants["result"]} == {"default"}
     refusals = {
         sample["metric"]["reason"]: float(sample["value"][1])
         for sample in live.prometheus.query(
@@ -556,17 +549,33 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(live: Live) -> No
 
 @pytest.mark.slow
 def test_outcome_panels_return_data_from_a_real_prometheus(live: Live) -> None:
-    """The observed-replies and outcome panels show what the followed Postfix log said."""
-    live.prometheus.wait_for('m365_policyd_observed_replies_total{code="5.7.64"} > 0')
-    live.prometheus.wait_for('m365_policyd_prediction_outcomes_total{predicted="reject"} > 0')
-    time.sleep(2)
+    """The observed-replies and outcome panels show what the followed Postfix log said, in kinds:
+    the two ATTR36 refusals agree, the 5.7.51 answer to an accepted prediction is counted as
+    the one contradiction."""
+    live.prometheus.wait_for('m365_policyd_observed_replies_total{kind="attr36"} > 0')
+    live.prometheus.wait_for(
+        'm365_policyd_prediction_outcomes_total{predicted="accepted",observed="partner-restricted"}'
+        " > 0"
+    )
     empty, evaluated = empty_panels(live, outcomes=True)
     assert empty == []
-    assert evaluated == 2
-    outcomes = live.prometheus.query(
-        'm365_policyd_prediction_outcomes_total{predicted="reject"} > 0'
+    assert evaluated == 3
+    outcomes = live.prometheus.query("m365_policyd_prediction_outcomes_total > 0")
+    assert {
+        (s["metric"]["predicted"], s["metric"]["observed"]): float(s["value"][1])
+        for s in outcomes["result"]
+    } == {
+        ("accepted", "accepted"): 1,
+        ("attr36", "attr36"): 2,
+        ("accepted", "partner-restricted"): 1,
+    }
+    contradicted = next(
+        expr
+        for title, _, expr in panel_queries(load_dashboard())
+        if title == "Predictions Microsoft 365 contradicted in range"
     )
-    assert {s["metric"]["observed"] for s in outcomes["result"]} == {"5.7.64"}
+    (sample,) = live.prometheus.query(substitute(contradicted, live.values))["result"]
+    assert float(sample["value"][1]) == pytest.approx(1, abs=0.5)
 
 
 def test_substitute_replaces_all_variable_forms() -> None:

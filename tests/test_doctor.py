@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,8 @@ from policyd.sources import postfix as postfix_source
 from policyd.sources.config import load_config
 from policyd.tools import cli, doctor
 from policyd.tools.doctor import postfix as doctor_postfix
+from policyd.tools.doctor.tenant import route_samples
+from tests import needs
 from tests.pki import Issued, TestPKI
 
 #: The CLI reads the real clock, so the test certificates are built around it.
@@ -41,10 +42,14 @@ class Connector:
     connector_type: str = "OnPremises"
     enabled: bool = True
     ips: tuple[str, ...] = ("203.0.113.10/32",)
-    tls: str = "mail.contoso.com"
+    tls: str = "*.contoso.com"
+    sender_domains: tuple[str, ...] = ()
+    restrict_ip: bool = False
+    restrict_cert: bool = False
 
     def toml(self) -> str:
         ips = ", ".join(f'"{ip}"' for ip in self.ips)
+        domains = ", ".join(f'"{d}"' for d in self.sender_domains)
         return (
             "[[tenant.inbound_connector]]\n"
             f'name = "{self.name}"\n'
@@ -52,6 +57,9 @@ class Connector:
             f"enabled = {str(self.enabled).lower()}\n"
             f"sender_ip_addresses = [{ips}]\n"
             f'tls_sender_certificate_name = "{self.tls}"\n'
+            f"sender_domains = [{domains}]\n"
+            f"restrict_domains_to_ip_addresses = {str(self.restrict_ip).lower()}\n"
+            f"restrict_domains_to_certificate = {str(self.restrict_cert).lower()}\n"
         )
 
 
@@ -67,6 +75,8 @@ class Setup:
     srs_domain: str = ""
     listen: tuple[str, ...] = ("tcp:10040:interface=127.0.0.1",)
     extra: dict[str, str] = field(default_factory=dict)
+    reject_direct_send: bool = False
+    assumptions: dict[str, bool] = field(default_factory=dict)
 
 
 def _certificate(pki: TestPKI, kind: str) -> tuple[Issued, bool] | None:
@@ -78,6 +88,7 @@ def _certificate(pki: TestPKI, kind: str) -> tuple[Issued, bool] | None:
     names = {
         "wrong-name": "relay.fabrikam.example",
         "deep": "mail.eu.contoso.com",
+        "apex": "contoso.com",
     }
     name = names.get(kind, "mail.contoso.com")
     windows = {
@@ -126,6 +137,7 @@ def build(tmp_path: Path, setup: Setup) -> World:
         'metrics = ""',
         "[tenant]",
         "accepted_domains = [" + ", ".join(f'"{d}"' for d in setup.accepted) + "]",
+        f"reject_direct_send = {str(setup.reject_direct_send).lower()}",
     ]
     if setup.accepted_export:
         (directory / "accepted-domains.json").write_text(json.dumps(list(setup.accepted_export)))
@@ -141,6 +153,9 @@ def build(tmp_path: Path, setup: Setup) -> World:
         ]
     )
     lines.extend(f"{k} = {v}" for k, v in setup.extra.items())
+    if setup.assumptions:
+        lines.append("[assumptions]")
+        lines.extend(f"{k} = {str(v).lower()}" for k, v in setup.assumptions.items())
     config = directory / "m365-policyd.toml"
     config.write_text("\n".join(lines) + "\n")
     return World(directory, config, cert_path, key_path, pki)
@@ -161,6 +176,19 @@ def finding(report: doctor.Report, check_id: str) -> doctor.Check:
 
 HEALTHY = Setup()
 IP_ONLY = Setup(cert="none", connectors=(Connector(tls=""),))
+#: A filtering service that locks the tenant down to its addresses (RestrictDomainsToIPAddresses).
+FILTER_PARTNER = Connector(
+    name="Mail from the filtering service",
+    connector_type="Partner",
+    ips=("192.0.2.128/25",),
+    tls="",
+    sender_domains=("smtp:*;1",),
+    restrict_ip=True,
+)
+#: MC1093237: a Partner connector that authenticates a scanner's Direct Send.
+SCANNER_PARTNER = Connector(
+    name="Scanners", connector_type="Partner", ips=("203.0.113.71/32",), tls=""
+)
 
 CASES: list[tuple[str, Setup, str, str, str]] = [
     # (case, setup, check id, expected status, text the finding or fix must contain)
@@ -182,7 +210,7 @@ CASES: list[tuple[str, Setup, str, str, str]] = [
         Setup(cert="wrong-name"),
         "certificate-connector-name",
         "error",
-        "expects mail.contoso.com",
+        "expects *.contoso.com",
     ),
     (
         "no connector names a certificate",
@@ -296,6 +324,73 @@ CASES: list[tuple[str, Setup, str, str, str]] = [
         "warning",
         "smtp_address_preference",
     ),
+    ("no restricting Partner connector", HEALTHY, "tenant-partner-restriction", "ok", "No enabled"),
+    (
+        "restricting Partner connector satisfied",
+        Setup(connectors=(Connector(), FILTER_PARTNER), egress=("192.0.2.130",)),
+        "tenant-partner-restriction",
+        "ok",
+        "satisfies every restricting Partner connector",
+    ),
+    (
+        "restricting Partner connector, OnPremises attributes for now",
+        Setup(connectors=(Connector(), FILTER_PARTNER)),
+        "tenant-partner-restriction",
+        "note",
+        "if that stops matching",
+    ),
+    (
+        "restricting Partner connector refuses own mail into the tenant",
+        Setup(
+            cert="wrong-name", egress=("203.0.113.71",), connectors=(Connector(), FILTER_PARTNER)
+        ),
+        "tenant-partner-restriction",
+        "error",
+        "add 203.0.113.71 to Partner connector 'Mail from the filtering service'",
+    ),
+    (
+        "restricting Partner connector for other senders",
+        Setup(
+            cert="wrong-name",
+            egress=("203.0.113.71",),
+            connectors=(Connector(), replace(FILTER_PARTNER, sender_domains=("fabrikam.com",))),
+        ),
+        "tenant-partner-restriction",
+        "warning",
+        "SenderDomains fabrikam.com",
+    ),
+    ("RejectDirectSend off", HEALTHY, "tenant-direct-send", "ok", "RejectDirectSend is off"),
+    (
+        "RejectDirectSend, OnPremises connector attributes",
+        replace(HEALTHY, reject_direct_send=True),
+        "tenant-direct-send",
+        "ok",
+        "not Direct Send",
+    ),
+    (
+        "RejectDirectSend, Partner connector authenticates",
+        Setup(
+            cert="none",
+            egress=("203.0.113.71",),
+            reject_direct_send=True,
+            connectors=(Connector(), SCANNER_PARTNER),
+        ),
+        "tenant-direct-send",
+        "ok",
+        "Partner connector 'Scanners' matches the egress address 203.0.113.71",
+    ),
+    (
+        "RejectDirectSend, no connector matches",
+        Setup(
+            cert="none",
+            egress=("203.0.113.72",),
+            reject_direct_send=True,
+            connectors=(Connector(), SCANNER_PARTNER),
+        ),
+        "tenant-direct-send",
+        "error",
+        "MC1093237",
+    ),
 ]
 
 
@@ -358,6 +453,7 @@ def test_table_with_a_certificate_connector_relays_every_class(tmp_path: Path) -
         "forwarded": (True, "certificate-connector"),
         "null-sender-bounce": (True, "certificate-connector"),
         "out-of-office": (True, "certificate-connector"),
+        "into-tenant": (True, "recipient-in-tenant"),
     }
     assert all(row.fix == "" for row in report.classes)
     assert report.status_of("summary-mail-classes") == "ok"
@@ -372,6 +468,7 @@ def test_table_with_an_ip_connector_refuses_bounces_and_forwards(tmp_path: Path)
         "forwarded": (False, "forwarded"),
         "null-sender-bounce": (False, "null-sender"),
         "out-of-office": (False, "null-sender"),
+        "into-tenant": (True, "recipient-in-tenant"),
     }
     forwarded = next(r for r in report.classes if r.id == "forwarded")
     assert forwarded.final == ("kate@tailspintoys.example",)
@@ -379,7 +476,7 @@ def test_table_with_an_ip_connector_refuses_bounces_and_forwards(tmp_path: Path)
     assert forwarded.code == "5.7.64"
     summary = finding(report, "summary-mail-classes")
     assert summary.status == "warning"
-    assert "4 of 5" in summary.finding
+    assert "4 of 6" in summary.finding
 
 
 def test_table_with_srs_relays_foreign_and_forwarded_senders(tmp_path: Path) -> None:
@@ -411,16 +508,112 @@ def test_table_without_a_connector_is_an_error(tmp_path: Path) -> None:
     assert report.exit_code == 1
 
 
-# --- Postfix, through the real postconf ----------------------------------------------------------
+# --- assumptions (SPEC §5.3) ---------------------------------------------------------------------
 
-POSTCONF = shutil.which("postconf") or shutil.which("postconf", path=postfix_source.POSTFIX_PATH)
+#: The Hybrid Configuration Wizard's connector: a host name, only contoso.com accepted (KB 3169958).
+HCW = Setup(connectors=(Connector(name="Inbound from HCW", tls="mail.contoso.com"),))
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_host_name_connector_is_a_warning_whatever_the_setting(
+    tmp_path: Path, setting: bool
+) -> None:
+    """A connector written as mail.contoso.com with only contoso.com accepted is not "all ok":
+    doctor warns at both settings, names the assumption and recommends *.contoso.com or adding
+    the host as an accepted domain, as KB 3169958 says."""
+    setup = replace(HCW, assumptions={"host_connector_name_must_be_accepted": setting})
+    report = audit(tmp_path, setup)
+    check = finding(report, "assumptions-host-connector")
+    assert check.status == "warning"
+    assert f"host_connector_name_must_be_accepted = {str(setting).lower()}" in check.finding
+    assert "*.contoso.com" in check.fix
+    assert "add mail.contoso.com as an accepted domain" in check.fix
+    assert "KB 3169958" in check.fix
+    assert check.area == "assumptions"
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_the_table_names_the_assumption_it_relies_on(tmp_path: Path, setting: bool) -> None:
+    """With the host-name connector, the foreign-sender row relays or not depending on the
+    setting, and both the row and the assumptions-relied-on check name the key and its remedy."""
+    setup = replace(HCW, assumptions={"host_connector_name_must_be_accepted": setting})
+    report = audit(tmp_path, setup)
+    rows = relayed(report)
+    if setting:  # the connector then attributes only by its IP address
+        assert rows["foreign-sender"] == (False, "sender-not-accepted")
+    else:
+        assert rows["foreign-sender"] == (True, "certificate-connector")
+    foreign = next(r for r in report.classes if r.id == "foreign-sender")
+    assert foreign.assumptions[0] == "host_connector_name_must_be_accepted"
+    # relayed by the certificate, a foreign sender also depends on foreign_sender_via_certificate
+    assert foreign.assumptions[1:] == (() if setting else ("foreign_sender_via_certificate",))
+    own = next(r for r in report.classes if r.id == "own-domain")
+    assert own.assumptions == ()  # accepted either way: an own-domain sender passes by IP too
+    check = finding(report, "assumptions-relied-on")
+    assert check.status == "note"
+    assert "host_connector_name_must_be_accepted" in check.finding
+    assert "foreign senders" in check.finding
+    assert "*.contoso.com" in check.fix
+
+
+@pytest.mark.parametrize(
+    ("setup", "check_id"),
+    [
+        (HEALTHY, "assumptions-host-connector"),
+        (IP_ONLY, "assumptions-relied-on"),
+        (replace(HCW, accepted=("contoso.com", "mail.contoso.com")), "assumptions-host-connector"),
+    ],
+)
+def test_no_disputed_rule_is_ok(tmp_path: Path, setup: Setup, check_id: str) -> None:
+    """A wildcard connector (or a host name that is itself accepted) relies on no disputed rule."""
+    check = finding(audit(tmp_path, setup), check_id)
+    assert (check.status, check.fix) == ("ok", "")
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_certificate_checks_follow_the_apex_assumption(tmp_path: Path, setting: bool) -> None:
+    """A certificate named contoso.com against *.contoso.com matches at true, not at false, in
+    the certificate check as in the prediction, which names the assumption either way."""
+    setup = Setup(cert="apex", assumptions={"wildcard_connector_covers_apex": setting})
+    report = audit(tmp_path, setup)
+    assert finding(report, "certificate-connector-name").status == ("ok" if setting else "error")
+    bounce = next(r for r in report.classes if r.id == "null-sender-bounce")
+    assert (bounce.relayed, bounce.reason) == (
+        (True, "certificate-connector") if setting else (False, "null-sender")
+    )
+    assert "wildcard_connector_covers_apex" in bounce.assumptions
+
+
+def test_doctor_json_rows_carry_their_assumptions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--json gives each mail-class row its "assumptions" list."""
+    monkeypatch.setattr(postfix_source, "find_tool", lambda name: None)
+    world = build(tmp_path, HCW)
+    _, out, _ = run_cli("-c", str(world.config), "--json", capsys=capsys)
+    rows = {row["class"]: row for row in json.loads(out)["classes"]}
+    assert rows["foreign-sender"]["assumptions"] == [
+        "host_connector_name_must_be_accepted",
+        "foreign_sender_via_certificate",
+    ]
+    assert rows["own-domain"]["assumptions"] == []
+
+
+def test_a_certificate_connector_relies_on_foreign_senders_passing(tmp_path: Path) -> None:
+    """With a certificate connector, foreign and forwarded senders relay only under
+    foreign_sender_via_certificate = true: doctor notes it with the SRS remedy."""
+    check = finding(audit(tmp_path, HEALTHY), "assumptions-relied-on")
+    assert check.status == "note"
+    assert "foreign_sender_via_certificate = true" in check.finding
+    assert "foreign senders, forwarded mail" in check.finding
+    assert "SRS" in check.fix
+
+
+# --- Postfix, through the real postconf ----------------------------------------------------------
 
 
 def _require_postconf() -> None:
-    if POSTCONF is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set, so the Postfix tests must run: postconf is missing")
-        pytest.skip("Debian's postfix (postconf) is not installed")
+    needs.program("postconf", "postfix")
 
 
 def main_cf(world: World, overrides: Mapping[str, str | None]) -> dict[str, str]:
@@ -447,12 +640,22 @@ def main_cf(world: World, overrides: Mapping[str, str | None]) -> dict[str, str]
     return settings
 
 
+#: The services a Debian master.cf defines for delivery (routing needs their commands).
+MASTER_CF = """\
+smtp      unix  -       -       y       -       -       smtp
+relay     unix  -       -       y       -       -       smtp
+error     unix  -       -       y       -       -       error
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+"""
+
+
 def postfix_dir(world: World, overrides: Mapping[str, str | None]) -> Path:
     directory = world.directory.parent / "postfix"
     directory.mkdir(exist_ok=True)
     text = "".join(f"{k} = {v}\n" for k, v in main_cf(world, overrides).items())
     (directory / "main.cf").write_text(text)
-    (directory / "master.cf").write_text("")
+    (directory / "master.cf").write_text(MASTER_CF)
     # Postfix waits up to 2 s for a main.cf modified in this very second to settle.
     for name in ("main.cf", "master.cf"):
         os.utime(directory / name, (0, NOW.timestamp() - 60))
@@ -471,11 +674,11 @@ def postfix_report(
         (world.directory / name).write_text(text)
         os.utime(world.directory / name, (0, NOW.timestamp() - 60))  # see postfix_dir
     directory = postfix_dir(world, overrides)
-    facts = postfix_source.read_postfix(str(directory))
+    config = load_config(str(world.config))
+    facts = postfix_source.read_postfix(str(directory), route_samples(config))
     assert facts.error == ""
-    return doctor.audit(
-        load_config(str(world.config)), now=NOW, postfix=facts, resolve=os.path.realpath
-    )
+    assert facts.route_error == ""
+    return doctor.audit(config, now=NOW, postfix=facts, resolve=os.path.realpath)
 
 
 TLS_POLICY = {"tls_policy": f"{RELAYHOST} encrypt\n"}
@@ -487,7 +690,72 @@ POSTFIX_CASES: list[
 ] = [
     # (case, main.cf overrides, setup, extra files, check id, status, text)
     ("relayhost M365", {}, HEALTHY, None, "postfix-relayhost", "ok", "MX endpoint"),
-    ("relayhost empty", {"relayhost": None}, HEALTHY, None, "postfix-relayhost", "error", "empty"),
+    (
+        "relayhost empty",
+        {"relayhost": None},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "error",
+        "directly to the recipients' MX",
+    ),
+    (
+        "relayhost empty, sender-dependent relay host to Microsoft 365",
+        {"relayhost": None, "sender_dependent_relayhost_maps": "texthash:{dir}/sender_relay"},
+        HEALTHY,
+        {
+            "sender_relay": f"@contoso.com {RELAYHOST}\n@fabrikam.example {RELAYHOST}\n"
+            f"<> {RELAYHOST}\n"
+        },
+        "postfix-relayhost",
+        "ok",
+        "sender_dependent_relayhost_maps",
+    ),
+    (
+        "relayhost empty, transport_maps * to Microsoft 365",
+        {"relayhost": None, "transport_maps": "texthash:{dir}/transport"},
+        HEALTHY,
+        {"transport": f"* smtp:{RELAYHOST}\n"},
+        "postfix-relayhost",
+        "ok",
+        "transport_maps: *",
+    ),
+    (
+        "relayhost mx.microsoft",
+        {"relayhost": "[contoso-com.a-v1.mx.microsoft]:25"},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "ok",
+        "MX endpoint",
+    ),
+    (
+        "relayhost GCC High",
+        {"relayhost": "[contoso-com.mail.protection.office365.us]:25"},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "ok",
+        "MX endpoint",
+    ),
+    (
+        "relayhost retired smart host",
+        {"relayhost": "[mail.messaging.microsoft.com]"},
+        HEALTHY,
+        None,
+        "postfix-relayhost",
+        "error",
+        "451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35",
+    ),
+    (
+        "transport_maps sends the outside domain elsewhere",
+        {"transport_maps": "texthash:{dir}/transport"},
+        HEALTHY,
+        {"transport": "tailspintoys.example smtp:[mx.tailspintoys.example]\n"},
+        "postfix-relayhost",
+        "warning",
+        "mx.tailspintoys.example is not a Microsoft 365 endpoint",
+    ),
     (
         "relayhost submission endpoint",
         {"relayhost": "[smtp.office365.com]:587"},
@@ -504,7 +772,7 @@ POSTFIX_CASES: list[
         None,
         "postfix-relayhost",
         "warning",
-        "not a *.mail.protection.outlook.com",
+        "relay.example.net is not a Microsoft 365 endpoint",
     ),
     (
         "relayhost port 587",
@@ -984,6 +1252,7 @@ def test_cli_json_shape(
         "forwarded",
         "null-sender-bounce",
         "out-of-office",
+        "into-tenant",
     ]
     bounce = document["classes"][3]
     assert (bounce["sender"], bounce["relayed"], bounce["reason"], bounce["code"]) == (

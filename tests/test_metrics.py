@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from policyd import __version__
@@ -18,7 +22,7 @@ from policyd.daemon.metrics import (
     metrics_site,
 )
 from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
-from policyd.rules import predict
+from policyd.rules import predict, reasons
 from policyd.rules.model import CertificateFacts
 
 NOW = 1_700_000_000.0
@@ -41,12 +45,8 @@ def scrape(collector: PolicydCollector) -> dict[str, dict[tuple[tuple[str, str],
 def collector(
     stats: Stats, certificate: CertificateFacts | None = None, match: bool | None = None
 ) -> PolicydCollector:
-    return PolicydCollector(
-        stats,
-        clock=lambda: NOW,
-        certificate=lambda: certificate,
-        connector_match=lambda now: match,
-    )
+    found = [("default", certificate, bool(match))] if certificate is not None else []
+    return PolicydCollector(stats, clock=lambda: NOW, certificates=lambda now: found)
 
 
 def test_every_spec_metric_is_exported_with_its_exact_name() -> None:
@@ -81,11 +81,14 @@ def test_known_label_values_start_at_zero() -> None:
         (("stage", stage),): 0.0 for stage in STAGES
     }
     predictions = samples[P + "predictions_total"]
-    for reason in predict.ACCEPT_REASONS:
-        assert predictions[(("reason", reason), ("verdict", "accept"))] == 0.0
-    for reason in predict.REFUSE_REASONS:
-        assert predictions[(("reason", reason), ("verdict", "reject"))] == 0.0
-    assert len(predictions) == len(predict.REASONS)
+    for reason in reasons.ACCEPT_REASONS:
+        key = (("reason", reason), ("tenant", "default"), ("verdict", "accept"))
+        assert predictions[key] == 0.0
+    for reason in reasons.REFUSE_REASONS:
+        key = (("reason", reason), ("tenant", "default"), ("verdict", "reject"))
+        assert predictions[key] == 0.0
+    assert len(predictions) == len(reasons.REASON_IDS)
+    assert samples[P + "external_recipients_total"] == {(("tenant", "default"),): 0.0}
     assert set(samples[P + "actions_total"]) == {(("action", a),) for a in ACTIONS}
     assert set(samples[P + "protocol_errors_total"]) == {
         (("kind", k),) for k in PROTOCOL_ERROR_KINDS
@@ -100,37 +103,45 @@ def test_counters_follow_stats_at_scrape_time() -> None:
     c = collector(stats)
     stats.requests["rcpt"] += 5
     stats.requests["data"] += 2
-    stats.predictions[(predict.REJECT, predict.FORWARDED)] += 3
+    stats.predictions[("contoso", predict.REJECT, predict.FORWARDED)] += 3
     stats.actions["defer"] += 3
     stats.actions["made-up"] += 1
     stats.connections = 7
     stats.protocol_errors["nul-byte"] += 1
     stats.internal_errors = 4
-    stats.external_recipients = 11
-    stats.unregistered_sender_relays = 6
+    stats.external_recipients["contoso"] = 11
+    stats.unregistered_sender_relays["contoso"] = 6
     stats.reloads["failure"] += 1
     stats.last_reload_success = NOW - 10
-    stats.observed_replies["5.7.64"] += 2
-    stats.prediction_outcomes[("reject", "5.7.64")] += 1
+    stats.observed_replies[("5.7.64", "attr36")] += 2
+    stats.prediction_outcomes[("contoso", "no-connector", "attr36")] += 1
     stats.log_lines_skipped = 9
     samples = scrape(c)
     assert samples[P + "requests_total"][(("stage", "rcpt"),)] == 5
     assert samples[P + "requests_total"][(("stage", "data"),)] == 2
-    assert samples[P + "predictions_total"][(("reason", "forwarded"), ("verdict", "reject"))] == 3
+    forwarded = (("reason", "forwarded"), ("tenant", "contoso"), ("verdict", "reject"))
+    assert samples[P + "predictions_total"][forwarded] == 3
     assert samples[P + "actions_total"][(("action", "defer"),)] == 3
     assert samples[P + "actions_total"][(("action", "made-up"),)] == 1
     assert samples[P + "connections"][()] == 7
     assert samples[P + "protocol_errors_total"][(("kind", "nul-byte"),)] == 1
     assert samples[P + "internal_errors_total"][()] == 4
-    assert samples[P + "external_recipients_total"][()] == 11
-    assert samples[P + "unregistered_sender_relays_total"][()] == 6
+    assert samples[P + "external_recipients_total"][(("tenant", "contoso"),)] == 11
+    assert samples[P + "unregistered_sender_relays_total"][(("tenant", "contoso"),)] == 6
     assert samples[P + "config_reloads_total"][(("result", "failure"),)] == 1
     assert samples[P + "config_reloads_total"][(("result", "success"),)] == 0
     assert samples[P + "config_last_reload_success_timestamp_seconds"][()] == NOW - 10
-    assert samples[P + "observed_replies_total"] == {(("code", "5.7.64"),): 2}
-    assert samples[P + "prediction_outcomes_total"] == {
-        (("observed", "5.7.64"), ("predicted", "reject")): 1
-    }
+    assert samples[P + "observed_replies_total"] == {(("code", "5.7.64"), ("kind", "attr36")): 2}
+    outcomes = samples[P + "prediction_outcomes_total"]
+    assert (
+        outcomes[(("observed", "attr36"), ("predicted", "no-connector"), ("tenant", "contoso"))]
+        == 1
+    )
+    # every predicted kind against every observed kind of each configured tenant ("default"
+    # here) is there from zero (5 x 9 series), plus the one counted for contoso
+    assert len(outcomes) == 45 + 1
+    zero = (("observed", "partner-restricted"), ("predicted", "accepted"), ("tenant", "default"))
+    assert outcomes[zero] == 0
     assert samples[P + "log_lines_skipped_total"][()] == 9
 
 
@@ -156,27 +167,31 @@ def test_duration_histogram_is_cumulative() -> None:
     assert abs(samples[P + "request_duration_seconds_sum"][()] - sum(durations)) < 1e-9
 
 
-def test_certificate_gauges_only_with_a_certificate() -> None:
-    """With a certificate the expiry and connector-match gauges appear, with the right values."""
+def test_certificate_gauges_per_certificate_and_tenant() -> None:
+    """Each presented certificate has its expiry gauge; each (tenant, certificate) pair its
+    connector-match gauge; none appear without a certificate."""
     not_after = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     facts = CertificateFacts(
         path="/etc/ssl/postfix.pem", common_name="mail.contoso.com", not_after=not_after
     )
     seen: list[float] = []
 
-    def match(now: float) -> bool:
+    def matches(now: float) -> list[tuple[str, CertificateFacts, bool]]:
         seen.append(now)
-        return True
+        return [("contoso", facts, True), ("fabrikam", facts, False)]
 
-    c = PolicydCollector(
-        Stats(), clock=lambda: NOW, certificate=lambda: facts, connector_match=match
-    )
+    c = PolicydCollector(Stats(), clock=lambda: NOW, certificates=matches)
     samples = scrape(c)
-    assert samples[P + "certificate_not_after_timestamp_seconds"][()] == not_after.timestamp()
-    assert samples[P + "certificate_connector_match"][()] == 1
+    expiry = samples[P + "certificate_not_after_timestamp_seconds"]
+    assert expiry == {(("certificate", "/etc/ssl/postfix.pem"),): not_after.timestamp()}
+    assert samples[P + "certificate_connector_match"] == {
+        (("certificate", "/etc/ssl/postfix.pem"), ("tenant", "contoso")): 1,
+        (("certificate", "/etc/ssl/postfix.pem"), ("tenant", "fabrikam")): 0,
+    }
     assert seen == [NOW]
     samples = scrape(collector(Stats(), facts, match=False))
-    assert samples[P + "certificate_connector_match"][()] == 0
+    key = (("certificate", "/etc/ssl/postfix.pem"), ("tenant", "default"))
+    assert samples[P + "certificate_connector_match"][key] == 0
 
 
 def test_unreadable_certificate_has_match_gauge_but_no_expiry() -> None:
@@ -184,7 +199,8 @@ def test_unreadable_certificate_has_match_gauge_but_no_expiry() -> None:
     facts = CertificateFacts(path="/missing.pem", error="unreadable: no such file")
     samples = scrape(collector(Stats(), facts, match=False))
     assert P + "certificate_not_after_timestamp_seconds" not in samples
-    assert samples[P + "certificate_connector_match"][()] == 0
+    key = (("certificate", "/missing.pem"), ("tenant", "default"))
+    assert samples[P + "certificate_connector_match"][key] == 0
 
 
 def render(resource: MetricsResource, path: bytes) -> tuple[int, bytes, bytes]:
@@ -218,16 +234,39 @@ def test_resource_answers_404_elsewhere() -> None:
 def test_failing_collector_gives_500_not_an_exception() -> None:
     """A collector that raises yields a 500 answer instead of propagating into the reactor."""
 
-    def broken() -> CertificateFacts:
+    def broken(now: float) -> list[tuple[str, CertificateFacts, bool]]:
         raise RuntimeError("boom")
 
-    c = PolicydCollector(Stats(), clock=lambda: NOW, certificate=broken)
+    c = PolicydCollector(Stats(), clock=lambda: NOW, certificates=broken)
     code, _, _ = render(MetricsResource(make_registry(c)), b"/metrics")
     assert code == 500
 
 
-def test_site_does_not_log_scrapes() -> None:
-    """The metrics site overrides access logging, so scrapes do not flood the journal."""
+def access_log_after_one_scrape(site: Site, directory: Path) -> str:
+    """Serve ``GET /metrics`` through ``site`` in memory, its access log at a file; the log."""
+    log_path = directory / "access.log"
+    site.logPath = str(log_path)  # HTTPFactory opens it in doStart, as with Site(logPath=...)
+    site.doStart()
+    try:
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert transport.value().startswith(b"HTTP/1.1 200 ")
+    finally:
+        site.doStop()
+    return log_path.read_text()
+
+
+def test_a_plain_site_logs_each_scrape(tmp_path: Path) -> None:
+    """The control for the next test: twisted.web's ``Site`` writes one access line a scrape."""
+    resource = MetricsResource(make_registry(collector(Stats())))
+    log = access_log_after_one_scrape(Site(resource), tmp_path)
+    assert log.count('"GET /metrics HTTP/1.1" 200') == 1
+
+
+def test_site_does_not_log_scrapes(tmp_path: Path) -> None:
+    """The metrics site writes no access line for a scrape, so scrapes do not flood the journal."""
     site = metrics_site(make_registry(collector(Stats())))
-    assert site.log(DummyRequest([b"metrics"])) is None  # type: ignore[func-returns-value]
+    assert access_log_after_one_scrape(site, tmp_path) == ""
     assert site.noisy is False

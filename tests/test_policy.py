@@ -24,19 +24,17 @@ from policyd.sources.config import (
 )
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
+from tests.tenants import IP_CONNECTOR, ONPREM
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 TENANT = Tenant(
     accepted_domains=(AcceptedDomain("contoso.com"),),
     connectors=(
-        InboundConnector(
-            "From on-premises", sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.10/32"),)
-        ),
+        IP_CONNECTOR,
         InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com"),
     ),
 )
-ONPREM = OnPrem(egress_addresses=(ipaddress.ip_address("203.0.113.10"),))
 
 
 def config(policy: PolicySettings | None = None, onprem: OnPrem = ONPREM) -> Config:
@@ -147,7 +145,7 @@ def test_refused_recipient_gets_the_configured_action(policy: PolicySettings, an
     """A recipient predicted to be refused is answered with its (per-reason) action."""
     handler, stats, _ = engine(policy)
     assert handler.handle(rcpt(FOREIGN, OUTSIDE), Session()) == answer
-    assert stats.predictions[("reject", "sender-not-accepted")] == 1
+    assert stats.predictions[("default", "reject", "sender-not-accepted")] == 1
 
 
 @pytest.mark.parametrize("action", ["dunno", "defer", "reject", "hold", "reroute"])
@@ -156,7 +154,7 @@ def test_accepted_recipient_is_always_dunno(action: str) -> None:
     handler, stats, _ = engine(PolicySettings(action=action, reroute="smtp:[r]:25"))
     assert handler.handle(rcpt("alerts@contoso.com", OUTSIDE), Session()) == "DUNNO"
     assert stats.actions["dunno"] == 1
-    assert stats.external_recipients == 1
+    assert stats.external_recipients["default"] == 1
 
 
 def test_reply_is_one_line_and_short() -> None:
@@ -321,7 +319,7 @@ def test_forward_through_alias_map(tmp_path: Path) -> None:
     answer = handler.handle(rcpt(FOREIGN, "kate@contoso.com"), Session())
     assert answer.startswith("450 4.7.64 ") and "reason=forwarded" in answer
     assert records[-1]["final"] == ("kate.home@tailspintoys.com",)
-    assert stats.predictions[("reject", "forwarded")] == 1
+    assert stats.predictions[("default", "reject", "forwarded")] == 1
 
 
 def test_counters_for_relays() -> None:
@@ -339,10 +337,10 @@ def test_counters_for_relays() -> None:
     handler.handle(rcpt("a@contoso.com", OUTSIDE), session)  # accepted sender
     handler.handle(rcpt("", OUTSIDE), session)  # bounce: not an unregistered domain
     handler.handle(rcpt(FOREIGN, "kate@contoso.com"), session)  # in tenant: not external
-    assert stats.external_recipients == 3
-    assert stats.unregistered_sender_relays == 1
-    assert stats.predictions[("accept", "certificate-connector")] == 3
-    assert stats.predictions[("accept", "recipient-in-tenant")] == 1
+    assert stats.external_recipients["default"] == 3
+    assert stats.unregistered_sender_relays["default"] == 1
+    assert stats.predictions[("default", "accept", "certificate-connector")] == 3
+    assert stats.predictions[("default", "accept", "recipient-in-tenant")] == 1
 
 
 def test_prediction_record_has_the_logged_fields() -> None:
@@ -358,11 +356,13 @@ def test_prediction_record_has_the_logged_fields() -> None:
         "sender": FOREIGN,
         "recipient": OUTSIDE,
         "final": (OUTSIDE,),
+        "tenant": "default",
         "verdict": "reject",
         "code": "5.7.64",
         "reason": "sender-not-accepted",
         "action": "defer",
         "explanation": record["explanation"],
+        "assumptions": (),
     }
     assert "fabrikam.com" in str(record["explanation"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.rules import predict
+from policyd.rules import predict, reasons
 from policyd.rules.model import (
     PARTNER,
     AcceptedDomain,
@@ -20,6 +20,8 @@ from policyd.rules.model import (
     Tenant,
     normalize_domain,
 )
+from policyd.rules.relay import Router, ServicePicture
+from policyd.rules.routing import PostfixView, Service
 from policyd.sources.pem import read_certificate
 from policyd.sources.tables import load_alias_maps
 from tests.pki import Issued, TestPKI
@@ -32,6 +34,28 @@ IP_CONNECTOR = InboundConnector(
     sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.0/28"),),
 )
 CERT_CONNECTOR = InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com")
+#: A filtering service that locks the tenant down to its own addresses (RestrictDomainsTo*).
+PARTNER_BY_IP = InboundConnector(
+    "Mail from the filtering service",
+    connector_type=PARTNER,
+    sender_ip_addresses=(ipaddress.IPv4Network("192.0.2.128/25"),),
+    sender_domains=("*",),
+    restrict_domains_to_ip_addresses=True,
+)
+PARTNER_BY_CERT = InboundConnector(
+    "Filtering service by certificate",
+    connector_type=PARTNER,
+    tls_sender_certificate_name="*.filter.example",
+    sender_domains=("*",),
+    restrict_domains_to_certificate=True,
+)
+#: MC1093237's advice: authenticate a scanner's Direct Send with a (non-restricting) Partner
+#: connector for its address.
+PARTNER_SCANNER = InboundConnector(
+    "Scanners",
+    connector_type=PARTNER,
+    sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.71/32"),),
+)
 
 
 def cert(
@@ -247,6 +271,221 @@ CASES = [
         "kate@contoso.com",
         None,
         onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    # step 2 (a): restricting Partner connectors, 5.7.51
+    (
+        "partner: restricted by IP, unmatched address, no OnPremises connector",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: restricted by IP, address in the Partner connector",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        onprem("192.0.2.130"),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: restricted by IP, but an OnPremises connector attributes",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        None,
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: restricted by certificate, renewed certificate matches nothing",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(CERT_CONNECTOR, PARTNER_BY_CERT)),
+        onprem(FAR_EGRESS, certificate=cert("relay.contoso.net")),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: restricted by certificate, certificate matches the Partner connector",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(CERT_CONNECTOR, PARTNER_BY_CERT)),
+        onprem(FAR_EGRESS, certificate=cert("mx1.filter.example")),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: restricted by certificate, no certificate presented",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_CERT)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: both restrictions, only the address satisfied",
+        "alerts@contoso.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(
+                replace(
+                    PARTNER_BY_IP,
+                    restrict_domains_to_certificate=True,
+                    tls_sender_certificate_name="*.filter.example",
+                ),
+            )
+        ),
+        onprem("192.0.2.130", certificate=cert("relay.contoso.net")),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: SenderDomains list covers the sender",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(replace(PARTNER_BY_IP, sender_domains=("fabrikam.com", "contoso.com")),)
+        ),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: SenderDomains list does not cover the sender",
+        "john@tailspintoys.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(replace(PARTNER_BY_IP, sender_domains=("fabrikam.com", "contoso.com")),)
+        ),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: SenderDomains *.contoso.com covers a subdomain",
+        "app@apps.contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, sender_domains=("*.contoso.com",)),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: SenderDomains * covers the null sender",
+        "",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_BY_IP,)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.PARTNER_RESTRICTED,
+    ),
+    (
+        "partner: a SenderDomains list does not cover the null sender",
+        "",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, sender_domains=("contoso.com",)),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: empty SenderDomains covers nobody",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, sender_domains=()),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: disabled restricting connector",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, enabled=False),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: RestrictDomainsTo* on an OnPremises connector is ignored",
+        "john@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_BY_IP, connector_type="OnPremises"),)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "partner: a matching Partner connector never grants relay outside",
+        "john@contoso.com",
+        "x@tailspintoys.com",
+        tenant(connectors=(PARTNER_BY_IP,)),
+        onprem("192.0.2.130"),
+        (),
+        predict.NO_CONNECTOR,
+    ),
+    (
+        "partner: restricted, but the recipient is outside the tenant",
+        "john@contoso.com",
+        "x@tailspintoys.com",
+        tenant(connectors=(IP_CONNECTOR, PARTNER_BY_IP)),
+        onprem(FAR_EGRESS),
+        (),
+        predict.NO_CONNECTOR,
+    ),
+    # step 2 (b): a matching Partner connector authenticates against RejectDirectSend
+    (
+        "direct send: Partner connector matches the egress address",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_SCANNER,), reject_direct_send=True),
+        onprem("203.0.113.71"),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "direct send: Partner connector for another address",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_SCANNER,), reject_direct_send=True),
+        onprem(FAR_EGRESS),
+        (),
+        predict.DIRECT_SEND_REJECTED,
+    ),
+    (
+        "direct send: disabled Partner connector authenticates nothing",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(replace(PARTNER_SCANNER, enabled=False),), reject_direct_send=True),
+        onprem("203.0.113.71"),
+        (),
+        predict.DIRECT_SEND_REJECTED,
+    ),
+    (
+        "direct send: Partner connector matches the certificate",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(
+            connectors=(replace(PARTNER_SCANNER, tls_sender_certificate_name="*.filter.example"),),
+            reject_direct_send=True,
+        ),
+        onprem(FAR_EGRESS, certificate=cert("mx1.filter.example")),
+        (),
+        predict.RECIPIENT_IN_TENANT,
+    ),
+    (
+        "direct send: Partner connector matches, RejectDirectSend off",
+        "scanner@contoso.com",
+        "kate@contoso.com",
+        tenant(connectors=(PARTNER_SCANNER,)),
+        onprem("203.0.113.71"),
         (),
         predict.RECIPIENT_IN_TENANT,
     ),
@@ -752,7 +991,7 @@ def test_rule(
     """Each row lands on the reason id SPEC §5 prescribes, with its verdict, code and reply."""
     prediction = run(sender, recipient, t=t, o=o, final=final)
     assert prediction.reason == reason
-    expected_verdict = predict.ACCEPT if reason in predict.ACCEPT_REASONS else predict.REJECT
+    expected_verdict = predict.ACCEPT if reason in reasons.ACCEPT_REASONS else predict.REJECT
     assert prediction.verdict == expected_verdict
     replies = {
         predict.NO_CONNECTOR: ("5.7.64", "550 5.7.64 TenantAttribution; Relay Access Denied"),
@@ -761,7 +1000,14 @@ def test_rule(
         predict.SENDER_NOT_ACCEPTED: ("5.7.64", "550 5.7.64 Relay Access Denied ATTR36"),
         predict.DIRECT_SEND_REJECTED: (
             "5.7.68",
-            "550 5.7.68 TenantInboundAttribution; Direct Send not allowed",
+            "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization "
+            "from unauthorized sources",
+        ),
+        predict.PARTNER_RESTRICTED: (
+            "5.7.51",
+            "550 5.7.51 TenantInboundAttribution; There is a partner connector configured that "
+            "matched the message's recipient domain. The connector had either the "
+            "RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set",
         ),
     }
     assert (prediction.code, prediction.reply) == replies.get(reason, (None, None))
@@ -769,8 +1015,136 @@ def test_rule(
 
 
 def test_every_reason_is_reached() -> None:
-    """The table reaches every reason id the spec defines, and no other."""
-    assert {case[-1] for case in CASES} == set(predict.REASONS)
+    """The tables reach every reason id the spec defines, and no other."""
+    reached = {case[-1] for case in CASES} | {case[-1] for case in ROUTE_CASES}
+    assert reached == set(reasons.REASON_IDS)
+
+
+# --- step 1 with [postfix]: the route Postfix takes ---------------------------------------------
+
+
+class DictTables:
+    """routing.Tables over in-memory tables: {table: {key: value}}."""
+
+    def __init__(self, tables: dict[str, dict[str, str]]) -> None:
+        self.tables = tables
+
+    def find(self, table: str, key: str, *, partial: bool) -> str | None:
+        return self.tables[table].get(key.lower())
+
+
+M365 = "[contoso-com.mail.protection.outlook.com]:25"
+VIEW = PostfixView(
+    parameters={
+        "myhostname": "mta.contoso.com",
+        "mydestination": "mta.contoso.com, localhost",
+        "relayhost": M365,
+        "default_transport": "smtp",
+        "relay_transport": "relay",
+        "local_transport": "local:mta.contoso.com",
+        "transport_maps": "texthash:/etc/postfix/transport",
+        "inet_interfaces": "loopback-only",
+    },
+    services={
+        "smtp": Service("smtp", "smtp"),
+        "relay-cert": Service("relay-cert", "smtp"),
+        "local": Service("local", "local"),
+    },
+    tables=DictTables(
+        {
+            "texthash:/etc/postfix/transport": {
+                "partner.example": "smtp:[mx.partner.example]",
+                "submit.example": "smtp:[smtp.office365.com]:587",
+                "cert.example": f"relay-cert:{M365}",
+                "legacy.example": "smtp:[mail.messaging.microsoft.com]",
+            }
+        }
+    ),
+)
+#: The plain smtp service presents nothing and has an egress address in no connector; the
+#: relay-cert service presents a good certificate.
+PLAIN = ServicePicture(
+    OnPrem(
+        egress_addresses=(ipaddress.ip_address(FAR_EGRESS),),
+        certificate_absent="not presented by Postfix: service smtp has no smtp_tls_cert_file",
+    ),
+    "main.cf: smtp_tls_security_level",
+    "main.cf: smtp_bind_address",
+)
+CERTIFIED = ServicePicture(
+    OnPrem(certificate=GOOD_CERT), "master.cf: relay-cert/unix -o smtp_tls_chain_files", ""
+)
+ROUTER = Router(
+    VIEW, {"smtp": PLAIN, "relay-cert": CERTIFIED}, PLAIN, tenant(connectors=(CERT_CONNECTOR,))
+)
+
+ROUTE_CASES = [
+    ("local class", "john@fabrikam.com", "root@mta.contoso.com", predict.LOCAL),
+    ("around Microsoft 365", "john@fabrikam.com", "kate@partner.example", predict.OTHER_ROUTE),
+    ("client submission", "john@fabrikam.com", "kate@submit.example", predict.OTHER_ROUTE),
+    ("relayhost, no certificate", "", "kate@tailspintoys.com", predict.NO_CONNECTOR),
+    ("service with certificate", "", "kate@cert.example", predict.CERTIFICATE_CONNECTOR),
+    ("legacy host still predicted", "", "kate@legacy.example", predict.NO_CONNECTOR),
+    ("in tenant", "", "kate@contoso.com", predict.RECIPIENT_IN_TENANT),
+]
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient", "reason"),
+    [case[1:] for case in ROUTE_CASES],
+    ids=[case[0] for case in ROUTE_CASES],
+)
+def test_route_decides_step_one(sender: str, recipient: str, reason: str) -> None:
+    """With a route, local delivery and other next hops are not relayed, and the service's
+    own certificate and egress decide attribution."""
+    t = ROUTER.tenant
+    prediction = predict.predict_recipient(
+        recipient,
+        (recipient,),
+        sender=predict.sender_view(sender, t, onprem()),
+        tenant=t,
+        onprem=onprem(),
+        attribution=predict.attribute(t, onprem(), NOW),
+        router=ROUTER.for_sender(sender, NOW),
+    )
+    assert prediction.reason == reason
+    address = prediction.addresses[0]
+    if reason in (predict.LOCAL, predict.OTHER_ROUTE):
+        assert (prediction.verdict, address.relayed) == (predict.ACCEPT, False)
+
+
+def test_certificate_not_presented_is_named() -> None:
+    """A route whose service presents no certificate says so, even when the configuration
+    names one (issue: firewall appliance with only an inbound certificate)."""
+    t = ROUTER.tenant
+    prediction = predict.predict_recipient(
+        "kate@tailspintoys.com",
+        ("kate@tailspintoys.com",),
+        sender=predict.sender_view("", t, onprem()),
+        tenant=t,
+        onprem=onprem(certificate=GOOD_CERT),  # the hand-written picture is overruled
+        attribution=predict.attribute(t, onprem(certificate=GOOD_CERT), NOW),
+        router=ROUTER.for_sender("", NOW),
+    )
+    assert prediction.reason == predict.NO_CONNECTOR
+    assert "not presented by Postfix" in prediction.explanation
+
+
+def test_other_route_names_the_next_hop() -> None:
+    """The other-route explanation names the next hop and the table entry that chose it."""
+    context = ROUTER.context("a@contoso.com", "kate@partner.example", NOW)
+    assert context.kind == "other"
+    prediction = predict.predict_address(
+        "kate@partner.example",
+        forwarded=False,
+        sender=predict.sender_view("a@contoso.com", ROUTER.tenant, onprem()),
+        tenant=ROUTER.tenant,
+        onprem=onprem(),
+        attribution=context.attribution,
+        route=context,
+    )
+    assert "[mx.partner.example]" in prediction.explanation
+    assert "transport_maps: partner.example" in prediction.explanation
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ from policyd.sources.exports import (
 from policyd.sources.state import build_state
 from policyd.sources.tables import parse_source
 from policyd.wire.protocol import WANTED_ATTRIBUTES, PolicyFactory, PolicyProtocol
+from tests.doubles import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "contrib" / "m365-policyd.example.toml"
@@ -258,17 +259,13 @@ class Recorder:
     batch=st.lists(requests(), min_size=1, max_size=6),
     cuts=st.lists(st.integers(0, 10_000), max_size=12),
 )
+@pytest.mark.slow
 def test_valid_requests_reach_the_handler_exactly_as_sent(
     batch: list[list[tuple[str, str]]], cuts: list[int]
 ) -> None:
     """Every attribute the engine relies on arrives with its exact value, and nothing else does."""
     recorder = Recorder()
     stats = Stats()
-
-    class Limits:
-        max_connections = 8
-        idle_timeout = 300.0
-        max_request_bytes = 65536
 
     factory = PolicyFactory(recorder, stats, Limits(), Clock())
     protocol = factory.buildProtocol(None)
@@ -291,6 +288,7 @@ def test_valid_requests_reach_the_handler_exactly_as_sent(
     garbage=NOISE,
     cuts=st.lists(st.integers(0, 10_000), max_size=12),
 )
+@pytest.mark.slow
 def test_valid_requests_before_garbage_are_all_answered_first(
     config: Config, batch: list[list[tuple[str, str]]], garbage: bytes, cuts: list[int]
 ) -> None:
@@ -392,6 +390,7 @@ def postmap_tables(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
     return "\n".join(lines) + draw(st.sampled_from(["", "\n"])), expected
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(table=postmap_tables())
 def test_alias_tables_round_trip_through_the_postmap_format(
@@ -445,6 +444,7 @@ JSON = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(data=JSON)
 def test_export_parsers_raise_only_config_errors_on_any_json(data: object) -> None:
@@ -553,6 +553,7 @@ def shaped(draw: st.DrawFn, objects: list[dict[str, object]]) -> object:
     return objects
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), entries=st.lists(accepted_domains(), min_size=1, max_size=4))
 def test_accepted_domains_round_trip_through_json(
@@ -564,6 +565,7 @@ def test_accepted_domains_round_trip_through_json(
     assert parsed == tuple(model for _, model in entries)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), entries=st.lists(inbound_connectors(), min_size=1, max_size=4))
 def test_inbound_connectors_round_trip_through_json(

@@ -204,10 +204,10 @@ def test_counters_after_a_replay(tmp_path: Path) -> None:
     replay(factory, len(STREAM))
     stats = factory.stats
     assert dict(stats.requests) == {"rcpt": 4, "data": 2}
-    assert stats.predictions[("reject", "sender-not-accepted")] == 1
-    assert stats.predictions[("reject", "forwarded")] == 1
-    assert stats.predictions[("accept", "recipient-in-tenant")] == 1
-    assert stats.predictions[("accept", "sender-accepted-domain")] == 1
+    assert stats.predictions[("default", "reject", "sender-not-accepted")] == 1
+    assert stats.predictions[("default", "reject", "forwarded")] == 1
+    assert stats.predictions[("default", "accept", "recipient-in-tenant")] == 1
+    assert stats.predictions[("default", "accept", "sender-accepted-domain")] == 1
     assert stats.actions["defer"] == 2
     assert stats.actions["prepend"] == 1
     assert stats.duration_count == 6

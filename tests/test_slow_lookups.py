@@ -13,10 +13,10 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -35,17 +35,11 @@ from policyd.sources.config import (
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
 from policyd.wire.protocol import PolicyFactory
+from tests.doubles import FakePostmap, Limits
 from tests.serverproc import DEFAULT_BODY, PolicyServer, rcpt
-from tests.test_aliases import FakePostmap
+from tests.waiting import wait_until
 
 # --- the protocol holds a connection while its answer is a Deferred ------------------------
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int = 8
-    idle_timeout: float = 300.0
-    max_request_bytes: int = 4096
 
 
 class SlowHandler:
@@ -85,7 +79,7 @@ def expected(count: int) -> bytes:
 
 
 def connection(handler: SlowHandler) -> tuple[Any, StringTransport, PolicyFactory]:
-    factory = PolicyFactory(handler, Stats(), Limits(), Clock())
+    factory = PolicyFactory(handler, Stats(), Limits(max_request_bytes=4096), Clock())
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -121,7 +115,7 @@ def test_nothing_is_read_past_a_pending_answer() -> None:
 def test_other_connections_are_answered_meanwhile() -> None:
     """A pending answer holds one connection only."""
     handler = SlowHandler()
-    factory = PolicyFactory(handler, Stats(), Limits(), Clock())
+    factory = PolicyFactory(handler, Stats(), Limits(max_request_bytes=4096), Clock())
     slow, fast = factory.buildProtocol(None), factory.buildProtocol(None)
     slow_t, fast_t = StringTransport(), StringTransport()
     slow.makeConnection(slow_t)
@@ -242,10 +236,10 @@ def test_engine_expands_in_a_thread_once_then_answers_from_cache(tmp_path: Path)
     answer.addCallback(results.append)
     # no connector matches (no egress address): the forward is refused and deferred
     assert results[0].startswith("450 4.7.64 ")
-    assert calls == [("kate@contoso.com",)]
+    assert [call[-1] for call in calls] == ["kate@contoso.com"]  # predicted in the thread
     assert engine.handle(request("kate@contoso.com"), Session()) == results[0]
-    assert calls == [("kate@contoso.com",)]
-    assert stats.predictions[("reject", "no-connector")] == 2
+    assert len(calls) == 1  # the second answer came from the cache
+    assert stats.predictions[("default", "reject", "no-connector")] == 2
 
 
 def test_engine_thread_failure_answers_on_error(tmp_path: Path) -> None:
@@ -269,20 +263,21 @@ def test_engine_thread_failure_answers_on_error(tmp_path: Path) -> None:
 # --- the real process: a slow postmap does not stall other connections ----------------------
 
 SLOW_POSTMAP = """#!/bin/sh
-# postmap -q KEY TABLE, as a slow directory server would answer it
+# postmap -q KEY TABLE, as a slow directory server would answer it ({started}: the slow one began)
 case "$2" in
-  slow@contoso.com) sleep 2; echo "slow@tailspintoys.example"; exit 0 ;;
+  slow@contoso.com) : > "{started}"; sleep 2; echo "slow@tailspintoys.example"; exit 0 ;;
   *) exit 1 ;;
 esac
 """
 
 
 def slow_postmap_server(tmp_path: Path) -> PolicyServer:
-    """serve with an ldap: alias table behind a postmap that takes 2 s for slow@contoso.com."""
+    """serve with an ldap: alias table behind a postmap that takes 2 s for slow@contoso.com
+    (and creates ``tmp_path/slow-lookup-started`` when that lookup begins)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "postmap"
-    fake.write_text(SLOW_POSTMAP)
+    fake.write_text(SLOW_POSTMAP.format(started=tmp_path / "slow-lookup-started"))
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     assert "[onprem]\n" in DEFAULT_BODY and 'action = "defer"' in DEFAULT_BODY
     ldap_cf = tmp_path / "ldap-aliases.cf"
@@ -295,6 +290,7 @@ def slow_postmap_server(tmp_path: Path) -> PolicyServer:
     ).start()
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
     """A postmap still running at SIGTERM does not hold the exit past the 5 s budget."""
     server = slow_postmap_server(tmp_path)
@@ -305,7 +301,8 @@ def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
 
     asker = threading.Thread(target=ask)
     asker.start()
-    time.sleep(0.3)  # the lookup is under way in a worker thread
+    started = tmp_path / "slow-lookup-started"
+    wait_until(started.exists, "the slow postmap lookup started")
     try:
         assert server.stop(timeout=5) == 0
     finally:
@@ -313,6 +310,7 @@ def test_sigterm_during_a_slow_lookup_exits_within_5_s(tmp_path: Path) -> None:
         asker.join(10)
 
 
+@pytest.mark.slow
 def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
     """serve: while one recipient waits 2 s for postmap, another connection gets its answer."""
     server = slow_postmap_server(tmp_path)
@@ -326,7 +324,8 @@ def test_serve_answers_others_while_postmap_is_slow(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=slow)
         thread.start()
-        time.sleep(0.3)  # the slow lookup is under way
+        lookup = tmp_path / "slow-lookup-started"
+        wait_until(lookup.exists, "the slow postmap lookup started")
         started = time.monotonic()
         fast = server.ask(rcpt("alerts@contoso.com", "kate@tailspintoys.example"))
         fast_seconds = time.monotonic() - started

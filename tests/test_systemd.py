@@ -86,12 +86,10 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
 
 
 def test_service_unit_has_the_promised_settings() -> None:
-    """The service is Type=notify, runs serve from the documented path, reloads by SIGHUP."""
+    """The service is Type=notify, runs serve from the Debian package's path, reloads by SIGHUP."""
     s = unit_settings(SERVICE)
     assert s["Type"] == ["notify"]
-    assert s["ExecStart"] == [
-        "/usr/local/bin/m365-policyd serve -c /etc/m365-policyd/m365-policyd.toml"
-    ]
+    assert s["ExecStart"] == ["/usr/bin/m365-policyd serve -c /etc/m365-policyd/m365-policyd.toml"]
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert s["User"] == ["m365-policyd"]
     assert s["Restart"] == ["on-failure"]
@@ -120,7 +118,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed (Debian package systemd)")
     # verify insists that ExecStart exists; point it at an executable that does.
     executable = shutil.which("true") or "/bin/true"
-    text = SERVICE.read_text().replace("/usr/local/bin/m365-policyd", executable)
+    text = SERVICE.read_text().replace("/usr/bin/m365-policyd", executable)
     (tmp_path / SERVICE.name).write_text(text)
     shutil.copy(SOCKET, tmp_path / SOCKET.name)
     result = subprocess.run(

@@ -26,8 +26,18 @@
     The account needs read access to the Exchange Online configuration (for example the
     View-Only Organization Management role group).
 
+    With -Tenant NAME (a relay serving several tenants), the files go into a directory of their
+    own, OutputDirectory/NAME/, and the script also writes OutputDirectory/NAME.toml holding the
+    [tenants.NAME] table that names them. Export each tenant into the directory the daemon's
+    `include = ["tenants.d/*.toml"]` reads (for example /etc/m365-policyd/tenants.d), then add
+    the tenant's endpoints (with [postfix]) or sender_domains to its NAME.toml once.
+
 .PARAMETER OutputDirectory
     Where to write the two JSON files. Created when missing. Default: the current directory.
+
+.PARAMETER Tenant
+    The tenant's NAME in m365-policyd (letters, digits, _ and -): write into
+    OutputDirectory/NAME/ and write OutputDirectory/NAME.toml with its [tenants.NAME] table.
 
 .PARAMETER UserPrincipalName
     Interactive (delegated) sign-in as this administrator.
@@ -62,6 +72,10 @@
 .EXAMPLE
     Connect-ExchangeOnline; ./Export-M365PolicydTenant.ps1 -UseExistingSession
 
+.EXAMPLE
+    ./Export-M365PolicydTenant.ps1 -UserPrincipalName admin@fabrikam.example `
+        -Tenant fabrikam -OutputDirectory /etc/m365-policyd/tenants.d
+
 .NOTES
     Part of m365-policyd (contrib/exchange). Needs PowerShell 7 or Windows PowerShell 5.1 and
     the ExchangeOnlineManagement module (Install-Module ExchangeOnlineManagement).
@@ -69,6 +83,9 @@
 [CmdletBinding(DefaultParameterSetName = 'Interactive')]
 param(
     [string] $OutputDirectory = '.',
+
+    [ValidatePattern('^[A-Za-z0-9_-]{1,64}$')]
+    [string] $Tenant,
 
     [Parameter(ParameterSetName = 'Interactive')]
     [string] $UserPrincipalName,
@@ -142,7 +159,15 @@ if (-not $UseExistingSession) {
 if (-not (Test-Path -LiteralPath $OutputDirectory)) {
     New-Item -ItemType Directory -Path $OutputDirectory | Out-Null
 }
-$outDir = (Resolve-Path -LiteralPath $OutputDirectory).Path
+$baseDir = (Resolve-Path -LiteralPath $OutputDirectory).Path
+$outDir = $baseDir
+if ($Tenant) {
+    # one directory per tenant, next to the NAME.toml that the daemon's include reads
+    $outDir = Join-Path $baseDir $Tenant
+    if (-not (Test-Path -LiteralPath $outDir)) {
+        New-Item -ItemType Directory -Path $outDir | Out-Null
+    }
+}
 
 $acceptedDomains = @(
     Get-AcceptedDomain |
@@ -182,10 +207,26 @@ if ($onPremises.Count -eq 0) {
 }
 
 # --- the configuration lines -----------------------------------------------------------------
-# Relative file names are resolved against the directory of m365-policyd.toml.
+# Relative file names are resolved against the directory of the file that names them.
+$direct = $(if ($rejectDirectSend) { 'true' } else { 'false' })
+if ($Tenant) {
+    $tomlPath = Join-Path $baseDir ($Tenant + '.toml')
+    $lines = @(
+        '# Written by Export-M365PolicydTenant.ps1; re-running it rewrites this file.',
+        '# Add what routes mail to this tenant: endpoints (with [postfix]) or sender_domains.',
+        "[tenants.$Tenant]",
+        ('accepted_domains_file = ' + (ConvertTo-TomlString ($Tenant + '/' + (Split-Path -Leaf $domainsFile)))),
+        ('inbound_connectors_file = ' + (ConvertTo-TomlString ($Tenant + '/' + (Split-Path -Leaf $connectorsFile)))),
+        ('reject_direct_send = ' + $direct)
+    )
+    $utf8NoBom = New-Object System.Text.UTF8Encoding $false
+    [IO.File]::WriteAllText($tomlPath, ($lines -join "`n") + "`n", $utf8NoBom)
+    Write-Host "Wrote $tomlPath; the daemon reads it through include = [""tenants.d/*.toml""]."
+    return
+}
 Write-Host ''
 Write-Host '# Copy both JSON files next to m365-policyd.toml and put these lines in its [tenant] section:'
 Write-Output '[tenant]'
 Write-Output ('accepted_domains_file = ' + (ConvertTo-TomlString (Split-Path -Leaf $domainsFile)))
 Write-Output ('inbound_connectors_file = ' + (ConvertTo-TomlString (Split-Path -Leaf $connectorsFile)))
-Write-Output ('reject_direct_send = ' + $(if ($rejectDirectSend) { 'true' } else { 'false' }))
+Write-Output ('reject_direct_send = ' + $direct)

@@ -40,30 +40,40 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
 
+from policyd.constants import (
+    LOG_DEBUG,
+    LOG_ERROR,
+    LOG_FORMATS,
+    LOG_INFO,
+    LOG_JSON,
+    LOG_TEXT,
+    LOG_WARN,
+)
+
 if TYPE_CHECKING:
     from policyd.engine.cache import PredictionLine
 
-TEXT = "text"
-JSON = "json"
-FORMATS = (TEXT, JSON)
+TEXT = LOG_TEXT
+JSON = LOG_JSON
+FORMATS = LOG_FORMATS
 
-#: ``log.level`` values and the Twisted level each one means. ``warn`` is accepted for
-#: ``warning``, as syslog and Postfix spell it.
+#: ``log.level`` values and the Twisted level each one means; ``warning`` and ``critical``, the
+#: names written in the ``level=`` field, are understood too.
 LEVELS: dict[str, LogLevel] = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
+    LOG_DEBUG: LogLevel.debug,
+    LOG_INFO: LogLevel.info,
     "warning": LogLevel.warn,
-    "warn": LogLevel.warn,
-    "error": LogLevel.error,
+    LOG_WARN: LogLevel.warn,
+    LOG_ERROR: LogLevel.error,
     "critical": LogLevel.critical,
 }
 
 #: Our names for Twisted's levels in the ``level=`` field.
 _LEVEL_NAMES = {
-    LogLevel.debug: "debug",
-    LogLevel.info: "info",
+    LogLevel.debug: LOG_DEBUG,
+    LogLevel.info: LOG_INFO,
     LogLevel.warn: "warning",
-    LogLevel.error: "error",
+    LogLevel.error: LOG_ERROR,
     LogLevel.critical: "critical",
 }
 
@@ -183,7 +193,7 @@ class LogOutput:
         self,
         stream: TextIO,
         fmt: str = TEXT,
-        level: str = "info",
+        level: str = LOG_INFO,
         *,
         timestamps: bool = True,
         clock: Callable[[], float] = time.time,
@@ -263,8 +273,8 @@ class LogOutput:
 
     def render_record(self, record: Mapping[str, object]) -> str | None:
         """The line for one engine record (``event`` = prediction or error), or None if filtered."""
-        level = "error" if record.get("event") == "error" else "info"
-        if level == "info" and not self._info:
+        level = LOG_ERROR if record.get("event") == "error" else LOG_INFO
+        if level == LOG_INFO and not self._info:
             return None
         if self._format == JSON:
             pairs = self._head(level)

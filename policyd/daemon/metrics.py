@@ -1,7 +1,7 @@
 """Prometheus exposition: ``Stats`` read at scrape time, served on ``/metrics`` by twisted.web.
 
 The request path only increments plain numbers in ``policyd.engine.stats.Stats``; this module turns
-them into metric families when Prometheus scrapes (SPEC §7 and §8), so a scrape costs
+them into metric families when Prometheus scrapes (README: metrics), so a scrape costs
 something and a request costs nothing extra. The collector lives in a private
 ``CollectorRegistry`` (no process/platform collectors of the default registry, no global
 state), and the HTTP resource renders in the reactor thread: ``Stats`` is owned by that thread,
@@ -14,7 +14,7 @@ before the first event. The certificate gauges exist only when a certificate is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -29,23 +29,31 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from policyd import __version__
+from policyd import __version__, constants
 from policyd.engine.stats import DURATION_BUCKETS, PROTOCOL_ERROR_KINDS, Stats
-from policyd.rules import predict
+from policyd.rules import outcomes, reasons
 from policyd.rules.model import CertificateFacts
 
 PREFIX = "m365_policyd_"
 
 #: ``requests_total{stage}``: the engine counts RCPT, DATA and everything else.
-STAGES = ("rcpt", "data", "other")
+STAGES = constants.STAGES
 #: ``actions_total{action}``: the configured actions, the DATA header, and our own failures.
-ACTIONS = ("dunno", "defer", "reject", "hold", "reroute", "prepend", "on_error")
+ACTIONS = constants.ACTION_LABELS
 #: ``config_reloads_total{result}``.
 RELOAD_RESULTS = ("success", "failure")
-#: ``predictions_total{verdict,reason}``: each reason id belongs to exactly one verdict.
-PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple(
-    (predict.ACCEPT, reason) for reason in predict.ACCEPT_REASONS
-) + tuple((predict.REJECT, reason) for reason in predict.REFUSE_REASONS)
+#: Up to this many tenants, every (tenant, verdict, reason) series starts at 0 (so rate() sees
+#: the first one); a relay with more tenants exports only the series it counted.
+SEEDED_TENANTS = 20
+#: ``predictions_total{verdict,reason}``: each reason id with its one verdict, from the table.
+PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple((r.verdict, r.id) for r in reasons.TABLE)
+#: ``prediction_outcomes_total{predicted,observed}``: every predicted kind against every observed
+#: kind (docs/postfix.md), so an alert on a disagreement sees the series before its first increase.
+OUTCOME_LABELS: tuple[tuple[str, str], ...] = tuple(
+    (predicted, observed)
+    for predicted in outcomes.PREDICTED_KINDS
+    for observed in outcomes.OBSERVED_KINDS
+)
 
 _log = Logger()
 
@@ -85,16 +93,19 @@ class PolicydCollector:
         stats: Stats,
         *,
         clock: Callable[[], float],
-        certificate: Callable[[], CertificateFacts | None] = lambda: None,
-        connector_match: Callable[[float], bool | None] = lambda now: None,
+        certificates: Callable[[float], Sequence[tuple[str, CertificateFacts, bool]]] = (
+            lambda now: ()
+        ),
+        tenants: Callable[[], Sequence[str]] = lambda: ("default",),
         version: str = __version__,
     ) -> None:
-        """``certificate()`` is the configured certificate (None: none configured);
-        ``connector_match(now)`` says whether it attributes us to a connector right now."""
+        """``certificates(now)`` lists (tenant, certificate presented to it, whether it
+        attributes us to one of the tenant's connectors right now); ``tenants()`` the configured
+        tenant names (the ``tenant`` label's known values)."""
         self._stats = stats
         self._clock = clock
-        self._certificate = certificate
-        self._connector_match = connector_match
+        self._certificates = certificates
+        self._tenants = tenants
         self._version = version
 
     def describe(self) -> list[Metric]:
@@ -102,7 +113,7 @@ class PolicydCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric of SPEC §7 and §8, built from the current counters."""
+        """Every metric of README: metrics, built from the current counters."""
         stats = self._stats
 
         yield _labelled(
@@ -127,12 +138,18 @@ class PolicydCollector:
             sum_value=stats.duration_sum,
         )
 
+        tenants = tuple(self._tenants())
+        seeded = tenants if len(tenants) <= SEEDED_TENANTS else ()
         yield _labelled(
             "predictions_total",
-            "Recipient predictions, by verdict and reason id.",
-            ["verdict", "reason"],
+            "Recipient predictions, by tenant, verdict and reason id.",
+            ["tenant", "verdict", "reason"],
             stats.predictions,
-            PREDICTION_LABELS,
+            [
+                (tenant, verdict, reason)
+                for tenant in seeded
+                for verdict, reason in PREDICTION_LABELS
+            ],
         )
         yield _labelled(
             "actions_total",
@@ -159,15 +176,20 @@ class PolicydCollector:
             "Requests answered with policy.on_error because the daemon itself failed.",
             value=stats.internal_errors,
         )
-        yield CounterMetricFamily(
-            PREFIX + "external_recipients_total",
-            "Recipients predicted to be relayed to the internet through Microsoft 365.",
-            value=stats.external_recipients,
+        yield _labelled(
+            "external_recipients_total",
+            "Recipients predicted to be relayed to the internet through Microsoft 365, by tenant.",
+            ["tenant"],
+            stats.external_recipients,
+            tenants,
         )
-        yield CounterMetricFamily(
-            PREFIX + "unregistered_sender_relays_total",
-            "Relays whose envelope sender domain is not an accepted domain (5.7.750 risk).",
-            value=stats.unregistered_sender_relays,
+        yield _labelled(
+            "unregistered_sender_relays_total",
+            "Relays whose envelope sender domain is not an accepted domain (5.7.750 risk), by "
+            "tenant.",
+            ["tenant"],
+            stats.unregistered_sender_relays,
+            tenants,
         )
 
         yield from self._certificate_metrics()
@@ -187,15 +209,18 @@ class PolicydCollector:
 
         yield _labelled(
             "observed_replies_total",
-            "Replies Microsoft 365 gave in Postfix's log, by enhanced status code.",
-            ["code"],
+            "Replies Microsoft 365 gave in Postfix's log, by enhanced status code and the kind "
+            "its text says.",
+            ["code", "kind"],
             stats.observed_replies,
         )
         yield _labelled(
             "prediction_outcomes_total",
-            "Predictions matched with the reply Microsoft 365 really gave.",
-            ["predicted", "observed"],
+            "Predictions matched with the reply Microsoft 365 really gave, by tenant, predicted "
+            "and observed kind.",
+            ["tenant", "predicted", "observed"],
             stats.prediction_outcomes,
+            [(tenant, *pair) for tenant in seeded for pair in OUTCOME_LABELS],
         )
         yield CounterMetricFamily(
             PREFIX + "log_lines_skipped_total",
@@ -210,21 +235,29 @@ class PolicydCollector:
         yield info
 
     def _certificate_metrics(self) -> Iterator[Metric]:
-        certificate = self._certificate()
-        if certificate is None:
+        found = self._certificates(self._clock())
+        if not found:
             return
-        if certificate.not_after is not None:
-            yield GaugeMetricFamily(
-                PREFIX + "certificate_not_after_timestamp_seconds",
-                "Expiry (notAfter) of the certificate Postfix presents to Microsoft 365.",
-                value=certificate.not_after.timestamp(),
-            )
-        match = self._connector_match(self._clock())
-        yield GaugeMetricFamily(
-            PREFIX + "certificate_connector_match",
-            "1 when the certificate attributes this server to an enabled OnPremises connector.",
-            value=1 if match else 0,
+        expiry = GaugeMetricFamily(
+            PREFIX + "certificate_not_after_timestamp_seconds",
+            "Expiry (notAfter) of each certificate Postfix presents to Microsoft 365.",
+            labels=["certificate"],
         )
+        seen: set[str] = set()
+        for _, certificate, _ in found:
+            if certificate.path not in seen and certificate.not_after is not None:
+                seen.add(certificate.path)
+                expiry.add_metric([certificate.path], certificate.not_after.timestamp())
+        yield expiry
+        match = GaugeMetricFamily(
+            PREFIX + "certificate_connector_match",
+            "1 when the certificate attributes this server to one of the tenant's enabled "
+            "OnPremises connectors.",
+            labels=["tenant", "certificate"],
+        )
+        for tenant, certificate, matched in found:
+            match.add_metric([tenant, certificate.path], 1 if matched else 0)
+        yield match
 
 
 def make_registry(collector: PolicydCollector) -> CollectorRegistry:

@@ -24,32 +24,30 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from types import FrameType
 from typing import Any
 
+import twisted
 from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from policyd import __version__
+from policyd.constants import EXIT_CONFIG, EXIT_LISTEN, EXIT_OK
 from policyd.daemon.followers import OutcomeWatcher
 from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
 from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
 from policyd.daemon.watch import FileWatcher, StatFunction, watched_paths
-from policyd.defaults import CONFIG_ENV, CONFIG_PATH
 from policyd.engine.policy import PolicyEngine
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
-from policyd.sources.config import Config, load_config
-from policyd.sources.state import State, build_state
+from policyd.sources.config import Config
+from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
+from policyd.sources.state import State, load_state
 from policyd.wire.protocol import PolicyFactory
-
-EXIT_OK = 0
-EXIT_LISTEN = 1
-EXIT_CONFIG = 78
 
 #: After the listeners stop, how long connections may still deliver what Postfix already sent.
 SHUTDOWN_GRACE = 0.1
@@ -156,6 +154,33 @@ def with_backlog(description: str) -> str:
     return description
 
 
+#: Twisted 22.10 added ``systemd:...:name=NAME`` (the unit's ``FileDescriptorName=``); Debian 12
+#: ships 22.4, which knows only ``index=``, so ``systemd_by_index`` translates for it.
+TWISTED_SYSTEMD_NAMES = tuple(int(n) for n in twisted.__version__.split(".")[:2]) >= (22, 10)
+
+
+def systemd_by_index(description: str, environ: Mapping[str, str]) -> str:
+    """``systemd:...:name=NAME`` rewritten as ``systemd:...:index=N`` for Twisted < 22.10.
+
+    N is NAME's position in ``$LISTEN_FDNAMES`` (colon-separated, one name per passed socket,
+    sd_listen_fds_with_names(3)). Other descriptions are returned unchanged. Raises KeyError
+    when systemd passed no socket of that name, as Twisted's own ``name=`` lookup does.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() != "systemd":
+        return description
+    parts = rest.split(":")
+    named = [i for i, part in enumerate(parts) if part.startswith("name=")]
+    if not named:
+        return description
+    name = parts[named[-1]].removeprefix("name=")
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    if name not in names:
+        raise KeyError(name)
+    parts[named[-1]] = f"index={names.index(name)}"
+    return f"{kind}:{':'.join(parts)}"
+
+
 def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: str) -> Endpoint:
     """``serverFromString`` with errors an administrator can act on.
 
@@ -164,7 +189,8 @@ def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: st
     ``backlog=`` gets ``LISTEN_BACKLOG``.
     """
     try:
-        endpoint: Endpoint = serverFromString(reactor, with_backlog(description))  # type: ignore[no-untyped-call]  # untyped in Twisted
+        parsed = description if TWISTED_SYSTEMD_NAMES else systemd_by_index(description, os.environ)
+        endpoint: Endpoint = serverFromString(reactor, with_backlog(parsed))  # type: ignore[no-untyped-call]  # untyped in Twisted
     except (IndexError, KeyError) as error:
         if description.startswith("systemd:"):
             raise ListenError(
@@ -214,15 +240,15 @@ class Server:
         factory: ProtocolFactory | None = None,
         handle_sighup: bool = False,
     ) -> None:
-        """``load(path, generation)`` builds a new state (default: ``load_config`` +
-        ``build_state``); ``factory`` replaces the policy protocol factory (tests only);
+        """``load(path, generation)`` builds a new state (default: ``load_state``, as ``check``
+        does); ``factory`` replaces the policy protocol factory (tests only);
         ``handle_sighup`` installs the process-wide SIGHUP handler (``run`` only)."""
         self.config_path = config_path
         self.reactor = reactor
         self.output = output
         self.stats = stats if stats is not None else Stats()
         self.notifier = notifier or Notifier()
-        self._load = load or _load_state
+        self._load = load or load_state
         self.exit_status = EXIT_OK
         self.ports: list[ListeningPort] = []
         self.outcomes = OutcomeWatcher(self.stats, reactor)  # follows [outcomes] once started
@@ -243,8 +269,8 @@ class Server:
         self.collector = PolicydCollector(
             self.stats,
             clock=reactor.seconds,
-            certificate=lambda: self.engine.state.config.onprem.certificate,
-            connector_match=self.engine.certificate_connector_match,
+            certificates=self.engine.certificate_matches,
+            tenants=lambda: [t.name for t in self.engine.state.predictor.tenants],
         )
         self.watcher = FileWatcher(stat)
         self.watcher.watch(self.watcher.snapshot([config_path, *watched_paths(state)]))
@@ -313,7 +339,7 @@ class Server:
         self.fail(ListenError(f"start-up failed: {failure.getErrorMessage()}"))
 
     def configure_outcomes(self) -> None:
-        """Follow ``[outcomes] postfix_log`` (SPEC §8); a changed source restarts the follower."""
+        """Follow ``[outcomes] postfix_log`` (docs/postfix.md); a changed restarts the follower."""
         settings = self.state.config.outcomes
         self.outcomes.configure(settings.postfix_log, settings.relay_hosts)
 
@@ -529,10 +555,6 @@ def _global_reactor() -> Any:
     return reactor
 
 
-def _load_state(config_path: str, generation: int) -> State:
-    return build_state(load_config(config_path), generation)
-
-
 def _policy_factory(
     engine: PolicyEngine, stats: Stats, config: Config, reactor: Reactor
 ) -> PolicyFactory:
@@ -549,7 +571,7 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     early_hups: list[int] = []
     previous = signal.signal(signal.SIGHUP, lambda number, frame: early_hups.append(number))
     try:
-        state = _load_state(config_path, 0)
+        state = load_state(config_path, 0)
     except ConfigError as error:
         signal.signal(signal.SIGHUP, previous)
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")

@@ -61,7 +61,6 @@ class FileWatcher:
 
 
 def watched_paths(state: State) -> list[str]:
-    """Every file whose change triggers a reload: config, exports, certificate, alias maps."""
-    paths = [str(p) for p in state.config.input_files]
-    paths.extend(str(p) for p in state.aliases.watched_files)
-    return list(dict.fromkeys(p for p in paths if p))
+    """Every file whose change triggers a reload: config, exports, certificate, alias maps and,
+    with ``[postfix]``, main.cf, master.cf and the tables routing reads."""
+    return [str(p) for p in state.watched_files if p]

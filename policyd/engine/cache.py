@@ -5,13 +5,15 @@ for one state (configuration, tenant, alias maps) and one connector attribution 
 always the same. ``PredictionCache`` keeps two bounded maps and drops both together:
 
 * ``(sender domain key, lower-cased recipient)`` -> the prediction and whether the sender's
-  domain is accepted (predictions depend on the sender's domain only, unless it has none);
+  domain is accepted (predictions depend on the sender's domain only, unless it has none or
+  ``[postfix]`` routing may tell senders of one domain apart: then the whole sender);
 * ``(sender, recipient)`` exactly as Postfix sent them -> an ``Entry``: everything an RCPT
   answer needs (action text, counter labels, the header's view, the log line's fixed part).
 
 Both are dropped whole when the state is replaced (a reload), when a certificate validity
-boundary passes (the attribution may change: the clock is injected), and each map on its own
-when it reaches ``CACHE_LIMIT`` entries (cheap, and entries are cheap to redo).
+boundary passes (the attribution may change: the clock is injected; every tenant's and every
+smtp service's certificate counts), and each map on its own when it reaches ``CACHE_LIMIT``
+entries (cheap, and entries are cheap to redo).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from policyd.constants import ACTION_DEFER, ACTION_DUNNO, ACTION_REJECT, REJECT
 from policyd.rules import predict
-from policyd.rules.predict import REJECT, Attribution, RecipientPrediction
+from policyd.rules.predict import Attribution, RecipientPrediction
 
 if TYPE_CHECKING:
     from policyd.sources.config import PolicySettings
@@ -75,6 +78,7 @@ class Entry:
         "prediction",
         "refused",
         "relayed",
+        "tenant",
         "unregistered",
     )
 
@@ -88,34 +92,39 @@ class Entry:
     ) -> None:
         self.prediction = prediction
         verdict = prediction.verdict
-        self.counted = (verdict, prediction.reason)  # m365_policyd_predictions_total labels
+        self.tenant = prediction.deciding.tenant or ""  # "" when not through Microsoft 365
+        # m365_policyd_predictions_total labels
+        self.counted = (self.tenant, verdict, prediction.reason)
         self.code = prediction.code
         self.refused = verdict == REJECT
         self.relayed = prediction.relayed  # some final address goes out through Microsoft 365
         relayed = sum(1 for a in prediction.addresses if a.relayed and a.verdict != REJECT)
         self.external = relayed  # recipients Microsoft 365 will send to the internet
         self.unregistered = 0 if sender_accepted else relayed
-        action = policy.action_for(prediction.reason) if verdict == REJECT else "dunno"
+        action = policy.action_for(prediction.reason) if verdict == REJECT else ACTION_DUNNO
         self.action = action
         # Deferred and rejected recipients are not part of the message Postfix accepts.
-        self.in_message = action not in ("defer", "reject")
+        self.in_message = action not in (ACTION_DEFER, ACTION_REJECT)
         self.answer = answer_text(action, prediction, policy)
         self.line = PredictionLine(
             (
                 ("sender", sender),
                 ("recipient", prediction.recipient),
                 ("final", prediction.final),
+                ("tenant", self.tenant),
                 ("verdict", verdict),
-                ("code", prediction.code),
+                ("code", self.code),
                 ("reason", prediction.reason),
                 ("action", action),
                 ("explanation", prediction.explanation),
+                ("assumptions", prediction.assumptions),
             )
         )
 
 
 def prediction_key(sender: str, recipient: str) -> tuple[str, str]:
-    """Predictions depend on the sender's domain, not its local part (unless it has none)."""
+    """Without [postfix], predictions depend on the sender's domain, not its local part (unless
+    it has none); with it, sender-dependent maps may name whole addresses (see ``key``)."""
     _, at, domain = sender.rpartition("@")
     return (("@" + domain.lower()) if at and domain else sender, recipient.lower())
 
@@ -167,6 +176,13 @@ class PredictionCache:
             self._forget()
         return attribution
 
+    def key(self, sender: str, recipient: str) -> tuple[str, str]:
+        """The prediction key: by sender domain, or by whole sender with [postfix]
+        (``sender_dependent_relayhost_maps`` may route boss@ and helpdesk@ apart)."""
+        if self._state.router is not None:
+            return sender, recipient.lower()
+        return prediction_key(sender, recipient)
+
     def lookup(self, sender: str, recipient: str) -> Entry | None:
         """The hot path: the cached entry if one exists and no boundary passed, else None."""
         if self._clock() < self._valid_until:
@@ -174,8 +190,31 @@ class PredictionCache:
         return None
 
     def knows(self, sender: str, recipient: str) -> bool:
-        """True when the prediction for this sender domain and recipient is cached."""
-        return prediction_key(sender, recipient) in self._predictions
+        """True when the prediction for this sender (domain) and recipient is cached."""
+        return self.key(sender, recipient) in self._predictions
+
+    def compute(
+        self, state: State, sender: str, recipient: str, final: tuple[str, ...] | None = None
+    ) -> tuple[RecipientPrediction, bool]:
+        """Predict one recipient from scratch with ``state``: (prediction, sender accepted or
+        null). Touches no cache, so it may run in a worker thread while lookups wait for
+        postmap; raises ``LookupFailureError`` when an alias or routing table fails."""
+        return state.predictor.predict(
+            sender,
+            recipient,
+            state.aliases.expand(recipient) if final is None else final,
+            datetime.fromtimestamp(self._clock(), UTC),
+        )
+
+    def remember(
+        self, sender: str, recipient: str, cached: tuple[RecipientPrediction, bool]
+    ) -> None:
+        """Keep a prediction computed elsewhere (a worker thread) for this state."""
+        if len(self._predictions) >= CACHE_LIMIT:
+            self._predictions = {}
+        self._predictions[self.key(sender, recipient)] = cached
+        # A tenant's or a service's certificate boundary ends this prediction's validity too.
+        self._valid_until = min(self._valid_until, self._state.predictor.valid_until())
 
     def entry(self, sender: str, recipient: str, final: tuple[str, ...] | None = None) -> Entry:
         """The entry for this exact (sender, recipient); predicted and cached on first use.
@@ -183,33 +222,21 @@ class PredictionCache:
         ``final`` is the recipient's alias expansion when the caller already has it (else the
         state's alias maps expand it here, which may run ``postmap``).
         """
-        attribution = self.attribution()  # may drop every answer when a boundary passed
+        self.attribution()  # may drop every answer when a boundary passed
         entry = self._entries.get((sender, recipient))
         if entry is not None:
             return entry
-        state = self._state
-        config = state.config
-        key = prediction_key(sender, recipient)
-        cached = self._predictions.get(key)
+        cached = self._predictions.get(self.key(sender, recipient))
         if cached is None:
-            view = predict.sender_view(sender, config.tenant, config.onprem)
-            prediction = predict.predict_recipient(
-                recipient,
-                state.aliases.expand(recipient) if final is None else final,
-                sender=view,
-                tenant=config.tenant,
-                onprem=config.onprem,
-                attribution=attribution,
-            )
-            cached = (prediction, view.null or bool(view.accepted_domain))
-            if len(self._predictions) >= CACHE_LIMIT:
-                self._predictions = {}
-            self._predictions[key] = cached
+            cached = self.compute(self._state, sender, recipient, final)
+            self.remember(sender, recipient, cached)
         prediction, sender_accepted = cached
         if prediction.recipient != recipient:
             # Same recipient in another case: keep the cached decision, show the address as sent.
             prediction = RecipientPrediction(recipient, prediction.addresses)
-        entry = Entry(prediction, sender, sender_accepted, config.policy, self._answer_text)
+        entry = Entry(
+            prediction, sender, sender_accepted, self._state.config.policy, self._answer_text
+        )
         if len(self._entries) >= CACHE_LIMIT:
             self._entries = {}
         self._entries[(sender, recipient)] = entry

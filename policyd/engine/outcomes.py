@@ -1,14 +1,19 @@
 """Outcomes: the predictions made at DATA joined with what Microsoft 365 really answered.
 
 ``OutcomeJoin`` remembers the predictions made at DATA (queue ID → final address / original
-recipient → predicted verdict), counts every delivery attempt to a Microsoft 365 relay into
-``Stats.observed_replies[dsn]`` and, when the queue ID and the recipient (``to=``, else
-``orig_to=``) match a prediction, into ``Stats.prediction_outcomes[(predicted, dsn)]``. The
-join state is bounded in size (``MAX_ENTRIES`` addresses, oldest message dropped first) and
-age (``MAX_AGE``, measured with the ``now`` its callers pass in). Reactor-free.
+recipient → predicted kind), and for every delivery attempt to a Microsoft 365 relay that holds
+a reply of Microsoft's classifies that reply by its text into an observed kind
+(``policyd.rules.outcomes``). It counts ``Stats.observed_replies[(dsn, kind)]`` and,
+when the queue ID and the recipient (``to=``, else ``orig_to=``) match a prediction,
+``Stats.prediction_outcomes[(predicted kind, observed kind)]``: a prediction agrees only when
+the kinds are equal, so a refusal predicted for the wrong reason is a disagreement. Postfix's
+own failures (``relay=none``, a lost connection, its own TLS failure) are no reply of
+Microsoft's and are not counted. The join state is bounded in size (``MAX_ENTRIES``
+addresses, oldest message dropped first) and age (``MAX_AGE``, measured with the ``now`` its
+callers pass in). Reactor-free.
 
 Each delivery attempt counts once: a recipient deferred with ``4.4.62`` and delivered later
-counts ``4.4.62`` and then ``2.6.0``.
+counts ``wrong-region`` and then ``accepted``.
 """
 
 from __future__ import annotations
@@ -17,12 +22,21 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from policyd.defaults import RELAY_HOSTS
 from policyd.engine.stats import Stats
-from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery, relay_matcher
+from policyd.rules.model import DEFAULT_TENANT
+from policyd.rules.outcomes import (
+    ACCEPTED,
+    Delivery,
+    Unparseable,
+    observed_kind,
+    parse_delivery,
+    relay_matcher,
+)
+from policyd.rules.reasons import predicted_kind
+from policyd.sources.schema import RELAY_HOSTS
 
-#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
-DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS
+#: Relays that are Microsoft 365 (docs/postfix.md); ``[outcomes] relay_hosts`` may name others.
+DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS.default
 
 
 #: Join state bounds: addresses remembered, and how long a message's predictions are kept
@@ -37,26 +51,22 @@ MAX_AGE = 7 * 86400.0
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
 
-#: Predicted verdicts (``policyd.rules.predict.ACCEPT`` / ``REJECT``).
-ACCEPT = "accept"
-
-
-REJECT = "reject"
-
-
-#: What the engine hands over per relayed address: (final address, original recipient, verdict).
-Expected = tuple[str, str, str]
+#: What the engine hands over per relayed address: (final address, original recipient, reason
+#: id[, tenant]); the join remembers the reason's predicted kind and the tenant ("default"
+#: when left out).
+Expected = tuple[str, ...]
 
 
 class _Message:
-    """One message's predictions: by final address and by original recipient (lower case)."""
+    """One message's predicted kinds: by final address and by original recipient (lower case)."""
 
     __slots__ = ("finals", "originals", "time")
 
     def __init__(self, time: float) -> None:
         self.time = time
-        self.finals: dict[str, str] = {}
-        self.originals: dict[str, str] = {}
+        # lower-cased address -> (predicted kind, tenant)
+        self.finals: dict[str, tuple[str, str]] = {}
+        self.originals: dict[str, tuple[str, str]] = {}
 
     def size(self) -> int:
         return len(self.finals) + len(self.originals)
@@ -101,7 +111,7 @@ class OutcomeJoin:
         return len(self._messages)
 
     def expect(self, queue_id: str, entries: Iterable[Expected], now: float) -> None:
-        """Remember a message's predictions: ``(final address, original recipient, verdict)``."""
+        """Remember a message's predictions: ``(final address, original recipient, reason)``."""
         if not queue_id:
             return
         self.prune(now)
@@ -111,14 +121,14 @@ class OutcomeJoin:
         else:
             self._size -= message.size()
             message.time = now
-        for final, original, verdict in entries:
+        for entry in entries:
+            final, original, reason = entry[:3]
+            kind = (predicted_kind(reason), entry[3] if len(entry) > 3 else DEFAULT_TENANT)
             final_key = final.lower()
-            message.finals[final_key] = _worse(message.finals.get(final_key), verdict)
+            message.finals[final_key] = _worse(message.finals.get(final_key), kind)
             if original:
                 original_key = original.lower()
-                message.originals[original_key] = _worse(
-                    message.originals.get(original_key), verdict
-                )
+                message.originals[original_key] = _worse(message.originals.get(original_key), kind)
         self._messages[queue_id] = message
         self._size += message.size()
         while self._size > self.max_entries and self._messages:
@@ -136,26 +146,30 @@ class OutcomeJoin:
             del messages[queue_id]
             self._size -= oldest.size()
 
-    def predicted(self, delivery: Delivery) -> str | None:
-        """The verdict predicted for this delivery's recipient, or None when unknown."""
+    def predicted(self, delivery: Delivery) -> tuple[str, str] | None:
+        """(predicted kind, tenant) for this delivery's recipient, or None when unknown."""
         message = self._messages.get(delivery.queue_id)
         if message is None:
             return None
-        verdict = message.finals.get(delivery.to.lower())
-        if verdict is None and delivery.orig_to:
-            verdict = message.originals.get(delivery.orig_to.lower())
-        return verdict
+        kind = message.finals.get(delivery.to.lower())
+        if kind is None and delivery.orig_to:
+            kind = message.originals.get(delivery.orig_to.lower())
+        return kind
 
     def observe(self, delivery: Delivery, now: float) -> bool:
-        """Count one delivery attempt if it went to a Microsoft 365 relay; True when counted."""
+        """Count one delivery attempt if Microsoft 365 answered it; True when counted."""
         if delivery.status not in COUNTED_STATUSES or not self._is_microsoft(delivery):
             return False
+        observed = observed_kind(delivery)
+        if observed is None:  # Postfix's own failure: no reply of Microsoft's
+            return False
         stats = self._stats
-        stats.observed_replies[delivery.dsn] += 1
+        stats.observed_replies[(delivery.dsn, observed)] += 1
         self.prune(now)
-        verdict = self.predicted(delivery)
-        if verdict is not None:
-            stats.prediction_outcomes[(verdict, delivery.dsn)] += 1
+        predicted = self.predicted(delivery)
+        if predicted is not None:
+            kind, tenant = predicted
+            stats.prediction_outcomes[(tenant, kind, observed)] += 1
         return True
 
     def feed(self, line: str, now: float) -> None:
@@ -169,9 +183,12 @@ class OutcomeJoin:
         self.observe(parsed, now)
 
 
-def _worse(old: str | None, new: str) -> str:
-    """Two predictions for one key: refused wins (SPEC §5: a refused final address refuses)."""
-    return REJECT if REJECT in (old, new) else new
+def _worse(old: tuple[str, str] | None, new: tuple[str, str]) -> tuple[str, str]:
+    """Two predicted kinds for one key: the first refusal wins (docs/relay-rules.md: a refused final
+    address refuses the recipient, and the first refused address decides the reason)."""
+    if old is None or old[0] == ACCEPTED:
+        return new
+    return old
 
 
 class Expectations(Protocol):

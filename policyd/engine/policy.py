@@ -12,13 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from policyd.constants import (
+    ACCEPT,
+    ACTION_DEFER,
+    ACTION_DUNNO,
+    ACTION_HOLD,
+    ACTION_REROUTE,
+    REJECT,
+)
 from policyd.engine.cache import Entry, PredictionCache, PredictionLine
 from policyd.engine.stats import Stats
-from policyd.errors import AliasLookupError
+from policyd.errors import AliasLookupError, LookupFailureError
 from policyd.rules import predict
-from policyd.rules.predict import REJECT, Attribution, RecipientPrediction
+from policyd.rules.model import CertificateFacts
+from policyd.rules.predict import Attribution, RecipientPrediction
+from policyd.rules.reasons import BY_ID, CODE_5764, LOCAL
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -29,9 +39,9 @@ if TYPE_CHECKING:
     from policyd.sources.state import State
 
 #: Runs a blocking function off the reactor thread: ``deferToThread``'s shape.
-InThread = Callable[..., "Deferred[tuple[str, ...]]"]
+InThread = Callable[..., "Deferred[Any]"]
 
-#: Runs one prediction's log line: ``(line, queue_id, instance, client_address)``; the log
+#: Writes one prediction's log line: ``(line, queue_id, instance, client_address)``; the log
 #: output keeps the line's fixed part rendered (``policyd.daemon.log.LogOutput.prediction``).
 PredictionOutput = Callable[[PredictionLine, str, str, str], None]
 
@@ -40,15 +50,6 @@ DUNNO = "DUNNO"
 
 #: SMTP reply texts must stay well inside Postfix's line limits.
 REPLY_TEXT_LIMIT = 400
-
-#: Short phrases for the one-line reply texts, by reason id.
-_SHORT = {
-    predict.NO_CONNECTOR: "no inbound connector of the tenant matches this server",
-    predict.NULL_SENDER: "a null sender relays only through a certificate connector",
-    predict.FORWARDED: "forwarded mail from a sender domain the tenant does not accept",
-    predict.SENDER_NOT_ACCEPTED: "the sender domain is not an accepted domain of the tenant",
-    predict.DIRECT_SEND_REJECTED: "the tenant rejects Direct Send from unattributed servers",
-}
 
 
 class Session:
@@ -92,12 +93,12 @@ class Session:
         """``tag_value(self.recipients)`` for a message with a relayed recipient."""
         first = self.first_refused
         if first is not None:
-            verdict, reason = first.counted
+            verdict, reason = first.counted[1], first.counted[2]
             code = first.code or "none"
         else:
             relayed = self.first_relayed
             assert relayed is not None, "a message without relayed recipients is not tagged"
-            verdict, code, reason = predict.ACCEPT, "none", relayed.counted[1]
+            verdict, code, reason = ACCEPT, "none", relayed.counted[2]
         return (
             f"verdict={verdict}; code={code}; reason={reason}; "
             f"refused={self.refused}; recipients={len(self.recipients)}"
@@ -118,7 +119,7 @@ class PolicyEngine:
         in_thread: InThread | None = None,
         predictions: PredictionOutput | None = None,
     ) -> None:
-        """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID.
+        """``outcomes`` (docs/postfix.md) receives each message's predictions at DATA, by queue ID.
 
         ``in_thread(f, *args)`` runs ``f`` off the reactor thread and returns a Deferred of its
         result (``serve`` passes ``deferToThreadPool`` on the reactor's thread pool). With it, a
@@ -165,6 +166,31 @@ class PolicyEngine:
         )
         return attribution.method == predict.BY_CERTIFICATE
 
+    def certificate_matches(self, now: float) -> list[tuple[str, CertificateFacts, bool]]:
+        """For the metrics, per (tenant, certificate presented to it): does it attribute us to
+        one of the tenant's connectors now? Without [postfix] a tenant is shown its own
+        certificate or onprem's; with it, every certificate an smtp(8) service presents."""
+        when = datetime.fromtimestamp(now, UTC)
+        predictor = self.state.predictor
+        found: list[tuple[str, CertificateFacts, bool]] = []
+        router = self.state.router
+        for tenant in predictor.tenants:
+            if router is None:
+                certificates = [predictor.onprem_for(tenant)]
+            else:
+                certificates = [p.onprem for p in router.services.values()]
+            seen: set[str] = set()
+            for onprem in certificates:
+                certificate = onprem.certificate
+                if certificate is None or certificate.path in seen:
+                    continue
+                seen.add(certificate.path)
+                attribution = predict.attribute(tenant.tenant, onprem, when)
+                found.append(
+                    (tenant.name, certificate, attribution.method == predict.BY_CERTIFICATE)
+                )
+        return found
+
     # --- requests ---------------------------------------------------------------------------
 
     def new_session(self) -> Session:
@@ -175,7 +201,7 @@ class PolicyEngine:
 
         The answer is a Deferred only while a recipient's expansion waits for ``postmap``.
         """
-        # SPEC §6: only smtpd_access_policy requests at RCPT and DATA are predicted.
+        # docs/postfix.md: only smtpd_access_policy requests at RCPT and DATA are predicted.
         stage = attrs.get("protocol_state", "")
         if attrs.get("request") != "smtpd_access_policy":
             stage = ""
@@ -189,8 +215,8 @@ class PolicyEngine:
                 return self._data(attrs, session)
             self._stats.requests["other"] += 1
             return DUNNO
-        except AliasLookupError as error:
-            return self._failed(attrs, f"alias expansion failed: {error}")
+        except LookupFailureError as error:
+            return self._failed(attrs, _lookup_problem(error))
         except Exception as error:  # fail open on our own bugs, by design
             return self._failed(attrs, f"internal error: {error!r}")
 
@@ -220,6 +246,22 @@ class PolicyEngine:
         """Predict one recipient of ``sender`` with the current state (cached)."""
         return self._cache.entry(sender, recipient).prediction
 
+    def compute(
+        self,
+        state: State,
+        attribution: Attribution,
+        sender: str,
+        recipient: str,
+        final: tuple[str, ...] | None = None,
+    ) -> tuple[RecipientPrediction, bool]:
+        """Predict one recipient from scratch: (prediction, sender accepted or null).
+
+        Touches no cache, so it may run in a worker thread while lookups wait for postmap.
+        Raises ``LookupFailureError`` when an alias or routing table fails.
+        """
+        del attribution  # the predictor memoises each tenant's own attribution
+        return self._cache.compute(state, sender, recipient, final)
+
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
         if instance != session.instance:
@@ -233,7 +275,7 @@ class PolicyEngine:
         if entry is None:
             if (
                 self._in_thread is not None
-                and self.state.aliases.uses_subprocess
+                and self.state.uses_subprocess
                 and not self._cache.knows(sender, recipient)
             ):
                 return self._rcpt_in_thread(attrs, session, sender, recipient)
@@ -243,33 +285,38 @@ class PolicyEngine:
     def _rcpt_in_thread(
         self, attrs: Mapping[str, str], session: Session, sender: str, recipient: str
     ) -> Deferred[str]:
-        """Expand ``recipient`` through postmap in a worker thread, then answer as usual."""
+        """Predict ``recipient`` in a worker thread (its alias expansion or route needs
+        ``postmap -q``), then remember and answer on the reactor as usual."""
         assert self._in_thread is not None
-        aliases = self.state.aliases
+        cache = self._cache
+        state = cache.state
+        attribution = cache.attribution()
 
-        def expanded(final: tuple[str, ...]) -> str:
-            # Reloaded meanwhile: the new tables decide (cached or looked up in place).
-            entry = self._cache.entry(
-                sender, recipient, final if self.state.aliases is aliases else None
-            )
+        def predicted(cached: tuple[RecipientPrediction, bool]) -> str:
+            if cache.state is state:
+                cache.remember(sender, recipient, cached)
+            # Reloaded meanwhile: the new state decides (cached or predicted in place).
+            entry = cache.entry(sender, recipient)
             return self._answer_rcpt(attrs, session, entry)
 
         def failed(failure: Failure) -> str:
             error = failure.value
-            if isinstance(error, AliasLookupError):
-                return self._failed(attrs, f"alias expansion failed: {error}")
+            if isinstance(error, LookupFailureError):
+                return self._failed(attrs, _lookup_problem(error))
             return self._failed(attrs, f"internal error: {error!r}")
 
-        deferred: Deferred[tuple[str, ...]] = self._in_thread(aliases.expand, recipient)
-        return deferred.addCallback(expanded).addErrback(failed)
+        deferred: Deferred[tuple[RecipientPrediction, bool]] = self._in_thread(
+            self.compute, state, attribution, sender, recipient
+        )
+        return deferred.addCallback(predicted).addErrback(failed)
 
     def _answer_rcpt(self, attrs: Mapping[str, str], session: Session, entry: Entry) -> str:
         """Count, remember and log one RCPT prediction; the Postfix action text."""
         stats = self._stats
         stats.predictions[entry.counted] += 1
         if entry.external:
-            stats.external_recipients += entry.external
-            stats.unregistered_sender_relays += entry.unregistered  # the 5.7.750 risk
+            stats.external_recipients[entry.tenant] += entry.external
+            stats.unregistered_sender_relays[entry.tenant] += entry.unregistered  # 5.7.750 risk
         stats.actions[entry.action] += 1
         if entry.in_message:
             session.add(entry)  # part of the message: in the header
@@ -303,14 +350,14 @@ class PolicyEngine:
         return f"PREPEND {policy.header}: {session.tag_value()}"
 
     def _expect_outcomes(self, attrs: Mapping[str, str], session: Session) -> None:
-        """Hand the outcome watcher (SPEC §8) this message's predictions for every address
+        """Hand the outcome watcher (docs/postfix.md) this message's predictions for every address
         Microsoft 365 will see (all but ``local``); its failure is counted, never answered."""
         queue_id = attrs.get("queue_id", "")
         entries = [
-            (address.address, prediction.recipient, address.verdict)
+            (address.address, prediction.recipient, address.reason, address.tenant or "")
             for prediction in session.recipients
             for address in prediction.addresses
-            if address.reason != predict.LOCAL
+            if address.reason != LOCAL
         ]
         if not queue_id or not entries or self.outcomes is None:
             return
@@ -334,14 +381,14 @@ def _logs_predictions(state: State) -> bool:
 
 
 def tag_value(recipients: list[RecipientPrediction]) -> str:
-    """The X-M365-Relay header value for one message's recipients (SPEC §6)."""
+    """The X-M365-Relay header value for one message's recipients (docs/postfix.md)."""
     refused = [p for p in recipients if p.verdict == REJECT]
     if refused:
         first = refused[0]
         verdict, code, reason = REJECT, first.code or "none", first.reason
     else:
         relayed = next((p for p in recipients if p.relayed), recipients[0])
-        verdict, code, reason = predict.ACCEPT, "none", relayed.reason
+        verdict, code, reason = ACCEPT, "none", relayed.reason
     return (
         f"verdict={verdict}; code={code}; reason={reason}; "
         f"refused={len(refused)}; recipients={len(recipients)}"
@@ -350,15 +397,15 @@ def tag_value(recipients: list[RecipientPrediction]) -> str:
 
 def _answer(action: str, prediction: RecipientPrediction, policy: PolicySettings) -> str:
     """The Postfix action text for a recipient the configured ``action`` applies to."""
-    if action == "dunno":
+    if action == ACTION_DUNNO:
         return DUNNO
-    if action == "reroute":
+    if action == ACTION_REROUTE:
         return f"FILTER {policy.reroute}"
     text = reply_text(prediction)
-    if action == "hold":
+    if action == ACTION_HOLD:
         return f"HOLD {text}"
-    code = prediction.code or predict.CODE_5764
-    if action == "defer":
+    code = prediction.code or CODE_5764
+    if action == ACTION_DEFER:
         return f"450 4{code[1:]} {text}"
     return f"550 {code} {text}"
 
@@ -366,8 +413,17 @@ def _answer(action: str, prediction: RecipientPrediction, policy: PolicySettings
 def reply_text(prediction: RecipientPrediction) -> str:
     """One line that names the reason, safe inside an SMTP reply."""
     reason = prediction.reason
-    text = (
-        f"Microsoft 365 would refuse relay to this recipient "
-        f"(reason={reason}: {_SHORT.get(reason, reason)})"
-    )
+    text = f"Microsoft 365 would refuse relay to this recipient (reason={reason}: {_short(reason)})"
     return text.replace("\r", " ").replace("\n", " ")[:REPLY_TEXT_LIMIT]
+
+
+def _lookup_problem(error: LookupFailureError) -> str:
+    """The log line's problem for a failed table: which kind of lookup, and Postfix's words."""
+    kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
+    return f"{kind} failed: {error}"
+
+
+def _short(reason: str) -> str:
+    """The reason's short phrase from ``policyd.rules.reasons``; the id itself if it has none."""
+    words = BY_ID.get(reason)
+    return (words.short if words else "") or reason

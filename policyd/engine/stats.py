@@ -52,17 +52,22 @@ class Stats:
         self.duration_buckets: list[int] = [0] * (len(DURATION_BUCKETS) + 1)  # last is +Inf
         self.duration_sum = 0.0
         self.duration_count = 0
-        self.predictions: defaultdict[tuple[str, str], int] = defaultdict(int)  # (verdict, reason)
+        self.predictions: defaultdict[tuple[str, str, str], int] = defaultdict(
+            int
+        )  # (tenant, verdict, reason)
         self.actions: defaultdict[str, int] = defaultdict(int)
         self.connections = 0  # open now
         self.protocol_errors: defaultdict[str, int] = defaultdict(int)
         self.internal_errors = 0
-        self.external_recipients = 0
-        self.unregistered_sender_relays = 0
+        # by tenant name ("" when not through Microsoft 365)
+        self.external_recipients: defaultdict[str, int] = defaultdict(int)
+        self.unregistered_sender_relays: defaultdict[str, int] = defaultdict(int)
         self.reloads: defaultdict[str, int] = defaultdict(int)  # result: success | failure
         self.last_reload_success = 0.0  # Unix time
-        self.observed_replies: defaultdict[str, int] = defaultdict(int)  # by enhanced code
-        self.prediction_outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # Microsoft 365's replies by (enhanced code, observed kind), and the join of predictions
+        # with them by (predicted kind, observed kind).
+        self.observed_replies: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.prediction_outcomes: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.log_lines_skipped = 0  # outcome watcher: unparseable Postfix log lines
 
     def observe_duration(self, seconds: float) -> None:

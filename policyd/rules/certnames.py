@@ -35,40 +35,73 @@ def _norm(name: str) -> str:
     return normalize_domain(name) if name else ""
 
 
-def connector_name_matches(connector_name: str, cert_name: str) -> bool:
-    """Does a connector's ``TlsSenderCertificateName`` match one certificate name (SPEC §5)?
+#: How a connector's ``TlsSenderCertificateName`` relates to one certificate name.
+NO_MATCH = "no"
+MATCH = "yes"
+APEX = "apex"  # connector *.contoso.com, certificate name contoso.com: an assumption decides
 
-    - Connector ``*.contoso.com``: matches ``contoso.com`` and every name under it, at any
-      depth, including certificate wildcard names (``*.contoso.com``, ``*.eu.contoso.com``).
-    - Connector without ``*``: matches that exact name, or a certificate wildcard name that
-      covers it (certificate ``*.contoso.com`` covers ``mail.contoso.com``, not
-      ``contoso.com`` and not ``a.b.contoso.com``: a wildcard stands for exactly one label).
+
+def name_match(connector_name: str, cert_name: str) -> str:
+    """How a connector's ``TlsSenderCertificateName`` matches one certificate name.
+
+    - Connector ``*.contoso.com``: ``MATCH`` for every name under contoso.com, at any depth,
+      including certificate wildcard names (``*.contoso.com``, ``*.eu.contoso.com``); ``APEX``
+      for ``contoso.com`` itself, which matches only under the assumption
+      ``wildcard_connector_covers_apex`` (New-InboundConnector says no more than "a domain and
+      all subdomains").
+    - Connector without ``*``: ``MATCH`` for that exact name, or a certificate wildcard name that
+      covers it (certificate ``*.contoso.com`` covers ``mail.contoso.com``, not ``contoso.com``
+      and not ``a.b.contoso.com``: a wildcard stands for exactly one label).
     - A ``*`` anywhere else in the connector name ("no embedded wildcards" per the
       New-InboundConnector docs) never matches.
 
-    Uncertain: Microsoft documents ``*.contoso.com`` only as "a domain and all subdomains" and
-    does not say whether the apex or several labels match, nor how a wildcard certificate name
-    is compared with an exact connector name; SPEC §5 decides as above (see
-    ``shared/reference/m365-relay-rules.md`` §2 and "Open questions"). Comparison is
-    case-insensitive, ignores a trailing dot and uses the ASCII form of IDNs.
+    Comparison is case-insensitive, ignores a trailing dot and uses the ASCII form of IDNs.
+    Sources: ``docs/relay-rules.md`` (certificate names).
     """
     connector = _norm(connector_name)
     cert = _norm(cert_name)
     if not connector or not cert:
-        return False
+        return NO_MATCH
     if connector.startswith("*."):
         base = connector[2:]
         if not base or "*" in base:
-            return False
-        return cert == base or cert.endswith("." + base)
+            return NO_MATCH
+        if cert == base:
+            return APEX
+        return MATCH if cert.endswith("." + base) else NO_MATCH
     if "*" in connector:
-        return False
+        return NO_MATCH
     if cert == connector:
-        return True
+        return MATCH
     if cert.startswith("*."):
         covered = cert[2:]
         if not covered or "*" in covered:
-            return False
+            return NO_MATCH
         label, dot, rest = connector.partition(".")
-        return bool(label) and bool(dot) and rest == covered
-    return False
+        return MATCH if bool(label) and bool(dot) and rest == covered else NO_MATCH
+    return NO_MATCH
+
+
+def connector_name_matches(
+    connector_name: str, cert_name: str, *, covers_apex: bool = True
+) -> bool:
+    """Does a connector's ``TlsSenderCertificateName`` match one certificate name?
+
+    ``name_match`` gives the rule; ``covers_apex`` is the setting of the assumption
+    ``wildcard_connector_covers_apex`` (its default: true).
+    """
+    kind = name_match(connector_name, cert_name)
+    return kind == MATCH or (kind == APEX and covers_apex)
+
+
+def counted_names(facts: CertificateFacts, san_names_count: bool = True) -> tuple[str, ...]:
+    """The certificate names Microsoft 365 compares: CN and SAN DNS names, or (with the
+    assumption ``san_names_count`` off) the subject CN only."""
+    if san_names_count:
+        return facts.names
+    return (facts.common_name,) if facts.common_name else ()
+
+
+def san_only(facts: CertificateFacts, name: str) -> bool:
+    """True when ``name`` counts only because SAN names count (it is not the subject CN)."""
+    return name != facts.common_name

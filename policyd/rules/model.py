@@ -8,12 +8,16 @@ and ``config`` produce these objects, and ``predict`` consumes them.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+from policyd.rules.assumptions import DEFAULT, Assumptions
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: Connector types as Exchange Online names them. Only ``OnPremises`` grants relay.
+#: Connector types as Exchange Online names them. Only ``OnPremises`` grants relay; a
+#: ``Partner`` connector can restrict mail into the tenant (5.7.51) and authenticate it against
+#: RejectDirectSend.
 ON_PREMISES = "OnPremises"
 PARTNER = "Partner"
 
@@ -77,13 +81,52 @@ class InboundConnector:
     enabled: bool = True
     sender_ip_addresses: tuple[ipaddress.IPv4Network, ...] = ()
     tls_sender_certificate_name: str = ""  # normalised; "" when the connector is IP-based
-    sender_domains: tuple[str, ...] = ()  # Partner-only per the docs; kept for doctor
+    #: ``SenderDomains`` (Partner only): normalised address-space domains, ``*`` = every sender,
+    #: ``*.contoso.com`` = contoso.com and every domain under it.
+    sender_domains: tuple[str, ...] = ()
+    #: Partner only: mail from the sender domains above must come from ``SenderIPAddresses`` /
+    #: present a certificate ``TlsSenderCertificateName`` matches, else 550 5.7.51.
+    restrict_domains_to_ip_addresses: bool = False
+    restrict_domains_to_certificate: bool = False
     source: str = "inline"
 
     @property
     def grants_relay(self) -> bool:
         """Only an enabled OnPremises connector can attribute relayed mail to the tenant."""
         return self.enabled and self.connector_type == ON_PREMISES
+
+    @property
+    def is_partner(self) -> bool:
+        """An enabled Partner connector (disabled connectors never match)."""
+        return self.enabled and self.connector_type == PARTNER
+
+    @property
+    def restricts(self) -> bool:
+        """An enabled Partner connector with ``RestrictDomainsToIPAddresses`` or
+        ``RestrictDomainsToCertificate`` (both apply to Partner connectors only)."""
+        return self.is_partner and (
+            self.restrict_domains_to_ip_addresses or self.restrict_domains_to_certificate
+        )
+
+    def covers_sender(self, domain: str) -> bool:
+        """Does ``SenderDomains`` cover the P1 sender ``domain`` ("" = the null sender)?
+
+        ``*`` covers every sender, the null sender included; ``*.contoso.com`` covers
+        contoso.com and every domain under it; another entry covers exactly its domain. An
+        empty ``SenderDomains`` (not exported) covers nothing: under doubt, no 5.7.51.
+        """
+        for entry in self.sender_domains:
+            if entry == "*":
+                return True
+            if not domain:
+                continue
+            if entry.startswith("*."):
+                base = entry[2:]
+                if domain == base or domain.endswith("." + base):
+                    return True
+            elif domain == entry:
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +136,12 @@ class Tenant:
     accepted_domains: tuple[AcceptedDomain, ...] = ()
     connectors: tuple[InboundConnector, ...] = ()
     reject_direct_send: bool = False
+    #: How Exchange Online decides where Microsoft's texts disagree (``[assumptions]``).
+    assumptions: Assumptions = DEFAULT
     # Derived lookup tables, filled by __post_init__ (not part of equality).
     _exact: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     _with_subdomains: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    _flips: dict[str, Tenant] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_exact", frozenset(d.domain for d in self.accepted_domains))
@@ -104,17 +150,14 @@ class Tenant:
             "_with_subdomains",
             tuple(d.domain for d in self.accepted_domains if d.match_subdomains),
         )
+        object.__setattr__(self, "_flips", {})
 
     def accepted_domain_for(self, domain: str) -> str | None:
-        """Return the accepted domain that covers ``domain`` (normalised), or None.
+        """Return the accepted domain that covers the recipient ``domain`` (normalised), or None.
 
         A domain is covered by an exact accepted domain, or by a parent accepted domain that
-        has ``MatchSubDomains``.
-
-        Uncertain: Microsoft documents MatchSubDomains for sending and receiving on subdomains
-        (InternalRelay domains); whether it also satisfies the relay rule's sender and
-        certificate domains is not documented (reference/m365-relay-rules.md, open questions).
-        We apply it everywhere the spec says "accepted domain".
+        has ``MatchSubDomains`` (documented for receiving on subdomains). For senders and
+        certificate names use ``domain_for_sender``: there, MatchSubDomains is an assumption.
         """
         if domain in self._exact:
             return domain
@@ -124,8 +167,35 @@ class Tenant:
         return None
 
     def accepts(self, domain: str) -> bool:
-        """True when ``domain`` (normalised) is an accepted domain of the tenant."""
+        """True when the recipient ``domain`` (normalised) is an accepted domain of the tenant."""
         return self.accepted_domain_for(domain) is not None
+
+    def domain_for_sender(self, domain: str) -> tuple[str, bool]:
+        """(accepted domain, doubtful) for a sender or certificate-name ``domain``.
+
+        An exact accepted domain is certain. A parent with ``MatchSubDomains`` counts only under
+        the assumption ``match_subdomains_covers_senders``; ``doubtful`` is True whenever such a
+        parent is what decides, whatever the setting (the accepted domain is "" when it is off).
+        """
+        if domain in self._exact:
+            return domain, False
+        for parent in self._with_subdomains:
+            if domain.endswith("." + parent):
+                return (parent if self.assumptions.match_subdomains_covers_senders else ""), True
+        return "", False
+
+    def flipped(self, key: str) -> Tenant:
+        """The same tenant with the assumption ``key`` set the other way (memoised)."""
+        other = self._flips.get(key)
+        if other is None:
+            other = replace(self, assumptions=self.assumptions.flipped(key))
+            self._flips[key] = other
+        return other
+
+    @property
+    def partner_connectors(self) -> tuple[InboundConnector, ...]:
+        """The enabled Partner connectors."""
+        return tuple(c for c in self.connectors if c.is_partner)
 
     @property
     def relay_connectors(self) -> tuple[InboundConnector, ...]:
@@ -177,3 +247,27 @@ class OnPrem:
     certificate: CertificateFacts | None = None  # None when no certificate is configured
     srs_domain: str = ""  # normalised; "" when no SRS rewriting happens
     local_domains: frozenset[str] = frozenset()
+    #: Why no certificate is presented when ``certificate`` is None ("" = none configured).
+    certificate_absent: str = ""
+
+
+#: The name of the tenant a single ``[tenant]`` table describes (metrics, logs, the header).
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTenant:
+    """One tenant of the configuration with what routes mail to it (the README, §5.2)."""
+
+    name: str  # DEFAULT_TENANT for a single [tenant]; the NAME of [tenants.NAME]
+    tenant: Tenant
+    endpoints: tuple[str, ...] = ()  # next-hop host globs that reach it (with [postfix])
+    sender_domains: frozenset[str] = frozenset()  # P1 sender domains routed to it (without)
+    certificate: CertificateFacts | None = None  # what Postfix presents to it (without [postfix])
+    certificate_path: str = ""  # "" = onprem.certificate applies
+    default: bool = False  # takes the mail no other tenant claims
+
+    @property
+    def claims_nothing(self) -> bool:
+        """Neither endpoints nor sender domains: a default by elimination."""
+        return not self.endpoints and not self.sender_domains

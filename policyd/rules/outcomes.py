@@ -3,8 +3,12 @@
 ``parse_delivery`` reads one Postfix log line and returns a ``Delivery`` for an smtp/lmtp
 delivery attempt, ``None`` for any other line, or ``UNPARSEABLE`` for a line that starts like a
 delivery line but does not parse. ``relay_matcher`` tells whether a delivery went to a
-Microsoft 365 relay. The join with predictions is ``policyd.engine.outcomes``; following the
-log is ``policyd.daemon.followers``.
+Microsoft 365 relay. ``microsoft_reply`` finds the reply Microsoft 365 gave in a delivery line
+(``None`` when Postfix failed on its own: no connection, lost connection, its own TLS
+failure), and ``classify_reply`` turns a reply's text into an **observed kind**, the
+vocabulary predictions are compared in. The join with predictions is
+``policyd.engine.outcomes``; following the log is ``policyd.daemon.followers``; ``replay`` and
+``probe`` classify with the same functions.
 
 Address-verification probes (``status=deliverable`` / ``undeliverable``) are not deliveries.
 """
@@ -16,6 +20,31 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
+
+# --- kinds (docs/postfix.md) ---------------------------------------------------------------
+
+#: Observed kinds: what Microsoft 365's reply says, classified by its text. The first five are
+#: also the predicted kinds (``policyd.rules.reasons`` gives each reason its kind).
+ACCEPTED = "accepted"  # 2.x.x
+NO_CONNECTOR = "no-connector"  # 5.7.64 TenantAttribution
+ATTR36 = "attr36"  # 5.7.64 ... ATTR36
+DIRECT_SEND = "direct-send"  # 5.7.68
+PARTNER_RESTRICTED = "partner-restricted"  # 5.7.51
+WRONG_REGION = "wrong-region"  # 4.4.62 ... ATTR35
+UNREGISTERED_DOMAIN = "unregistered-domain"  # 5.7.750
+TLS = "tls"  # 454, or 4.7.0 naming TLS or the certificate
+OTHER = "other"  # anything else Microsoft 365 answered
+
+#: Every kind a prediction can have, in the order of docs/postfix.md.
+PREDICTED_KINDS: tuple[str, ...] = (ACCEPTED, NO_CONNECTOR, ATTR36, DIRECT_SEND, PARTNER_RESTRICTED)
+#: Every kind an observed reply can have.
+OBSERVED_KINDS: tuple[str, ...] = (
+    *PREDICTED_KINDS,
+    WRONG_REGION,
+    UNREGISTERED_DOMAIN,
+    TLS,
+    OTHER,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +60,7 @@ class Delivery:
     relay_address: str  # "address" inside the brackets, "" without
     dsn: str  # the enhanced status code: "2.6.0", "5.7.64", "4.4.62"
     status: str  # sent, deferred, bounced, ...
+    detail: str = ""  # the text in parentheses after the status, "" when Postfix wrote none
 
 
 class Unparseable:
@@ -60,6 +90,7 @@ _DELIVERY_REST = re.compile(
     r"(?:, [a-z_]+=[^\s,]*)*?"  # conn_use=, delay=, delays=
     r", dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3})"
     r", status=(?P<status>[A-Za-z]+)(?:\s|$)"
+    r"(?:\((?P<detail>.*)\)\s*$)?"
 )
 
 
@@ -91,6 +122,7 @@ def parse_delivery(line: str) -> Delivery | Unparseable | None:
         relay_address=parts.group("address") or "",
         dsn=rest.group("dsn"),
         status=rest.group("status").lower(),
+        detail=rest.group("detail") or "",
     )
 
 
@@ -108,3 +140,78 @@ def relay_matcher(patterns: Iterable[str]) -> Callable[[Delivery], bool]:
         return False
 
     return matches
+
+
+# --- what Microsoft 365 answered ------------------------------------------------------------
+
+# Where Postfix quotes the remote server in a delivery line's detail (smtp(8) and lmtp(8)):
+# "host H[A] said: 550 ... (in reply to RCPT TO command)", "host H[A] refused to talk to me:
+# 421 ...", "TLS is required, but host H[A] refused to start TLS: 454 ...".
+_QUOTED_REPLY = re.compile(
+    r"(?:\bsaid|\brefused to talk to me|\brefused to start TLS): (?P<reply>[2-5]\d\d[ -].*?)"
+    r"(?: \(in reply to [^()]*\))?$"
+)
+_SENT_REPLY = re.compile(r"^[2]\d\d[ -]")
+_ENHANCED = re.compile(r"(?<![\d.])(?P<code>[245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def microsoft_reply(delivery: Delivery) -> str | None:
+    """The reply the remote server (Microsoft 365) gave in this attempt, or None.
+
+    None means Postfix's own failure, which is no reply of Microsoft's: ``relay=none`` (no
+    connection, DNS), a lost connection or a timeout, or Postfix's own TLS decision ("Cannot
+    start TLS", "TLS is required, but was not offered"). A delivered message (``status=sent``)
+    gives the final ``250`` reply Postfix quotes.
+    """
+    if delivery.relay in ("none", "") or not delivery.detail:
+        return None
+    detail = delivery.detail
+    quoted = _QUOTED_REPLY.search(detail)
+    if quoted is not None:
+        return quoted.group("reply")
+    if delivery.status == "sent" and _SENT_REPLY.match(detail):
+        return detail
+    return None
+
+
+def classify_reply(reply: str, dsn: str = "") -> str:
+    """The observed kind of one Microsoft 365 reply (docs/postfix.md), from its text.
+
+    ``reply`` is the SMTP reply as Postfix quotes it (``550 5.7.64 ... ATTR36 [AM0PEPF...]``);
+    ``dsn`` is the enhanced code Postfix logged, used when the text carries none.
+    5.7.64 is told apart by its words: ``TenantAttribution`` (no connector matched) and
+    ``ATTR36`` (a connector matched, but neither domain is accepted); a 5.7.64 with neither word
+    is ``other``, as is any reply this vocabulary has no kind for.
+    """
+    text = reply.strip()
+    upper = text.upper()
+    basic = text[:3]
+    found = _ENHANCED.search(text)
+    code = found.group("code") if found is not None else dsn
+    if basic.startswith("2") or code.startswith("2."):
+        return ACCEPTED
+    if code == "5.7.64":
+        if "ATTR36" in upper:
+            return ATTR36
+        if "TENANTATTRIBUTION" in upper:
+            return NO_CONNECTOR
+        return OTHER
+    if code == "5.7.68":
+        return DIRECT_SEND
+    if code == "5.7.51":
+        return PARTNER_RESTRICTED
+    if code == "4.4.62" or "ATTR35" in upper:
+        return WRONG_REGION
+    if code == "5.7.750":
+        return UNREGISTERED_DOMAIN
+    if basic == "454" or (code == "4.7.0" and ("TLS" in upper or "CERTIFICATE" in upper)):
+        return TLS
+    return OTHER
+
+
+def observed_kind(delivery: Delivery) -> str | None:
+    """The observed kind of a delivery attempt; None when it holds no reply of Microsoft's."""
+    reply = microsoft_reply(delivery)
+    if reply is None:
+        return None
+    return classify_reply(reply, delivery.dsn)

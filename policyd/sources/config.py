@@ -1,10 +1,15 @@
-"""The configuration file (TOML, SPEC §4) as one frozen, validated ``Config``.
+"""The configuration file (TOML, the README) as one frozen, validated object.
 
-``load_config`` reads the file, checks every section and key, fills the rest from
-``policyd.defaults``, reads the tenant exports and the certificate, and returns plain frozen
-data. Nothing is half-applied: any problem raises ``ConfigError(file, "section.key", fix)``,
-whose one-line text names the file, the key, what is wrong and what to write instead; the
-command line turns it into exit status 78 and a reload keeps the previous ``Config``.
+``read_config_file`` reads the file and checks it against ``policyd.sources.schema``: every
+section and key must be declared there, each value must have the key's TOML type and pass the
+check the key names, and a key left out takes the schema's default. Nothing is half-applied:
+any problem raises ``ConfigError(file, "section.key", fix)``, whose one-line text names the
+file, the key, what is wrong and what to write instead; the command line turns it into exit
+status 78 and a reload keeps the previous state.
+
+The result, ``ConfigFile``, holds what the file itself says. The files it names (Exchange
+exports, the certificate, alias tables) are read in one place, ``policyd.sources.state``, which
+turns a ``ConfigFile`` into the ``Config`` and ``State`` the rest of the daemon reads.
 
 Relative paths (export files, certificate, CA bundle, file-based alias maps, the Postfix log)
 are taken relative to the directory of the configuration file, so a configuration directory
@@ -14,156 +19,37 @@ can be moved or tested as a whole.
 from __future__ import annotations
 
 import difflib
+import glob
 import ipaddress
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from policyd import defaults
+from policyd.constants import ACTION_REROUTE, ACTIONS
 from policyd.errors import ConfigError
+from policyd.rules.assumptions import Assumptions
 from policyd.rules.model import (
-    ON_PREMISES,
-    PARTNER,
+    DEFAULT_TENANT,
     AcceptedDomain,
     InboundConnector,
-    IPAddress,
+    NamedTenant,
     OnPrem,
     Tenant,
 )
-from policyd.sources.exports import (
-    address_space_domain,
-    certificate_name,
-    domain_name,
-    load_accepted_domains,
-    load_inbound_connectors,
-    sender_ip_networks,
-)
-from policyd.sources.pem import read_certificate
-
-#: Sections and their keys; anything else in the file is an error naming the allowed keys.
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": (
-        "listen",
-        "metrics",
-        "idle_timeout",
-        "max_connections",
-        "max_request_bytes",
-        "reload_interval",
-    ),
-    "tenant": (
-        "accepted_domains",
-        "accepted_domains_file",
-        "inbound_connectors_file",
-        "reject_direct_send",
-        "inbound_connector",
-    ),
-    "onprem": (
-        "egress_addresses",
-        "certificate",
-        "ca_bundle",
-        "srs_domain",
-        "local_domains",
-        "alias_maps",
-        "recipient_delimiter",
-    ),
-    "policy": ("action", "reroute", "tag", "header", "on_error", "by_reason"),
-    "log": ("format", "level"),
-    "outcomes": ("postfix_log", "relay_hosts"),
-}
-#: Keys of one ``[[tenant.inbound_connector]]`` (the export's fields in snake_case).
-CONNECTOR_KEYS = (
-    "name",
-    "connector_type",
-    "enabled",
-    "sender_ip_addresses",
-    "tls_sender_certificate_name",
-    "sender_domains",
-)
-#: Keys of an inline table in ``tenant.accepted_domains``.
-ACCEPTED_DOMAIN_KEYS = ("domain", "match_subdomains")
-
-ACTIONS = ("dunno", "defer", "reject", "hold", "reroute")
-ON_ERROR_ACTIONS = ("dunno", "warn")
-#: The refusing reason ids of SPEC §5 (``predict.REFUSE_REASONS``; a test keeps them equal).
-REFUSING_REASONS = (
-    "no-connector",
-    "null-sender",
-    "forwarded",
-    "sender-not-accepted",
-    "direct-send-rejected",
-)
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warn", "error")
-#: Twisted endpoint types a Postfix policy service or the metrics page can listen on.
-ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd", "ssl")
-#: Postfix lookup table types whose argument is a file (resolved like other paths).
-FILE_TABLE_TYPES = (
-    "btree",
-    "cdb",
-    "cidr",
-    "dbm",
-    "hash",
-    "lmdb",
-    "pcre",
-    "regexp",
-    "sdbm",
-    "texthash",
-)
-
-#: What to write instead, per key, in wrong-type messages.
-EXAMPLES: dict[str, str] = {
-    "server.listen": 'listen = ["tcp:10040:interface=127.0.0.1"]',
-    "server.metrics": 'metrics = "tcp:9464:interface=127.0.0.1"',
-    "server.idle_timeout": "idle_timeout = 3600",
-    "server.max_connections": "max_connections = 4096",
-    "server.max_request_bytes": "max_request_bytes = 65536",
-    "server.reload_interval": "reload_interval = 30",
-    "tenant.accepted_domains": 'accepted_domains = ["contoso.com"]',
-    "tenant.accepted_domains_file": 'accepted_domains_file = "accepted-domains.json"',
-    "tenant.inbound_connectors_file": 'inbound_connectors_file = "inbound-connectors.json"',
-    "tenant.reject_direct_send": "reject_direct_send = false",
-    "tenant.inbound_connector": '[[tenant.inbound_connector]] with name = "From on-premises"',
-    "inbound_connector.name": 'name = "From on-premises"',
-    "inbound_connector.connector_type": 'connector_type = "OnPremises"',
-    "inbound_connector.enabled": "enabled = true",
-    "inbound_connector.sender_ip_addresses": 'sender_ip_addresses = ["203.0.113.10/32"]',
-    "inbound_connector.tls_sender_certificate_name": (
-        'tls_sender_certificate_name = "*.contoso.com"'
-    ),
-    "inbound_connector.sender_domains": 'sender_domains = ["smtp:*;1"]',
-    "accepted_domain.domain": 'domain = "contoso.com"',
-    "accepted_domain.match_subdomains": "match_subdomains = true",
-    "onprem.egress_addresses": 'egress_addresses = ["203.0.113.10"]',
-    "onprem.certificate": 'certificate = "/etc/postfix/certs/mail.contoso.com.pem"',
-    "onprem.ca_bundle": 'ca_bundle = "/etc/ssl/certs/ca-certificates.crt"',
-    "onprem.srs_domain": 'srs_domain = "srs.contoso.com"',
-    "onprem.local_domains": 'local_domains = ["lists.contoso.com"]',
-    "onprem.alias_maps": 'alias_maps = ["texthash:/etc/postfix/virtual"]',
-    "onprem.recipient_delimiter": 'recipient_delimiter = "+"',
-    "policy.action": 'action = "defer"',
-    "policy.reroute": 'reroute = "smtp:[relay2.example.net]:587"',
-    "policy.tag": "tag = true",
-    "policy.header": 'header = "X-M365-Relay"',
-    "policy.on_error": 'on_error = "dunno"',
-    "policy.by_reason": '[policy.by_reason] with null-sender = "defer"',
-    "policy.by_reason.*": 'null-sender = "defer"',
-    "log.format": 'format = "text"',
-    "log.level": 'level = "info"',
-    "outcomes.postfix_log": 'postfix_log = "/var/log/mail.log"',
-    "outcomes.relay_hosts": 'relay_hosts = ["*.mail.protection.outlook.com"]',
-}
+from policyd.rules.reasons import REFUSE_REASONS
+from policyd.sources import schema
+from policyd.sources.exports import domain_name, sender_ip_networks
+from policyd.sources.schema import Key
+from policyd.sources.validators import FILE_TABLE_TYPES, choices_text
 
 _T = TypeVar("_T")
 
-#: ``[outcomes] relay_hosts`` default: the relays that are Microsoft 365 (SPEC §8).
-_RELAY_PATTERN = re.compile(r"^[A-Za-z0-9*?!._:-]+$")  # a host name or address glob, no brackets
+#: A tenant NAME: it becomes a Prometheus label value and a log field.
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 field-name: ftext, no colon
-_REROUTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*:\S+$")  # Postfix FILTER transport:nexthop
 _TOML_POSITION = re.compile(
     r"\s*\(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)\s*$"
 )
@@ -176,23 +62,23 @@ _TOML_POSITION = re.compile(
 class ServerSettings:
     """``[server]``: where to listen and the per-connection limits."""
 
-    listen: tuple[str, ...] = defaults.LISTEN
-    metrics: str = defaults.METRICS
-    idle_timeout: float = defaults.IDLE_TIMEOUT
-    max_connections: int = defaults.MAX_CONNECTIONS
-    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
-    reload_interval: float = defaults.RELOAD_INTERVAL
+    listen: tuple[str, ...] = schema.LISTEN.default
+    metrics: str = schema.METRICS.default
+    idle_timeout: float = schema.IDLE_TIMEOUT.default
+    max_connections: int = schema.MAX_CONNECTIONS.default
+    max_request_bytes: int = schema.MAX_REQUEST_BYTES.default
+    reload_interval: float = schema.RELOAD_INTERVAL.default
 
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
     """``[policy]``: what to answer for a recipient predicted to be refused."""
 
-    action: str = defaults.ACTION
-    reroute: str = defaults.REROUTE
-    tag: bool = defaults.TAG
-    header: str = defaults.HEADER
-    on_error: str = defaults.ON_ERROR
+    action: str = schema.ACTION.default
+    reroute: str = schema.REROUTE.default
+    tag: bool = schema.TAG.default
+    header: str = schema.HEADER.default
+    on_error: str = schema.ON_ERROR.default
     by_reason: tuple[tuple[str, str], ...] = ()
 
     def action_for(self, reason: str) -> str:
@@ -207,22 +93,33 @@ class PolicySettings:
 class LogSettings:
     """``[log]``: one line per prediction on stdout."""
 
-    format: str = defaults.LOG_FORMAT
-    level: str = defaults.LOG_LEVEL
+    format: str = schema.LOG_FORMAT.default
+    level: str = schema.LOG_LEVEL.default
 
 
 @dataclass(frozen=True, slots=True)
 class OutcomeSettings:
-    """``[outcomes]`` (SPEC §8): the Postfix log to follow ("" = off, "journal" = journald) and
-    the relays whose replies count (globs against the relay's host name and bracketed address)."""
+    """``[outcomes]`` (docs/postfix.md): the Postfix log to follow ("" = off, "journal" =
+    journald) and the relays whose replies count (globs against the relay's host name and
+    bracketed address)."""
 
-    postfix_log: str = defaults.POSTFIX_LOG
-    relay_hosts: tuple[str, ...] = defaults.RELAY_HOSTS
+    postfix_log: str = schema.POSTFIX_LOG.default
+    relay_hosts: tuple[str, ...] = schema.RELAY_HOSTS.default
+
+
+@dataclass(frozen=True, slots=True)
+class PostfixSettings:
+    """``[postfix]`` (docs/postfix.md): read the relay picture from Postfix itself."""
+
+    config_directory: str = ""  # absolute; "" = off: the [onprem] keys describe Postfix
+    postsrsd_config: str = ""  # absolute; "" = postsrsd's usual places
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """One generation of configuration: built whole by ``load_config``, swapped whole on reload."""
+    """One generation of configuration: built whole by ``policyd.sources.state.load_config``,
+    swapped whole on reload. ``tenant`` and ``onprem`` include what the exports and the
+    certificate file say."""
 
     path: str  # absolute path of the configuration file
     server: ServerSettings
@@ -236,24 +133,93 @@ class Config:
     ca_bundle: str  # absolute, "" = the system's trusted roots
     input_files: tuple[str, ...]  # what a reload watches: this file, exports, certificate, CA
     recipient_delimiter: str = ""  # Postfix's recipient_delimiter, for address extensions
+    postfix: PostfixSettings = PostfixSettings()
+    #: The [onprem] keys the file sets: with [postfix], these win over what Postfix says.
+    onprem_keys: frozenset[str] = frozenset()
+    #: ``[tenant] endpoints``: next-hop host globs that reach the tenant besides Microsoft
+    #: 365's own names (policyd.rules.endpoints).
+    tenant_endpoints: tuple[str, ...] = ()
+    #: Every tenant, exports and certificates read: one named "default" for a single
+    #: [tenant]; ``tenant`` above is the default one (or the first).
+    tenants: tuple[NamedTenant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantFile:
+    """One tenant as the configuration declares it; its export files are not read yet."""
+
+    name: str
+    tenant: Tenant  # inline accepted domains and connectors only
+    accepted_domains_file: str  # absolute; "" = none
+    inbound_connectors_file: str
+    endpoints: tuple[str, ...]
+    sender_domains: tuple[str, ...]
+    certificate_path: str  # absolute; "" = onprem.certificate
+    default: bool
+    file: str  # the configuration file that declares it
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """What the configuration file itself says, validated; the files it names are not read yet.
+
+    Paths are absolute ("" = not configured). ``tenant`` holds the inline accepted domains and
+    connectors only, and ``onprem.certificate`` is None until the certificate is read.
+    """
+
+    path: str
+    server: ServerSettings
+    tenant: Tenant
+    accepted_domains_file: str
+    inbound_connectors_file: str
+    onprem: OnPrem
+    certificate_path: str
+    ca_bundle: str
+    alias_maps: tuple[str, ...]
+    recipient_delimiter: str
+    policy: PolicySettings
+    log: LogSettings
+    outcomes: OutcomeSettings
+    postfix: PostfixSettings = PostfixSettings()
+    onprem_keys: frozenset[str] = frozenset()
+    tenant_endpoints: tuple[str, ...] = ()
+    #: Every tenant: one named "default" for a single [tenant], else the [tenants.NAME] tables.
+    tenants: tuple[TenantFile, ...] = ()
+    #: Included files and the directories their globs look in (watched for reloads).
+    included: tuple[str, ...] = ()
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
-    """``$M365_POLICYD_CONFIG`` when set and not empty, else the system path (SPEC §3)."""
-    return environ.get(defaults.CONFIG_ENV) or defaults.CONFIG_PATH
-
-
-# --- loading -------------------------------------------------------------------------------------
+    """``$M365_POLICYD_CONFIG`` when set and not empty, else the system path (the README)."""
+    return environ.get(schema.CONFIG_ENV) or schema.CONFIG_PATH
 
 
 def load_config(path: str) -> Config:
-    """Read, validate and assemble the configuration at ``path``; raises ``ConfigError``."""
+    """The configuration and the files it names: ``policyd.sources.state.load_config``.
+
+    Kept here for callers that import it from this module; new code imports ``state``.
+    """
+    from policyd.sources.state import load_config as load  # state imports this module
+
+    return load(path)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def read_config_file(path: str) -> ConfigFile:
+    """Read and validate the configuration file at ``path``; raises ``ConfigError``."""
     document = _read_toml(path)
     base = os.path.dirname(os.path.abspath(path))
+    includes = _Table(
+        path, "", {"include": document.pop("include")} if "include" in document else {}
+    )
     tables: dict[str, dict[str, object]] = {}
     for name, value in document.items():
-        if name not in SECTIONS:
-            raise ConfigError(path, name, _unknown("section", name, SECTIONS, "allowed sections"))
+        if name not in schema.SECTIONS:
+            raise ConfigError(
+                path, name, _unknown("section", name, schema.SECTIONS, "allowed sections")
+            )
         if not isinstance(value, dict):
             raise ConfigError(
                 path,
@@ -262,85 +228,224 @@ def load_config(path: str) -> Config:
                 f"put its keys under a [{name}] line",
             )
         tables[name] = value
-    sections = {name: _Table(path, name, tables.get(name, {})) for name in SECTIONS}
-    for name, table in sections.items():
-        table.reject_unknown(SECTIONS[name], f"allowed keys in [{name}]")
-
-    server = _server(sections["server"])
-    policy = _policy(sections["policy"])
-    log = _log(sections["log"])
+    sections: dict[str, _Table] = {}
+    for name in schema.SECTIONS:
+        if name == "tenants":
+            continue
+        table = _Table(path, name, tables.get(name, {}))
+        table.reject_unknown(schema.keys_of(name), f"allowed keys in [{name}]")
+        sections[name] = table
 
     def resolve(value: str) -> str:
         return os.path.normpath(os.path.join(base, value)) if value else ""
 
-    tenant_table = sections["tenant"]
-    accepted = list(_inline_accepted_domains(tenant_table))
-    connectors = list(_inline_connectors(tenant_table))
-    accepted_file = resolve(
-        tenant_table.string("accepted_domains_file", defaults.ACCEPTED_DOMAINS_FILE)
+    # Checked section by section, in the schema's order, so the first error is the first one.
+    server = _server(sections["server"])
+    tenant = sections["tenant"]
+    inline = Tenant(
+        accepted_domains=_inline_accepted_domains(tenant),
+        connectors=_inline_connectors(tenant),
+        reject_direct_send=tenant.get(schema.REJECT_DIRECT_SEND),
+        assumptions=_assumptions(sections["assumptions"]),
     )
-    connectors_file = resolve(
-        tenant_table.string("inbound_connectors_file", defaults.INBOUND_CONNECTORS_FILE)
+    accepted_domains_file = resolve(tenant.get(schema.ACCEPTED_DOMAINS_FILE))
+    inbound_connectors_file = resolve(tenant.get(schema.INBOUND_CONNECTORS_FILE))
+    onprem = sections["onprem"]
+    egress = onprem.get(schema.EGRESS_ADDRESSES)
+    certificate_path = resolve(onprem.get(schema.CERTIFICATE))
+    ca_bundle = resolve(onprem.get(schema.CA_BUNDLE))
+    srs_domain = onprem.get(schema.SRS_DOMAIN)
+    local_domains = onprem.get(schema.LOCAL_DOMAINS)
+    alias_maps = onprem.get(schema.ALIAS_MAPS)
+    delimiter = onprem.get(schema.RECIPIENT_DELIMITER)
+    policy = _policy(sections["policy"])
+    log = LogSettings(
+        format=sections["log"].get(schema.LOG_FORMAT),
+        level=sections["log"].get(schema.LOG_LEVEL),
     )
-    if accepted_file:
-        accepted.extend(load_accepted_domains(accepted_file))
-    if connectors_file:
-        connectors.extend(load_inbound_connectors(connectors_file))
-    tenant = Tenant(
-        accepted_domains=tuple(accepted),
-        connectors=tuple(connectors),
-        reject_direct_send=tenant_table.boolean("reject_direct_send", defaults.REJECT_DIRECT_SEND),
+    tenant_endpoints = tenant.get(schema.TENANT_ENDPOINTS)
+    postfix_section = sections["postfix"]
+    postfix = PostfixSettings(
+        config_directory=resolve(postfix_section.get(schema.CONFIG_DIRECTORY)),
+        postsrsd_config=resolve(postfix_section.get(schema.POSTSRSD_CONFIG)),
     )
-
-    onprem_table = sections["onprem"]
-    certificate_path = resolve(onprem_table.string("certificate", defaults.CERTIFICATE))
-    ca_bundle = resolve(onprem_table.string("ca_bundle", defaults.CA_BUNDLE))
-    certificate = (
-        read_certificate(certificate_path, ca_bundle=ca_bundle) if certificate_path else None
-    )
-    srs_domain = onprem_table.string("srs_domain", defaults.SRS_DOMAIN)
-    onprem = OnPrem(
-        egress_addresses=_egress_addresses(onprem_table),
-        certificate=certificate,
-        srs_domain=onprem_table.domain("srs_domain", srs_domain) if srs_domain else "",
-        local_domains=frozenset(
-            onprem_table.domain("local_domains", item)
-            for item in onprem_table.strings("local_domains", defaults.LOCAL_DOMAINS)
-        ),
-    )
-    alias_maps = tuple(
-        _alias_map(onprem_table, spec, resolve)
-        for spec in onprem_table.strings("alias_maps", defaults.ALIAS_MAPS)
-    )
-    delimiter = onprem_table.string("recipient_delimiter", defaults.RECIPIENT_DELIMITER)
-    if any(c.isspace() or c in '@"' for c in delimiter):
-        raise onprem_table.error(
-            "recipient_delimiter",
-            f"{delimiter!r} cannot separate an address extension; copy Postfix's setting "
-            f"(postconf -h recipient_delimiter), e.g. {EXAMPLES['onprem.recipient_delimiter']}",
+    if postfix.config_directory and not os.path.isdir(postfix.config_directory):
+        raise postfix_section.error(
+            schema.CONFIG_DIRECTORY.name,
+            f"{postfix.config_directory} is not a directory; name Postfix's config_directory "
+            f"(postconf -h config_directory), e.g. {schema.CONFIG_DIRECTORY.example}",
         )
-
-    postfix_log = sections["outcomes"].string("postfix_log", defaults.POSTFIX_LOG)
-    if postfix_log not in ("", "journal"):
-        postfix_log = resolve(postfix_log)
-    relay_hosts = _relay_hosts(sections["outcomes"])
-
-    absolute = os.path.abspath(path)
-    watched = (absolute, accepted_file, connectors_file, certificate_path, ca_bundle)
-    return Config(
-        path=absolute,
+    postfix_log = sections["outcomes"].get(schema.POSTFIX_LOG)
+    outcomes = OutcomeSettings(
+        postfix_log=postfix_log if postfix_log in ("", "journal") else resolve(postfix_log),
+        relay_hosts=sections["outcomes"].get(schema.RELAY_HOSTS),
+    )
+    declared, included = _tenants(path, tables.get("tenants", {}), includes, inline.assumptions)
+    single = TenantFile(
+        DEFAULT_TENANT,
+        inline,
+        accepted_domains_file,
+        inbound_connectors_file,
+        tenant_endpoints,
+        (),
+        "",
+        True,
+        os.path.abspath(path),
+    )
+    if declared and "tenant" in tables:
+        raise ConfigError(
+            path,
+            "tenants",
+            "[tenant] and [tenants.NAME] tables in one configuration; describe one tenant with "
+            "[tenant], or every tenant with its own [tenants.NAME] table",
+        )
+    _check_tenants(declared, bool(postfix.config_directory))
+    return ConfigFile(
+        tenants=declared or (single,),
+        included=included,
+        path=os.path.abspath(path),
         server=server,
-        tenant=tenant,
-        onprem=onprem,
-        alias_maps=alias_maps,
-        policy=policy,
-        log=log,
-        outcomes=OutcomeSettings(postfix_log=postfix_log, relay_hosts=relay_hosts),
+        tenant=inline,
+        accepted_domains_file=accepted_domains_file,
+        inbound_connectors_file=inbound_connectors_file,
+        onprem=OnPrem(
+            egress_addresses=tuple(ipaddress.ip_address(address) for address in egress),
+            certificate=None,
+            srs_domain=srs_domain,
+            local_domains=frozenset(local_domains),
+        ),
         certificate_path=certificate_path,
         ca_bundle=ca_bundle,
-        input_files=tuple(dict.fromkeys(f for f in watched if f)),
+        alias_maps=tuple(_alias_map(spec, resolve) for spec in alias_maps),
         recipient_delimiter=delimiter,
+        policy=policy,
+        log=log,
+        outcomes=outcomes,
+        postfix=postfix,
+        onprem_keys=frozenset(str(key) for key in tables.get("onprem", {})),
+        tenant_endpoints=tenant_endpoints,
     )
+
+
+def _tenants(
+    path: str, raw: object, includes: _Table, assumptions: Assumptions
+) -> tuple[tuple[TenantFile, ...], tuple[str, ...]]:
+    """The [tenants.NAME] tables of this file and of its ``include`` files, in order; every
+    tenant follows the configuration's ``[assumptions]``."""
+    found: dict[str, TenantFile] = {}
+    _tenant_tables(path, raw, found, assumptions)
+    watched: list[str] = []
+    base = os.path.dirname(os.path.abspath(path))
+    for pattern in includes.get(schema.INCLUDE):
+        absolute = os.path.join(base, pattern)
+        names = sorted(glob.glob(absolute))
+        if not names and not glob.has_magic(pattern):
+            raise includes.error(
+                "include",
+                f"{absolute} does not exist; fix the path, or use a glob such as "
+                f"{schema.INCLUDE.example}",
+            )
+        watched.append(os.path.dirname(absolute))
+        for name in names:
+            document = _read_toml(name)
+            for key in document:
+                if key != "tenants":
+                    raise ConfigError(
+                        name, key, "an included file holds only [tenants.NAME] tables"
+                    )
+            _tenant_tables(name, document.get("tenants", {}), found, assumptions)
+            watched.append(os.path.abspath(name))
+    return tuple(found.values()), tuple(dict.fromkeys(watched))
+
+
+def _tenant_tables(
+    path: str, raw: object, found: dict[str, TenantFile], assumptions: Assumptions
+) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            path,
+            "tenants",
+            "expected [tenants.NAME] tables, one per tenant (e.g. [tenants.contoso])",
+        )
+    base = os.path.dirname(os.path.abspath(path))
+
+    def resolve(value: str) -> str:
+        return os.path.normpath(os.path.join(base, value)) if value else ""
+
+    for name, value in raw.items():
+        if not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(
+                path,
+                f"tenants.{name}",
+                "a tenant name is a metric label: letters, digits, _ and - "
+                "(e.g. [tenants.contoso])",
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                path, f"tenants.{name}", f"expected a table; write [tenants.{name}] and its keys"
+            )
+        if name in found:
+            raise ConfigError(
+                path,
+                f"tenants.{name}",
+                f"is declared twice (also in {found[name].file}); give each tenant its own name",
+            )
+        table = _Table(path, f"tenants.{name}", value)
+        table.reject_unknown(schema.TENANTS_KEYS, f"allowed keys in [tenants.{name}]")
+        found[name] = TenantFile(
+            name,
+            Tenant(
+                accepted_domains=_inline_accepted_domains(table),
+                connectors=_inline_connectors(table),
+                reject_direct_send=table.get(schema.REJECT_DIRECT_SEND),
+                assumptions=assumptions,
+            ),
+            resolve(table.get(schema.ACCEPTED_DOMAINS_FILE)),
+            resolve(table.get(schema.INBOUND_CONNECTORS_FILE)),
+            table.get(schema.TENANT_ENDPOINTS),
+            table.get(schema.TENANT_SENDER_DOMAINS),
+            resolve(table.get(schema.TENANT_CERTIFICATE)),
+            table.get(schema.TENANT_DEFAULT),
+            os.path.abspath(path),
+        )
+
+
+def _check_tenants(tenants: Sequence[TenantFile], routing: bool) -> None:
+    """the README: with several tenants each is reachable, and no two claim the same mail."""
+    if len(tenants) < 2:
+        return
+    defaults = [t for t in tenants if t.default]
+    if len(defaults) > 1:
+        first, second = defaults[:2]
+        raise ConfigError(
+            second.file,
+            f"tenants.{second.name}.default",
+            f"tenants {first.name} and {second.name} are both the default; keep default = true "
+            "on one",
+        )
+    claims: dict[tuple[str, str], TenantFile] = {}
+    for tenant in tenants:
+        if not (tenant.endpoints or tenant.sender_domains or tenant.default):
+            raise ConfigError(
+                tenant.file,
+                f"tenants.{tenant.name}",
+                "one of several tenants needs endpoints (with [postfix]), sender_domains or "
+                "default = true, so that mail can reach it",
+            )
+        for kind, values in (
+            ("endpoint", tenant.endpoints),
+            ("sender domain", tenant.sender_domains),
+        ):
+            for value in values:
+                other = claims.setdefault((kind, value), tenant)
+                if other is not tenant:
+                    raise ConfigError(
+                        tenant.file,
+                        f"tenants.{tenant.name}",
+                        f"tenants {other.name} and {tenant.name} both claim the {kind} {value}; "
+                        "mail for it can reach one tenant only",
+                    )
+    del routing  # both routings accept these rules; kept for the docs' sake
 
 
 def _read_toml(path: str) -> dict[str, object]:
@@ -352,8 +457,8 @@ def _read_toml(path: str) -> dict[str, object]:
             path,
             "",
             "no such file; create it from the example, e.g. "
-            f"install -D -m 0644 {defaults.EXAMPLE_CONFIG} {path}, "
-            f"or name another file with -c or ${defaults.CONFIG_ENV}",
+            f"install -D -m 0644 {schema.EXAMPLE_CONFIG} {path}, "
+            f"or name another file with -c or ${schema.CONFIG_ENV}",
         ) from error
     except OSError as error:
         reason = error.strerror or str(error)
@@ -373,7 +478,7 @@ def _read_toml(path: str) -> dict[str, object]:
         position = _TOML_POSITION.search(message)
         if position is None:
             raise ConfigError(
-                path, "", f"not valid TOML ({message}); compare with {defaults.EXAMPLE_CONFIG}"
+                path, "", f"not valid TOML ({message}); compare with {schema.EXAMPLE_CONFIG}"
             ) from error
         problem = message[: position.start()]
         if position.group("line"):
@@ -383,67 +488,35 @@ def _read_toml(path: str) -> dict[str, object]:
         raise ConfigError(
             path,
             f"line {line}",
-            f"not valid TOML ({problem}{where}); compare with {defaults.EXAMPLE_CONFIG}",
+            f"not valid TOML ({problem}{where}); compare with {schema.EXAMPLE_CONFIG}",
         ) from error
 
 
-# --- sections ------------------------------------------------------------------------------------
+# --- sections: what joins several keys, or nested tables -----------------------------------------
 
 
 def _server(table: _Table) -> ServerSettings:
-    listen = table.strings("listen", defaults.LISTEN)
-    if not listen:
-        raise table.error(
-            "listen", f"is empty; list at least one endpoint, e.g. {EXAMPLES['server.listen']}"
-        )
-    for endpoint in listen:
-        _check_endpoint(table, "listen", endpoint)
-    metrics = table.string("metrics", defaults.METRICS)
-    if metrics:
-        _check_endpoint(table, "metrics", metrics)
     return ServerSettings(
-        listen=listen,
-        metrics=metrics,
-        idle_timeout=table.number("idle_timeout", defaults.IDLE_TIMEOUT, minimum=0.0),
-        max_connections=table.integer("max_connections", defaults.MAX_CONNECTIONS),
-        max_request_bytes=table.integer("max_request_bytes", defaults.MAX_REQUEST_BYTES),
-        reload_interval=table.number(
-            "reload_interval", defaults.RELOAD_INTERVAL, minimum=0.0, allow_minimum=True
-        ),
-    )
-
-
-def _check_endpoint(table: _Table, key: str, endpoint: str) -> None:
-    kind, colon, rest = endpoint.partition(":")
-    if colon and rest and kind in ENDPOINT_TYPES:  # Twisted's plugin names are lower case
-        return
-    raise table.error(
-        key,
-        f"{endpoint!r} is not a Twisted endpoint of a supported type; start it with "
-        f"{_choices(tuple(t + ':' for t in ENDPOINT_TYPES), 'or')}, "
-        'e.g. "tcp:10040:interface=127.0.0.1" or "unix:/run/m365-policyd/policy.sock"',
+        listen=table.get(schema.LISTEN),
+        metrics=table.get(schema.METRICS),
+        idle_timeout=table.get(schema.IDLE_TIMEOUT),
+        max_connections=table.get(schema.MAX_CONNECTIONS),
+        max_request_bytes=table.get(schema.MAX_REQUEST_BYTES),
+        reload_interval=table.get(schema.RELOAD_INTERVAL),
     )
 
 
 def _policy(table: _Table) -> PolicySettings:
-    action = table.choice("action", defaults.ACTION, ACTIONS)
-    on_error = table.string("on_error", defaults.ON_ERROR)
-    if on_error not in ON_ERROR_ACTIONS:
-        raise table.error(
-            "on_error",
-            f"{on_error!r} is not allowed; write {_choices(ON_ERROR_ACTIONS, 'or')}: the daemon "
-            "fails open, so a bug of its own must never refuse mail (policy.action decides "
-            "what happens to recipients predicted to be refused)",
-        )
+    action = table.get(schema.ACTION)
+    on_error = table.get(schema.ON_ERROR)
     by_reason: list[tuple[str, str]] = []
-    overrides = table.table("by_reason")
-    for reason, value in overrides.items():
-        key = f"by_reason.{reason}"
-        if reason not in REFUSING_REASONS:
+    for reason, value in table.get(schema.BY_REASON).items():
+        key = f"{schema.BY_REASON.name}.{reason}"
+        if reason not in REFUSE_REASONS:
             raise table.error(
                 key,
-                f"{_unknown_name(reason, REFUSING_REASONS)} is not a refusing reason; "
-                f"allowed: {', '.join(REFUSING_REASONS)}",
+                f"{_unknown_name(reason, REFUSE_REASONS)} is not a refusing reason; "
+                f"allowed: {', '.join(REFUSE_REASONS)}",
             )
         if not isinstance(value, str):
             raise table.error(
@@ -451,274 +524,151 @@ def _policy(table: _Table) -> PolicySettings:
                 f'expected a string, got {_toml_type(value)}; write for example {reason} = "defer"',
             )
         if value not in ACTIONS:
-            raise table.error(key, f"{value!r} is not an action; write {_choices(ACTIONS, 'or')}")
+            raise table.error(key, f"{value!r} is not an action; write {choices_text(ACTIONS)}")
         by_reason.append((reason, value))
-    reroute = table.string("reroute", defaults.REROUTE)
-    uses_reroute = action == "reroute" or any(value == "reroute" for _, value in by_reason)
-    if reroute and not _REROUTE.match(reroute):
-        raise table.error(
-            "reroute",
-            f"{reroute!r} is not a Postfix FILTER target; write transport:destination, "
-            'e.g. "smtp:[relay2.example.net]:587"',
-        )
+    reroute = table.get(schema.REROUTE)
+    uses_reroute = action == ACTION_REROUTE or any(v == ACTION_REROUTE for _, v in by_reason)
     if uses_reroute and not reroute:
         raise table.error(
-            "reroute",
+            schema.REROUTE.name,
             'is required when policy.action or a policy.by_reason value is "reroute"; write '
-            'transport:destination, e.g. reroute = "smtp:[relay2.example.net]:587"',
-        )
-    header = table.string("header", defaults.HEADER)
-    if not _HEADER_NAME.match(header):
-        raise table.error(
-            "header",
-            f"{header!r} is not a header field name (RFC 5322: printable ASCII, no space or "
-            'colon); write for example header = "X-M365-Relay"',
+            f"transport:destination, e.g. {schema.REROUTE.example}",
         )
     return PolicySettings(
         action=action,
         reroute=reroute,
-        tag=table.boolean("tag", defaults.TAG),
-        header=header,
+        tag=table.get(schema.TAG),
+        header=table.get(schema.HEADER),
         on_error=on_error,
         by_reason=tuple(by_reason),
     )
 
 
-def _log(table: _Table) -> LogSettings:
-    return LogSettings(
-        format=table.choice("format", defaults.LOG_FORMAT, LOG_FORMATS),
-        level=table.choice("level", defaults.LOG_LEVEL, LOG_LEVELS),
+def _assumptions(table: _Table) -> Assumptions:
+    """``[assumptions]``: every assumption key, each a boolean with the schema's default."""
+    return Assumptions(
+        wildcard_connector_covers_apex=table.get(schema.WILDCARD_CONNECTOR_COVERS_APEX),
+        san_names_count=table.get(schema.SAN_NAMES_COUNT),
+        host_connector_name_must_be_accepted=table.get(schema.HOST_CONNECTOR_NAME_MUST_BE_ACCEPTED),
+        match_subdomains_covers_senders=table.get(schema.MATCH_SUBDOMAINS_COVERS_SENDERS),
+        foreign_sender_via_certificate=table.get(schema.FOREIGN_SENDER_VIA_CERTIFICATE),
+        submission_sender_must_be_login=table.get(schema.SUBMISSION_SENDER_MUST_BE_LOGIN),
+        submission_null_sender_refused=table.get(schema.SUBMISSION_NULL_SENDER_REFUSED),
     )
 
 
-def _relay_hosts(table: _Table) -> tuple[str, ...]:
-    patterns = tuple(p.strip() for p in table.strings("relay_hosts", defaults.RELAY_HOSTS))
-    if not patterns:
-        raise table.error(
-            "relay_hosts",
-            "is empty, so no reply would ever be counted; leave the key out for Microsoft 365's "
-            f"relays, or write {EXAMPLES['outcomes.relay_hosts']}",
-        )
-    for pattern in patterns:
-        if not _RELAY_PATTERN.match(pattern):
-            raise table.error(
-                "relay_hosts",
-                f"{pattern!r} is not a host name or address pattern; write a glob such as "
-                '"*.mail.protection.outlook.com" or "127.0.0.1" (no brackets, port or spaces)',
-            )
-    return patterns
-
-
-def _inline_accepted_domains(table: _Table) -> list[AcceptedDomain]:
+def _inline_accepted_domains(table: _Table) -> tuple[AcceptedDomain, ...]:
     domains: list[AcceptedDomain] = []
-    values = table.get("accepted_domains", list(defaults.ACCEPTED_DOMAINS))
-    if not isinstance(values, list):
-        raise table.wrong_type("accepted_domains", values, "an array of strings")
-    for value in values:
+    for value in table.get(schema.ACCEPTED_DOMAINS):
         if isinstance(value, str):
-            domains.append(AcceptedDomain(domain=table.domain("accepted_domains", value)))
+            domains.append(AcceptedDomain(domain=table.convert("accepted_domains", value)))
             continue
         if not isinstance(value, dict):
-            raise table.wrong_type("accepted_domains", values, "an array of strings")
-        entry = _Table(
-            table.file, "tenant.accepted_domains", value, example_prefix="accepted_domain"
+            raise table.wrong_type(schema.ACCEPTED_DOMAINS, table.raw("accepted_domains"))
+        entry = _Table(table.file, f"{table.name}.accepted_domains", value)
+        entry.reject_unknown(
+            schema.keys_of("tenant.accepted_domains[]"), "allowed keys in an accepted domain table"
         )
-        entry.reject_unknown(ACCEPTED_DOMAIN_KEYS, "allowed keys in an accepted domain table")
-        if "domain" not in value:
-            raise entry.error("domain", f"is missing; write {EXAMPLES['accepted_domain.domain']}")
         domains.append(
             AcceptedDomain(
-                domain=entry.domain("domain", entry.string("domain", "")),
-                match_subdomains=entry.boolean("match_subdomains", False),
+                domain=entry.get(schema.ACCEPTED_DOMAIN),
+                match_subdomains=entry.get(schema.MATCH_SUBDOMAINS),
             )
         )
-    return domains
+    return tuple(domains)
 
 
-def _inline_connectors(table: _Table) -> list[InboundConnector]:
-    raw = table.get("inbound_connector", [])
-    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        raise table.wrong_type("inbound_connector", raw, "an array of tables")
+def _inline_connectors(table: _Table) -> tuple[InboundConnector, ...]:
     connectors: list[InboundConnector] = []
-    for number, item in enumerate(raw, 1):
-        entry = _Table(
-            table.file,
-            f"tenant.inbound_connector[{number}]",
-            item,
-            example_prefix="inbound_connector",
-        )
-        entry.reject_unknown(CONNECTOR_KEYS, "allowed keys in [[tenant.inbound_connector]]")
-        name = entry.string("name", "").strip()
-        if not name:
-            raise entry.error(
-                "name", f"is missing or empty; write {EXAMPLES['inbound_connector.name']}"
-            )
-        kind_text = entry.string("connector_type", defaults.CONNECTOR_TYPE)
-        kind = {ON_PREMISES.lower(): ON_PREMISES, PARTNER.lower(): PARTNER}.get(
-            kind_text.strip().lower()
-        )
-        if kind is None:
-            raise entry.error(
-                "connector_type",
-                f'{kind_text!r} is not a connector type; write "OnPremises" (the only type '
-                'that grants relay) or "Partner"',
-            )
-        networks: list[ipaddress.IPv4Network] = []
-        for value in entry.strings("sender_ip_addresses", ()):
-            networks.extend(entry.convert("sender_ip_addresses", value, sender_ip_networks))
-        certificate = entry.convert(
-            "tls_sender_certificate_name",
-            entry.string("tls_sender_certificate_name", ""),
-            certificate_name,
-        )
-        sender_domains = tuple(
-            entry.convert("sender_domains", value, address_space_domain)
-            for value in entry.strings("sender_domains", ())
+    entries = table.get(schema.INBOUND_CONNECTOR)
+    for number, item in enumerate(entries, 1):
+        entry = _Table(table.file, f"{table.name}.inbound_connector[{number}]", item)
+        entry.reject_unknown(
+            schema.keys_of("tenant.inbound_connector[]"),
+            f"allowed keys in [[{table.name}.inbound_connector]]",
         )
         connectors.append(
             InboundConnector(
-                name=name,
-                connector_type=kind,
-                enabled=entry.boolean("enabled", defaults.CONNECTOR_ENABLED),
-                sender_ip_addresses=tuple(networks),
-                tls_sender_certificate_name=certificate,
-                sender_domains=sender_domains,
+                name=entry.get(schema.CONNECTOR_NAME),
+                connector_type=entry.get(schema.CONNECTOR_TYPE),
+                enabled=entry.get(schema.CONNECTOR_ENABLED),
+                sender_ip_addresses=tuple(
+                    network
+                    for value in entry.get(schema.SENDER_IP_ADDRESSES)
+                    for network in sender_ip_networks(value)
+                ),
+                tls_sender_certificate_name=entry.get(schema.TLS_SENDER_CERTIFICATE_NAME),
+                sender_domains=entry.get(schema.SENDER_DOMAINS),
+                restrict_domains_to_ip_addresses=entry.get(schema.RESTRICT_DOMAINS_TO_IP_ADDRESSES),
+                restrict_domains_to_certificate=entry.get(schema.RESTRICT_DOMAINS_TO_CERTIFICATE),
             )
         )
-    return connectors
+    return tuple(connectors)
 
 
-def _egress_addresses(table: _Table) -> tuple[IPAddress, ...]:
-    addresses: list[IPAddress] = []
-    for value in table.strings("egress_addresses", defaults.EGRESS_ADDRESSES):
-        try:
-            addresses.append(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            raise table.error(
-                "egress_addresses",
-                f"{value!r} is not an IP address; write the public address Microsoft 365 "
-                f"sees, e.g. {EXAMPLES['onprem.egress_addresses']}",
-            ) from None
-    return tuple(addresses)
-
-
-def _alias_map(table: _Table, spec: str, resolve: Callable[[str], str]) -> str:
-    text = spec.strip()
-    if not text:
-        raise table.error(
-            "alias_maps", f"contains an empty entry; write {EXAMPLES['onprem.alias_maps']}"
-        )
-    kind, colon, argument = text.partition(":")
+def _alias_map(spec: str, resolve: Callable[[str], str]) -> str:
+    """A checked table spec with a file argument made absolute (other types kept as written)."""
+    kind, colon, argument = spec.partition(":")
     if not colon:
-        return resolve(text)  # a bare path: Postfix's default_database_type
+        return resolve(spec)  # a bare path: Postfix's default_database_type
     if kind.lower() in FILE_TABLE_TYPES:
-        if not argument:
-            raise table.error(
-                "alias_maps",
-                f"{spec!r} names no file; write {kind}:/path/to/table, "
-                f"e.g. {EXAMPLES['onprem.alias_maps']}",
-            )
         return f"{kind}:{resolve(argument)}"
-    return text
+    return spec
 
 
-# --- typed access to one table ------------------------------------------------------------------
+# --- one table, read through the schema ----------------------------------------------------------
+
+_MISSING = object()
 
 
 class _Table:
-    """One TOML table with typed getters whose errors name the file and ``section.key``."""
+    """One TOML table whose values are read through schema keys; errors name file and key."""
 
-    def __init__(
-        self,
-        file: str,
-        name: str,
-        values: Mapping[str, object],
-        *,
-        example_prefix: str | None = None,
-    ) -> None:
+    def __init__(self, file: str, name: str, values: Mapping[str, object]) -> None:
         self.file = file
         self.name = name
         self.values = values
-        self.example_prefix = example_prefix or name
-
-    def key(self, key: str) -> str:
-        return f"{self.name}.{key}"
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self.key(key), problem)
+        return ConfigError(self.file, f"{self.name}.{key}" if self.name else key, problem)
 
-    def reject_unknown(self, allowed: Sequence[str], label: str) -> None:
+    def reject_unknown(self, allowed: Iterable[str], label: str) -> None:
+        names = tuple(allowed)
         for key in self.values:
-            if key not in allowed:
-                raise self.error(key, _unknown("key", key, allowed, label))
+            if key not in names:
+                raise self.error(key, _unknown("key", key, names, label))
 
-    def get(self, key: str, default: object) -> object:
-        return self.values.get(key, default)
+    def raw(self, name: str) -> object:
+        return self.values.get(name, _MISSING)
 
-    def wrong_type(self, key: str, value: object, expected: str) -> ConfigError:
-        example = EXAMPLES.get(f"{self.example_prefix}.{key}")
-        fix = f"; write for example {example}" if example else ""
-        return self.error(key, f"expected {expected}, got {_toml_type(value)}{fix}")
-
-    def string(self, key: str, default: str) -> str:
-        value = self.values.get(key, default)
-        if not isinstance(value, str):
-            raise self.wrong_type(key, value, "a string")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.values.get(key, default)
-        if not isinstance(value, bool):
-            raise self.wrong_type(key, value, "a boolean (true or false)")
-        return value
-
-    def integer(self, key: str, default: int) -> int:
-        value = self.values.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.wrong_type(key, value, "an integer")
-        if value <= 0:
-            raise self.error(key, f"must be a positive integer, got {value}")
-        return value
-
-    def number(
-        self, key: str, default: float, *, minimum: float, allow_minimum: bool = False
-    ) -> float:
-        value = self.values.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.wrong_type(key, value, "a number of seconds")
-        if not math.isfinite(value):
-            raise self.error(key, f"must be a finite number of seconds, got {value}")
-        if value < minimum or (value == minimum and not allow_minimum):
-            bound = f">= {minimum:g}" if allow_minimum else f"> {minimum:g}"
-            raise self.error(key, f"must be {bound} seconds, got {value:g}")
-        return float(value)
-
-    def strings(self, key: str, default: Sequence[str]) -> tuple[str, ...]:
-        value = self.values.get(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self.wrong_type(key, value, "an array of strings")
-        return tuple(value)
-
-    def table(self, key: str) -> dict[str, object]:
-        value = self.values.get(key, {})
-        if not isinstance(value, dict):
-            raise self.wrong_type(key, value, "a table")
-        return value
-
-    def choice(self, key: str, default: str, allowed: Sequence[str]) -> str:
-        value = self.string(key, default)
-        if value not in allowed:
-            raise self.error(key, f"{value!r} is not allowed; write {_choices(allowed, 'or')}")
-        return value
-
-    def domain(self, key: str, value: str) -> str:
-        return self.convert(key, value, domain_name)
-
-    def convert(self, key: str, value: str, parse: Callable[[str], _T]) -> _T:
+    def get(self, key: Key[_T]) -> _T:
+        """The key's value: of its TOML type, through its check; the default when left out."""
+        raw = self.values.get(key.name, _MISSING)
+        value = key.default
+        if raw is not _MISSING:
+            read = key.kind.read(raw)
+            if read is None:
+                raise self.wrong_type(key, raw)
+            value = read
+        if key.check is None:
+            return value
         try:
-            return parse(value)
+            return key.check(value, key)
         except ValueError as error:
-            raise self.error(key, str(error)) from None
+            raise self.error(key.name, str(error)) from None
+
+    def wrong_type(self, key: Key[Any], raw: object) -> ConfigError:
+        return self.error(
+            key.name,
+            f"expected {key.kind.expected}, got {_toml_type(raw)}; write for example {key.example}",
+        )
+
+    def convert(self, name: str, value: str) -> str:
+        """One domain name of an array (``accepted_domains``), normalised."""
+        try:
+            return domain_name(value)
+        except ValueError as error:
+            raise self.error(name, str(error)) from None
 
 
 # --- message helpers -----------------------------------------------------------------------------
@@ -741,14 +691,7 @@ def _toml_type(value: object) -> str:
     return f"a date/time ({value})"
 
 
-def _choices(values: Sequence[str], last: str) -> str:
-    quoted = [f'"{value}"' if not value.endswith(":") else value for value in values]
-    return f"{', '.join(quoted[:-1])} {last} {quoted[-1]}"
-
-
-def _unknown(
-    what: str, name: str, allowed: Sequence[str] | Mapping[str, object], label: str
-) -> str:
+def _unknown(what: str, name: str, allowed: Sequence[str], label: str) -> str:
     names = sorted(allowed)
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""

@@ -5,7 +5,7 @@ Two files feed the tenant model::
     Get-AcceptedDomain  | ConvertTo-Json -Depth 4 > accepted-domains.json
     Get-InboundConnector | ConvertTo-Json -Depth 4 > inbound-connectors.json
 
-(the README and ``shared/reference/m365-relay-rules.md`` §5 give the recommended ``Select``
+(the README's "Exporting the tenant" and ``contrib/exchange`` give the recommended ``Select``
 with string casts). The parsers accept every shape we know PowerShell to write, because an
 administrator runs whatever version of PowerShell is at hand:
 
@@ -223,6 +223,12 @@ def parse_inbound_connectors(data: object, source: str) -> tuple[InboundConnecto
                 sender_domains.append(address_space_domain(value))
             except ValueError as error:
                 raise fail("SenderDomains", str(error)) from error
+        restrict: dict[str, bool] = {}
+        for field in ("RestrictDomainsToIPAddresses", "RestrictDomainsToCertificate"):
+            try:
+                restrict[field] = parse_bool(entry.get(field.lower()), default=False)
+            except ValueError as error:
+                raise fail(field, str(error)) from error
         connectors.append(
             InboundConnector(
                 name=name.strip(),
@@ -231,6 +237,8 @@ def parse_inbound_connectors(data: object, source: str) -> tuple[InboundConnecto
                 sender_ip_addresses=tuple(networks),
                 tls_sender_certificate_name=certificate,
                 sender_domains=tuple(sender_domains),
+                restrict_domains_to_ip_addresses=restrict["RestrictDomainsToIPAddresses"],
+                restrict_domains_to_certificate=restrict["RestrictDomainsToCertificate"],
                 source=source,
             )
         )

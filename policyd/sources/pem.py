@@ -1,6 +1,6 @@
 """Reading the client certificate Postfix presents into plain ``CertificateFacts``.
 
-SPEC §5 step 3 attributes a connection to an OnPremises connector by certificate when the
+relay-rules.md step 3 attributes a connection to an OnPremises connector by certificate when the
 certificate is readable, currently valid, not self-signed, presented with its chain up to a
 trusted root, and one of its names (CN or SAN DNS name) matches the connector's
 ``TlsSenderCertificateName``. This module turns the PEM file into plain ``CertificateFacts``
@@ -18,12 +18,14 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from policyd.rules.model import CertificateFacts, normalize_domain
 
@@ -41,13 +43,84 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(?:.*?)-----END \1--
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _PRIVATE_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY")
 _ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
-#: What cryptography raises for a certificate whose DER does not decode.
+#: What cryptography raises for a certificate whose DER does not decode (cryptography 38, in
+#: Debian 12, raises KeyError for a name attribute with an unknown string tag).
 _CORRUPT = (
     ValueError,
+    KeyError,
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
 )
+
+
+# -- cryptography 38 (Debian 12) to today -----------------------------------------------------
+
+
+def not_valid_before(cert: x509.Certificate) -> datetime:
+    """The start of the validity period as an aware UTC datetime.
+
+    cryptography 42 added ``not_valid_before_utc`` and deprecated the naive ``not_valid_before``
+    (a UTC time without tzinfo), which is all that cryptography 38 (Debian 12) has.
+    """
+    aware: datetime | None = getattr(cert, "not_valid_before_utc", None)
+    if aware is not None:
+        return aware
+    return cert.not_valid_before.replace(tzinfo=UTC)
+
+
+def not_valid_after(cert: x509.Certificate) -> datetime:
+    """The end of the validity period as an aware UTC datetime (see ``not_valid_before``)."""
+    aware: datetime | None = getattr(cert, "not_valid_after_utc", None)
+    if aware is not None:
+        return aware
+    return cert.not_valid_after.replace(tzinfo=UTC)
+
+
+def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    """Raise unless ``issuer``'s subject is ``cert``'s issuer and its key verifies the signature.
+
+    cryptography 40 added ``Certificate.verify_directly_issued_by``; on older versions (Debian
+    12 ships 38) ``_verify_signature`` does the same check. Raises ValueError (names differ),
+    TypeError (a key type that cannot sign certificates), ``InvalidSignature`` or
+    ``UnsupportedAlgorithm``.
+    """
+    native = getattr(cert, "verify_directly_issued_by", None)
+    if native is not None:
+        native(issuer)
+        return
+    _verify_signature(cert, issuer)
+
+
+def _verify_signature(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    """``verify_directly_issued_by`` for cryptography < 40, with the same errors.
+
+    RFC 5280 4.1.1.3: the issuer's public key verifies the signature over the DER
+    TBSCertificate with the algorithm the certificate names (RSA PKCS#1 v1.5 or PSS, ECDSA,
+    DSA, Ed25519, Ed448).
+    """
+    if cert.issuer != issuer.subject:
+        raise ValueError("Issuer certificate subject does not match certificate issuer.")
+    key = issuer.public_key()
+    signature, data = cert.signature, cert.tbs_certificate_bytes
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        key.verify(signature, data)
+        return
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None:
+        raise UnsupportedAlgorithm("signature algorithm without a hash for this key type")
+    if isinstance(key, rsa.RSAPublicKey):
+        if cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+            pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.AUTO)
+            key.verify(signature, data, pss, algorithm)
+        else:
+            key.verify(signature, data, padding.PKCS1v15(), algorithm)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(algorithm))
+    elif isinstance(key, dsa.DSAPublicKey):
+        key.verify(signature, data, algorithm)
+    else:
+        raise TypeError(f"{type(key).__name__} cannot verify a certificate signature")
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -103,7 +176,8 @@ def _parse_certificates(data: bytes) -> list[x509.Certificate]:
                 f"certificate {index} in the file uses an unsupported algorithm ({e})"
             ) from e
         except _CORRUPT as e:
-            raise _UnreadableError(f"certificate {index} in the file is corrupt ({e})") from e
+            detail = f"unknown ASN.1 tag {e}" if isinstance(e, KeyError) else str(e)
+            raise _UnreadableError(f"certificate {index} in the file is corrupt ({detail})") from e
     return certs
 
 
@@ -117,8 +191,8 @@ def _load_fully(block: bytes) -> x509.Certificate:
         # e.g. a non-positive serial number in an old root: tolerated, not ours to report
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         cert = x509.load_pem_x509_certificate(block)
-        _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc)
-        _ = (cert.not_valid_after_utc, cert.public_key())
+        _ = (cert.subject, cert.issuer, cert.extensions, not_valid_before(cert))
+        _ = (not_valid_after(cert), cert.public_key())
     return cert
 
 
@@ -187,7 +261,7 @@ def _trust_store(path: str) -> _TrustStore:
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when ``issuer``'s name and key verify ``cert``'s signature."""
     try:
-        cert.verify_directly_issued_by(issuer)
+        verify_issued_by(cert, issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
@@ -309,8 +383,8 @@ def read_certificate(path: str, *, ca_bundle: str = "") -> CertificateFacts:
         path=path,
         common_name=common_name,
         dns_names=dns_names,
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
+        not_before=not_valid_before(leaf),
+        not_after=not_valid_after(leaf),
         self_signed=_is_self_signed(leaf),
         chain_complete=not problem,
         chain_problem=problem,

@@ -19,6 +19,10 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from policyd.errors import ConfigError, LookupFailureError
+from policyd.rules import endpoints
+from policyd.rules.routing import ClientTls, Route, client_tls, resolve, split_list
+
 #: ``subprocess.run``'s shape; tests inject fakes.
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -93,6 +97,19 @@ class TlsPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteSample:
+    """How Postfix routes one sample envelope, and what its service presents."""
+
+    label: str  # e.g. "own-domain senders"
+    sender: str
+    recipient: str
+    route: Route | None  # None when routing failed (``error``)
+    kind: str = endpoints.OTHER  # policyd.rules.endpoints kind of the next hop
+    tls: ClientTls | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PostfixFacts:
     """Postfix's configuration as ``postconf -x`` printed it (or why it could not be read)."""
 
@@ -100,6 +117,16 @@ class PostfixFacts:
     parameters: Mapping[str, str] = field(default_factory=dict)
     error: str = ""  # non-empty: postconf is missing or failed
     tls_policy: TlsPolicy | None = None  # None: no smtp_tls_policy_maps or not looked up
+    routes: tuple[RouteSample, ...] = ()  # the sample envelopes doctor asked for, routed
+    route_error: str = ""  # why the routes could not be computed ("" when they were)
+
+    @property
+    def microsoft_route(self) -> RouteSample | None:
+        """The first sample that reaches Microsoft 365 (relay or legacy endpoint), or None."""
+        for sample in self.routes:
+            if sample.route is not None and sample.kind in (endpoints.RELAY, endpoints.LEGACY):
+                return sample
+        return None
 
     def get(self, name: str) -> str:
         return self.parameters.get(name, "").strip()
@@ -122,25 +149,8 @@ def tls_policy_keys(relayhost: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def split_postfix_list(text: str) -> list[str]:
-    """Split a Postfix list on commas and whitespace, keeping ``{ ... }`` groups whole."""
-    tokens: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for char in text:
-        if depth == 0 and (char == "," or char.isspace()):
-            if current:
-                tokens.append("".join(current))
-                current = []
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}" and depth:
-            depth -= 1
-        current.append(char)
-    if current:
-        tokens.append("".join(current))
-    return tokens
+#: Postfix list splitting (commas and whitespace, ``{ ... }`` kept whole).
+split_postfix_list = split_list
 
 
 def parse_postconf(output: str) -> dict[str, str]:
@@ -153,8 +163,10 @@ def parse_postconf(output: str) -> dict[str, str]:
     return parameters
 
 
-def read_postfix(directory: str) -> PostfixFacts:
-    """Read Postfix's parameters with ``postconf -c DIR -x`` (and the relay's TLS policy)."""
+def read_postfix(directory: str, samples: Sequence[tuple[str, str, str]] = ()) -> PostfixFacts:
+    """Read Postfix's parameters with ``postconf -c DIR -x``, route the ``samples``
+    (label, sender, recipient) as trivial-rewrite would, and read the TLS policy for the
+    next hop that reaches Microsoft 365 (else ``relayhost``)."""
     postconf = find_tool("postconf")
     if postconf is None:
         return PostfixFacts(directory, error="postconf not found (is Postfix installed?)")
@@ -168,11 +180,43 @@ def read_postfix(directory: str) -> PostfixFacts:
         message = last_line(done.stderr) or f"exit status {done.returncode}"
         return PostfixFacts(directory, error=message)
     parameters = parse_postconf(done.stdout)
+    routes, route_error = _route_samples(directory, samples)
     policy = None
     maps = parameters.get("smtp_tls_policy_maps", "").strip()
     if maps:
-        policy = _lookup_tls_policy(directory, maps, parameters.get("relayhost", ""))
-    return PostfixFacts(directory, parameters, tls_policy=policy)
+        nexthop = parameters.get("relayhost", "")
+        for sample in routes:
+            if sample.route is not None and sample.kind != endpoints.OTHER:
+                nexthop = sample.route.nexthop
+                break
+        policy = _lookup_tls_policy(directory, maps, nexthop)
+    return PostfixFacts(
+        directory, parameters, tls_policy=policy, routes=routes, route_error=route_error
+    )
+
+
+def _route_samples(
+    directory: str, samples: Sequence[tuple[str, str, str]]
+) -> tuple[tuple[RouteSample, ...], str]:
+    if not samples:
+        return (), ""
+    from policyd.sources.routes import read_postfix_view  # it imports this module
+
+    try:
+        view = read_postfix_view(directory).view
+    except ConfigError as error:
+        return (), str(error)
+    routed: list[RouteSample] = []
+    for label, sender, recipient in samples:
+        try:
+            route = resolve(view, sender, recipient)
+        except LookupFailureError as error:
+            routed.append(RouteSample(label, sender, recipient, None, error=str(error)))
+            continue
+        kind = endpoints.classify_nexthop(route.nexthop) if route.relays else endpoints.OTHER
+        tls = client_tls(view, route.transport) if route.relays else None
+        routed.append(RouteSample(label, sender, recipient, route, kind, tls))
+    return tuple(routed), ""
 
 
 def _lookup_tls_policy(directory: str, maps: str, relayhost: str) -> TlsPolicy:

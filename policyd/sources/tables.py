@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from policyd.errors import AliasLookupError, ConfigError
 from policyd.rules.aliases import (
@@ -67,8 +68,10 @@ class _PostmapTable:
         timeout: float,
         cache_size: int,
         runner: Runner | None,
+        config_directory: str = "",
     ) -> None:
         self.spec = spec
+        self._config_args = ["-c", config_directory] if config_directory else []
         self.pattern = table_type in PATTERN_TYPES
         self._postmap = postmap
         self._timeout = timeout
@@ -81,7 +84,7 @@ class _PostmapTable:
 
     def query(self, key: str) -> tuple[bool, str]:
         """Run postmap once: (found, value); raises AliasLookupError when the table fails."""
-        argv = [self._postmap, "-q", key, self.spec]
+        argv = [self._postmap, *self._config_args, "-q", key, self.spec]
         try:
             done = run_tool(argv, timeout=self._timeout, runner=self._runner)
         except subprocess.TimeoutExpired as error:
@@ -220,15 +223,15 @@ def _split_entry(line: str, path: str, number: int) -> tuple[str, str]:
     return key, value
 
 
-def _read_source(path: str, spec: str) -> str:
+def _read_source(path: str, spec: str, config_key: str) -> str:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
-        raise ConfigError(spec, CONFIG_KEY, f"{path} does not exist; fix the path") from None
+        raise ConfigError(spec, config_key, f"{path} does not exist; fix the path") from None
     except OSError as error:
         raise ConfigError(
-            spec, CONFIG_KEY, f"cannot read {path}: {error.strerror}; check permissions"
+            spec, config_key, f"cannot read {path}: {error.strerror}; check permissions"
         ) from None
     try:
         return data.decode("utf-8")
@@ -254,6 +257,8 @@ def load_alias_maps(
     address_length_limit: int = ADDRESS_LENGTH_LIMIT,
     recipient_delimiter: str = "",
     propagate_extensions: bool = True,
+    config_directory: str = "",
+    config_key: str = CONFIG_KEY,
 ) -> AliasMaps:
     """Open every table of ``onprem.alias_maps``; raises ConfigError naming the bad one.
 
@@ -267,60 +272,18 @@ def load_alias_maps(
     watched: list[str] = []
     warnings: list[str] = []
     for spec in specs:
-        text = spec.strip() if isinstance(spec, str) else ""
-        if not text:
-            raise ConfigError(
-                repr(spec), CONFIG_KEY, 'empty table; use "texthash:/path", "/path" or "type:name"'
-            )
-        if text.startswith("/") or text.startswith("texthash:"):
-            path = text.removeprefix("texthash:")
-            if not path:
-                raise ConfigError(spec, CONFIG_KEY, 'no file name; use "texthash:/path"')
-            entries, file_warnings = parse_source(_read_source(path, spec), path)
-            tables.append(DictTable(spec, entries))
-            watched.append(path)
-            warnings.extend(file_warnings)
-            continue
-        match = _TYPE_NAME.fullmatch(text)
-        if match is None:
-            raise ConfigError(
-                spec,
-                CONFIG_KEY,
-                'not a Postfix table; use "texthash:/path", an absolute "/path" or "type:name"'
-                ' (for example "hash:/etc/postfix/virtual")',
-            )
-        table_type, name = match.group(1), match.group(2)
-        inner_type, inner_name = table_type, name
-        while inner_type == "proxy":
-            inner = _TYPE_NAME.fullmatch(inner_name)
-            if inner is None:
-                raise ConfigError(spec, CONFIG_KEY, 'proxy needs "proxy:type:name"')
-            inner_type, inner_name = inner.group(1), inner.group(2)
-        files = _table_files(spec, inner_type, inner_name)
-        watched.extend(files)
-        found = postmap if runner is not None else find_tool(postmap)
-        if found is None:
-            raise ConfigError(
-                spec,
-                CONFIG_KEY,
-                f"{postmap} not found, needed to read {table_type}: tables; install postfix,"
-                ' or use a "texthash:" source file',
-            )
-        table = _PostmapTable(
+        opened = open_table(
             spec,
-            inner_type,
-            postmap=found,
+            config_key=config_key,
+            postmap=postmap,
             timeout=timeout,
             cache_size=cache_size,
             runner=runner,
+            config_directory=config_directory,
         )
-        try:
-            table.query(_PROBE_KEY)
-        except _LookupTimeoutError:
-            pass  # a slow server now may answer later; lookups report it then
-        except AliasLookupError as error:
-            raise ConfigError(spec, CONFIG_KEY, f"postmap cannot use this table: {error}") from None
-        tables.append(table)
+        tables.append(opened.table)
+        watched.extend(opened.files)
+        warnings.extend(opened.warnings)
     return AliasMaps(
         specs,
         tables,
@@ -334,7 +297,87 @@ def load_alias_maps(
     )
 
 
-def _table_files(spec: str, table_type: str, name: str) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class OpenedTable:
+    """One opened table, the files to watch for it, and postmap-style warnings."""
+
+    table: Table
+    files: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def open_table(
+    spec: str,
+    *,
+    config_key: str,
+    postmap: str = "postmap",
+    timeout: float = LOOKUP_TIMEOUT,
+    cache_size: int = 10000,
+    runner: Runner | None = None,
+    config_directory: str = "",
+) -> OpenedTable:
+    """Open one Postfix table; raises ConfigError naming ``spec`` and ``config_key``.
+
+    ``texthash:/path`` and a bare ``/path`` are parsed here; other ``type:name`` tables are
+    checked once with ``postmap -q`` (an unsupported type or an unopenable file is a
+    ConfigError now, not a lookup error later) and queried through it afterwards, with
+    ``postmap -c config_directory`` when one is given (so the table sees that instance's
+    main.cf, as Postfix's own lookups do).
+    """
+    text = spec.strip() if isinstance(spec, str) else ""
+    if not text:
+        raise ConfigError(
+            repr(spec), config_key, 'empty table; use "texthash:/path", "/path" or "type:name"'
+        )
+    if text.startswith("/") or text.startswith("texthash:"):
+        path = text.removeprefix("texthash:")
+        if not path:
+            raise ConfigError(spec, config_key, 'no file name; use "texthash:/path"')
+        entries, file_warnings = parse_source(_read_source(path, spec, config_key), path)
+        return OpenedTable(DictTable(spec, entries), (path,), tuple(file_warnings))
+    match = _TYPE_NAME.fullmatch(text)
+    if match is None:
+        raise ConfigError(
+            spec,
+            config_key,
+            'not a Postfix table; use "texthash:/path", an absolute "/path" or "type:name"'
+            ' (for example "hash:/etc/postfix/virtual")',
+        )
+    table_type, name = match.group(1), match.group(2)
+    inner_type, inner_name = table_type, name
+    while inner_type == "proxy":
+        inner = _TYPE_NAME.fullmatch(inner_name)
+        if inner is None:
+            raise ConfigError(spec, config_key, 'proxy needs "proxy:type:name"')
+        inner_type, inner_name = inner.group(1), inner.group(2)
+    files = _table_files(spec, inner_type, inner_name, config_key)
+    found = postmap if runner is not None else find_tool(postmap)
+    if found is None:
+        raise ConfigError(
+            spec,
+            config_key,
+            f"{postmap} not found, needed to read {table_type}: tables; install postfix,"
+            ' or use a "texthash:" source file',
+        )
+    table = _PostmapTable(
+        spec,
+        inner_type,
+        postmap=found,
+        timeout=timeout,
+        cache_size=cache_size,
+        runner=runner,
+        config_directory=config_directory,
+    )
+    try:
+        table.query(_PROBE_KEY)
+    except _LookupTimeoutError:
+        pass  # a slow server now may answer later; lookups report it then
+    except AliasLookupError as error:
+        raise ConfigError(spec, config_key, f"postmap cannot use this table: {error}") from None
+    return OpenedTable(table, tuple(files), ())
+
+
+def _table_files(spec: str, table_type: str, name: str, config_key: str) -> list[str]:
     """The files behind a table (to watch for reloads); ConfigError when one is missing."""
     suffixes = _INDEXED_SUFFIXES.get(table_type)
     if suffixes is not None:
@@ -343,12 +386,12 @@ def _table_files(spec: str, table_type: str, name: str) -> list[str]:
             if not os.path.exists(file):
                 raise ConfigError(
                     spec,
-                    CONFIG_KEY,
+                    config_key,
                     f"{file} does not exist; build it with `postmap {table_type}:{name}`",
                 )
         return files
     if table_type in _FILE_TYPES and name.startswith("/"):
         if not os.path.exists(name):
-            raise ConfigError(spec, CONFIG_KEY, f"{name} does not exist; fix the path")
+            raise ConfigError(spec, config_key, f"{name} does not exist; fix the path")
         return [name]
     return []

@@ -1,16 +1,24 @@
-"""``m365-policyd check``: predict one envelope offline and explain the reasoning."""
+"""``m365-policyd check``: predict one envelope offline and explain the reasoning.
+
+Every prediction that depends on a named assumption says so: its explanation names
+the key, ``--json`` lists the keys under ``"assumptions"`` (per recipient and per final
+address), and the text output adds an ``assumes`` line with each key's setting.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from policyd.errors import AliasLookupError
+from policyd.constants import ACCEPT, REJECT
+from policyd.errors import LookupFailureError
 from policyd.rules import predict
-from policyd.rules.predict import Attribution, RecipientPrediction, Sender
+from policyd.rules.assumptions import Assumptions
+from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
+from policyd.rules.predictor import by_sender
 
 if TYPE_CHECKING:
     from policyd.sources.state import State
@@ -24,43 +32,46 @@ class CheckResult:
     sender: Sender
     attribution: Attribution
     recipients: tuple[RecipientPrediction | tuple[str, str], ...]  # (recipient, problem) on error
+    #: With ``[postfix]``: each final address's route, as the prediction used it.
+    routes: dict[str, RouteContext] = field(default_factory=dict)
+    #: The ``[assumptions]`` the prediction ran with.
+    assumptions: Assumptions = field(default_factory=Assumptions)
 
     @property
     def verdict(self) -> str:
         """accept only when every recipient is predicted to pass."""
         for entry in self.recipients:
-            if not isinstance(entry, RecipientPrediction) or entry.verdict == predict.REJECT:
-                return predict.REJECT
-        return predict.ACCEPT
+            if not isinstance(entry, RecipientPrediction) or entry.verdict == REJECT:
+                return REJECT
+        return ACCEPT
 
 
 def run_check(state: State, sender: str, recipients: Sequence[str], now: datetime) -> CheckResult:
-    """Predict ``recipients`` of ``sender`` with ``state`` at time ``now``."""
-    config = state.config
-    attribution = predict.attribute(config.tenant, config.onprem, now)
-    view = predict.sender_view(sender, config.tenant, config.onprem)
+    """Predict ``recipients`` of ``sender`` with ``state`` at time ``now``, exactly as the
+    daemon does (``state.predictor``); with ``[postfix]`` each final address's route is kept
+    for the explanation."""
+    predictor = state.predictor
+    tenant = by_sender(predictor.tenants, sender) or predictor.tenants[0]
+    onprem = predictor.onprem_for(tenant)
+    attribution = predictor.attribution(tenant, now)
+    view = predict.sender_view(sender, tenant.tenant, onprem)
     results: list[RecipientPrediction | tuple[str, str]] = []
+    routes: dict[str, RouteContext] = {}
     for recipient in recipients:
         try:
             final = state.aliases.expand(recipient)
-        except AliasLookupError as error:
+            prediction, _ = predictor.predict(sender, recipient, final, now)
+            if state.router is not None:
+                for address in prediction.final:
+                    routes[address] = state.router.context(sender, address, now)
+            results.append(prediction)
+        except LookupFailureError as error:
             results.append((recipient, str(error)))
-            continue
-        results.append(
-            predict.predict_recipient(
-                recipient,
-                final,
-                sender=view,
-                tenant=config.tenant,
-                onprem=config.onprem,
-                attribution=attribution,
-            )
-        )
-    return CheckResult(view, attribution, tuple(results))
+    return CheckResult(view, attribution, tuple(results), routes, tenant.tenant.assumptions)
 
 
 def as_json(result: CheckResult) -> dict[str, object]:
-    """The ``check --json`` object (SPEC §3), plus per-address detail under ``addresses``."""
+    """The ``check --json`` object (the README), plus per-address detail under ``addresses``."""
     recipients: list[dict[str, object]] = []
     for entry in result.recipients:
         if not isinstance(entry, RecipientPrediction):
@@ -73,7 +84,8 @@ def as_json(result: CheckResult) -> dict[str, object]:
                     "code": None,
                     "reply": None,
                     "reason": None,
-                    "explanation": f"Alias expansion failed, so Postfix would defer: {problem}",
+                    "explanation": f"A table lookup failed, so Postfix would defer: {problem}",
+                    "assumptions": [],
                     "addresses": [],
                 }
             )
@@ -87,6 +99,7 @@ def as_json(result: CheckResult) -> dict[str, object]:
                 "reply": entry.reply,
                 "reason": entry.reason,
                 "explanation": entry.explanation,
+                "assumptions": list(entry.assumptions),
                 "addresses": [
                     {
                         "address": a.address,
@@ -97,12 +110,39 @@ def as_json(result: CheckResult) -> dict[str, object]:
                         "reason": a.reason,
                         "explanation": a.explanation,
                         "relayed": a.relayed,
+                        "tenant": a.tenant,
+                        "route": _route_json(result.routes.get(a.address)),
+                        "assumptions": list(a.assumptions),
                     }
                     for a in entry.addresses
                 ],
             }
         )
     return {"verdict": result.verdict, "recipients": recipients}
+
+
+def _route_json(context: RouteContext | None) -> dict[str, object] | None:
+    if context is None:
+        return None
+    route = context.route
+    return {
+        "service": route.transport,
+        "nexthop": route.nexthop,
+        "address_class": route.address_class,
+        "kind": context.kind,
+        "decided_by": list(route.steps),
+        "certificate": _certificate_text(context),
+        "certificate_from": context.certificate_from,
+        "egress_addresses": [str(a) for a in context.onprem.egress_addresses],
+        "egress_from": context.egress_from,
+    }
+
+
+def _certificate_text(context: RouteContext) -> str:
+    certificate = context.onprem.certificate
+    if certificate is None:
+        return context.onprem.certificate_absent or "none"
+    return certificate.path
 
 
 def write_json(result: CheckResult, out: TextIO) -> None:
@@ -114,9 +154,10 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     """The human explanation: sender, attribution, then each recipient's chain of reasoning."""
     sender = result.sender
     out.write(f"Sender    {_sender_line(sender)}\n")
-    out.write("Connector\n")
-    for line in attribution_lines(result.attribution):
-        out.write(f"  {line}\n")
+    if not result.routes:
+        out.write("Connector\n")
+        for line in attribution_lines(result.attribution):
+            out.write(f"  {line}\n")
     for entry in result.recipients:
         if not isinstance(entry, RecipientPrediction):
             recipient, problem = entry
@@ -124,16 +165,23 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             continue
         out.write(f"\nRecipient {entry.recipient}\n")
         for address in entry.addresses:
-            route = f"forwarded to {address.address}" if address.forwarded else address.address
-            out.write(f"  {route}\n")
-            outcome = "ACCEPT" if address.verdict == predict.ACCEPT else "REFUSE"
+            shown = f"forwarded to {address.address}" if address.forwarded else address.address
+            out.write(f"  {shown}\n")
+            context = result.routes.get(address.address)
+            if context is not None:
+                for line in route_lines(context):
+                    out.write(f"    {line}\n")
+            outcome = "ACCEPT" if address.verdict == ACCEPT else "REFUSE"
             reply = f"  {address.reply}" if address.reply else ""
             out.write(f"    {outcome}  [{address.reason}]{reply}\n")
             out.write(f"    {address.explanation}\n")
+            if address.assumptions:
+                settings = ", ".join(result.assumptions.setting(k) for k in address.assumptions)
+                out.write(f"    assumes  {settings} ([assumptions], docs/relay-rules.md)\n")
     refused = sum(
         1
         for e in result.recipients
-        if not isinstance(e, RecipientPrediction) or e.verdict == predict.REJECT
+        if not isinstance(e, RecipientPrediction) or e.verdict == REJECT
     )
     total = len(result.recipients)
     out.write(f"\nVerdict   {result.verdict} ({refused} of {total} recipients refused)\n")
@@ -153,7 +201,7 @@ def _sender_line(sender: Sender) -> str:
 
 
 def attribution_lines(attribution: Attribution) -> list[str]:
-    """How Microsoft 365 attributes the connection, step by step (SPEC §5 steps 3-4)."""
+    """How Microsoft 365 attributes the connection, step by step (relay-rules.md steps 3-4)."""
     lines: list[str] = []
     connector = attribution.connector
     if attribution.method == predict.BY_CERTIFICATE and connector is not None:
@@ -169,8 +217,10 @@ def attribution_lines(attribution: Attribution) -> list[str]:
         else:
             lines.append(f"             {attribution.certificate_problem}")
         lines.append("IP           not consulted: the certificate matched first")
+        lines.extend(_partner_lines(attribution))
         return lines
     lines.append(f"certificate  {attribution.certificate_problem}")
+    lines.extend(_partner_lines(attribution))
     if attribution.method == predict.BY_IP and connector is not None:
         lines.append(
             f"IP           egress address {attribution.egress_address} is in connector "
@@ -179,4 +229,41 @@ def attribution_lines(attribution: Attribution) -> list[str]:
     else:
         lines.append(f"IP           {attribution.ip_problem}")
         lines.append("             no connector matches: 550 5.7.64 TenantAttribution")
+    return lines
+
+
+def _partner_lines(attribution: Attribution) -> list[str]:
+    """The Partner connectors step 2 asks about: the one this server matches, and the
+    restricting ones it does not satisfy."""
+    lines: list[str] = []
+    if attribution.partner is not None:
+        lines.append(
+            f"partner      this server matches Partner connector '{attribution.partner.name}' "
+            f"by {attribution.partner_match} (authenticated, not Direct Send)"
+        )
+    for restriction in attribution.restrictions:
+        lines.append(
+            f"partner      restricting Partner connector '{restriction.connector.name}' is not "
+            f"satisfied: {restriction.unmet}"
+        )
+    return lines
+
+
+def route_lines(context: RouteContext) -> list[str]:
+    """How Postfix delivers one address and what Microsoft 365 sees of it, with sources."""
+    route = context.route
+    lines = [f"route        {route} [{route.address_class} class]"]
+    lines.extend(f"             {step}" for step in route.steps)
+    if not context.reaches_microsoft:
+        return lines
+    certificate = context.onprem.certificate
+    if certificate is not None:
+        lines.append(f"certificate  {certificate.path} ({context.certificate_from})")
+    else:
+        lines.append(f"certificate  {_certificate_text(context)}")
+    egress = ", ".join(str(a) for a in context.onprem.egress_addresses) or "unknown"
+    lines.append(
+        f"egress       {egress}" + (f" ({context.egress_from})" if context.egress_from else "")
+    )
+    lines.extend(f"  {line}" for line in attribution_lines(context.attribution))
     return lines

@@ -1,4 +1,4 @@
-"""The ``m365-policyd`` command line (SPEC §3): serve, check, doctor, bench, --version.
+"""The ``m365-policyd`` command line (the README): serve, check, doctor, bench, --version.
 
 Exit codes: 0 fine, 1 a refusal predicted / doctor found errors, 2 usage error,
 78 configuration error (one line naming the file, the key and the fix).
@@ -12,13 +12,11 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from policyd import __version__, defaults
+from policyd import __version__
+from policyd.constants import ACCEPT, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from policyd.sources.config import default_config_path
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
+from policyd.tools.bench import commandline as bench_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,9 +34,7 @@ def _parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE",
             default=None,
-            help=(
-                f"configuration file (default: ${defaults.CONFIG_ENV}, else {defaults.CONFIG_PATH})"
-            ),
+            help=(f"configuration file (default: ${CONFIG_ENV}, else {CONFIG_PATH})"),
         )
 
     serve = commands.add_parser("serve", help="run the policy server in the foreground")
@@ -71,24 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
-    # Listed for --help only: `bench` has its own parser (policyd.tools.bench), see main().
-    commands.add_parser(
-        "bench",
-        help="drive a running policy server with realistic Postfix traffic",
-        add_help=False,
-    )
+    bench = commands.add_parser("bench", help=bench_cli.HELP, description=bench_cli.DESCRIPTION)
+    bench_cli.add_arguments(bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["bench"]:
-        from policyd.tools import bench
-
-        return bench.main(args_list[1:])
     parser = _parser()
     try:
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(exit_.code or 0)
     if args.command is None:
@@ -97,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "m365-policyd: error: a command is required (serve, check, doctor, bench)\n"
         )
         return EXIT_USAGE
+    if args.command == "bench":
+        return bench_cli.command(args)
     config_path = args.config or default_config_path(os.environ)
     if args.command == "serve":
         from policyd.daemon import serve as server
@@ -115,12 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json: bool) -> int:
     from policyd.errors import ConfigError
-    from policyd.sources.config import load_config
-    from policyd.sources.state import build_state
+    from policyd.sources.state import load_state
     from policyd.tools import check
 
     try:
-        state = build_state(load_config(config_path), generation=0)
+        state = load_state(config_path, generation=0)
     except ConfigError as error:
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
         return EXIT_CONFIG
@@ -129,7 +117,7 @@ def _check(config_path: str, sender: str, recipients: Sequence[str], *, as_json:
         check.write_json(result, sys.stdout)
     else:
         check.write_text(result, sys.stdout)
-    return EXIT_OK if result.verdict == "accept" else EXIT_REFUSED
+    return EXIT_OK if result.verdict == ACCEPT else EXIT_REFUSED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,6 +52,8 @@ from email.utils import make_msgid
 from pathlib import Path
 from types import TracebackType
 
+from tests.serverproc import free_port
+
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
@@ -104,13 +106,6 @@ def postfix_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "a private Postfix instance needs root (postfix start, postqueue -c)"
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that was free a moment ago (bind to port 0, read, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _run(args: Sequence[str], *, check: bool = True, timeout: float = 60) -> str:

@@ -2,7 +2,8 @@
 
 Postfix uses it as ``relayhost``. It offers STARTTLS, asks for a client certificate, and for
 every ``RCPT TO`` applies Microsoft's documented relay rule (``reference/m365-relay-rules.md``
-§1) to what it actually saw on the wire:
+§1), and for mail into the tenant the Partner connectors' restrictions and RejectDirectSend
+(§7: ``550 5.7.51``, ``550 5.7.68``), to what it actually saw on the wire:
 
 * the connection's source address (its view of the "egress address"), and
 * the client certificate Postfix presented (CN and SAN DNS names, validity window),
@@ -47,6 +48,19 @@ _NO_CHECK_TIME = 0x200000
 OK = "250 2.1.5 Recipient OK"
 NO_CONNECTOR = "550 5.7.64 TenantAttribution; Relay Access Denied"
 ATTR36 = "550 5.7.64 Relay Access Denied ATTR36"
+PARTNER_RESTRICTED = (
+    "550 5.7.51 TenantInboundAttribution; There is a partner connector configured that matched "
+    "the message's recipient domain. The connector had either the RestrictDomainsToIPAddresses "
+    "or RestrictDomainsToCertificate set"
+)
+DIRECT_SEND = (
+    "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from "
+    "unauthorized sources"
+)
+WRONG_REGION = (
+    "451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35. For more information please "
+    "go to https://go.microsoft.com/fwlink/?linkid=865268"
+)
 
 
 # -- the rule -------------------------------------------------------------------------------
@@ -61,6 +75,9 @@ class Connector:
     enabled: bool = True
     sender_ip_addresses: tuple[str, ...] = ()  # "127.0.0.10" or "127.0.0.0/24"
     tls_sender_certificate_name: str = ""  # "*.contoso.com", "mail.contoso.com" or ""
+    sender_domains: tuple[str, ...] = ()  # Partner: "*", "contoso.com" or "*.contoso.com"
+    restrict_domains_to_ip_addresses: bool = False  # Partner: covered senders only from its IPs
+    restrict_domains_to_certificate: bool = False  # Partner: ... only with its certificate
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,9 @@ class TenantView:
     accepted_domains: tuple[str, ...] = ("contoso.com",)
     connectors: tuple[Connector, ...] = ()
     subdomain_domains: tuple[str, ...] = ()  # accepted domains with MatchSubDomains
+    reject_direct_send: bool = False  # Set-OrganizationConfig -RejectDirectSend
+    #: Play a retired smart host (mail.messaging.microsoft.com): every RCPT gets 4.4.62 ATTR35.
+    retired_smart_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,17 @@ class PeerCertificate:
             san = None
         if san is not None:
             names.extend(_norm(n) for n in san.get_values_for_type(x509.DNSName))
-        return cls(tuple(dict.fromkeys(names)), cert.not_valid_before_utc, cert.not_valid_after_utc)
+        return cls(tuple(dict.fromkeys(names)), *_validity(cert))
+
+
+def _validity(cert: x509.Certificate) -> tuple[datetime, datetime]:
+    """Aware UTC validity bounds: ``*_utc`` from cryptography 42, naive UTC before (38)."""
+    if hasattr(cert, "not_valid_before_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (
+        cert.not_valid_before.replace(tzinfo=UTC),
+        cert.not_valid_after.replace(tzinfo=UTC),
+    )
 
 
 def _norm(domain: str) -> str:
@@ -136,6 +166,19 @@ def _cert_domain_accepted(tenant: TenantView, cert_name: str) -> bool:
     return bool(parent) and _accepted(tenant, parent)
 
 
+def _covers(connector: Connector, sender_domain: str) -> bool:
+    """``SenderDomains``: ``*`` covers every sender (the null sender too)."""
+    for entry in (_norm(e) for e in connector.sender_domains):
+        if entry == "*":
+            return True
+        if sender_domain and entry.startswith("*."):
+            if sender_domain == entry[2:] or sender_domain.endswith(entry[1:]):
+                return True
+        elif sender_domain and sender_domain == entry:
+            return True
+    return False
+
+
 def relay_verdict(
     tenant: TenantView,
     *,
@@ -147,36 +190,54 @@ def relay_verdict(
 ) -> str:
     """The SMTP reply Exchange Online gives to one RCPT, per Microsoft's relay rule.
 
-    A recipient in an accepted domain is delivered into the tenant. Any other recipient is a
-    relay: it needs an enabled OnPremises connector matched by certificate name (checked
-    first) or source IPv4 address, and then an accepted certificate domain (certificate path
-    only) or an accepted P1 ``MAIL FROM`` domain.
+    A connector matches by certificate name (checked first) or by source IPv4 address. A
+    recipient in an accepted domain is delivered into the tenant, unless no OnPremises connector
+    matches and either a Partner connector with RestrictDomainsTo* covers the sender's domain
+    while the connection does not satisfy it (5.7.51), or RejectDirectSend is on, no Partner
+    connector matches either, and the sender's domain is accepted (5.7.68). Any other recipient
+    is a relay: it needs an enabled OnPremises connector, and then an accepted certificate
+    domain (certificate path only) or an accepted P1 ``MAIL FROM`` domain.
     """
-    if _accepted(tenant, _domain(recipient)):
-        return OK
-    relay = [c for c in tenant.connectors if c.enabled and c.connector_type == "OnPremises"]
+    if tenant.retired_smart_host:
+        return WRONG_REGION
     cert_names: tuple[str, ...] = ()
     if certificate is not None and certificate.not_before <= now <= certificate.not_after:
         cert_names = certificate.names
-    by_cert = [
-        name
-        for c in relay
-        for name in cert_names
-        if _connector_name_matches(_norm(c.tls_sender_certificate_name), name)
-    ]
-    by_ip = False
-    if not by_cert:
-        address = ipaddress.ip_address(source_ip)
-        by_ip = address.version == 4 and any(
+    address = ipaddress.ip_address(source_ip)
+
+    def by_cert(connector: Connector) -> list[str]:
+        wanted = _norm(connector.tls_sender_certificate_name)
+        return [name for name in cert_names if _connector_name_matches(wanted, name)]
+
+    def by_ip(connector: Connector) -> bool:
+        return address.version == 4 and any(
             address in ipaddress.ip_network(net, strict=False)
-            for c in relay
-            for net in c.sender_ip_addresses
+            for net in connector.sender_ip_addresses
         )
-    if not by_cert and not by_ip:
-        return NO_CONNECTOR
-    if any(_cert_domain_accepted(tenant, name) for name in by_cert):
+
+    enabled = [c for c in tenant.connectors if c.enabled]
+    relay = [c for c in enabled if c.connector_type == "OnPremises"]
+    partners = [c for c in enabled if c.connector_type == "Partner"]
+    matched_names = [name for c in relay for name in by_cert(c)]
+    attributed = bool(matched_names) or any(by_ip(c) for c in relay)
+    sender_domain = _domain(mail_from)
+    if _accepted(tenant, _domain(recipient)):
+        if attributed:
+            return OK
+        for partner in partners:
+            restricted = partner.restrict_domains_to_ip_addresses and not by_ip(partner)
+            restricted |= partner.restrict_domains_to_certificate and not by_cert(partner)
+            if restricted and _covers(partner, sender_domain):
+                return PARTNER_RESTRICTED
+        authenticated = any(by_ip(p) or by_cert(p) for p in partners)
+        if tenant.reject_direct_send and not authenticated and _accepted(tenant, sender_domain):
+            return DIRECT_SEND
         return OK
-    if mail_from and _accepted(tenant, _domain(mail_from)):
+    if not attributed:
+        return NO_CONNECTOR
+    if any(_cert_domain_accepted(tenant, name) for name in matched_names):
+        return OK
+    if mail_from and _accepted(tenant, sender_domain):
         return OK
     return ATTR36
 
@@ -204,7 +265,7 @@ class Transaction:
 
     @property
     def refused(self) -> list[str]:
-        """Recipients answered with a 5.7.64 refusal (or anything but 250)."""
+        """Recipients answered with a refusal (anything but 250)."""
         return [r for r, reply in self.replies.items() if not reply.startswith("250")]
 
     @property

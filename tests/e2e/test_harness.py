@@ -4,28 +4,51 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import SNIPPET, _require
 from tests.e2e.postfix import parse_main_cf
+from tests.e2e.world import SNIPPET
+from tests.needs import require
 
 
-def test_missing_postfix_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without CI a missing Postfix skips the test and says why."""
+def outcome(reason: str | None) -> str:
+    """What ``require(reason)`` does to the test calling it: "skip", "fail" or "run" on."""
+    try:
+        require(reason)
+    except pytest.skip.Exception:
+        return "skip"
+    except pytest.fail.Exception:
+        return "fail"
+    return "run"
+
+
+@pytest.mark.parametrize(
+    ("reason", "ci", "expected"),
+    [
+        ("a private Postfix instance needs root", False, "skip"),
+        ("/usr/sbin/postfix is missing", True, "fail"),
+        (None, False, "run"),
+        (None, True, "run"),
+    ],
+    ids=["missing-outside-ci", "missing-under-ci", "nothing-missing", "nothing-missing-ci"],
+)
+def test_a_missing_program_skips_outside_ci_and_fails_under_it(
+    monkeypatch: pytest.MonkeyPatch, reason: str | None, ci: bool, expected: str
+) -> None:
+    """A missing Postfix skips the test, or fails it when CI is set; nothing missing runs on."""
+    if ci:
+        monkeypatch.setenv("CI", "true")
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    assert outcome(reason) == expected
+
+
+def test_the_skip_and_the_failure_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skip carries the reason; the failure names CI and the reason."""
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="needs root"):
-        _require("a private Postfix instance needs root")
-
-
-def test_missing_postfix_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With CI set a missing Postfix is a failure, not a skip."""
+        require("a private Postfix instance needs root")
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI is set"):
-        _require("/usr/sbin/postfix is missing")
-
-
-def test_nothing_missing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No reason means the test goes ahead."""
-    monkeypatch.setenv("CI", "true")
-    _require(None)
+    with pytest.raises(pytest.fail.Exception, match=r"CI is set.*postfix is missing"):
+        require("/usr/sbin/postfix is missing")
 
 
 def test_snippet_parses_to_the_documented_wiring() -> None:

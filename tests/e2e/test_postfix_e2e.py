@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ALIASES, OTHER_IP, REPO, Setup, World
 from tests.e2e.postfix import SendResult
 from tests.e2e.standin import ATTR36, NO_CONNECTOR, OK, Transaction
+from tests.e2e.world import ALIASES, OTHER_IP, REPO, Setup, World
 
 pytestmark = pytest.mark.postfix
 
@@ -225,6 +225,76 @@ def test_defer_keeps_refused_mail_from_microsoft(fresh: World, name: str) -> Non
     assert late == []
 
 
+# -- mail into the tenant: Partner connectors and RejectDirectSend (SPEC §5 step 2) ------------
+
+PARTNER_IP = "127.0.0.30/32"  # a filtering service's address: not ours
+
+INTO_TENANT: dict[str, tuple[Setup, str, str, str | None]] = {
+    # (setup, stand-in reply starts with, predicted reason, predicted code)
+    "partner restriction, no OnPremises connector matches": (
+        Setup(egress=OTHER_IP, partner_ips=(PARTNER_IP,)),
+        "550 5.7.51 TenantInboundAttribution",
+        "partner-restricted",
+        "5.7.51",
+    ),
+    "partner restriction, the OnPremises connector matches": (
+        Setup(partner_ips=(PARTNER_IP,)),
+        ACCEPTED,
+        "recipient-in-tenant",
+        None,
+    ),
+    "RejectDirectSend, no connector matches": (
+        Setup(egress=OTHER_IP, reject_direct_send=True),
+        "550 5.7.68 TenantInboundAttribution",
+        "direct-send-rejected",
+        "5.7.68",
+    ),
+    "RejectDirectSend, a Partner connector authenticates": (
+        Setup(
+            egress=OTHER_IP,
+            reject_direct_send=True,
+            partner_ips=(f"{OTHER_IP}/32",),
+            partner_restricts=False,
+        ),
+        ACCEPTED,
+        "recipient-in-tenant",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(INTO_TENANT))
+def test_mail_into_the_tenant_agrees_with_the_standin(fresh: World, name: str) -> None:
+    """A private Postfix sends own-domain mail into the tenant: from an address a restricting
+    Partner connector does not know the stand-in answers 5.7.51 and the daemon predicted
+    partner-restricted; RejectDirectSend gives 5.7.68 unless a Partner connector matches."""
+    setup, reply, reason, code = INTO_TENANT[name]
+    world = fresh.apply(setup)
+    rcpt = f"into-{token()}@contoso.com"
+    mark = len(world.standin.transactions)
+    assert send(world, Envelope("into", "app@contoso.com", rcpt, rcpt)).queued
+    said = standin_reply(world, mark, rcpt)
+    assert said.startswith(reply), (name, said)
+    prediction = world.daemon.prediction(rcpt)
+    assert (prediction["reason"], prediction["code"]) == (reason, code), prediction
+    assert prediction["verdict"] == ("accept" if code is None else "reject")
+    world.postfix.wait_queue_empty()
+
+
+def test_defer_keeps_partner_restricted_mail_with_its_code(fresh: World) -> None:
+    """Under action=defer a predicted 5.7.51 is answered 450 4.7.51 at RCPT and never reaches
+    the stand-in."""
+    world = fresh.apply(Setup(egress=OTHER_IP, partner_ips=(PARTNER_IP,), action="defer"))
+    rcpt = f"held-{token()}@contoso.com"
+    mark = len(world.standin.transactions)
+    result = world.postfix.send("app@contoso.com", [rcpt])
+    code, text = result.rcpt[rcpt]
+    assert (code, text.split(" ", 1)[0]) == (450, "4.7.51"), text
+    assert "reason=partner-restricted" in text
+    assert world.standin_would_say("app@contoso.com", rcpt).startswith("550 5.7.51")
+    assert [t for t in world.standin.transactions[mark:] if rcpt in t.replies] == []
+
+
 # -- header, reroute, hold ------------------------------------------------------------------
 
 
@@ -309,8 +379,18 @@ def test_hold_leaves_the_message_in_the_hold_queue(fresh: World) -> None:
     held = [m for m in queue if m.get("queue_id") == result.queue_id]
     assert [m.get("queue_name") for m in held] == ["hold"], queue
     assert world.daemon.prediction(rcpt)["reason"] == "null-sender"
-    time.sleep(1.5)  # a queue run would have delivered it by now
+    # A queue run, and a later message relayed through the stand-in: the held one would have
+    # gone with them had it been in any queue Postfix delivers from.
+    world.postfix.flush()
+    later = f"after-hold-{token()}@example.net"
+    assert world.postfix.send("alerts@contoso.com", [later]).queued
+    world.standin.wait_for(lambda t: later in t.replies, since=mark)
+    world.postfix.wait_queue_empty()
     assert [t for t in world.standin.transactions[mark:] if rcpt in t.replies] == []
+    still = [
+        m.get("queue_name") for m in world.postfix.queue() if m.get("queue_id") == result.queue_id
+    ]
+    assert still == ["hold"]
 
 
 # -- the daemon itself ----------------------------------------------------------------------

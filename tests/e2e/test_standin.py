@@ -11,8 +11,11 @@ import pytest
 
 from tests.e2e.standin import (
     ATTR36,
+    DIRECT_SEND,
     NO_CONNECTOR,
     OK,
+    PARTNER_RESTRICTED,
+    WRONG_REGION,
     Connector,
     PeerCertificate,
     StandIn,
@@ -125,6 +128,73 @@ def test_ipv6_source_never_matches_ip_connector() -> None:
     """SenderIPAddresses are IPv4 only; an IPv6 source is not attributed by address."""
     tenant = TenantView(("contoso.com",), (Connector("ip", sender_ip_addresses=("0.0.0.0/0",)),))
     assert verdict(tenant, "app@contoso.com", ip="::1") == NO_CONNECTOR
+
+
+FILTER = Connector(
+    "filtering service",
+    connector_type="Partner",
+    sender_ip_addresses=("127.0.0.30/32",),
+    tls_sender_certificate_name="*.filter.example",
+    sender_domains=("*",),
+    restrict_domains_to_ip_addresses=True,
+)
+LOCKED = TenantView(
+    ("contoso.com",), (Connector("ip", sender_ip_addresses=("127.0.0.10/32",)), FILTER)
+)
+
+
+@pytest.mark.parametrize(
+    ("ip", "sender", "rcpt", "reply"),
+    [
+        ("127.0.0.20", "app@contoso.com", "kate@contoso.com", PARTNER_RESTRICTED),
+        ("127.0.0.20", "", "kate@contoso.com", PARTNER_RESTRICTED),  # "*" covers the null sender
+        ("127.0.0.30", "app@contoso.com", "kate@contoso.com", OK),  # from the partner's address
+        ("127.0.0.10", "app@contoso.com", "kate@contoso.com", OK),  # OnPremises attributes it
+        ("127.0.0.20", "app@contoso.com", "ext@example.net", NO_CONNECTOR),  # relay: 5.7.64
+    ],
+)
+def test_restricting_partner_connector(ip: str, sender: str, rcpt: str, reply: str) -> None:
+    """A Partner connector with RestrictDomainsToIPAddresses and SenderDomains * refuses mail
+    into the tenant from other addresses with 5.7.51, unless an OnPremises connector matches."""
+    assert verdict(LOCKED, sender, rcpt, ip=ip) == reply
+
+
+def test_restricting_partner_connector_by_certificate_and_domain_list() -> None:
+    """RestrictDomainsToCertificate is met by its certificate; a SenderDomains list covers only
+    its domains."""
+    by_cert = TenantView(
+        ("contoso.com",),
+        (
+            Connector(
+                "filter",
+                connector_type="Partner",
+                tls_sender_certificate_name="*.filter.example",
+                sender_domains=("contoso.com",),
+                restrict_domains_to_certificate=True,
+            ),
+        ),
+    )
+    mine = cert("mx1.filter.example")
+    assert verdict(by_cert, "a@contoso.com", "b@contoso.com", certificate=mine) == OK
+    assert verdict(by_cert, "a@contoso.com", "b@contoso.com") == PARTNER_RESTRICTED
+    assert verdict(by_cert, "a@fabrikam.com", "b@contoso.com") == OK
+
+
+def test_reject_direct_send_and_partner_authentication() -> None:
+    """RejectDirectSend refuses accepted-domain senders that no connector matches with 5.7.68;
+    a matching Partner connector authenticates them; foreign senders are not Direct Send."""
+    scanner = Connector("scanner", connector_type="Partner", sender_ip_addresses=("127.0.0.30",))
+    tenant = TenantView(("contoso.com",), (scanner,), reject_direct_send=True)
+    assert verdict(tenant, "scan@contoso.com", "b@contoso.com", ip="127.0.0.20") == DIRECT_SEND
+    assert verdict(tenant, "scan@contoso.com", "b@contoso.com", ip="127.0.0.30") == OK
+    assert verdict(tenant, "john@fabrikam.com", "b@contoso.com", ip="127.0.0.20") == OK
+
+
+def test_retired_smart_host_answers_wrong_region() -> None:
+    """Playing a retired smart host, the stand-in defers every recipient with 4.4.62 ATTR35."""
+    tenant = TenantView(("contoso.com",), retired_smart_host=True)
+    assert verdict(tenant, "app@contoso.com", "b@contoso.com") == WRONG_REGION
+    assert WRONG_REGION.startswith("451 4.4.62 ")
 
 
 def test_smtp_session_records_certificate_and_verdicts(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from policyd.constants import POSTFIX_ATTRIBUTE_ORDER
 from policyd.wire.codec import POSTFIX_LAYOUT, RequestDecoder
-from tests.e2e.conftest import _require
+from tests import needs
 from tests.e2e.postfix import PostfixInstance, postfix_unavailable
 
 pytestmark = pytest.mark.postfix
@@ -58,7 +58,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def recorded() -> Iterator[list[bytes]]:
     """The requests a private Postfix sends for one message to two recipients (RCPT, RCPT, DATA)."""
-    _require(postfix_unavailable())
+    needs.require(postfix_unavailable())
     recorder = Recorder()
     check = f"check_policy_service inet:127.0.0.1:{recorder.port}"
     try:

@@ -12,7 +12,8 @@ Two layers, as everywhere in the package:
   output. A missing or failing ``postconf`` becomes a warning check, never a crash.
 
 The checks live by what they audit: ``certificate``, ``tenant`` (with the closing table of
-mail classes), ``postfix``; ``report`` holds the vocabulary (statuses, areas, ``Check``,
+mail classes, and the Partner connectors), ``postfix``, ``assumptions`` (the disputed rules the
+setup relies on, docs/relay-rules.md); ``report`` holds the vocabulary (statuses, areas, ``Check``,
 ``Report``) and the text and JSON output. Exit status: 0 without errors, 1 with errors, 78 on a
 configuration error.
 """
@@ -22,19 +23,26 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
+from policyd.constants import EXIT_CONFIG
 from policyd.errors import ConfigError
 from policyd.rules import predict
-from policyd.sources.config import Config, load_config
+from policyd.rules.predictor import Predictor
+from policyd.rules.relay import Router
+from policyd.sources.config import Config
 from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
+from policyd.sources.srs import SrsDomain
+from policyd.sources.state import build_state, load_config
+from policyd.tools.doctor.assumptions import assumption_checks
 from policyd.tools.doctor.certificate import certificate_checks
-from policyd.tools.doctor.postfix import postfix_checks
+from policyd.tools.doctor.postfix import postfix_checks, srs_check
 from policyd.tools.doctor.report import (
     AREAS,
-    EXIT_CONFIG,
+    ERROR,
     STATUSES,
     Check,
     KeyCheck,
@@ -43,7 +51,14 @@ from policyd.tools.doctor.report import (
     write_json,
     write_text,
 )
-from policyd.tools.doctor.tenant import mail_classes, summary_check, tenant_checks
+from policyd.tools.doctor.tenant import (
+    mail_classes,
+    route_samples,
+    shared_certificate_check,
+    shared_egress_check,
+    summary_check,
+    tenant_checks,
+)
 
 __all__ = [
     "AREAS",
@@ -66,22 +81,100 @@ def audit(
     postfix: PostfixFacts | None = None,
     key: KeyCheck | None = None,
     resolve: Callable[[str], str] = os.path.normpath,
+    router: Router | None = None,
+    srs: SrsDomain | None = None,
+    predictor: Predictor | None = None,
 ) -> Report:
     """Build the checklist and the closing table from plain inputs.
 
     ``postfix`` None skips the Postfix checks; ``resolve`` turns a path into its comparable
-    form (the wiring passes ``os.path.realpath``, tests may pass anything).
+    form (the wiring passes ``os.path.realpath``, tests may pass anything); ``router`` is the
+    state's router with ``[postfix]``, so the table predicts exactly as the daemon does;
+    ``predictor`` (the state's) lists several tenants: each gets its own section and table,
+    and the cross-tenant checks of README: tenants are added.
     """
+    tenants = predictor.tenants if predictor is not None else ()
+    if len(tenants) > 1 and predictor is not None:
+        return _several(config, predictor, now, postfix, key, resolve, router, srs)
     tenant, onprem = config.tenant, config.onprem
     attribution = predict.attribute(tenant, onprem, now)
     checks: list[Check] = []
     checks.extend(certificate_checks(config, attribution, key, now))
     checks.extend(tenant_checks(config, attribution))
-    classes = mail_classes(config, attribution)
+    routes = None
+    if router is not None:
+        active = router
+
+        def routes(sender: str) -> Callable[[str], predict.RouteContext]:
+            return active.for_sender(sender, now)
+
+    classes = mail_classes(config, attribution, routes)
+    disagrees = False
     if postfix is not None:
-        checks.extend(postfix_checks(config, postfix, classes, resolve))
-    checks.append(summary_check(classes))
+        found = postfix_checks(config, postfix, classes, resolve)
+        if srs is not None:
+            found.append(srs_check(srs))
+        checks.extend(found)
+        disagrees = router is None and any(
+            c.status == ERROR and c.id in ("postfix-cert-file", "postfix-relayhost") for c in found
+        )
+    checks.extend(assumption_checks(config, classes))
+    checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
+
+
+def _routes(
+    router: Router | None, now: datetime
+) -> Callable[[str], Callable[[str], predict.RouteContext]] | None:
+    """Per sender, the route function the daemon uses (None without [postfix])."""
+    if router is None:
+        return None
+    active = router
+
+    def routes(sender: str) -> Callable[[str], predict.RouteContext]:
+        return active.for_sender(sender, now)
+
+    return routes
+
+
+def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
+    config: Config,
+    predictor: Predictor,
+    now: datetime,
+    postfix: PostfixFacts | None,
+    key: KeyCheck | None,
+    resolve: Callable[[str], str],
+    router: Router | None,
+    srs: SrsDomain | None,
+) -> Report:
+    """One section per tenant (its certificate, connectors and table), then Postfix, then the
+    cross-tenant warnings and the summary over every tenant's table."""
+    checks: list[Check] = []
+    classes: list[MailClass] = []
+    for named in predictor.tenants:
+        own = replace(config, tenant=named.tenant, onprem=predictor.onprem_for(named))
+        attribution = predictor.attribution(named, now)
+        section = [
+            *certificate_checks(own, attribution, key, now),
+            *tenant_checks(own, attribution),
+        ]
+        rows = mail_classes(own, attribution, _routes(router, now))
+        section.append(summary_check(rows))
+        checks.extend(replace(check, tenant=named.name) for check in section)
+        classes.extend(replace(row, tenant=named.name) for row in rows)
+    if postfix is not None:
+        found = postfix_checks(config, postfix, tuple(classes), resolve)
+        if srs is not None:
+            found.append(srs_check(srs))
+        checks.extend(found)
+    pictures = (
+        [p.onprem for p in router.services.values()]
+        if router is not None
+        else [predictor.onprem_for(t) for t in predictor.tenants]
+    )
+    checks.append(shared_egress_check(predictor.tenants, pictures))
+    checks.append(shared_certificate_check(predictor.tenants, pictures))
+    return Report(tuple(checks), tuple(classes))
 
 
 # --- certificate ---------------------------------------------------------------------------------
@@ -127,13 +220,23 @@ def main(
     except ConfigError as error:
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
         return EXIT_CONFIG
-    postfix = read_postfix(postfix_dir)
+    try:
+        state = build_state(config, generation=0)
+    except ConfigError as error:
+        sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
+        return EXIT_CONFIG
+    if config.postfix.config_directory:
+        postfix_dir = config.postfix.config_directory
+    postfix = read_postfix(postfix_dir, route_samples(config))
     report = audit(
         config,
         now=now if now is not None else datetime.now(UTC),
         postfix=postfix,
         key=_key_check_for(config, key),
         resolve=os.path.realpath,
+        router=state.router,
+        srs=state.srs,
+        predictor=state.predictor,
     )
     if as_json:
         write_json(report, stream)

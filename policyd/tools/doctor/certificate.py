@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from policyd.rules import predict
-from policyd.rules.certnames import connector_name_matches, validity_problem
+from policyd.rules.certnames import connector_name_matches, counted_names, validity_problem
 from policyd.rules.model import CertificateFacts, Tenant
 from policyd.sources.config import Config
 from policyd.tools.doctor.report import CERTIFICATE, ERROR, NOTE, OK, WARNING, Check, KeyCheck
@@ -137,15 +137,22 @@ def _chain_check(cert: CertificateFacts) -> Check:
 
 
 def _certificate_name_checks(tenant: Tenant, cert: CertificateFacts) -> list[Check]:
-    """Names against every enabled OnPremises connector, then the one-label depth rule."""
+    """Names against every enabled OnPremises connector, then the one-label depth rule, both
+    under the tenant's assumptions (the apex of a wildcard connector, SAN names)."""
+    settings = tenant.assumptions
     connectors = [c for c in tenant.relay_connectors if c.tls_sender_certificate_name]
+    names = counted_names(cert, settings.san_names_count)
     matched: list[str] = []
     matched_by: list[str] = []
     for connector in connectors:
         hits = [
             n
-            for n in cert.names
-            if connector_name_matches(connector.tls_sender_certificate_name, n)
+            for n in names
+            if connector_name_matches(
+                connector.tls_sender_certificate_name,
+                n,
+                covers_apex=settings.wildcard_connector_covers_apex,
+            )
         ]
         if hits:
             matched_by.append(f"'{connector.name}' ({connector.tls_sender_certificate_name})")

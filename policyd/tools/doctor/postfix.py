@@ -24,18 +24,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from policyd.rules import endpoints
 from policyd.rules.model import normalize_domain
 from policyd.sources.config import Config
-from policyd.sources.postfix import PostfixFacts, split_postfix_list
+from policyd.sources.postfix import PostfixFacts, RouteSample, split_postfix_list
+from policyd.sources.srs import SrsDomain
 from policyd.tools.doctor.report import ERROR, NOTE, OK, POSTFIX, WARNING, Check, MailClass
-
-#: Microsoft 365's MX endpoint, the only host an OnPremises connector relays through.
-M365_RELAY_SUFFIX = ".mail.protection.outlook.com"
-
-
-#: Microsoft 365's SMTP AUTH submission endpoints (connectors do not apply there).
-M365_SUBMISSION_HOSTS = ("smtp.office365.com", "smtp-legacy.office365.com")
-
 
 #: TLS levels that never fall back to plain text, and what weaker ones mean.
 MANDATORY_TLS = ("encrypt", "fingerprint", "verify", "secure", "dane-only")
@@ -83,80 +77,136 @@ def postfix_checks(
     return checks
 
 
-def relay_hosts(relayhost: str) -> list[tuple[str, str, bool]]:
-    """``relayhost`` as (host, port, bracketed) entries; Postfix allows a list since 3.5."""
-    hosts: list[tuple[str, str, bool]] = []
-    for item in re.split(r"[\s,]+", relayhost.strip()):
-        if not item:
-            continue
-        match = re.fullmatch(r"\[([^\]]*)\](?::(\S+))?", item)
-        if match:
-            hosts.append((match.group(1).lower(), match.group(2) or "25", True))
-            continue
-        host, colon, port = item.rpartition(":")
-        if colon and port.isdigit():
-            hosts.append((host.lower(), port, False))
-        else:
-            hosts.append((item.lower(), "25", False))
-    return hosts
-
-
 def _relayhost_check(postfix: PostfixFacts) -> Check:
+    """Where mail to the internet goes, as Postfix routes it (not ``relayhost`` alone)."""
+    if postfix.route_error or not postfix.routes:
+        return _relayhost_only_check(postfix)
+    example = "relayhost = [contoso-com.mail.protection.outlook.com]:25"
+    findings: list[tuple[str, str]] = []
+    for sample in postfix.routes:
+        findings.extend(_route_problems(sample))
+    shown = "; ".join(_route_line(sample) for sample in postfix.routes)
+    if not findings:
+        return Check(
+            "postfix-relayhost",
+            POSTFIX,
+            OK,
+            f"Mail to the internet reaches Microsoft 365's MX endpoint: {shown}.",
+        )
+    status = ERROR if any(s == ERROR for s, _ in findings) else WARNING
+    problems = "; ".join(dict.fromkeys(text for _, text in findings))
+    return Check(
+        "postfix-relayhost",
+        POSTFIX,
+        status,
+        f"{problems}. Routes found: {shown}.",
+        f"Route mail to the internet to your tenant's MX endpoint ({example}, or the same next "
+        "hop in sender_dependent_relayhost_maps or transport_maps), in brackets, port 25.",
+    )
+
+
+def _route_line(sample: RouteSample) -> str:
+    if sample.route is None:
+        return f"{sample.label}: lookup failed ({sample.error})"
+    route = sample.route
+    decided = route.steps[-1] if route.steps else ""
+    return f"{sample.label} -> {route}" + (f" ({decided})" if decided else "")
+
+
+def _route_problems(sample: RouteSample) -> list[tuple[str, str]]:
+    """(status, text) for what is wrong with one sample's route."""
+    route = sample.route
+    if route is None:
+        return [(ERROR, f"routing {sample.label} failed: {sample.error}")]
+    if not route.relays:
+        return [
+            (
+                ERROR,
+                f"{sample.label} are delivered by master.cf service {route.transport} "
+                f"({route.command or 'not in master.cf'}), not sent through Microsoft 365",
+            )
+        ]
+    hops = endpoints.parse_nexthop(route.nexthop)
+    problems: list[tuple[str, str]] = []
+    for hop in hops:
+        kind = endpoints.classify_host(hop.host)
+        if kind == endpoints.LEGACY:
+            problems.append(
+                (
+                    ERROR,
+                    f"{hop.host} is a retired Microsoft smart host: Microsoft 365 defers every "
+                    f"message with '{endpoints.WRONG_REGION_REPLY}'",
+                )
+            )
+        elif kind == endpoints.SUBMISSION:
+            problems.append(
+                (
+                    ERROR,
+                    f"{hop.host} is Microsoft 365's SMTP AUTH submission endpoint, where "
+                    "connectors do not apply",
+                )
+            )
+        elif kind == endpoints.OTHER:
+            if route.nexthop.lower() == sample.recipient.rpartition("@")[2].lower():
+                text = (
+                    f"{sample.label} go directly to the recipients' MX (no relayhost, "
+                    "sender-dependent relay host or transport_maps next hop applies), not "
+                    "through Microsoft 365, so the predictions do not apply"
+                )
+                problems.append((ERROR, text))
+            else:
+                problems.append(
+                    (
+                        WARNING,
+                        f"{hop.host} is not a Microsoft 365 endpoint: the predictions hold for "
+                        f"{sample.label} only if it relays them to Microsoft 365 unchanged",
+                    )
+                )
+        elif hop.port not in ("", "25"):
+            problems.append(
+                (ERROR, f"{hop.host} is reached on port {hop.port}; the MX endpoint listens on 25")
+            )
+        elif not hop.bracketed:
+            problems.append(
+                (
+                    WARNING,
+                    f"{hop.host} is written without brackets, so Postfix first looks up MX records "
+                    "for it",
+                )
+            )
+    if len(hops) > 1:
+        problems.append(
+            (
+                WARNING,
+                f"{sample.label} have a list of next hops ({route.nexthop}); later ones are used "
+                "only when the first fails",
+            )
+        )
+    return problems
+
+
+def _relayhost_only_check(postfix: PostfixFacts) -> Check:
+    """Without routes (postconf could not read master.cf or a table): judge ``relayhost``."""
     relayhost = postfix.get("relayhost")
+    note = f" (routes could not be computed: {postfix.route_error})" if postfix.route_error else ""
     example = "relayhost = [contoso-com.mail.protection.outlook.com]:25"
     if not relayhost:
         return Check(
             "postfix-relayhost",
             POSTFIX,
-            ERROR,
-            "relayhost is empty: Postfix delivers directly to the recipients' MX, not through "
-            "Microsoft 365, so the predictions do not apply.",
-            f"Set {example} (your tenant's MX endpoint).",
+            WARNING,
+            f"relayhost is empty{note}: unless sender_dependent_relayhost_maps or transport_maps "
+            "send mail to Microsoft 365, Postfix delivers directly to the recipients' MX.",
+            f"Set {example} (your tenant's MX endpoint), or fix what stopped the route lookup.",
         )
-    problems: list[tuple[str, str]] = []
-    for host, port, bracketed in relay_hosts(relayhost):
-        if host in M365_SUBMISSION_HOSTS:
-            problems.append(
-                (
-                    ERROR,
-                    f"{host} is Microsoft 365's SMTP AUTH submission endpoint, where connectors "
-                    "do not apply",
-                )
-            )
-        elif not host.endswith(M365_RELAY_SUFFIX):
-            problems.append(
-                (
-                    WARNING,
-                    f"{host} is not a *{M365_RELAY_SUFFIX} host, so mail may not reach "
-                    "Microsoft 365 from here",
-                )
-            )
-        elif port != "25":
-            problems.append(
-                (ERROR, f"{host} is reached on port {port}; the MX endpoint listens on port 25")
-            )
-        elif not bracketed:
-            problems.append(
-                (
-                    WARNING,
-                    f"{host} is written without brackets, so Postfix first looks up MX records "
-                    "for it",
-                )
-            )
-    if not problems:
-        return Check(
-            "postfix-relayhost",
-            POSTFIX,
-            OK,
-            f"relayhost = {relayhost} is Microsoft 365's MX endpoint.",
-        )
-    status = ERROR if any(s == ERROR for s, _ in problems) else WARNING
+    kinds = {endpoints.classify_host(hop.host) for hop in endpoints.parse_nexthop(relayhost)}
+    status = OK if kinds == {endpoints.RELAY} else ERROR
     return Check(
         "postfix-relayhost",
         POSTFIX,
         status,
-        f"relayhost = {relayhost}: " + "; ".join(text for _, text in problems) + ".",
-        f"Set {example} (your tenant's MX endpoint, in brackets, port 25).",
+        f"relayhost = {relayhost}{note}.",
+        "" if status == OK else f"Set {example} (your tenant's MX endpoint).",
     )
 
 
@@ -587,4 +637,24 @@ def _bounce_check(config: Config, postfix: PostfixFacts, classes: Sequence[MailC
         f"through a certificate connector; here they are refused [{bounce.reason}]{extra}. "
         f"Notices: {detail}.",
         bounce.fix,
+    )
+
+
+def srs_check(srs: SrsDomain) -> Check:
+    """The domain postsrsd writes into rewritten senders (docs/postfix.md)."""
+    if srs.problem:
+        return Check(
+            "postfix-srs-domain",
+            POSTFIX,
+            ERROR,
+            f"postsrsd ({srs.table}) writes senders into {srs.domain or 'no domain'} "
+            f"({srs.source}): {srs.problem}.",
+            "Set postsrsd's domain (SRS_DOMAIN in /etc/default/postsrsd, or srs-domain in "
+            "postsrsd.conf) to an accepted domain of the tenant, written out in full.",
+        )
+    return Check(
+        "postfix-srs-domain",
+        POSTFIX,
+        OK,
+        f"postsrsd ({srs.table}) rewrites forwarded senders into {srs.domain} ({srs.source}).",
     )

@@ -1,6 +1,7 @@
 """doctor's vocabulary and output: statuses, areas, one ``Check``, the ``Report`` and its text.
 
-Each check has a stable kebab-case ``id``, an ``area`` (certificate, tenant, postfix, summary),
+Each check has a stable kebab-case ``id``, an ``area`` (certificate, tenant, postfix,
+assumptions, summary),
 a ``status`` (ok, warning, error, note), a one-line ``finding`` and a one-sentence ``fix`` (empty
 when ok). ``Report.exit_code`` is 0 without errors and 1 with errors.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import TextIO
+
+from policyd.constants import EXIT_ERRORS, EXIT_OK
 
 # Statuses and areas.
 OK = "ok"
@@ -36,10 +39,13 @@ TENANT = "tenant"
 POSTFIX = "postfix"
 
 
+ASSUMPTIONS = "assumptions"
+
+
 SUMMARY = "summary"
 
 
-AREAS = (CERTIFICATE, TENANT, POSTFIX, SUMMARY)
+AREAS = (CERTIFICATE, TENANT, POSTFIX, ASSUMPTIONS, SUMMARY)
 
 
 #: Text markers of the checklist.
@@ -50,17 +56,9 @@ AREA_TITLES = {
     CERTIFICATE: "Certificate",
     TENANT: "Tenant",
     POSTFIX: "Postfix",
+    ASSUMPTIONS: "Assumptions (where Microsoft's texts disagree; docs/relay-rules.md)",
     SUMMARY: "Summary",
 }
-
-
-EXIT_OK = 0
-
-
-EXIT_ERRORS = 1
-
-
-EXIT_CONFIG = 78
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +70,19 @@ class Check:
     status: str
     finding: str
     fix: str = ""
+    tenant: str = ""  # with several tenants: the tenant this check is about ("" = all)
 
     def as_json(self) -> dict[str, str]:
-        return {
+        found = {
             "id": self.id,
             "area": self.area,
             "status": self.status,
             "finding": self.finding,
             "fix": self.fix,
         }
+        if self.tenant:
+            found["tenant"] = self.tenant
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +100,12 @@ class MailClass:
     reply: str | None
     explanation: str
     fix: str
+    tenant: str = ""  # with several tenants: the tenant whose own-domain senders the row uses
+    assumptions: tuple[str, ...] = ()  # the docs/relay-rules.md keys the prediction depends on
 
     def as_json(self) -> dict[str, object]:
         return {
+            "tenant": self.tenant or None,
             "class": self.id,
             "label": self.label,
             "sender": self.sender,
@@ -112,6 +117,7 @@ class MailClass:
             "reply": self.reply,
             "explanation": self.explanation,
             "fix": self.fix,
+            "assumptions": list(self.assumptions),
         }
 
 
@@ -142,10 +148,10 @@ class Report:
     def exit_code(self) -> int:
         return EXIT_ERRORS if self.errors else EXIT_OK
 
-    def status_of(self, check_id: str) -> str | None:
-        """The status of the check ``check_id``, None when it was not made."""
+    def status_of(self, check_id: str, tenant: str = "") -> str | None:
+        """The status of the check ``check_id`` (about ``tenant``), None when not made."""
         for check in self.checks:
-            if check.id == check_id:
+            if check.id == check_id and check.tenant == tenant:
                 return check.status
         return None
 
@@ -162,25 +168,38 @@ def write_text(report: Report, out: TextIO, *, title: str = "") -> None:
     """The checklist grouped by area, then the closing table and the totals."""
     if title:
         out.write(f"{title}\n")
-    for area in AREAS:
-        checks = [c for c in report.checks if c.area == area]
-        if not checks:
-            continue
-        out.write(f"\n{AREA_TITLES[area]}\n")
-        for check in checks:
-            out.write(f"  {MARKERS[check.status]} {check.id}: {check.finding}\n")
-            if check.fix:
-                out.write(f"         fix: {check.fix}\n")
-    out.write("\nWill Microsoft 365 relay it?\n")
-    width = max(len(c.label) for c in report.classes)
-    for row in report.classes:
+    tenants = list(dict.fromkeys(c.tenant for c in report.checks if c.tenant))
+    for tenant in ["", *tenants]:
+        if tenant:
+            out.write(f"\n== Tenant {tenant} ==\n")
+        for area in AREAS:
+            checks = [c for c in report.checks if c.area == area and c.tenant == tenant]
+            if not checks:
+                continue
+            out.write(f"\n{AREA_TITLES[area]}\n")
+            for check in checks:
+                out.write(f"  {MARKERS[check.status]} {check.id}: {check.finding}\n")
+                if check.fix:
+                    out.write(f"         fix: {check.fix}\n")
+        _table(report, out, tenant)
+    out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")
+
+
+def _table(report: Report, out: TextIO, tenant: str) -> None:
+    rows = [c for c in report.classes if c.tenant == tenant]
+    if not rows:
+        return
+    out.write("\nWill Microsoft 365 relay it?" + (f" (tenant {tenant})" if tenant else "") + "\n")
+    width = max(len(c.label) for c in rows)
+    for row in rows:
         envelope = f"<{row.sender}> -> {', '.join(row.final)}"
         answer = "yes" if row.relayed else "NO "
         reason = f"[{row.reason}]"
         out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {envelope}\n")
         if row.fix:
             out.write(f"  {'':<{width}}       fix: {row.fix}\n")
-    out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")
+        if row.assumptions:
+            out.write(f"  {'':<{width}}       assumes: {', '.join(row.assumptions)}\n")
 
 
 def write_json(report: Report, out: TextIO) -> None:

@@ -3,16 +3,20 @@
 Pure: the connectors, accepted domains and egress addresses of the configuration, and the
 attribution the real predictor (``policyd.rules.predict``) computes; the closing table predicts
 one envelope per mail class with that same predictor, so it can never disagree with ``check``.
+Partner connectors get two checks of their own: a restricting one this server does not satisfy
+(mail into the tenant refused with 5.7.51), and RejectDirectSend with or without a connector
+that authenticates this server (5.7.68).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from policyd.rules import predict
+from policyd.constants import ACCEPT
+from policyd.rules import predict, reasons
 from policyd.rules.certnames import connector_name_matches
-from policyd.rules.model import InboundConnector, Tenant
+from policyd.rules.model import InboundConnector, NamedTenant, OnPrem, Tenant
 from policyd.sources.config import Config
 from policyd.tools.doctor.certificate import domain_to_add
 from policyd.tools.doctor.report import ERROR, NOTE, OK, SUMMARY, TENANT, WARNING, Check, MailClass
@@ -87,6 +91,8 @@ def tenant_checks(config: Config, attribution: predict.Attribution) -> list[Chec
         )
     checks.append(_inert_connector_check(tenant, config))
     checks.append(_attribution_check(attribution))
+    checks.append(_partner_restriction_check(config, attribution))
+    checks.append(_direct_send_check(config, attribution))
     checks.append(_egress_check(config, attribution))
     checks.append(_ipv6_check(config, attribution))
     return checks
@@ -96,10 +102,13 @@ def _looks_meant(connector: InboundConnector, config: Config) -> str:
     """Why an inert connector looks meant for this server ("" when it does not)."""
     cert = config.onprem.certificate
     if cert is not None and cert.readable and connector.tls_sender_certificate_name:
+        covers_apex = config.tenant.assumptions.wildcard_connector_covers_apex
         hits = [
             n
             for n in cert.names
-            if connector_name_matches(connector.tls_sender_certificate_name, n)
+            if connector_name_matches(
+                connector.tls_sender_certificate_name, n, covers_apex=covers_apex
+            )
         ]
         if hits:
             wanted = connector.tls_sender_certificate_name
@@ -116,8 +125,8 @@ def _inert_connector_check(tenant: Tenant, config: Config) -> Check:
     found: list[str] = []
     fixes: list[str] = []
     for connector in tenant.connectors:
-        if connector.grants_relay:
-            continue
+        if connector.grants_relay or connector.restricts:
+            continue  # a restricting Partner connector is tenant-partner-restriction's business
         why = _looks_meant(connector, config)
         if not why:
             continue
@@ -170,8 +179,147 @@ def _attribution_check(attribution: predict.Attribution) -> Check:
         ERROR,
         f"No connector attributes this server ({problems}): every outside recipient gets "
         "550 5.7.64 TenantAttribution.",
-        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or "
-        "present a certificate that its TlsSenderCertificateName matches.",
+        reasons.BY_ID[reasons.NO_CONNECTOR].fix,
+    )
+
+
+def _own_domain(tenant: Tenant) -> str:
+    return tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+
+
+def _partner_restriction_check(config: Config, attribution: predict.Attribution) -> Check:
+    """A restricting Partner connector (RestrictDomainsTo*) that this server does not satisfy
+    refuses mail into the tenant with 5.7.51 once no OnPremises connector attributes it."""
+    tenant = config.tenant
+    restricting = [c for c in tenant.partner_connectors if c.restricts]
+    if not restricting:
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            OK,
+            "No enabled Partner connector restricts its sender domains to IP addresses or a "
+            "certificate (RestrictDomainsTo*).",
+        )
+    names = ", ".join(f"'{c.name}'" for c in restricting)
+    if not attribution.restrictions:
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            OK,
+            f"This server satisfies every restricting Partner connector ({names}).",
+        )
+    if attribution.connector is not None:
+        unmet = attribution.restrictions[0]
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            NOTE,
+            f"Partner connector '{unmet.connector.name}' restricts mail from "
+            f"{_domains_text(unmet.connector)} and this server does not "
+            f"satisfy it ({unmet.unmet}); mail into the tenant passes only because OnPremises "
+            f"connector '{attribution.connector.name}' attributes it: if that stops matching "
+            "(a renewed certificate, a new egress address), Microsoft 365 refuses it with "
+            f"{reasons.BY_ID[reasons.PARTNER_RESTRICTED].code}.",
+            _restriction_fix(unmet.connector, config),
+        )
+    own = _own_domain(tenant)
+    covered = [
+        r
+        for r in attribution.restrictions
+        if r.connector.covers_sender(own) or r.connector.covers_sender("")
+    ]
+    if not covered:
+        shown = "; ".join(
+            f"'{r.connector.name}' (SenderDomains {_domains_text(r.connector)})"
+            for r in attribution.restrictions
+        )
+        return Check(
+            "tenant-partner-restriction",
+            TENANT,
+            WARNING,
+            f"Restricting Partner connectors this server does not satisfy: {shown}; mail into "
+            "the tenant from the senders they cover is refused with 550 "
+            f"{reasons.BY_ID[reasons.PARTNER_RESTRICTED].code}.",
+            _restriction_fix(attribution.restrictions[0].connector, config),
+        )
+    unmet = covered[0]
+    return Check(
+        "tenant-partner-restriction",
+        TENANT,
+        ERROR,
+        f"Partner connector '{unmet.connector.name}' restricts mail from "
+        f"{_domains_text(unmet.connector)} and no OnPremises connector attributes "
+        f"this server, which does not satisfy it ({unmet.unmet}): mail from {own} into the tenant "
+        f"is refused with 550 {reasons.BY_ID[reasons.PARTNER_RESTRICTED].code} "
+        "TenantInboundAttribution.",
+        _restriction_fix(unmet.connector, config),
+    )
+
+
+def _domains_text(connector: InboundConnector) -> str:
+    return ", ".join(connector.sender_domains) or "none"
+
+
+def _restriction_fix(connector: InboundConnector, config: Config) -> str:
+    egress = ", ".join(
+        str(a) for a in config.onprem.egress_addresses if isinstance(a, ipaddress.IPv4Address)
+    )
+    parts = [
+        "Make the OnPremises connector match this server again (its certificate or egress address)"
+    ]
+    if connector.restrict_domains_to_ip_addresses and egress:
+        parts.append(
+            f"add {egress} to Partner connector '{connector.name}' "
+            "(Set-InboundConnector -SenderIPAddresses)"
+        )
+    if connector.restrict_domains_to_certificate:
+        parts.append(
+            f"present a certificate that Partner connector '{connector.name}''s "
+            f"TlsSenderCertificateName {connector.tls_sender_certificate_name or '(none)'} matches"
+        )
+    parts.append("narrow its SenderDomains to the partner's own domains")
+    return ", or ".join(parts) + "."
+
+
+def _direct_send_check(config: Config, attribution: predict.Attribution) -> Check:
+    """RejectDirectSend refuses own-domain mail into the tenant (5.7.68) from a server that no
+    OnPremises or Partner connector matches; a matching Partner connector authenticates it."""
+    tenant = config.tenant
+    if not tenant.reject_direct_send:
+        return Check(
+            "tenant-direct-send",
+            TENANT,
+            OK,
+            "RejectDirectSend is off: mail into the tenant needs no connector.",
+        )
+    if attribution.connector is not None:
+        return Check(
+            "tenant-direct-send",
+            TENANT,
+            OK,
+            f"RejectDirectSend is on; OnPremises connector '{attribution.connector.name}' "
+            "attributes this server, so its mail into the tenant is not Direct Send.",
+        )
+    if attribution.partner is not None:
+        return Check(
+            "tenant-direct-send",
+            TENANT,
+            OK,
+            f"RejectDirectSend is on and no OnPremises connector matches, but Partner connector "
+            f"'{attribution.partner.name}' matches {attribution.partner_match}, which "
+            "authenticates this server's mail into the tenant (MC1093237).",
+        )
+    own = _own_domain(tenant)
+    return Check(
+        "tenant-direct-send",
+        TENANT,
+        ERROR,
+        f"RejectDirectSend is on and neither an OnPremises nor a Partner connector matches this "
+        f"server: mail from {own} into the tenant is refused with 550 "
+        f"{reasons.BY_ID[reasons.DIRECT_SEND_REJECTED].code} (Direct Send).",
+        "Create a Partner connector for this server's egress address or certificate "
+        "(New-InboundConnector -ConnectorType Partner, as MC1093237 advises), make an OnPremises "
+        "connector match it, or turn RejectDirectSend off.",
     )
 
 
@@ -268,37 +416,32 @@ def _ipv6_check(config: Config, attribution: predict.Attribution) -> Check:
     )
 
 
-#: What fixes a refusal, by reason id (one sentence each).
-REASON_FIXES = {
-    predict.NO_CONNECTOR: (
-        "Add the egress address to an enabled OnPremises connector's SenderIPAddresses, or "
-        "present a certificate its TlsSenderCertificateName matches."
-    ),
-    predict.NULL_SENDER: (
-        "Present a CA-signed certificate named under an accepted domain that an enabled "
-        "OnPremises connector's TlsSenderCertificateName matches: only that path relays the "
-        "null sender."
-    ),
-    predict.FORWARDED: (
-        "Present a certificate named under an accepted domain, or rewrite forwarded senders "
-        "with SRS into an accepted domain (postsrsd, onprem.srs_domain)."
-    ),
-    predict.SENDER_NOT_ACCEPTED: (
-        "Send as an accepted domain, add the sender's domain to the tenant, or present a "
-        "certificate named under an accepted domain."
-    ),
-    predict.DIRECT_SEND_REJECTED: (
-        "Make a connector match this server, or turn RejectDirectSend off."
-    ),
-}
-
-
 #: Refusals that a certificate under an accepted domain would turn into relays.
-_CERTIFICATE_FIXABLE = (predict.NULL_SENDER, predict.FORWARDED, predict.SENDER_NOT_ACCEPTED)
+_CERTIFICATE_FIXABLE = (reasons.NULL_SENDER, reasons.FORWARDED, reasons.SENDER_NOT_ACCEPTED)
 
 
-def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[MailClass, ...]:
-    """Run the real predictor for each class of mail and say whether it relays."""
+def route_samples(config: Config) -> tuple[tuple[str, str, str], ...]:
+    """(label, sender, recipient) envelopes whose routes doctor checks: mail to the internet
+    from an own-domain sender, a foreign sender and the null sender."""
+    tenant = config.tenant
+    own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+    return (
+        ("own-domain senders", f"alerts@{own}", OUTSIDE_RECIPIENT),
+        ("foreign senders", FOREIGN_SENDER, OUTSIDE_RECIPIENT),
+        ("null-sender bounces", "", OUTSIDE_RECIPIENT),
+    )
+
+
+def mail_classes(
+    config: Config,
+    attribution: predict.Attribution,
+    router: Callable[[str], Callable[[str], predict.RouteContext]] | None = None,
+) -> tuple[MailClass, ...]:
+    """Run the real predictor for each class of mail and say whether it relays.
+
+    ``router`` (with ``[postfix]``) gives, per sender, the route function the daemon uses, so
+    the table predicts with the certificate and egress Postfix really presents.
+    """
     tenant, onprem = config.tenant, config.onprem
     own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
     rows = (
@@ -313,6 +456,7 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
         ),
         ("null-sender-bounce", "null-sender bounces", "", OUTSIDE_RECIPIENT, ()),
         ("out-of-office", "out-of-office replies", "", OUTSIDE_RECIPIENT, ()),
+        ("into-tenant", "mail into the tenant", f"alerts@{own}", f"user@{own}", ()),
     )
     classes: list[MailClass] = []
     for class_id, label, sender, recipient, final in rows:
@@ -323,9 +467,10 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
             tenant=tenant,
             onprem=onprem,
             attribution=attribution,
+            router=router(sender) if router is not None else None,
         )
-        relayed = prediction.verdict == predict.ACCEPT
-        fix = "" if relayed else REASON_FIXES.get(prediction.reason, "")
+        relayed = prediction.verdict == ACCEPT
+        fix = "" if relayed else reasons.BY_ID[prediction.reason].fix
         if (
             not relayed
             and attribution.connector is not None
@@ -351,13 +496,29 @@ def mail_classes(config: Config, attribution: predict.Attribution) -> tuple[Mail
                 reply=prediction.reply,
                 explanation=prediction.explanation,
                 fix=fix,
+                assumptions=prediction.assumptions,
             )
         )
     return tuple(classes)
 
 
-def summary_check(classes: Sequence[MailClass]) -> Check:
+def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False) -> Check:
+    """The verdict over the mail-class table.
+
+    ``postfix_disagrees``: a Postfix check failed while the table was predicted from the
+    ``[onprem]`` keys (no ``[postfix]``): the table then cannot be called a clean bill.
+    """
     refused = [c for c in classes if not c.relayed]
+    if not refused and postfix_disagrees:
+        return Check(
+            "summary-mail-classes",
+            SUMMARY,
+            WARNING,
+            "The table below relays every class of mail as the [onprem] keys describe Postfix, "
+            "but Postfix's own configuration disagrees (see the failed Postfix checks above).",
+            "Set [postfix] config_directory so the daemon predicts from what Postfix really "
+            "presents and where it really routes.",
+        )
     if not refused:
         return Check(
             "summary-mail-classes",
@@ -366,11 +527,90 @@ def summary_check(classes: Sequence[MailClass]) -> Check:
             "Microsoft 365 will relay every class of mail in the table below.",
         )
     labels = ", ".join(c.label for c in refused)
-    own_refused = any(c.id == "own-domain" for c in refused)
+    own_refused = any(c.id in ("own-domain", "into-tenant") for c in refused)
     return Check(
         "summary-mail-classes",
         SUMMARY,
         ERROR if own_refused else WARNING,
-        f"{len(refused)} of {len(classes)} classes of mail will be refused with 5.7.64: {labels}.",
+        f"{len(refused)} of {len(classes)} classes of mail will be refused: {labels}.",
         refused[0].fix,
+    )
+
+
+def shared_egress_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPrem]) -> Check:
+    """README: tenants: an egress address inside several tenants' OnPremises connectors.
+
+    Microsoft calls IP addresses shared across tenants an anti-pattern (MC1226222): which
+    tenant a connection is attributed to may move, and mail is refused in the other one.
+    """
+    addresses = {a for onprem in pictures for a in onprem.egress_addresses}
+    shared: list[str] = []
+    for address in sorted(addresses, key=str):
+        owners = [
+            t.name
+            for t in tenants
+            if any(
+                address in network
+                for c in t.tenant.relay_connectors
+                for network in c.sender_ip_addresses
+            )
+        ]
+        if len(owners) > 1:
+            shared.append(f"{address} ({', '.join(owners)})")
+    if not shared:
+        return Check(
+            "tenants-shared-egress",
+            TENANT,
+            OK,
+            "No egress address sits in the IP connectors of more than one tenant.",
+        )
+    return Check(
+        "tenants-shared-egress",
+        TENANT,
+        WARNING,
+        f"Egress addresses in the connectors of several tenants: {'; '.join(shared)}. Microsoft "
+        "calls shared sending IPs an anti-pattern: the tenant a connection is attributed to "
+        "may change, and mail is then refused in the other one.",
+        "Give each tenant a certificate connector (a certificate per tenant, presented by that "
+        "tenant's own transport), or a sending address of its own.",
+    )
+
+
+def shared_certificate_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPrem]) -> Check:
+    """README: tenants: one certificate accepted by the connectors of two tenants."""
+    certificates = {
+        onprem.certificate.path: onprem.certificate
+        for onprem in pictures
+        if onprem.certificate is not None and onprem.certificate.readable
+    }
+    shared: list[str] = []
+    for path, certificate in sorted(certificates.items()):
+        owners = [
+            t.name
+            for t in tenants
+            if any(
+                connector_name_matches(c.tls_sender_certificate_name, name)
+                for c in t.tenant.relay_connectors
+                if c.tls_sender_certificate_name
+                for name in certificate.names
+            )
+        ]
+        if len(owners) > 1:
+            shared.append(f"{path} ({', '.join(owners)})")
+    if not shared:
+        return Check(
+            "tenants-shared-certificate",
+            TENANT,
+            OK,
+            "No certificate is accepted by the connectors of more than one tenant.",
+        )
+    return Check(
+        "tenants-shared-certificate",
+        TENANT,
+        WARNING,
+        f"Certificates accepted by the connectors of several tenants: {'; '.join(shared)}. "
+        "Microsoft asks for a unique certificate per tenant: attribution by certificate is then "
+        "ambiguous.",
+        "Present each tenant its own certificate from its own transport (master.cf -o "
+        "smtp_tls_chain_files) and name it in that tenant's connector only.",
     )

@@ -1,0 +1,114 @@
+"""Step 1 with ``[postfix]``: from a final address to its route and the attribution of the
+service that carries it. Pure (the ``now`` is injected); memoises per service.
+
+``Router.context(sender, address, now)`` resolves the route (``policyd.rules.routing``),
+classifies its next hop (``policyd.rules.endpoints``) and, for a route to Microsoft 365, attaches
+the on-premises picture of the delivering master.cf service (its certificate and egress
+addresses, built by ``policyd.sources.state``) with that service's connector attribution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from policyd.rules import endpoints, predict
+from policyd.rules.model import DEFAULT_TENANT, NamedTenant, OnPrem, Tenant
+from policyd.rules.routing import PostfixView, resolve
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePicture:
+    """What one smtp(8) service shows Microsoft 365, with where each value came from."""
+
+    onprem: OnPrem
+    certificate_from: str
+    egress_from: str
+
+
+class Router:
+    """Routes final addresses of one state generation; see the module docstring.
+
+    ``services`` maps master.cf service names to their picture; a service that is missing
+    (not an smtp service at load time) is predicted with ``fallback``.
+    """
+
+    def __init__(
+        self,
+        view: PostfixView,
+        services: Mapping[str, ServicePicture],
+        fallback: ServicePicture,
+        tenant: Tenant,
+        *,
+        endpoint_globs: tuple[str, ...] = (),
+        uses_subprocess: bool = False,
+    ) -> None:
+        self.view = view
+        self.services = dict(services)
+        self.fallback = fallback
+        self.tenant = tenant
+        self.endpoint_globs = endpoint_globs
+        only = NamedTenant(DEFAULT_TENANT, tenant, endpoint_globs, default=True)
+        #: Which tenant a next-hop host reaches; ``policyd.rules.predictor`` sets it for
+        #: several tenants (None: a Microsoft 365 endpoint of no configured tenant).
+        self.select: Callable[[str], NamedTenant | None] = lambda host: only
+        #: Lookups may block on ``postmap -q``: run ``context`` off the reactor thread then.
+        self.uses_subprocess = uses_subprocess
+        self._attributions: dict[tuple[str, str], tuple[predict.Attribution, float]] = {}
+
+    def picture(self, service: str) -> ServicePicture:
+        return self.services.get(service, self.fallback)
+
+    def attribution(
+        self, service: str, now: datetime, tenant: NamedTenant | None = None
+    ) -> predict.Attribution:
+        """Steps 3 and 4 for ``service`` towards ``tenant`` (default: the single tenant),
+        recomputed when a certificate boundary passes."""
+        key = (service, tenant.name if tenant is not None else "")
+        cached = self._attributions.get(key)
+        stamp = now.timestamp()
+        if cached is not None and stamp < cached[1]:
+            return cached[0]
+        target = tenant.tenant if tenant is not None else self.tenant
+        attribution = predict.attribute(target, self.picture(service).onprem, now)
+        until = attribution.valid_until
+        self._attributions[key] = (attribution, math.inf if until is None else until)
+        return attribution
+
+    def valid_until(self) -> float:
+        """The earliest instant a memoised attribution expires (Unix time; inf when none)."""
+        return min((until for _, until in self._attributions.values()), default=math.inf)
+
+    def context(self, sender: str, address: str, now: datetime) -> predict.RouteContext:
+        """The route of ``address`` for mail from ``sender`` with its service's attribution.
+
+        Raises ``RouteLookupError`` when a routing table fails.
+        """
+        route = resolve(self.view, sender, address)
+        kind = (
+            endpoints.classify_nexthop(route.nexthop, self.endpoint_globs)
+            if route.relays
+            else endpoints.OTHER
+        )
+        picture = self.picture(route.transport)
+        hops = endpoints.parse_nexthop(route.nexthop)
+        tenant = self.select(hops[0].host) if hops and kind != endpoints.OTHER else None
+        return predict.RouteContext(
+            route,
+            kind,
+            picture.onprem,
+            self.attribution(route.transport, now, tenant),
+            picture.certificate_from,
+            picture.egress_from,
+            tenant,
+        )
+
+    def for_sender(self, sender: str, now: datetime) -> Callable[[str], predict.RouteContext]:
+        """``predict.predict_recipient``'s ``router`` argument for one sender."""
+
+        def route(address: str) -> predict.RouteContext:
+            return self.context(sender, address, now)
+
+        return route

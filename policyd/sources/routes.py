@@ -1,0 +1,151 @@
+"""Reading one Postfix instance's routing picture: ``postconf -x``, ``-F``, ``-P`` and its tables.
+
+``read_postfix_view(directory)`` runs ``postconf -c DIR -x`` (every parameter, expanded),
+``postconf -c DIR -Fx`` (master.cf services and their commands) and ``postconf -c DIR -Px``
+(their ``-o`` overrides), opens every table routing may ask (``transport_maps``,
+``sender_dependent_relayhost_maps``, ``sender_dependent_default_transport_maps`` and tables
+inside ``mydestination``, ``virtual_alias_domains``, ``virtual_mailbox_domains``,
+``relay_domains``) and returns a ``policyd.rules.routing.PostfixView`` with the files to watch.
+
+``texthash:`` tables are read into memory; every other table is asked with ``postmap -c DIR -q``
+(which may block: callers that serve requests run such lookups off the reactor thread). Any
+failure at load time is a ``ConfigError`` naming the file, the parameter and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from policyd.errors import AliasLookupError, ConfigError, RouteLookupError
+from policyd.rules.aliases import DictTable, Table
+from policyd.rules.routing import PostfixView, Service, is_table, split_list
+from policyd.sources.postfix import (
+    POSTCONF_TIMEOUT,
+    Runner,
+    find_tool,
+    last_line,
+    parse_postconf,
+    run_tool,
+)
+from policyd.sources.tables import LOOKUP_TIMEOUT, open_table
+
+#: The configuration key errors about the Postfix instance name.
+CONFIG_KEY = "postfix.config_directory"
+
+#: main.cf parameters holding tables (or lists with tables) that routing asks.
+ROUTING_TABLE_PARAMETERS = (
+    "transport_maps",
+    "sender_dependent_relayhost_maps",
+    "sender_dependent_default_transport_maps",
+    "mydestination",
+    "virtual_alias_domains",
+    "virtual_mailbox_domains",
+    "relay_domains",
+)
+
+
+class PostfixTables:
+    """``policyd.rules.routing.Tables`` over opened tables (see ``sources.tables.open_table``)."""
+
+    def __init__(self, tables: Mapping[str, Table]) -> None:
+        self._tables = dict(tables)
+        self.uses_subprocess = any(not isinstance(t, DictTable) for t in self._tables.values())
+
+    def find(self, table: str, key: str, *, partial: bool) -> str | None:
+        opened = self._tables.get(table)
+        if opened is None:
+            raise RouteLookupError(f"{table}: not opened by m365-policyd (reload to pick it up)")
+        if partial and opened.pattern:
+            return None
+        try:
+            return opened.lookup(key)
+        except AliasLookupError as error:
+            raise RouteLookupError(str(error)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPostfix:
+    """A Postfix instance as routing sees it, with the files whose change means a reload."""
+
+    view: PostfixView
+    tables: PostfixTables
+    files: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def read_postfix_view(
+    directory: str,
+    *,
+    runner: Runner | None = None,
+    lookup_timeout: float = LOOKUP_TIMEOUT,
+) -> LoadedPostfix:
+    """Read the instance in ``directory``; raises ConfigError when it cannot be used."""
+    main_cf = os.path.join(directory, "main.cf")
+    if not os.path.isfile(main_cf):
+        raise ConfigError(
+            main_cf, CONFIG_KEY, "no main.cf here; name Postfix's config_directory (/etc/postfix)"
+        )
+    postconf = find_tool("postconf") if runner is None else "postconf"
+    if postconf is None:
+        raise ConfigError(
+            directory, CONFIG_KEY, "postconf not found; install postfix, or leave [postfix] unset"
+        )
+    parameters = parse_postconf(_postconf(postconf, directory, "-x", runner))
+    fields = parse_postconf(_postconf(postconf, directory, "-Fx", runner))
+    overrides = parse_postconf(_postconf(postconf, directory, "-Px", runner))
+    services = _services(fields, overrides)
+    opened: dict[str, Table] = {}
+    files = [main_cf, os.path.join(directory, "master.cf")]
+    warnings: list[str] = []
+    for parameter in ROUTING_TABLE_PARAMETERS:
+        for entry in split_list(parameters.get(parameter, "")):
+            spec = entry.removeprefix("!")
+            if not is_table(spec) or spec in opened:
+                continue
+            table = open_table(
+                spec,
+                config_key=f"main.cf: {parameter}",
+                timeout=lookup_timeout,
+                runner=runner,
+                config_directory=directory,
+            )
+            opened[spec] = table.table
+            files.extend(table.files)
+            warnings.extend(table.warnings)
+    tables = PostfixTables(opened)
+    view = PostfixView(parameters, services, tables, config_directory=directory)
+    return LoadedPostfix(view, tables, tuple(dict.fromkeys(files)), tuple(warnings))
+
+
+def _postconf(postconf: str, directory: str, option: str, runner: Runner | None) -> str:
+    argv = [postconf, "-c", directory, option]
+    try:
+        done = run_tool(argv, timeout=POSTCONF_TIMEOUT, runner=runner)
+    except OSError as error:
+        raise ConfigError(directory, CONFIG_KEY, f"cannot run postconf: {error}") from None
+    except Exception as error:  # subprocess.TimeoutExpired and friends
+        raise ConfigError(directory, CONFIG_KEY, f"postconf {option} failed: {error}") from None
+    if done.returncode != 0:
+        problem = last_line(done.stderr) or f"exit status {done.returncode}"
+        raise ConfigError(directory, CONFIG_KEY, f"postconf {option}: {problem}")
+    return done.stdout
+
+
+def _services(fields: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, Service]:
+    """master.cf ``unix`` services from ``postconf -F`` / ``-P`` output (name/type/field)."""
+    commands: dict[str, str] = {}
+    for key, value in fields.items():
+        name, _, rest = key.partition("/")
+        service_type, _, field_name = rest.partition("/")
+        if service_type == "unix" and field_name == "command":
+            words = value.split()
+            commands[name] = words[0] if words else ""
+    options: dict[str, dict[str, str]] = {name: {} for name in commands}
+    for key, value in overrides.items():
+        name, _, rest = key.partition("/")
+        service_type, _, parameter = rest.partition("/")
+        if service_type == "unix" and name in options and parameter:
+            options[name][parameter] = value
+    return {name: Service(name, commands[name], options[name]) for name in commands}
