@@ -186,15 +186,16 @@ def test_postfix_layout_is_built_from_the_constant_order() -> None:
         assert POSTFIX_LAYOUT.pattern.fullmatch(block.decode() + "\n\n") is not None
 
 
-def test_another_order_is_learned_when_it_comes_twice_and_shared() -> None:
-    """A connection sending its own fixed order gets a layout for it after the second request;
-    other connections use it from their first; a one-off order is never learned."""
+def test_another_order_is_learned_when_it_repeats_and_shared() -> None:
+    """A connection sending its own fixed order gets a layout for it at the third request;
+    other connections use it from their second; one-off orders are never learned."""
     stream = reordered((DATA / "postfix-3.7-wire-order.txt").read_bytes(), seed=7)
     requests = [block + b"\n\n" for block in stream[:-2].split(b"\n\n")]
     first = RequestDecoder(LIMIT)
     first.feed(requests[0])
-    assert first.layout is POSTFIX_LAYOUT
     first.feed(requests[1])
+    assert first.layout is POSTFIX_LAYOUT
+    first.feed(requests[2])
     learned = first.layout
     assert learned is not POSTFIX_LAYOUT
     assert list(learned.names) == [
@@ -202,10 +203,11 @@ def test_another_order_is_learned_when_it_comes_twice_and_shared() -> None:
     ]
     second = RequestDecoder(LIMIT)
     second.feed(requests[2])
+    second.feed(requests[0])
     assert second.layout is learned
     one_off = RequestDecoder(LIMIT)
-    one_off.feed(b"sender=a@b\nrecipient=c@d\n\n")
-    one_off.feed(b"recipient=c@d\nsender=a@b\n\n")
+    for request in (b"sender=a@b\nrecipient=c@d\n\n", b"recipient=c@d\nsender=a@b\n\n") * 3:
+        one_off.feed(request)
     assert one_off.layout is POSTFIX_LAYOUT
 
 
@@ -214,7 +216,7 @@ def test_learned_layouts_are_capped() -> None:
     for number in range(codec.LEARNED_LAYOUTS + 5):
         decoder = RequestDecoder(LIMIT)
         request = f"x{number}=1\nsender=s{number}@a\n\n".encode()
-        assert decoder.feed(request + request) == [{"sender": f"s{number}@a"}] * 2
+        assert decoder.feed(request * 3) == [{"sender": f"s{number}@a"}] * 3
     assert len(codec._learned) == codec.LEARNED_LAYOUTS + 1
 
 

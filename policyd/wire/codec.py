@@ -25,10 +25,12 @@ Speed: every line is validated but only the seven wanted values are copied out. 
 read by a ``Layout``: one regular-expression match that checks the name of every line, captures
 the wanted values and finds the blank line, in one pass. The first layout of every decoder is
 Postfix's own attribute order (``policyd.constants.POSTFIX_ATTRIBUTE_ORDER``). A request in any
-other order is read by the general rule (one validation pass, one search per wanted name); when
-a connection sends the same other order twice in a row, that order becomes a layout too (shared
-by every connection, at most ``LEARNED_LAYOUTS`` of them), so a client with its own fixed order
-(another Postfix version, a test tool) is read as fast as Postfix after its second request.
+other order is read by the general rule (one validation pass, one scan for the wanted names);
+when a connection sends the same other order three times in a row, that order becomes a layout
+too (shared by every connection, at most ``LEARNED_LAYOUTS`` of them; another connection takes a
+known one at its second request), so a client with its own fixed order (another Postfix version,
+a test tool) is read as fast as Postfix from then on. A client whose order changes with every
+request stays on the general rule, which costs a cheap check of the order per request.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ WANTED_ATTRIBUTES = (
     "queue_id",
     "client_address",
 )
-_MARKERS = tuple((name, f"\n{name}=", len(name) + 2) for name in WANTED_ATTRIBUTES)
+#: A line of a wanted attribute (after a newline), in one scan of the request.
+_WANTED_LINE = re.compile(
+    "\n(" + "|".join(re.escape(name) for name in WANTED_ATTRIBUTES) + ")=([^\n]*)"
+)
 
 #: One request as handed on: wanted attribute name -> value (absent names are absent).
 Request = dict[str, str]
@@ -121,16 +126,13 @@ def layout_for(names: tuple[str, ...]) -> Layout | None:
 def search(text: str) -> Request:
     """The wanted values of one validated request (no blank line) in any order: the general rule.
 
-    ``"\\nname="`` can only match at the start of a line, since values never contain a
-    newline; a name sent twice keeps its first value.
+    One scan finds every line of a wanted name (``"\nname="`` can only match at the start of a
+    line, since values never contain a newline); a name sent twice keeps its first value.
     """
-    text = "\n" + text
-    attrs = {}
-    for name, marker, skip in _MARKERS:
-        at = text.find(marker)
-        if at >= 0:
-            stop = text.find("\n", at + skip)
-            attrs[name] = text[at + skip : stop] if stop >= 0 else text[at + skip :]
+    attrs: Request = {}
+    for name, value in _WANTED_LINE.findall("\n" + text):
+        if name not in attrs:
+            attrs[name] = value
     return attrs
 
 
@@ -159,6 +161,7 @@ class RequestDecoder:
         "_layout",
         "_pending",
         "_pending_len",
+        "_signature",
         "max_request_bytes",
     )
 
@@ -170,6 +173,7 @@ class RequestDecoder:
         self._failed: MalformedRequestError | None = None
         self._layout = POSTFIX_LAYOUT  # tried first for every request
         self._candidate: tuple[str, ...] = ()  # another order seen once: learned if it repeats
+        self._signature: tuple[str | int, ...] = ()  # of the last request read by the rule
 
     @property
     def layout(self) -> Layout:
@@ -278,11 +282,21 @@ class RequestDecoder:
             if found is not None:
                 requests.append(found.groupdict())
             else:
-                raw = buf[start:end]
-                if not lines_have_equals(raw):
+                if not lines_have_equals(buf[start:end]):
                     self._fail(NO_EQUALS, requests)
-                requests.append(search(text[:-2]))
-                self._learn(text[:-2])
+                body = text[:-2]
+                pairs = _WANTED_LINE.findall("\n" + body)
+                attrs: Request = {}
+                for name, value in pairs:
+                    if name not in attrs:
+                        attrs[name] = value
+                requests.append(attrs)
+                # A cheap sign of a fixed order: the wanted names in the same order, as many
+                # lines; only then is the whole order worth working out.
+                signature = (*(name for name, _ in pairs), body.count("\n"))
+                if signature == self._signature:
+                    self._learn(body)
+                self._signature = signature
             start = after
         rest = size - start
         if fault is not None:
@@ -294,11 +308,12 @@ class RequestDecoder:
             self._pending_len = rest
 
     def _learn(self, text: str) -> None:
-        """Try this request's attribute order first from now on, once it is known or came twice."""
+        """Try this request's attribute order first from now on, once it is known or repeats
+        (called when the order looked the same as the last request's)."""
         names = tuple(line[: line.index("=")] for line in text.split("\n"))
         layout = _learned.get(names)
         if layout is None:
-            if names != self._candidate:  # once may be a one-off: wait for the second time
+            if names != self._candidate:  # once may be a one-off: wait for the next time
                 self._candidate = names
                 return
             layout = layout_for(names)
