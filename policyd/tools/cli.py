@@ -1,4 +1,4 @@
-"""The ``m365-policyd`` command line (SPEC §3): serve, check, doctor, bench, --version.
+"""The ``m365-policyd`` command line (SPEC §3): serve, check, doctor, bench, replay, --version.
 
 Exit codes: 0 fine, 1 a refusal predicted / doctor found errors, 2 usage error,
 78 configuration error (one line naming the file, the key and the fix).
@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help=bench_cli.HELP, description=bench_cli.DESCRIPTION)
     bench_cli.add_arguments(bench)
+
+    from policyd.tools import replay as replay_cli
+
+    replay = commands.add_parser("replay", help=replay_cli.HELP, description=replay_cli.DESCRIPTION)
+    config_option(replay)
+    replay_cli.add_arguments(replay)
     return parser
 
 
@@ -81,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         sys.stderr.write(
-            "m365-policyd: error: a command is required (serve, check, doctor, bench)\n"
+            "m365-policyd: error: a command is required (serve, check, doctor, bench, replay)\n"
         )
         return EXIT_USAGE
     if args.command == "bench":
@@ -93,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return server.run(config_path)
     if args.command == "check":
         return _check(config_path, args.sender, args.recipient, as_json=args.json)
+    if args.command == "replay":
+        from policyd.tools import replay as replay_cli
+
+        return replay_cli.command(args, config_path)
     if args.command == "doctor":
         from policyd.tools import doctor
 
