@@ -36,7 +36,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, NamedTuple
 
 from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery
 
@@ -53,15 +53,26 @@ _SYSLOG_TIME = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(
 _ISO_TIME = re.compile(
     r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:?\d\d)?(?=\s)"
 )
+# After "<syslog name>/qmgr[": the rest of a qmgr line (the name is the word before).
 _QMGR_FROM = re.compile(
-    r"(?:^|\s)(?P<instance>[^\s\[\]/:]+)(?:/[^\s\[\]/:]+)*/qmgr\[\d+\]: "
-    r"(?P<queue_id>[0-9A-Za-z]+): from=<(?P<sender>[^>]*)>, "
+    r"\d+\]: (?P<queue_id>[0-9A-Za-z]+): from=<(?P<sender>[^>]*)>, "
     r"size=(?P<size>\d+)(?:, nrcpt=(?P<nrcpt>\d+))?"
 )
-_REMOVED = re.compile(
-    r"(?:^|\s)(?P<instance>[^\s\[\]/:]+)(?:/[^\s\[\]/:]+)*/qmgr\[\d+\]: "
-    r"(?P<queue_id>[0-9A-Za-z]+): removed\s*$"
-)
+_REMOVED = re.compile(r"\d+\]: (?P<queue_id>[0-9A-Za-z]+): removed\s*$")
+_QMGR = "/qmgr["
+_NAME = re.compile(r"[^\s\[\]/:]+(?:/[^\s\[\]/:]+)*")
+
+
+def _qmgr(line: str, pattern: re.Pattern[str]) -> tuple[str, re.Match[str]] | None:
+    """(instance, match of ``pattern`` after "/qmgr[") for a qmgr line, else None."""
+    at = line.find(_QMGR)
+    start = line.rfind(" ", 0, at) + 1
+    if at < 0 or _NAME.fullmatch(line, start, at) is None:
+        return None
+    match = pattern.match(line, at + len(_QMGR))
+    if match is None:
+        return None
+    return line[start:at].split("/", 1)[0], match
 
 
 class LogError(Exception):
@@ -72,8 +83,7 @@ class LogError(Exception):
         self.path = path
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """``qmgr`` took a message into the active queue: its envelope sender (``""``: null)."""
 
     time: datetime
@@ -84,8 +94,7 @@ class Envelope:
     nrcpt: int
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One delivery attempt, as ``policyd.rules.outcomes.Delivery`` reads it."""
 
     time: datetime
@@ -93,11 +102,9 @@ class Attempt:
     delivery: Delivery
 
 
-@dataclass(frozen=True, slots=True)
-class Removed:
+class Removed(NamedTuple):
     """``qmgr`` removed the message: its queue ID will not be logged again."""
 
-    time: datetime
     instance: str
     queue_id: str
 
@@ -237,14 +244,6 @@ def parse_time(line: str, reference: datetime) -> datetime | None:
     return parsed
 
 
-def _starts_with_time(line: str) -> bool:
-    """A cheap test: does the line begin like a syslog or ISO time?"""
-    head = line[:3]
-    if head in _MONTHS:
-        return True
-    return line[:4].isdigit() and line[4:5] == "-"
-
-
 def read_records(
     logs: Sequence[LogFile],
     counts: LogCounts,
@@ -252,8 +251,13 @@ def read_records(
     stdin: IO[bytes] | None = None,
     progress: Callable[[LogCounts], None] | None = None,
     every: int = 200_000,
+    relays: Callable[[str], bool] | None = None,
 ) -> Iterator[Record]:
     """Every record of ``logs`` in order, counting lines, bytes and skipped lines in ``counts``.
+
+    ``relays``, when given, is a cheap test on a delivery line's ``relay=`` value (lower case,
+    as logged: ``host[address]:port``): delivery lines it refuses are not parsed at all. It must
+    never refuse a relay the caller wants (``relay_prefilter`` builds one from host globs).
 
     ``progress`` is called with ``counts`` every ``every`` lines and once at the end of each
     file. A damaged ``.gz`` ends its file and is named in ``counts.damaged``.
@@ -270,7 +274,14 @@ def read_records(
             continue
         try:
             with stream:
-                yield from _records(stream, log.reference, counts, progress, every)
+                yield from _records(
+                    stream,
+                    reference=log.reference,
+                    counts=counts,
+                    progress=progress,
+                    every=every,
+                    wanted=relays,
+                )
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
             reason = str(error) or type(error).__name__
             counts.damaged.append(f"{log.path}: {reason} (read up to line {counts.lines})")
@@ -280,54 +291,101 @@ def read_records(
 
 def _records(
     stream: IO[str],
+    *,
     reference: datetime,
     counts: LogCounts,
     progress: Callable[[LogCounts], None] | None,
     every: int,
+    wanted: Callable[[str], bool] | None,
 ) -> Iterator[Record]:
-    starts_with_time = _starts_with_time
-    next_progress = counts.lines + every
-    for line in stream:
-        counts.lines += 1
-        counts.bytes += len(line)
-        if counts.lines >= next_progress:
-            next_progress += every
-            if progress is not None:
-                progress(counts)
-        if not starts_with_time(line):
-            if not line.startswith("-- ") and line.strip():
-                counts.skipped += 1
+    # The hot loop: local names, and one parsed time reused while the time text repeats
+    # (every line of the same second).
+    last_text = ""
+    last_time: datetime | None = None
+
+    def time_of(line: str) -> datetime | None:
+        nonlocal last_text, last_time
+        text = line[: line.find(" ", 16) if line[:1].isdigit() else 16]
+        if text != last_text:
+            last_text, last_time = text, parse_time(line, reference)
+        return last_time
+
+    months = _MONTHS
+    lines = counts.lines
+    size = counts.bytes
+    skipped = 0
+    next_progress = lines + every
+    try:
+        for line in stream:
+            lines += 1
+            size += len(line)
+            if lines >= next_progress:
+                next_progress += every
+                if progress is not None:
+                    counts.lines, counts.bytes = lines, size
+                    progress(counts)
+            if line[:3] not in months and not (line[:4].isdigit() and line[4:5] == "-"):
+                if not line.startswith("-- ") and line.strip():
+                    skipped += 1
+                continue
+            if ": to=<" in line:
+                if wanted is not None:
+                    at = line.find(", relay=")
+                    if at >= 0 and not wanted(line[at + 8 : line.find(",", at + 8)].lower()):
+                        continue
+                delivery = parse_delivery(line)
+                if delivery is None:
+                    continue
+                time = time_of(line)
+                if isinstance(delivery, Unparseable) or time is None:
+                    skipped += 1
+                    continue
+                yield Attempt(time, delivery.service.split("/", 1)[0], delivery)
+            elif "/qmgr[" in line:
+                if ": from=<" in line:
+                    if ", size=" not in line:
+                        continue  # "from=<...>, status=expired, returned to sender"
+                    found = _qmgr(line, _QMGR_FROM)
+                    time = time_of(line)
+                    if found is None or time is None:
+                        skipped += 1
+                        continue
+                    instance, match = found
+                    yield Envelope(
+                        time,
+                        instance,
+                        match.group("queue_id"),
+                        match.group("sender"),
+                        int(match.group("size")),
+                        int(match.group("nrcpt") or 0),
+                    )
+                elif line.rstrip().endswith(": removed"):
+                    found = _qmgr(line, _REMOVED)
+                    if found is None:
+                        skipped += 1
+                        continue
+                    yield Removed(found[0], found[1].group("queue_id"))
+    finally:
+        counts.lines, counts.bytes = lines, size
+        counts.skipped += skipped
+
+
+def relay_prefilter(globs: Sequence[str]) -> Callable[[str], bool] | None:
+    """A cheap, conservative ``relays`` test for ``read_records`` from host globs: the literal
+    tail of each glob must occur in the ``relay=`` value. None (parse every delivery line) when
+    a glob has wildcards other than a leading ``*``."""
+    tails: list[str] = []
+    for glob in globs:
+        pattern = glob.strip().lower()
+        if not pattern:
             continue
-        if ": to=<" in line:
-            delivery = parse_delivery(line)
-            if delivery is None:
-                continue
-            time = parse_time(line, reference)
-            if isinstance(delivery, Unparseable) or time is None:
-                counts.skipped += 1
-                continue
-            yield Attempt(time, delivery.service.split("/", 1)[0], delivery)
-        elif "/qmgr[" in line:
-            if ": from=<" in line:
-                if ", size=" not in line:
-                    continue  # "from=<...>, status=expired, returned to sender"
-                match = _QMGR_FROM.search(line)
-                time = parse_time(line, reference)
-                if match is None or time is None:
-                    counts.skipped += 1
-                    continue
-                yield Envelope(
-                    time,
-                    match.group("instance"),
-                    match.group("queue_id"),
-                    match.group("sender"),
-                    int(match.group("size") or 0),
-                    int(match.group("nrcpt") or 0),
-                )
-            elif line.endswith(": removed\n") or line.rstrip().endswith(": removed"):
-                match = _REMOVED.search(line)
-                time = parse_time(line, reference)
-                if match is None or time is None:
-                    counts.skipped += 1
-                    continue
-                yield Removed(time, match.group("instance"), match.group("queue_id"))
+        tail = pattern.lstrip("*")
+        if not tail or any(char in tail for char in "*?[]"):
+            return None
+        tails.append(tail)
+    found = tuple(tails)
+
+    def wanted(relay: str) -> bool:
+        return any(tail in relay for tail in found)
+
+    return wanted

@@ -20,7 +20,13 @@ from typing import IO
 
 from policyd.constants import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from policyd.errors import ConfigError
-from policyd.sources.maillog import LogCounts, LogError, open_logs, read_records
+from policyd.sources.maillog import (
+    LogCounts,
+    LogError,
+    open_logs,
+    read_records,
+    relay_prefilter,
+)
 from policyd.tools.replay import report, sweep
 from policyd.tools.replay.compare import Comparison, Variant
 
@@ -120,7 +126,10 @@ def command(
     )
     counts = LogCounts()
     progress = _Progress(err) if _is_terminal(err) else None
-    comparison.feed(read_records(logs, counts, stdin=stdin, progress=progress))
+    records = read_records(
+        logs, counts, stdin=stdin, progress=progress, relays=relay_prefilter(relay_hosts)
+    )
+    comparison.feed(records)
     if progress is not None:
         progress.done()
     data = report.result(comparison, counts, config.path)

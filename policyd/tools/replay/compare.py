@@ -19,6 +19,7 @@ configuration, and each other one counts the disagreements it removes and adds a
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from policyd.sources.state import State
 
 #: Messages remembered at once (a log without ``removed`` lines cannot grow memory past this).
 MAX_MESSAGES = 200_000
+#: Predictions remembered per configuration.
+CACHE_SIZE = 100_000
 #: Statuses of an attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
@@ -115,6 +118,30 @@ class Variant:
     adds: int = 0  # today's agreements this one disagrees with
     removed_examples: list[str] = field(default_factory=list)  # "queue id recipient"
     added_examples: list[str] = field(default_factory=list)
+    #: Predictions by (sender, recipient, final), valid from cache_from until cache_until
+    #: (the predictor's next certificate boundary): a log repeats envelopes.
+    cache: dict[tuple[str, str, str], AddressPrediction] = field(default_factory=dict)
+    cache_from: float = math.inf
+    cache_until: float = -math.inf
+
+    def predict(self, sender: str, recipient: str, final: str, time: datetime) -> AddressPrediction:
+        """The prediction for one final address at ``time``, through ``state.predictor``;
+        raises ``LookupFailureError`` when a table fails."""
+        stamp = time.timestamp()
+        if not self.cache_from <= stamp < self.cache_until:
+            self.cache.clear()
+            self.cache_from, self.cache_until = stamp, math.inf
+        key = (sender, recipient, final)
+        found = self.cache.get(key)
+        if found is None:
+            predictor = self.state.predictor
+            prediction, _ = predictor.predict(sender, recipient, (final,), time)
+            found = prediction.addresses[0]
+            self.cache_until = min(self.cache_until, predictor.valid_until())
+            if len(self.cache) >= CACHE_SIZE:
+                self.cache.clear()
+            self.cache[key] = found
+        return found
 
 
 class _Message:
@@ -200,15 +227,12 @@ class Comparison:
         base_agrees = True
         for index, variant in enumerate(self.variants):
             try:
-                prediction, _ = variant.state.predictor.predict(
-                    message.sender, recipient, (delivery.to,), time
-                )
+                address = variant.predict(message.sender, recipient, delivery.to, time)
             except LookupFailureError:
                 if index == 0:
                     self.unpredictable += 1
                     return
                 continue
-            address = prediction.addresses[0]
             predicted = predicted_kind(address.reason)
             agrees = variant.tally.add(address.reason, predicted, observed)
             if index == 0:
