@@ -49,7 +49,12 @@ def result(comparison: Comparison, counts: LogCounts, config_path: str) -> dict[
         base_assumptions = today(base.state)
         ranked = sorted(
             comparison.variants,
-            key=lambda v: (-v.tally.agreement, v is not base, v.adds),
+            key=lambda v: (
+                -v.tally.agreement,
+                v is not base,
+                v.adds,
+                len(changed_keys(today(v.state), base_assumptions)),
+            ),
         )
         out["sweep"] = [
             {
@@ -95,7 +100,7 @@ def write_text(data: dict[str, Any], out: IO[str]) -> None:
     """The same result for people: agreement, the table, reasons, disagreements, sweep."""
     w = out.write
     w(f"replay of {len(data['files'])} log(s): {data['lines']} lines, {data['skipped']} skipped\n")
-    w(f"({TODAY_NOTE})\n")
+    w(f"note: {TODAY_NOTE}\n")
     for damaged in data["damaged"]:
         w(f"  damaged: {damaged}\n")
     w(
