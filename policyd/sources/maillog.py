@@ -4,7 +4,8 @@
 ``LogError`` before anything is read) and orders a rotated set by the time of each file's
 first line, whatever order the paths were given in (``-``, standard input, keeps its place
 after the files). ``read_records(logs, counts)`` then yields, in file order, the three kinds of
-line ``replay`` rebuilds envelopes from (SPEC §8.1), and counts everything else:
+line ``replay`` rebuilds envelopes from (the README, "Before you turn on defer"), and
+counts everything else:
 
 - ``Envelope``: a ``qmgr`` line ``QUEUEID: from=<sender>, size=N, nrcpt=N (queue active)``;
 - ``Attempt``: a delivery line (``policyd.rules.outcomes.parse_delivery``: ``to=``,
@@ -22,7 +23,7 @@ truncated or damaged ``.gz`` ends that file: the lines read so far count, and th
 named in ``LogCounts.damaged``. Bytes that are not UTF-8 are replaced, never fatal.
 
 Only the lines that look like records (a cheap substring test) have their time parsed, so the
-reading stays fast on logs that are mostly other traffic (SPEC §9: ≥ 200,000 lines/s).
+reading stays fast on logs that are mostly other traffic (BENCHMARKS.md: ≥ 200,000 lines/s).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``m365-policyd replay``: backtest the predictions against Postfix's mail log (SPEC §8.1).
+"""``m365-policyd replay``: backtest the predictions against Postfix's mail log.
+
+The README's "Before you turn on defer: replay your mail log" is the user's description.
 
 Reads the logs (``policyd.sources.maillog``), predicts every delivery attempt to a Microsoft
 365 endpoint again with today's configuration and compares kinds
@@ -33,7 +35,7 @@ from policyd.tools.replay.compare import Comparison, Variant
 HELP = "backtest the predictions against Postfix's mail log"
 DESCRIPTION = (
     "Predict every delivery to Microsoft 365 found in Postfix logs with today's configuration "
-    "and compare with what Microsoft 365 really answered (SPEC §8.1). LOG is a file, a .gz "
+    "and compare with what Microsoft 365 really answered (see the README). LOG is a file, a .gz "
     "file or - for `journalctl -o short-iso` output on standard input; a rotated set may be "
     "given in any order."
 )
@@ -52,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sweep-assumptions",
         action="store_true",
-        help="compare under every combination of the SPEC §5.3 assumptions and rank them",
+        help="compare under every combination of the [assumptions] and rank them",
     )
     parser.add_argument(
         "--limit",

@@ -8,7 +8,7 @@ predicts the recipient again through ``state.predictor.predict`` — the functio
 ``check`` call — with the attempt's time as ``now``: the original recipient is ``orig_to``
 when Postfix logged one (a forward), else ``to``, and the final address is ``to``. The
 predicted kind (``policyd.rules.reasons.predicted_kind``) is compared with the observed kind
-of Microsoft's reply (SPEC §8): they agree only when equal.
+of Microsoft's reply (docs/postfix.md): they agree only when equal.
 
 Attempts whose ``from=`` line is not in the log (it starts mid-queue) are counted in
 ``without_sender`` and never guessed; Postfix's own failures (no reply of Microsoft's) in
@@ -57,7 +57,7 @@ class Disagreement:
     orig_to: str  # the original recipient when Postfix logged one, else ""
     observed: str
     predicted: str
-    reason: str  # the predicted reason id (SPEC §5)
+    reason: str  # the predicted reason id (README: Reasons)
     explanation: str
     reply: str  # Microsoft 365's reply as Postfix quoted it
     relay: str
@@ -94,7 +94,7 @@ class Tally:
         return 100.0 * self.agreed / self.compared if self.compared else 100.0
 
     def table_dict(self) -> dict[str, dict[str, int]]:
-        """``{predicted: {observed: count}}``, kinds in SPEC §8's order, zero cells left out."""
+        """``{predicted: {observed: count}}``, kinds in docs/postfix.md's order, no zero cells."""
         order = {kind: i for i, kind in enumerate(OBSERVED_KINDS)}
         return {
             predicted: {

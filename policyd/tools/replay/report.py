@@ -1,4 +1,4 @@
-"""What ``replay`` prints: one JSON object (SPEC §8.1's keys) and the same as text for people."""
+"""What ``replay`` prints: one JSON object (the README's keys) and the same as text for people."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ TODAY_NOTE = "predictions use today's configuration (routing, tenants, assumptio
 
 def result(comparison: Comparison, counts: LogCounts, config_path: str) -> dict[str, Any]:
     """The ``--json`` object: at least ``lines``, ``skipped``, ``compared``, ``agreed``,
-    ``without_sender``, ``table`` and ``disagreements`` (SPEC §8.1)."""
+    ``without_sender``, ``table`` and ``disagreements`` (the README, "Before you turn on defer")."""
     base = comparison.today
     tally = base.tally
     out: dict[str, Any] = {

@@ -1,4 +1,6 @@
-"""``--sweep-assumptions``: one state per combination of SPEC §5.3's deciding assumptions.
+"""``--sweep-assumptions``: one state per combination of the deciding assumptions.
+
+The assumptions are those of ``docs/relay-rules.md``.
 
 Each state is today's with every tenant's ``Tenant.assumptions`` replaced (and the router
 rebuilt around the replaced default tenant), so each combination predicts through the same
