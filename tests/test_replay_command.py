@@ -485,3 +485,49 @@ def _args(argv: list[str]) -> Any:
     from policyd.tools.cli import _parser
 
     return _parser().parse_args(["replay", *argv])
+
+
+def test_a_certificate_expiring_mid_log_changes_the_prediction_at_that_moment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each attempt is predicted at its own time: the cached prediction ends at the
+    certificate's expiry, so the attempt after it is predicted no-connector."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.pki import TestPKI
+
+    pki = TestPKI()
+    expiry = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+    leaf = pki.leaf(
+        "mail.contoso.com",
+        ["mail.contoso.com"],
+        not_before=expiry - timedelta(days=90),
+        not_after=expiry,
+    )
+    cert, _ = pki.write(tmp_path, leaf, "client")
+    ca = pki.write_ca_bundle(tmp_path)
+    text = (
+        '[tenant]\naccepted_domains = ["contoso.com"]\n\n[[tenant.inbound_connector]]\n'
+        'name = "Certificate connector"\nconnector_type = "OnPremises"\nenabled = true\n'
+        'tls_sender_certificate_name = "*.contoso.com"\n\n'
+        f'[onprem]\ncertificate = "{cert}"\nca_bundle = "{ca}"\n'
+    )
+    relay = "relay=contoso-com.mail.protection.outlook.com[52.101.68.10]:25, delay=1"
+    lines = []
+    for n, clock in enumerate(("11:59:58", "11:59:59", "12:00:01")):
+        qid = f"ABC{n}"
+        lines += [
+            f"2026-11-27T{clock}+00:00 mx postfix/qmgr[1]: {qid}: from=<app@contoso.com>, "
+            "size=1, nrcpt=1 (queue active)\n",
+            f"2026-11-27T{clock}+00:00 mx postfix/smtp[2]: {qid}: to=<x@example.net>, {relay}, "
+            "dsn=2.6.0, status=sent (250 2.6.0 Queued mail for delivery)\n",
+        ]
+    log = tmp_path / "mail.log"
+    log.write_text("".join(lines))
+    code, data, _ = replay(capsys, "-c", config(tmp_path, text), str(log))
+    assert code == 1
+    assert data["reasons"] == {
+        "certificate-connector": {"compared": 2, "agreed": 2},
+        "no-connector": {"compared": 1, "agreed": 0},
+    }
+    assert [d["queue_id"] for d in data["disagreements"]] == ["ABC2"]
