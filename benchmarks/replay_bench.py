@@ -193,6 +193,29 @@ def measure(lines: int = DEFAULT_LINES) -> dict[str, Any]:
     }
 
 
+def row(report: Any, workdir: Path, scale: Any) -> None:
+    """The row for ``benchmarks/run.py`` (``RUNNERS["replay"] = replay_bench.row``): a
+    1,000,000-line log, or 100,000 lines under ``--quick`` (``scale.long_requests``)."""
+    from benchmarks.run import Row
+
+    del workdir
+    lines = DEFAULT_LINES if scale.long_requests >= DEFAULT_LINES else DEFAULT_LINES // 10
+    figures = measure(lines)
+    report.add(
+        Row(
+            what=f"replay, {figures['lines']:,}-line generated mail log",
+            target=f"≥ {TARGET_RATE:,.0f} lines/s; RSS ≤ {TARGET_RSS_MB:.0f} MB",
+            measured=(
+                f"{figures['lines_per_second']:,} lines/s ({figures['seconds']:.2f} s wall, "
+                f"start-up included; {figures['lines_per_cpu_second']:,} lines per CPU second); "
+                f"peak RSS {figures['rss_mb']:.1f} MB"
+            ),
+            met=bool(figures["met"]),
+            command="`.venv/bin/python -m benchmarks.replay_bench`",
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=DEFAULT_LINES)
