@@ -40,7 +40,8 @@ from policyd.sources.state import State
 
 #: Messages remembered at once (a log without ``removed`` lines cannot grow memory past this).
 MAX_MESSAGES = 200_000
-#: Predictions remembered per configuration.
+#: Predictions remembered, shared among the configurations compared (memory stays bounded
+#: with --sweep-assumptions too).
 CACHE_SIZE = 100_000
 #: Statuses of an attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
@@ -123,6 +124,7 @@ class Variant:
     cache: dict[tuple[str, str, str], AddressPrediction] = field(default_factory=dict)
     cache_from: float = math.inf
     cache_until: float = -math.inf
+    cache_size: int = 0  # set by Comparison: CACHE_SIZE shared among the variants
 
     def predict(self, sender: str, recipient: str, final: str, time: datetime) -> AddressPrediction:
         """The prediction for one final address at ``time``, through ``state.predictor``;
@@ -138,7 +140,7 @@ class Variant:
             prediction, _ = predictor.predict(sender, recipient, (final,), time)
             found = prediction.addresses[0]
             self.cache_until = min(self.cache_until, predictor.valid_until())
-            if len(self.cache) >= CACHE_SIZE:
+            if len(self.cache) >= self.cache_size:
                 self.cache.clear()
             self.cache[key] = found
         return found
@@ -166,6 +168,8 @@ class Comparison:
         max_messages: int = MAX_MESSAGES,
     ) -> None:
         self.variants = list(variants)
+        for variant in self.variants:
+            variant.cache_size = max(1_000, CACHE_SIZE // len(self.variants))
         self.is_microsoft = relay_matcher(relay_hosts)
         self.since = since
         self.until = until
