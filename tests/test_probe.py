@@ -20,6 +20,7 @@ import pytest
 
 from policyd.constants import PROBE_MAX_RECIPIENTS
 from policyd.rules.outcomes import classify_reply
+from policyd.tools.probe import ProbeUsageError, parse_endpoint
 from tests.e2e.standin import Connector, StandIn, TenantView
 from tests.pki import TestPKI
 
@@ -413,3 +414,57 @@ def test_no_endpoint_without_postfix_is_a_usage_error(files: Files) -> None:
     done = run("probe", "-c", str(path), "--recipient", OUTSIDE)
     assert done.returncode == 2
     assert "--endpoint" in one_line(done)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "contoso-com.mail.protection.outlook.com",
+            ("contoso-com.mail.protection.outlook.com", 25),
+        ),
+        ("[127.0.0.1]:2525", ("127.0.0.1", 2525)),
+        ("127.0.0.1:2525", ("127.0.0.1", 2525)),
+        ("[::1]:26", ("::1", 26)),
+    ],
+)
+def test_parse_endpoint(text: str, expected: tuple[str, int]) -> None:
+    """--endpoint takes Postfix's next-hop forms; the port defaults to 25."""
+    assert parse_endpoint(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a b", "host:0", "host:70000"])
+def test_parse_endpoint_refuses_bad_forms(text: str) -> None:
+    """Zero or several hosts and ports outside 1-65535 are usage errors."""
+    with pytest.raises(ProbeUsageError):
+        parse_endpoint(text)
+
+
+def test_compare_names_only_the_assumption_that_agrees(files: Files) -> None:
+    """Given observed kinds (no network), a row that disagrees names exactly the assumptions
+    whose other setting predicts the observed kind, and rows that agree name none."""
+    from datetime import UTC, datetime
+
+    from policyd.sources.state import load_state
+    from policyd.tools.doctor import audit, live
+    from policyd.tools.probe import Answer
+
+    now = datetime.now(UTC)
+    path = config(files, egress=OTHER_EGRESS, cert_connector="mail.contoso.com")
+    state = load_state(str(path), generation=0)
+    report = audit(state.config, now=now, predictor=state.predictor)
+    asked = live.questions(state, report.classes, now, endpoint="127.0.0.1:1", key=str(files.key))
+    observed = {"user@contoso.com": "accepted"}  # into the tenant; every relay refused
+    answers = [
+        Answer(q, "550 5.7.64 TenantAttribution; Relay Access Denied", "no-connector")
+        if q.address not in observed
+        else Answer(q, "250 2.1.5 Recipient OK", "accepted")
+        for q in asked
+    ]
+    rows = {row.row.id: row for row in live.compare(state, report.classes, answers, now)}
+    assert rows["into-tenant"].agrees and rows["into-tenant"].would_agree == ()
+    for class_id in ("own-domain", "foreign-sender", "forwarded", "null-sender-bounce"):
+        assert not rows[class_id].agrees
+        assert rows[class_id].would_agree == (
+            ("host_connector_name_must_be_accepted", "host_connector_name_must_be_accepted = true"),
+        )

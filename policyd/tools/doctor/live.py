@@ -104,7 +104,9 @@ def compare(
     by_row: dict[tuple[str, str, str], list[Answer]] = {}
     for answer in answers:
         q = answer.question
-        by_row.setdefault((q.sender, q.recipient, q.tenant or ""), []).append(answer)
+        found = by_row.setdefault((q.sender, q.recipient, q.tenant or ""), [])
+        if all(a.question.address != q.address for a in found):  # two rows, one envelope
+            found.append(answer)
     rows: list[LiveRow] = []
     for row in classes:
         found = by_row.get((row.sender, row.recipient, row.tenant), [])
