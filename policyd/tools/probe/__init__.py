@@ -182,8 +182,11 @@ def target_for(
     """Where and as whom Postfix would deliver: the route's next hop and service (with
     ``[postfix]``), else ``--endpoint``, ``onprem.certificate``, ``--key`` and the first
     ``onprem.egress_addresses``; ``--endpoint`` always wins for the host."""
-    name = helo or socket.getfqdn()
     router = state.router
+    name = helo
+    if not name and router is not None:  # what smtp(8) says, when the picture holds it
+        name = router.view.parameter("smtp_helo_name") or router.view.parameter("myhostname")
+    name = name if name and "$" not in name else socket.getfqdn()
     if context is not None and router is not None:
         tls = client_tls(router.view, context.route.transport)
         host, port = _route_endpoint(context) if not endpoint else parse_endpoint(endpoint)
