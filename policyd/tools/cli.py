@@ -1,4 +1,4 @@
-"""The ``m365-policyd`` command line (SPEC §3): serve, check, doctor, probe, bench, --version.
+"""The ``m365-policyd`` command line (the README): serve, check, doctor, probe, bench, --version.
 
 Exit codes: 0 fine, 1 a refusal predicted / doctor found errors, 2 usage error,
 78 configuration error (one line naming the file, the key and the fix).

@@ -13,7 +13,7 @@ Two layers, as everywhere in the package:
 
 The checks live by what they audit: ``certificate``, ``tenant`` (with the closing table of
 mail classes, and the Partner connectors), ``postfix``, ``assumptions`` (the disputed rules the
-setup relies on, SPEC §5.3); ``report`` holds the vocabulary (statuses, areas, ``Check``,
+setup relies on, docs/relay-rules.md); ``report`` holds the vocabulary (statuses, areas, ``Check``,
 ``Report``) and the text and JSON output. Exit status: 0 without errors, 1 with errors, 78 on a
 configuration error.
 """
@@ -93,7 +93,7 @@ def audit(
     form (the wiring passes ``os.path.realpath``, tests may pass anything); ``router`` is the
     state's router with ``[postfix]``, so the table predicts exactly as the daemon does;
     ``predictor`` (the state's) lists several tenants: each gets its own section and table,
-    and the cross-tenant checks of SPEC §5.2 are added.
+    and the cross-tenant checks of README: tenants are added.
     """
     tenants = predictor.tenants if predictor is not None else ()
     if len(tenants) > 1 and predictor is not None:

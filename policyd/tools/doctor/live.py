@@ -1,9 +1,9 @@
-"""``doctor --probe``: the mail-class table asked of Microsoft 365 itself (SPEC §8.2).
+"""``doctor --probe``: the mail-class table asked of Microsoft 365 itself (README, `probe`).
 
 Each row of the closing table (own-domain sender, foreign sender, forwarded mail, null-sender
 bounce, ...) is probed with ``policyd.tools.probe``: the row's sender, one ``RCPT TO`` per
 final address, never DATA. The observed kind is set beside the predicted kind. A row that
-disagrees is predicted again with each assumption of SPEC §5.3 set the other way; the
+disagrees is predicted again with each assumption (docs/relay-rules.md) set the other way; the
 assumptions whose other setting would agree are named, with the configuration change
 (``[assumptions] KEY = VALUE``) and the remedy that makes the setup independent of the key.
 """
@@ -177,10 +177,12 @@ def write_text(rows: Sequence[LiveRow], out: TextIO) -> None:
             out.write(f"      Microsoft 365 answered {answer.question.address}: {answer.reply}\n")
         for key, setting in live.would_agree:
             out.write(
-                f"      {setting} would agree: set it under [assumptions] (SPEC §5.3); "
+                f"      {setting} would agree: set it under [assumptions] (docs/relay-rules.md); "
                 f"to depend on neither setting: {BY_KEY[key].remedy}\n"
             )
         if not live.would_agree:
-            out.write("      no assumption of SPEC §5.3 explains this: please report it\n")
+            out.write(
+                "      no assumption in docs/relay-rules.md explains this: please report it\n"
+            )
     agreed = sum(1 for r in rows if r.agrees)
     out.write(f"  {agreed} of {len(rows)} probed classes agree with the prediction\n")

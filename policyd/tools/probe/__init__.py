@@ -1,4 +1,4 @@
-"""``m365-policyd probe``: ask Microsoft 365 itself, without sending mail (SPEC §8.2).
+"""``m365-policyd probe``: ask Microsoft 365 itself, without sending mail (README, `probe`).
 
 For each recipient the probe finds what the daemon would predict (``check``'s
 ``run_check``, so the two cannot disagree on the prediction) and where Postfix would deliver
@@ -61,7 +61,7 @@ class Question:
     sender: str
     recipient: str  # as given
     address: str  # the final address (after alias expansion) Microsoft 365 sees
-    predicted: str  # the predicted kind (SPEC §8)
+    predicted: str  # the predicted kind (README: observed kinds)
     reason: str
     tenant: str | None
     route: str  # "transport:nexthop" with [postfix], "" without
@@ -301,7 +301,7 @@ def write_text(
 
 
 def as_json(endpoint: str, answers: Sequence[Answer]) -> dict[str, object]:
-    """The ``probe --json`` object of SPEC §8.2."""
+    """The ``probe --json`` object of the README ("Ask Microsoft 365 itself")."""
     return {"endpoint": endpoint, "results": [a.as_json() for a in answers]}
 
 

@@ -1,4 +1,4 @@
-"""A small SMTP client on Twisted that asks, and never sends (SPEC §8.2).
+"""A small SMTP client on Twisted that asks, and never sends (README: "Ask Microsoft 365 itself").
 
 One ``session`` per sender: EHLO, STARTTLS (mandatory; the server's certificate is not
 verified, as Postfix's ``encrypt`` level), EHLO, ``MAIL FROM``, one ``RCPT TO`` per recipient,
