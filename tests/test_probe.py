@@ -408,6 +408,27 @@ def test_recipient_cap_is_a_usage_error_before_connecting(files: Files, standin:
     assert standin.sessions == []
 
 
+def test_an_address_cannot_smuggle_a_command(files: Files, standin: StandIn) -> None:
+    """A recipient carrying a line break and DATA is a usage error before any connection."""
+    path = config(files, egress=IP_EGRESS, ip_connector=f"{IP_EGRESS}/32")
+    done = probe(
+        path, standin, "a@contoso.com", f"{OUTSIDE}>\r\nDATA", extra=("--key", str(files.key))
+    )
+    assert done.returncode == 2
+    assert "cannot be probed" in one_line(done)
+    assert standin.sessions == []
+
+
+def test_the_client_refuses_to_write_data() -> None:
+    """The SMTP client itself refuses DATA, BDAT and embedded line breaks, whoever calls it."""
+    from policyd.tools.probe.client import ProbeError, _SMTPClient
+
+    client = _SMTPClient()
+    for line in ("DATA", "data", "BDAT 10 LAST", "RCPT TO:<a@b>\r\nDATA"):
+        with pytest.raises(ProbeError):
+            client.send(line)
+
+
 def test_no_endpoint_without_postfix_is_a_usage_error(files: Files) -> None:
     """Without [postfix] and without --endpoint the probe does not guess a host: exit 2."""
     path = config(files, egress=IP_EGRESS, ip_connector=f"{IP_EGRESS}/32")

@@ -136,6 +136,11 @@ def plan(
     Raises ``ProbeUsageError`` (no endpoint known, too many addresses) and ``ProbeConfigError``
     (an unreadable certificate or key).
     """
+    for given in (sender, *recipients):
+        if any(ord(c) < 33 or c in "<>" for c in given):
+            raise ProbeUsageError(
+                f"{given!r}: an address with spaces, control characters or <> cannot be probed"
+            )
     result = run_check(state, sender, recipients, now)
     questions: list[Question] = []
     skipped: list[AddressPrediction] = []

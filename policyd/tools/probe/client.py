@@ -25,6 +25,9 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+#: Commands that would start a message: never written, whatever the caller asks.
+_NEVER = frozenset({"DATA", "BDAT"})
+
 #: Longest reply line we keep (RFC 5321 allows 512 octets; Microsoft's stay well below).
 _MAX_LINE = 4096
 
@@ -183,6 +186,9 @@ class _SMTPClient(Protocol):
         return waiting
 
     def send(self, line: str) -> None:
+        """Write one command line; a line break inside it, or DATA/BDAT, is refused."""
+        if "\r" in line or "\n" in line or line.split(" ", 1)[0].upper() in _NEVER:
+            raise ProbeError(f"refusing to send {line!r}: a probe never sends a message")
         data = line.encode("utf-8") + b"\r\n"
         if self._tls is None:
             _transport(self).write(data)
@@ -222,10 +228,6 @@ class _SMTPClient(Protocol):
             handshake.callback(None)
         if self._incoming.pending:
             self.dataReceived(b"")
-
-
-def _code(reply: str) -> str:
-    return reply[:3]
 
 
 def _last_line(reply: str) -> str:
