@@ -6,8 +6,8 @@ anything, so its throughput is what Twisted and the kernel cost with no policy w
 
     python -m benchmarks.bare --listen tcp:10041:interface=127.0.0.1
 
-With port 0 the kernel picks a free port; the first line on stdout always names the address
-actually bound (``listening on 127.0.0.1:PORT``), so a driver can read it.
+With port 0 the kernel picks a free port; stdout names every address actually bound
+(``listening on 127.0.0.1:PORT``, one line per ``--listen``), so a driver can read it.
 """
 
 from __future__ import annotations
@@ -69,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--listen",
-        default="tcp:0:interface=127.0.0.1",
+        action="append",
         metavar="ENDPOINT",
-        help="Twisted server endpoint (default: a free loopback TCP port)",
+        help="Twisted server endpoint, may be repeated (default: a free loopback TCP port)",
     )
     args = parser.parse_args(argv)
+    listen = args.listen or ["tcp:0:interface=127.0.0.1"]
 
     # imported here so that importing this module does not install the global reactor
     from twisted.internet import reactor as installed
@@ -85,17 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"listening on {describe(port)}\n")
         sys.stdout.flush()
 
-    def failed(failure: Any) -> None:
-        sys.stderr.write(f"benchmarks.bare: cannot listen on {args.listen}: {failure.value}\n")
+    def failed(failure: Any, description: str) -> None:
+        sys.stderr.write(f"benchmarks.bare: cannot listen on {description}: {failure.value}\n")
         status[0] = 1
         reactor.stop()
 
-    try:
-        endpoint: Any = endpoints.serverFromString(reactor, args.listen)  # type: ignore[no-untyped-call] # Twisted leaves it unannotated
-    except (ValueError, TypeError, KeyError) as error:
-        sys.stderr.write(f"benchmarks.bare: invalid --listen {args.listen!r}: {error}\n")
-        return 2
-    endpoint.listen(BareFactory()).addCallbacks(listening, failed)
+    for description in listen:
+        try:
+            endpoint: Any = endpoints.serverFromString(reactor, description)  # type: ignore[no-untyped-call] # Twisted leaves it unannotated
+        except (ValueError, TypeError, KeyError) as error:
+            sys.stderr.write(f"benchmarks.bare: invalid --listen {description!r}: {error}\n")
+            return 2
+        endpoint.listen(BareFactory()).addCallbacks(listening, failed, errbackArgs=(description,))
     reactor.run()
     return status[0]
 

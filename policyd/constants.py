@@ -9,26 +9,32 @@ live in ``policyd.rules.reasons``; configuration keys and their defaults in
 
 from __future__ import annotations
 
-#: The attributes Postfix 3.7 sends in a policy request, in its order (smtpd_check.c,
-#: SMTPD_POLICY_README); 29 in all. The protocol's positional fast path, ``bench`` and the
-#: tests all read this one tuple.
+#: The attributes Postfix 3.7 sends in a policy request, in the order it writes them on the wire
+#: (smtpd_check.c; SMTPD_POLICY_README lists them in another order); 29 in all. Recorded from
+#: the real Postfix by ``tests/e2e/test_wire_order.py``. Postfix 3.8 adds compatibility_level
+#: and mail_version, 3.12 tls_sni. The codec's first layout, ``bench`` and the tests read it.
 POSTFIX_ATTRIBUTE_ORDER: tuple[str, ...] = (
     "request",
     "protocol_state",
     "protocol_name",
+    "client_address",
+    "client_name",
+    "client_port",
+    "reverse_client_name",
+    "server_address",
+    "server_port",
     "helo_name",
-    "queue_id",
     "sender",
     "recipient",
     "recipient_count",
-    "client_address",
-    "client_name",
-    "reverse_client_name",
+    "queue_id",
     "instance",
+    "size",
+    "etrn_domain",
+    "stress",
     "sasl_method",
     "sasl_username",
     "sasl_sender",
-    "size",
     "ccert_subject",
     "ccert_issuer",
     "ccert_fingerprint",
@@ -36,12 +42,7 @@ POSTFIX_ATTRIBUTE_ORDER: tuple[str, ...] = (
     "encryption_protocol",
     "encryption_cipher",
     "encryption_keysize",
-    "etrn_domain",
-    "stress",
-    "client_port",
     "policy_context",
-    "server_address",
-    "server_port",
 )
 
 # --- verdicts (docs/relay-rules.md): what Microsoft 365 does with one recipient ----------------

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -786,94 +787,38 @@ def test_failing_new_session_keeps_the_connection_answering() -> None:
     assert handler.seen[0][1] is None
 
 
-def test_postfix_layout_and_any_other_order_read_the_same() -> None:
-    """A request in Postfix's own attribute order and the same request shuffled, with a
-    duplicated name, or with a wanted line renamed, are all read by the general rule."""
-    import random
-
-    from policyd.wire.protocol import _postfix_layout, _search
-
-    for path in STREAMS:
-        for block in path.read_text().rstrip("\n").split("\n\n"):
-            by_position = _postfix_layout(block)
-            assert by_position is not None  # the recorded requests are in Postfix's layout
-            assert by_position == _search(block)
-            lines = block.split("\n")
-            random.Random(len(block)).shuffle(lines)
-            shuffled = "\n".join(lines)
-            assert (_postfix_layout(shuffled) or _search(shuffled)) == by_position
-            renamed = block.replace("\nsender=", "\nsenders=", 1)
-            assert _postfix_layout(renamed) is None
-            assert "sender" not in _search(renamed)
-            twice = block.replace("\nrecipient=", "\nrecipient=first@x\nrecipient=", 1)
-            assert (_postfix_layout(twice) or _search(twice))["recipient"] == "first@x"
-
-
-class _Socket:
-    """A socket that takes at most ``accept`` bytes per send (None: raises EAGAIN)."""
-
-    def __init__(self, accept: int | None) -> None:
-        self.accept = accept
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> int:
-        if self.accept is None:
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-        self.sent.append(data[: self.accept])
-        return min(len(data), self.accept)
-
-
-class _BufferedTransport(WriteLog):
-    """A WriteLog with the write-buffer attributes of twisted.internet.abstract.FileDescriptor."""
+class WaitingHandler(RecordingHandler):
+    """Answers ``protocol_state=SLOW`` with a Deferred that the test fires."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.dataBuffer = b""
-        self._tempDataLen = 0
+        self.pending: list[Deferred[str]] = []
+
+    def handle(self, attrs: Mapping[str, str], session: object) -> str | Deferred[str]:  # type: ignore[override]
+        answer = super().handle(attrs, session)
+        if attrs.get("protocol_state") != "SLOW":
+            return answer
+        deferred: Deferred[str] = Deferred()
+        deferred.addCallback(lambda _: answer)
+        self.pending.append(deferred)
+        return deferred
 
 
-def _direct_protocol(sock: _Socket) -> tuple[PolicyProtocol, _BufferedTransport]:
-    factory, _, _ = make_factory(RecordingHandler())
-    protocol = factory.buildProtocol(None)
-    transport = _BufferedTransport()
-    protocol.makeConnection(transport)
-    protocol._direct = sock  # what _direct_socket returns for a real TCP or UNIX connection
-    return protocol, transport
-
-
-@pytest.mark.parametrize(
-    ("accept", "direct", "buffered"),
-    [
-        (10_000, b"action=INFO request 1 RCPT\n\n", b""),
-        (7, b"action=", b"INFO request 1 RCPT\n\n"),
-        (None, b"", b"action=INFO request 1 RCPT\n\n"),
-    ],
-    ids=["all-at-once", "partial", "would-block"],
-)
-def test_direct_send_hands_what_the_kernel_refuses_to_twisted(
-    accept: int | None, direct: bytes, buffered: bytes
-) -> None:
-    """A reply goes straight to the socket; whatever it does not take goes through Twisted."""
-    sock = _Socket(accept)
-    protocol, transport = _direct_protocol(sock)
-    protocol.dataReceived(b"protocol_state=RCPT\n\n")
-    assert b"".join(sock.sent) == direct
-    assert transport.value() == buffered
-
-
-def test_direct_send_never_overtakes_queued_replies() -> None:
-    """With data already queued in Twisted's buffer, a new reply queues behind it."""
-    sock = _Socket(10_000)
-    protocol, transport = _direct_protocol(sock)
-    transport._tempDataLen = 5  # Twisted still holds unsent bytes
-    protocol.dataReceived(b"protocol_state=RCPT\n\n")
-    assert sock.sent == []
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_a_malformed_request_behind_a_waiting_answer_closes_after_it(kind: str) -> None:
+    """Requests decoded behind a Deferred answer wait for it, are answered in order, and only
+    then does the malformed request after them close the connection."""
+    handler = WaitingHandler()
+    factory, stats, _ = make_factory(handler, SMALL)
+    protocol, transport = connect(factory)
+    slow = b"protocol_state=SLOW\nrecipient=a@contoso.com\n\n"
+    protocol.dataReceived(GOOD + slow + GOOD + MALFORMED[kind])
     assert transport.value() == b"action=INFO request 1 RCPT\n\n"
-
-
-def test_direct_send_is_used_only_for_real_sockets() -> None:
-    """Test and TLS transports have no socket to write to: replies use transport.write."""
-    from policyd.wire.protocol import _direct_socket
-
-    assert _direct_socket(StringTransport()) is None
-    assert _direct_socket(object()) is None
+    assert not transport.disconnecting
+    handler.pending.pop().callback(None)
+    assert transport.value() == (
+        b"action=INFO request 1 RCPT\n\naction=INFO request 2 SLOW\n\n"
+        b"action=INFO request 3 RCPT\n\n"
+    )
+    assert transport.disconnecting
+    assert dict(stats.protocol_errors) == {kind: 1}

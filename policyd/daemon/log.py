@@ -3,16 +3,26 @@
 Two sources feed one stream:
 
 - ``twisted.logger`` events (start-up, reloads, errors, Twisted's own messages) go through
-  ``LogOutput.__call__``, which filters by the configured level and writes and flushes one line;
-- prediction records from ``PolicyEngine`` (one per recipient) go through ``LogOutput.emit``,
-  the hot path: no ``Logger`` machinery, the line is formatted and appended to the stream's
-  buffer, and one scheduled flush (``serve`` uses ``callLater(0.1)``) writes them all.
+  ``LogOutput.__call__``, which filters by the configured level and writes at once;
+- prediction lines from ``PolicyEngine`` (one per recipient, at ``info``) go through
+  ``LogOutput.prediction``, the hot path: the part of the line that is the same for every answer
+  of one (sender, recipient) is rendered once and kept with the engine's cached answer
+  (``policyd.engine.cache.PredictionLine``); each line adds only the time, queue ID, instance
+  and client address. ``LogOutput.emit`` takes whole records (errors, and predictions from
+  callers without the fast path) and writes the very same bytes.
 
-Both write to the same stream object, so lines keep their order. Text lines are ``key=value``
-pairs (values with spaces, quotes, ``=`` or control characters are quoted JSON-style, so one
-record is always one line); JSON lines are one object each. Lines carry an ISO 8601 UTC
-timestamp unless stdout is the journal (``$JOURNAL_STREAM`` names our stdout), which stamps
-lines itself.
+Lines are collected and written together: one ``write`` per reactor turn (``serve`` schedules
+the flush with ``callLater(0)``), at once for errors and Twisted events (which keeps the order),
+when 64 KiB are waiting, and on stop. A batch is whole lines, written to stdout's file descriptor
+until every byte is out (``PYTHONUNBUFFERED`` or not), so no line is ever split between two
+writers or cut short by a signal; a descriptor that refuses bytes (non-blocking, reader stalled)
+keeps the rest for the next flush, and beyond ``MAX_UNSENT`` waiting bytes new prediction lines
+are dropped and counted rather than growing memory.
+
+Text lines are ``key=value`` pairs (values with spaces, quotes, ``=`` or control characters are
+quoted JSON-style, so one record is always one line); JSON lines are one object each. Lines
+carry an ISO 8601 UTC timestamp unless stdout is the journal (``$JOURNAL_STREAM`` names our
+stdout), which stamps lines itself.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TextIO, cast
+from json.encoder import encode_basestring
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
 
@@ -38,6 +49,9 @@ from policyd.constants import (
     LOG_TEXT,
     LOG_WARN,
 )
+
+if TYPE_CHECKING:
+    from policyd.engine.cache import PredictionLine
 
 TEXT = LOG_TEXT
 JSON = LOG_JSON
@@ -68,7 +82,16 @@ FIELDS = "policyd_fields"
 
 #: A character that forces a text value into quotes (anything but these safe ones).
 _NEEDS_QUOTES = re.compile(r"[^A-Za-z0-9.\-_@:/+,*<>\[\]()#%!?~^&|;{}$']")
-_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+#: A JSON string literal, as ``json.dumps(value, ensure_ascii=False)`` writes it.
+_encode_string: Callable[[str], str] = encode_basestring
+#: ``json.dumps(value, ensure_ascii=False, default=str)`` without building an encoder per call.
+_encode_json: Callable[[object], str] = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+#: Buffered characters that make a flush happen at once rather than at the end of the turn.
+FLUSH_CHARS = 65536
+
+#: Bytes refused by a stalled stdout kept for later; past this, prediction lines are dropped.
+MAX_UNSENT = 4 << 20
 
 
 def level_for(name: str) -> LogLevel:
@@ -126,20 +149,28 @@ def text_line(pairs: Iterable[tuple[str, object]]) -> str:
 
 def json_line(pairs: Iterable[tuple[str, object]]) -> str:
     """One JSON object on one line; values that JSON cannot hold are written as strings."""
-    return json.dumps(dict(pairs), ensure_ascii=False, default=str)
+    return _encode_json(dict(pairs))
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
+_milli_cache: list[tuple[int, str]] = [(-1, "")]
 
 
 def timestamp(now: float) -> str:
-    """``2024-05-01T12:00:00.123Z``: UTC with milliseconds (the seconds part is cached)."""
-    second = int(now // 1)
+    """``2024-05-01T12:00:00.123Z``: UTC, milliseconds truncated (cached per millisecond: under
+    load many lines share one)."""
+    millis = int(now * 1000)
+    cached = _milli_cache[0]
+    if cached[0] == millis:
+        return cached[1]
+    second, fraction = divmod(millis, 1000)
     cached_second, prefix = _second_cache[0]
     if second != cached_second:
         prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         _second_cache[0] = (second, prefix)
-    return f"{prefix}{int((now - second) * 1000):03d}Z"
+    text = f"{prefix}{fraction:03d}Z"
+    _milli_cache[0] = (millis, text)
+    return text
 
 
 def stdout_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
@@ -169,12 +200,22 @@ class LogOutput:
         schedule: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """``schedule(f)`` arranges for ``f`` to run soon (``lambda f: reactor.callLater(0, f)``);
-        without it every prediction line is flushed at once."""
+        without it every prediction line is written at once. A ``stream`` with a file
+        descriptor (stdout, a file) is written through the descriptor; any other (a StringIO)
+        through ``write`` and ``flush``."""
         self._stream = stream
+        self._fd = _descriptor(stream)
         self._clock = clock
         self._schedule = schedule
         self._timestamps = timestamps
         self._flush_pending = False
+        self._lines: list[str] = []  # whole lines, each with its newline, not yet written
+        self._chars = 0
+        self._unsent = b""  # what a non-blocking descriptor refused, written before the rest
+        self._millis = -1  # the millisecond of ``_stamp``
+        self._stamp = ""
+        self.lines_dropped = 0  # prediction lines not written because stdout stalled
+        self._drops_told = 0  # of those, how many a warning line has reported
         self._format = TEXT
         self._level: LogLevel = LogLevel.info
         self._info = True
@@ -246,39 +287,151 @@ class LogOutput:
         )
         return " ".join([head, *[f"{key}={text_value(value)}" for key, value in record.items()]])
 
+    def render_prediction(
+        self, line: PredictionLine, queue_id: str, instance: str, client_address: str
+    ) -> str | None:
+        """``render_record(line.record(queue_id, instance, client_address))``, byte for byte,
+        with the fixed part of the line rendered once per format and kept in ``line``."""
+        if not self._info:
+            return None
+        if self._timestamps:
+            now = self._clock()
+            millis = int(now * 1000)
+            if millis != self._millis:  # lines within one millisecond share the stamp
+                self._millis = millis
+                self._stamp = timestamp(now)
+        fmt = self._format
+        tail = line.rendered.get(fmt)
+        if fmt == JSON:
+            if tail is None:
+                tail = line.rendered[fmt] = "".join(
+                    f", {_encode_string(key)}: {_encode_json(value)}" for key, value in line.fields
+                )
+            stamp = f'"time": "{self._stamp}", ' if self._timestamps else ""
+            return (
+                f'{{{stamp}"level": "info", "event": "prediction", "queue_id": '
+                f'{_encode_string(queue_id)}, "instance": {_encode_string(instance)}, '
+                f'"client_address": {_encode_string(client_address)}{tail}}}'
+            )
+        if tail is None:
+            tail = line.rendered[fmt] = "".join(
+                f" {key}={text_value(value)}" for key, value in line.fields
+            )
+        rendered = _RENDERED.get  # text_value's memo, looked up here to save three calls
+        return (
+            f"{f'time={self._stamp} ' if self._timestamps else ''}level=info event=prediction "
+            f"queue_id={rendered(queue_id) or text_value(queue_id)} "
+            f"instance={rendered(instance) or text_value(instance)} "
+            f"client_address={rendered(client_address) or text_value(client_address)}{tail}"
+        )
+
     # --- output -------------------------------------------------------------------------------
 
     def __call__(self, event: Mapping[str, Any]) -> None:
-        """``ILogObserver``: write one line per event at or above the level, flushed at once."""
+        """``ILogObserver``: write one line per event at or above the level, at once."""
         line = self.render_event(event)
         if line is None:
             return
-        self._write(line + "\n")
+        self._lines.append(line + "\n")
         self.flush()
 
-    def emit(self, record: Mapping[str, object]) -> None:
-        """The engine's ``emit``: one line per prediction, flushed once per reactor turn."""
-        line = self.render_record(record)
-        if line is None:
+    def prediction(
+        self, line: PredictionLine, queue_id: str, instance: str, client_address: str
+    ) -> None:
+        """The engine's fast path: one prediction line, written with the rest of the turn's."""
+        text = self.render_prediction(line, queue_id, instance, client_address)
+        if text is None:
             return
-        self._write(line + "\n")
-        if record.get("event") == "error" or self._schedule is None:
+        if self._unsent and len(self._unsent) > MAX_UNSENT:  # see _add
+            self.lines_dropped += 1
+            return
+        text += "\n"
+        self._lines.append(text)
+        self._chars += len(text)
+        if self._chars >= FLUSH_CHARS or self._schedule is None:
             self.flush()
         elif not self._flush_pending:
             self._flush_pending = True
-            self._schedule(self.flush)
+            self._schedule(self._scheduled_flush)
 
-    def _write(self, text: str) -> None:
-        try:  # noqa: SIM105 - hot path: contextlib.suppress costs a context manager per line
-            self._stream.write(text)
-        except (OSError, ValueError):  # stdout closed or full: logging must never stop the daemon
-            pass
+    def emit(self, record: Mapping[str, object]) -> None:
+        """The engine's ``emit``: one line per record; errors are written at once."""
+        line = self.render_record(record)
+        if line is None:
+            return
+        if record.get("event") == "error":
+            self._lines.append(line + "\n")
+            self.flush()
+        else:
+            self._add(line + "\n")
+
+    def _add(self, line: str) -> None:
+        """Queue ``line`` for the end of the turn (``prediction`` has this inline)."""
+        if len(self._unsent) > MAX_UNSENT:  # stdout stopped taking lines: never grow memory
+            self.lines_dropped += 1
+            return
+        self._lines.append(line)
+        self._chars += len(line)
+        if self._schedule is None or self._chars >= FLUSH_CHARS:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._schedule(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_pending = False
+        self.flush()
 
     def flush(self) -> None:
-        """Write buffered lines to the stream's file now."""
-        self._flush_pending = False
-        with contextlib.suppress(OSError, ValueError):  # see _write
-            self._stream.flush()
+        """Write every waiting line now, in order, whole (also called on stop)."""
+        if self.lines_dropped != self._drops_told and not self._unsent:  # stdout caught up
+            dropped = self.lines_dropped - self._drops_told
+            self._drops_told = self.lines_dropped
+            pairs = self._head("warning")
+            pairs += [("logger", __name__), ("msg", f"{dropped} prediction lines dropped: "
+                      "stdout did not take them"), ("dropped", dropped)]  # fmt: skip
+            self._lines.append(self._line(pairs) + "\n")
+        lines = self._lines
+        if not lines and not self._unsent:
+            return
+        self._lines = []
+        self._chars = 0
+        text = "".join(lines)
+        fd = self._fd
+        if fd is None:
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (OSError, ValueError):  # closed or full: logging must never stop the daemon
+                pass
+            return
+        data = self._unsent + text.encode("utf-8", "replace")
+        self._unsent = b""
+        while data:
+            try:
+                written = os.write(fd, data)
+            except BlockingIOError:  # a non-blocking stdout is full: the rest waits its turn
+                self._unsent = data
+                if self._schedule is not None and not self._flush_pending:
+                    self._flush_pending = True
+                    self._schedule(self._scheduled_flush)
+                return
+            except InterruptedError:
+                continue
+            except OSError:  # closed, or the disk is full: logging must never stop the daemon
+                return
+            data = data[written:]
+
+
+def _descriptor(stream: TextIO) -> int | None:
+    """The file descriptor behind ``stream`` (flushed first), or None for in-memory streams."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()  # anything written through the stream before stays in front
+    return fd
 
 
 def start_logging(output: LogOutput) -> None:

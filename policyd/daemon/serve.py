@@ -259,6 +259,7 @@ class Server:
             output.emit,
             outcomes=self.outcomes,
             in_thread=_in_thread(reactor),
+            predictions=output.prediction,
         )
         self.factory: ProtocolFactory = factory or _policy_factory(
             self.engine, self.stats, state.config, reactor
@@ -483,10 +484,9 @@ class Server:
         self.output.flush()
 
 
-#: Prediction lines are written at most this long (seconds) after they happen, or sooner when
-#: the stream's buffer fills; one flush per reactor turn cost a write syscall and a timer per
-#: request under load.
-LOG_FLUSH_DELAY = 0.1
+#: Prediction lines are written this long (seconds) after the first of them: 0 is the end of
+#: the reactor turn, so each turn's lines go out in one write (``policyd.daemon.log``).
+LOG_FLUSH_DELAY = 0.0
 
 #: File descriptors the daemon needs besides policy connections (listeners, metrics, log files,
 #: postmap pipes, the outcome follower).
@@ -611,8 +611,10 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     # ignored, and Twisted installs its SIGINT handler only over Python's default one: restore
     # the default so that SIGINT stops the daemon wherever it was started from.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    reactor.run()
-    output.flush()
+    try:
+        reactor.run()
+    finally:  # the lines of the last turn, also when the reactor itself fails
+        output.flush()
     return server.exit_status
 
 

@@ -4,12 +4,12 @@ The protocol layer hands every well-formed request to ``PolicyEngine.handle`` wi
 connection's ``Session``; the engine predicts (``policyd.rules.predict``), chooses the configured
 action, remembers the message's predictions for the one ``X-M365-Relay`` header at DATA, and
 counts into ``Stats``. Time comes from an injected clock; the state (configuration, tenant,
-alias maps) is swapped in one step on reload.
+alias maps) is swapped in one step on reload. The answers of one state are cached, and dropped,
+by ``policyd.engine.cache.PredictionCache``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from policyd.constants import (
     ACTION_REROUTE,
     REJECT,
 )
+from policyd.engine.cache import Entry, PredictionCache, PredictionLine
 from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError, LookupFailureError
 from policyd.rules import predict
@@ -40,31 +41,68 @@ if TYPE_CHECKING:
 #: Runs a blocking function off the reactor thread: ``deferToThread``'s shape.
 InThread = Callable[..., "Deferred[Any]"]
 
+#: Writes one prediction's log line: ``(line, queue_id, instance, client_address)``; the log
+#: output keeps the line's fixed part rendered (``policyd.daemon.log.LogOutput.prediction``).
+PredictionOutput = Callable[[PredictionLine, str, str, str], None]
+
 #: Postfix answers; "action=" and the blank line are the protocol layer's business.
 DUNNO = "DUNNO"
-
-#: Bounded prediction cache: cleared whole when full (cheap, and entries are cheap to redo).
-CACHE_LIMIT = 65536
 
 #: SMTP reply texts must stay well inside Postfix's line limits.
 REPLY_TEXT_LIMIT = 400
 
 
 class Session:
-    """Per-connection memory: the current message's RCPT predictions (one Postfix instance)."""
+    """Per-connection memory: the current message's RCPT predictions (one Postfix instance).
 
-    __slots__ = ("instance", "recipients", "tagged")
+    Besides the predictions, it keeps what the ``X-M365-Relay`` header needs as they arrive
+    (the first refused and the first relayed recipient, the number refused), so the header at
+    DATA costs one format; ``tag_value(recipients)`` is the same header from the list.
+    """
+
+    __slots__ = ("first_refused", "first_relayed", "instance", "recipients", "refused", "tagged")
 
     def __init__(self) -> None:
         self.instance = ""
         self.recipients: list[RecipientPrediction] = []  # part of the message (not refused at RCPT)
         self.tagged = False
+        self.refused = 0
+        self.first_refused: Entry | None = None
+        self.first_relayed: Entry | None = None
 
     def start(self, instance: str) -> None:
         """A new instance means the previous message was delivered or aborted: forget it."""
         self.instance = instance
         self.recipients = []
         self.tagged = False
+        self.refused = 0
+        self.first_refused = None
+        self.first_relayed = None
+
+    def add(self, entry: Entry) -> None:
+        """One more recipient that is part of the message."""
+        self.recipients.append(entry.prediction)
+        if entry.refused:
+            self.refused += 1
+            if self.first_refused is None:
+                self.first_refused = entry
+        if entry.relayed and self.first_relayed is None:
+            self.first_relayed = entry
+
+    def tag_value(self) -> str:
+        """``tag_value(self.recipients)`` for a message with a relayed recipient."""
+        first = self.first_refused
+        if first is not None:
+            verdict, reason = first.counted[1], first.counted[2]
+            code = first.code or "none"
+        else:
+            relayed = self.first_relayed
+            assert relayed is not None, "a message without relayed recipients is not tagged"
+            verdict, code, reason = ACCEPT, "none", relayed.counted[2]
+        return (
+            f"verdict={verdict}; code={code}; reason={reason}; "
+            f"refused={self.refused}; recipients={len(self.recipients)}"
+        )
 
 
 class PolicyEngine:
@@ -79,6 +117,7 @@ class PolicyEngine:
         outcomes: Expectations | None = None,
         *,
         in_thread: InThread | None = None,
+        predictions: PredictionOutput | None = None,
     ) -> None:
         """``outcomes`` (docs/postfix.md) receives each message's predictions at DATA, by queue ID.
 
@@ -87,58 +126,39 @@ class PolicyEngine:
         recipient whose expansion needs ``postmap -q`` is answered by a Deferred instead of
         blocking every other connection while postmap runs; without it (``check``, tests) the
         lookup happens in place.
+
+        Prediction log lines (at ``log.level`` info and below) go to ``predictions`` when given
+        (``serve`` passes ``LogOutput.prediction``), else to ``emit`` as whole records; errors
+        always go to ``emit``.
         """
         self.outcomes = outcomes
         self._in_thread = in_thread
         self._stats = stats
         self._clock = clock
         self._emit = emit
-        self._state = state
+        self._predictions_out = predictions
         self._log_predictions = _logs_predictions(state)
-        self._attribution: Attribution | None = None
-        self._valid_until = -math.inf  # recompute the attribution from this instant on
-        # (P1 sender key, lower-cased recipient) -> (prediction, sender accepted or null)
-        self._predictions: dict[tuple[str, str], tuple[RecipientPrediction, bool]] = {}
-        # (sender, recipient) exactly as Postfix sent them -> everything the answer needs
-        self._entries: dict[tuple[str, str], _Entry] = {}
-
-    def _forget(self) -> None:
-        """Drop every cached prediction: the state or the attribution changed."""
-        self._predictions = {}
-        self._entries = {}
+        self._cache = PredictionCache(state, clock, _answer)
 
     # --- state ------------------------------------------------------------------------------
 
     @property
     def state(self) -> State:
-        return self._state
+        """The state answers are computed with now."""
+        return self._cache.state
 
     def replace_state(self, state: State) -> None:
         """Swap in a freshly built state; cached predictions of the old one are dropped."""
-        self._state = state
         self._log_predictions = _logs_predictions(state)
-        self._attribution = None
-        self._valid_until = -math.inf
-        self._forget()
+        self._cache.replace(state)
 
     def attribution(self) -> Attribution:
         """The current attribution, recomputed when a certificate validity boundary passes."""
-        now = self._clock()
-        attribution = self._attribution
-        if attribution is None or now >= self._valid_until:
-            config = self._state.config
-            attribution = predict.attribute(
-                config.tenant, config.onprem, datetime.fromtimestamp(now, UTC)
-            )
-            self._attribution = attribution
-            until = attribution.valid_until
-            self._valid_until = math.inf if until is None else until
-            self._forget()
-        return attribution
+        return self._cache.attribution()
 
     def certificate_connector_match(self, now: float) -> bool | None:
         """For the metric: does the certificate match a connector? None: no certificate."""
-        config = self._state.config
+        config = self.state.config
         if config.onprem.certificate is None:
             return None
         attribution = predict.attribute(
@@ -151,9 +171,9 @@ class PolicyEngine:
         one of the tenant's connectors now? Without [postfix] a tenant is shown its own
         certificate or onprem's; with it, every certificate an smtp(8) service presents."""
         when = datetime.fromtimestamp(now, UTC)
-        predictor = self._state.predictor
+        predictor = self.state.predictor
         found: list[tuple[str, CertificateFacts, bool]] = []
-        router = self._state.router
+        router = self.state.router
         for tenant in predictor.tenants:
             if router is None:
                 certificates = [predictor.onprem_for(tenant)]
@@ -218,37 +238,13 @@ class PolicyEngine:
 
     def _on_error(self) -> str:
         try:
-            return self._state.config.policy.on_error
+            return self.state.config.policy.on_error
         except Exception:  # even a broken state must not refuse mail
             return "dunno"
 
     def predict(self, sender: str, recipient: str) -> RecipientPrediction:
         """Predict one recipient of ``sender`` with the current state (cached)."""
-        return self._entry(sender, recipient).prediction
-
-    def _entry(self, sender: str, recipient: str, final: tuple[str, ...] | None = None) -> _Entry:
-        """The cached answer for this exact (sender, recipient); built on first use.
-
-        ``final`` is the recipient's alias expansion when the caller already has it.
-        """
-        attribution = self.attribution()  # may drop every cache when a boundary passed
-        entry = self._entries.get((sender, recipient))
-        if entry is not None:
-            return entry
-        key = self._key(sender, recipient)
-        cached = self._predictions.get(key)
-        if cached is None:
-            cached = self.compute(self._state, attribution, sender, recipient, final)
-            self._remember(key, cached)
-        prediction, sender_accepted = cached
-        if prediction.recipient != recipient:
-            # Same recipient in another case: keep the cached decision, show the address as sent.
-            prediction = RecipientPrediction(recipient, prediction.addresses)
-        entry = _Entry(prediction, sender_accepted, self._state.config.policy)
-        if len(self._entries) >= CACHE_LIMIT:
-            self._entries = {}
-        self._entries[(sender, recipient)] = entry
-        return entry
+        return self._cache.entry(sender, recipient).prediction
 
     def compute(
         self,
@@ -264,26 +260,7 @@ class PolicyEngine:
         Raises ``LookupFailureError`` when an alias or routing table fails.
         """
         del attribution  # the predictor memoises each tenant's own attribution
-        return state.predictor.predict(
-            sender,
-            recipient,
-            state.aliases.expand(recipient) if final is None else final,
-            datetime.fromtimestamp(self._clock(), UTC),
-        )
-
-    def _key(self, sender: str, recipient: str) -> tuple[str, str]:
-        """The prediction cache key: by sender domain, or by whole sender with [postfix]
-        (``sender_dependent_relayhost_maps`` may route boss@ and helpdesk@ apart)."""
-        if self._state.router is not None:
-            return sender, recipient.lower()
-        return _prediction_key(sender, recipient)
-
-    def _remember(self, key: tuple[str, str], cached: tuple[RecipientPrediction, bool]) -> None:
-        if len(self._predictions) >= CACHE_LIMIT:
-            self._predictions = {}
-        self._predictions[key] = cached
-        # A tenant's or a service's certificate boundary ends this prediction's validity too.
-        self._valid_until = min(self._valid_until, self._state.predictor.valid_until())
+        return self._cache.compute(state, sender, recipient, final)
 
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
@@ -294,18 +271,16 @@ class PolicyEngine:
         if not recipient:
             return DUNNO
         # The hot path: one clock read, one dict lookup, a few counters.
-        entry = None
-        if self._clock() < self._valid_until:
-            entry = self._entries.get((sender, recipient))
+        entry = self._cache.lookup(sender, recipient)
         if entry is None:
             if (
                 self._in_thread is not None
-                and self._state.uses_subprocess
-                and self._key(sender, recipient) not in self._predictions
+                and self.state.uses_subprocess
+                and not self._cache.knows(sender, recipient)
             ):
                 return self._rcpt_in_thread(attrs, session, sender, recipient)
-            entry = self._entry(sender, recipient)
-        return self._answer_rcpt(attrs, session, entry, sender, recipient)
+            entry = self._cache.entry(sender, recipient)
+        return self._answer_rcpt(attrs, session, entry)
 
     def _rcpt_in_thread(
         self, attrs: Mapping[str, str], session: Session, sender: str, recipient: str
@@ -313,15 +288,16 @@ class PolicyEngine:
         """Predict ``recipient`` in a worker thread (its alias expansion or route needs
         ``postmap -q``), then remember and answer on the reactor as usual."""
         assert self._in_thread is not None
-        state = self._state
-        attribution = self.attribution()
+        cache = self._cache
+        state = cache.state
+        attribution = cache.attribution()
 
         def predicted(cached: tuple[RecipientPrediction, bool]) -> str:
-            if self._state is state:
-                self._remember(self._key(sender, recipient), cached)
+            if cache.state is state:
+                cache.remember(sender, recipient, cached)
             # Reloaded meanwhile: the new state decides (cached or predicted in place).
-            entry = self._entry(sender, recipient)
-            return self._answer_rcpt(attrs, session, entry, sender, recipient)
+            entry = cache.entry(sender, recipient)
+            return self._answer_rcpt(attrs, session, entry)
 
         def failed(failure: Failure) -> str:
             error = failure.value
@@ -334,16 +310,8 @@ class PolicyEngine:
         )
         return deferred.addCallback(predicted).addErrback(failed)
 
-    def _answer_rcpt(
-        self,
-        attrs: Mapping[str, str],
-        session: Session,
-        entry: _Entry,
-        sender: str,
-        recipient: str,
-    ) -> str:
+    def _answer_rcpt(self, attrs: Mapping[str, str], session: Session, entry: Entry) -> str:
         """Count, remember and log one RCPT prediction; the Postfix action text."""
-        instance = session.instance
         stats = self._stats
         stats.predictions[entry.counted] += 1
         if entry.external:
@@ -351,27 +319,14 @@ class PolicyEngine:
             stats.unregistered_sender_relays[entry.tenant] += entry.unregistered  # 5.7.750 risk
         stats.actions[entry.action] += 1
         if entry.in_message:
-            session.recipients.append(entry.prediction)  # part of the message: in the header
+            session.add(entry)  # part of the message: in the header
         if self._log_predictions:
-            prediction = entry.prediction
-            self._emit(
-                {
-                    "event": "prediction",
-                    "queue_id": attrs.get("queue_id", ""),
-                    "instance": instance,
-                    "client_address": attrs.get("client_address", ""),
-                    "sender": sender,
-                    "recipient": recipient,
-                    "final": prediction.final,
-                    "tenant": entry.tenant,
-                    "verdict": entry.counted[1],
-                    "code": prediction.code,
-                    "reason": entry.counted[2],
-                    "action": entry.action,
-                    "explanation": prediction.explanation,
-                    "assumptions": prediction.assumptions,
-                }
-            )
+            queue_id = attrs.get("queue_id", "")
+            client_address = attrs.get("client_address", "")
+            if self._predictions_out is not None:
+                self._predictions_out(entry.line, queue_id, session.instance, client_address)
+            else:
+                self._emit(entry.line.record(queue_id, session.instance, client_address))
         return entry.answer
 
     def _data(self, attrs: Mapping[str, str], session: Session) -> str:
@@ -382,17 +337,17 @@ class PolicyEngine:
             and attrs.get("instance", "") == session.instance
         ):
             self._expect_outcomes(attrs, session)
-        policy = self._state.config.policy
+        policy = self.state.config.policy
         if (
-            not policy.tag
+            session.first_relayed is None
             or session.tagged
+            or not policy.tag
             or attrs.get("instance", "") != session.instance
-            or not any(p.relayed for p in session.recipients)
         ):
             return DUNNO
         session.tagged = True
         self._stats.actions["prepend"] += 1
-        return f"PREPEND {policy.header}: {tag_value(session.recipients)}"
+        return f"PREPEND {policy.header}: {session.tag_value()}"
 
     def _expect_outcomes(self, attrs: Mapping[str, str], session: Session) -> None:
         """Hand the outcome watcher (docs/postfix.md) this message's predictions for every address
@@ -418,45 +373,6 @@ class PolicyEngine:
                     "problem": f"outcome watcher failed: {error!r}",
                 }
             )
-
-
-class _Entry:
-    """Everything an RCPT answer needs for one (sender, recipient), computed once per state."""
-
-    __slots__ = (
-        "action",
-        "answer",
-        "counted",
-        "external",
-        "in_message",
-        "prediction",
-        "tenant",
-        "unregistered",
-    )
-
-    def __init__(
-        self, prediction: RecipientPrediction, sender_accepted: bool, policy: PolicySettings
-    ) -> None:
-        self.prediction = prediction
-        verdict = prediction.verdict
-        self.tenant = prediction.deciding.tenant or ""  # "" when not through Microsoft 365
-        # m365_policyd_predictions_total labels
-        self.counted = (self.tenant, verdict, prediction.reason)
-        relayed = sum(1 for a in prediction.addresses if a.relayed and a.verdict != REJECT)
-        self.external = relayed  # recipients Microsoft 365 will send to the internet
-        self.unregistered = 0 if sender_accepted else relayed
-        action = policy.action_for(prediction.reason) if verdict == REJECT else "dunno"
-        self.action = action
-        # Deferred and rejected recipients are not part of the message Postfix accepts.
-        self.in_message = action not in ("defer", "reject")
-        self.answer = _answer(action, prediction, policy)
-
-
-def _prediction_key(sender: str, recipient: str) -> tuple[str, str]:
-    """Without [postfix], predictions depend on the sender's domain, not its local part (unless
-    it has none); with it, sender-dependent maps may name whole addresses (see ``_key``)."""
-    _, at, domain = sender.rpartition("@")
-    return (("@" + domain.lower()) if at and domain else sender, recipient.lower())
 
 
 def _logs_predictions(state: State) -> bool:

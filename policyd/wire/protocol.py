@@ -1,34 +1,30 @@
-"""The Postfix policy protocol: bytes in, one ``action=...`` reply per request out.
+"""The Postfix policy protocol over Twisted: one connection's bytes in, one reply per request out.
 
-Wire format (Postfix SMTPD_POLICY_README): a request is ``name=value`` lines, each ended by
-``\\n``, and the request is ended by an empty line; the reply is ``action=TEXT\\n\\n``. Many
-requests travel over one connection, and Postfix treats any byte it did not ask for as a dead
-connection, so this layer writes exactly one reply per request and nothing else.
+Postfix treats any byte it did not ask for as a dead connection, so this layer writes exactly one
+``action=TEXT\n\n`` reply per request and nothing else. It is thin: the framing, limits and
+reading of requests are the codec's (``policyd.wire.codec``), the writing of replies is
+``policyd.wire.writer``'s, and the answers are the handler's (``policyd.engine.policy``). What
+is left here:
 
-What the protocol layer decides, and nothing more:
-
-* **Framing.** Requests are found by splitting on the empty line. A request split across reads
-  is kept as bytes until its end arrives; every complete request found in one read is answered
-  with one ``transport.write``. A line that starts a request empty is an empty request (zero
-  attributes) and is answered like any other, as Postfix's line-oriented grammar reads it.
-* **Validation.** The whole request must be UTF-8 without NUL bytes, every line must contain
-  ``=``, and a request (with its blank line) may not exceed ``max_request_bytes``. A malformed
-  request closes the connection without a reply (Postfix logs, reconnects and retries) and is
-  counted in ``Stats.protocol_errors`` by kind; requests before it in the same read are
-  answered first. Other connections are not affected.
-* **CR LF.** Postfix never sends ``\\r``; a person typing into ``telnet`` does. A ``\\r\\n``
-  pair is read as ``\\n`` (a bare ``\\r`` stays part of the value), so a hand-typed request is
-  answered. The reply is always ``\\n``-terminated as the protocol says.
+* **Batching.** Every complete request found in one read is answered, and the replies are sent
+  with one write.
+* **Malformed requests** (the codec's ``MalformedRequestError``) close the connection without a
+  reply (Postfix logs, reconnects and retries) and are counted in ``Stats.protocol_errors`` by
+  kind; requests before it in the same read are answered first. Other connections are not
+  affected.
 * **Limits.** Beyond ``max_connections`` open connections a new one is closed at once; a
   connection without data for ``idle_timeout`` seconds is closed. Both are counted. The idle
   check is one timer per factory that sweeps the connections at the earliest possible deadline,
   so a request costs only one clock read.
+* **Slow answers.** A handler may answer with a Deferred (a postmap lookup in a thread); that
+  connection alone waits, and what it sends meanwhile is held (up to ``max_request_bytes``) and
+  read in order afterwards.
 * **Fail open.** The ``Handler`` never raises by contract; if it does anyway, or answers
   something that cannot be sent, the request is answered ``DUNNO``, counted in
   ``Stats.internal_errors`` and logged (rate-limited).
 
-Request counting by stage is the engine's (``policyd.engine.policy``); this layer measures each
-``handle`` call into the duration histogram and keeps the open-connection gauge.
+Request counting by stage is the engine's; this layer measures each ``handle`` call into the
+duration histogram and keeps the open-connection gauge.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -46,32 +41,27 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements  # type: ignore[import-untyped]  # no stubs shipped
 
-from policyd.engine.stats import (
-    IDLE_TIMEOUT,
-    INVALID_UTF8,
-    NO_EQUALS,
-    NUL_BYTE,
-    TOO_LARGE,
-    TOO_MANY_CONNECTIONS,
-    Stats,
+from policyd.engine.stats import IDLE_TIMEOUT, TOO_LARGE, TOO_MANY_CONNECTIONS, Stats
+from policyd.wire.codec import (
+    WANTED_ATTRIBUTES,
+    MalformedRequestError,
+    Request,
+    RequestDecoder,
 )
+from policyd.wire.writer import ReplyWriter
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime
 
-#: The attributes handed to the engine; every line is validated, but only these are decoded
-#: into the mapping (building a dict of all ~30 attributes costs more than the engine does).
-#: A name sent twice keeps its first value, which the policy protocol allows.
-WANTED_ATTRIBUTES = (
-    "request",
-    "protocol_state",
-    "sender",
-    "recipient",
-    "instance",
-    "queue_id",
-    "client_address",
-)
-_MARKERS = tuple((name, f"\n{name}=", len(name) + 2) for name in WANTED_ATTRIBUTES)
+__all__ = [
+    "FALLBACK_ACTION",
+    "WANTED_ATTRIBUTES",
+    "Handler",
+    "PolicyFactory",
+    "PolicyProtocol",
+    "ServerLimits",
+    "describe_peer",
+]
 
 #: What a request gets when our own code fails: never refuse mail for our own bug.
 FALLBACK_ACTION = "DUNNO"
@@ -88,72 +78,6 @@ LOG_INTERVAL = 60.0
 
 #: Shortest delay between two idle sweeps (guards against float rounding at the deadline).
 MIN_SWEEP_DELAY = 0.001
-
-_NL = 10  # b"\n"[0]
-_ALL_BUT_EQUALS_AND_NEWLINE = bytes(sorted(set(range(256)) - {ord("="), _NL}))
-
-
-def _postfix_layout(text: str) -> dict[str, str] | None:
-    """Read a request laid out as Postfix writes it, by position; None for any other layout.
-
-    smtpd_check.c sends the attributes in a fixed order (request, protocol_state,
-    protocol_name, helo_name, queue_id, sender, recipient, recipient_count, client_address,
-    client_name, reverse_client_name, instance, ...). Checking that each wanted line starts with
-    its name is cheaper than searching for seven names; ``_search`` reads everything else.
-    """
-    lines = text.split("\n", 12)
-    if len(lines) < 12:
-        return None
-    request, state, _, _, queue_id, sender, recipient, _, client, _, _, instance = lines[:12]
-    if (
-        request == "request=smtpd_access_policy"
-        and state[:15] == "protocol_state="
-        and queue_id[:9] == "queue_id="
-        and sender[:7] == "sender="
-        and recipient[:10] == "recipient="
-        and client[:15] == "client_address="
-        and instance[:9] == "instance="
-    ):
-        return {
-            "request": "smtpd_access_policy",
-            "protocol_state": state[15:],
-            "queue_id": queue_id[9:],
-            "sender": sender[7:],
-            "recipient": recipient[10:],
-            "client_address": client[15:],
-            "instance": instance[9:],
-        }
-    return None
-
-
-def _search(text: str) -> dict[str, str]:
-    """Pick the wanted values out of a request in any order.
-
-    ``"\nname="`` can only match at the start of a line, since values never contain a newline;
-    a name sent twice keeps its first value.
-    """
-    text = "\n" + text
-    attrs = {}
-    for name, marker, skip in _MARKERS:
-        at = text.find(marker)
-        if at >= 0:
-            stop = text.find("\n", at + skip)
-            attrs[name] = text[at + skip : stop] if stop >= 0 else text[at + skip :]
-    return attrs
-
-
-def _direct_socket(transport: object) -> Any:
-    """The socket of a plain Twisted TCP or UNIX connection, else None (TLS, test transports).
-
-    ``PolicyProtocol._send`` reads the write buffer of ``twisted.internet.abstract.
-    FileDescriptor`` (``dataBuffer``, ``_tempDataLen``); any transport without them, or of
-    another kind, simply uses ``transport.write``.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return None
-    if not all(hasattr(transport, name) for name in ("socket", "dataBuffer", "_tempDataLen")):
-        return None
-    return transport.socket
 
 
 class Handler(TypingProtocol):
@@ -196,14 +120,14 @@ class PolicyProtocol(Protocol):
         self._seconds = factory.seconds
         self._handle = factory.handler.handle
         self._session: object = None
-        self._pending: list[bytes] = []  # an incomplete request, as received
-        self._pending_len = 0
-        self._cr = False  # the last read ended in "\r" (held back: it may start a "\r\n")
+        self.decoder = RequestDecoder(factory.settings.max_request_bytes)
+        self._writer: ReplyWriter | None = None
         self._closing = False
         self._counted = False  # in factory's open set and stats.connections
-        self._direct: Any = None  # the socket, when replies may bypass Twisted's buffer
         self._waiting = False  # an answer is a Deferred that has not fired yet
-        self._held: list[bytes] = []  # data received meanwhile, replayed in order afterwards
+        self._queued: list[Request] = []  # decoded requests behind the one being waited for
+        self._fault: str | None = None  # a malformed request behind them: close once answered
+        self._held: list[bytes] = []  # data received meanwhile, fed in order afterwards
         self._held_len = 0
         self._close_when_answered = False  # the client half-closed while we were waiting
         self.last_activity = 0.0
@@ -220,7 +144,7 @@ class PolicyProtocol(Protocol):
             return
         factory.opened(self)
         self._counted = True
-        self._direct = _direct_socket(self.transport)
+        self._writer = ReplyWriter(self.transport)
         # Back-pressure: when a client sends requests faster than it reads the replies, the
         # transport's write buffer fills and pauses us, and we stop reading from it.
         self._transport().registerProducer(self, True)
@@ -231,8 +155,8 @@ class PolicyProtocol(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:  # noqa: N802 - Twisted name
         self._closing = True
-        self._pending = []
-        self._pending_len = 0
+        self._queued = []
+        self._held = []
         if self._counted:
             self._counted = False
             self._factory.closed(self)
@@ -242,8 +166,8 @@ class PolicyProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
-        self._pending = []
-        self._pending_len = 0
+        self._queued = []
+        self._held = []
         self.last_activity = self._seconds()  # the sweep aborts it if the flush never ends
         if kind is not None:
             self._factory.protocol_error(kind, self)
@@ -311,33 +235,55 @@ class PolicyProtocol(Protocol):
             if self._held_len >= self._factory.settings.max_request_bytes:
                 self.close(TOO_LARGE)
             return
-        if self._cr or b"\r" in data:
-            data = self._without_crlf(data)
-            if not data:
-                return
-        nul = data.find(b"\x00")  # the only scan for NUL: tails were checked when they came
-        pending = self._pending
-        if pending:
-            if nul < 0 and b"\n\n" not in data and not (data[0] == _NL and pending[-1][-1] == _NL):
-                pending.append(data)  # still no end of request: no join, no copy
-                self._pending_len += len(data)
-                if self._pending_len >= self._factory.settings.max_request_bytes:
-                    self.close(TOO_LARGE)
-                return
-            if nul >= 0:
-                nul += self._pending_len
-            pending.append(data)
-            data = b"".join(pending)
-            self._pending = []
-            self._pending_len = 0
-        if nul >= 0:
-            self._answer(data[:nul], NUL_BYTE)
-        else:
-            self._answer(data, None)
+        try:
+            requests = self.decoder.feed(data)
+        except MalformedRequestError as error:
+            self._answer(error.requests, error.kind)
+            return
+        if requests:
+            self._answer(requests, None)
 
-    def _answered(
-        self, answer: object, attrs: Mapping[str, str], began: float, rest: bytes, error: str | None
-    ) -> None:
+    def _answer(self, requests: list[Request], fault: str | None) -> None:
+        """Answer ``requests`` in order with one write; then close for ``fault``, if any.
+
+        A Deferred answer stops here: what is answered is sent, and the rest waits for it.
+        """
+        factory = self._factory
+        handle = self._handle
+        session = self._session
+        observe = factory.stats.observe_duration
+        cache = factory.replies
+        replies: list[bytes] = []
+        began = perf_counter()
+        for index, attrs in enumerate(requests):
+            try:
+                answer = handle(attrs, session)
+            except Exception:  # fail open: a bug must never refuse mail
+                factory.internal_error("policy handler raised", attrs)
+                answer = FALLBACK_ACTION
+            if type(answer) is not str and isinstance(answer, Deferred):  # str: skip the ABC
+                # The handler waits on something slow (a postmap lookup): send what is
+                # answered, hold the rest of this connection until the answer comes.
+                if replies:
+                    self._send(b"".join(replies))
+                self._waiting = True
+                self._queued = requests[index + 1 :]
+                self._fault = fault
+                answer.addBoth(self._answered, attrs, began)
+                return
+            answered = perf_counter()
+            observe(answered - began)
+            began = answered  # the next request's clock starts where this one's stopped
+            try:
+                replies.append(cache[answer])
+            except (KeyError, TypeError):
+                replies.append(factory.encode_reply(answer, attrs))
+        if replies:
+            self._send(replies[0] if len(replies) == 1 else b"".join(replies))
+        if fault is not None:
+            self.close(fault)
+
+    def _answered(self, answer: object, attrs: Mapping[str, str], began: float) -> None:
         """A Deferred answer arrived: send it, then read on where the connection stopped."""
         self._waiting = False
         factory = self._factory
@@ -348,13 +294,14 @@ class PolicyProtocol(Protocol):
             answer = FALLBACK_ACTION
         factory.stats.observe_duration(perf_counter() - began)
         if self._closing:  # the connection went away meanwhile: nobody to answer
-            self._held = []
             return
         reply = factory.replies.get(answer) if isinstance(answer, str) else None
         self._send(reply or factory.encode_reply(answer, attrs))
+        queued, self._queued = self._queued, []
+        fault, self._fault = self._fault, None
         held, self._held, self._held_len = self._held, [], 0
-        if rest or error is not None:
-            self._answer(rest, error)
+        if queued or fault is not None:
+            self._answer(queued, fault)
         for data in held:
             if self._waiting:  # the rest waits again: keep the later data behind it
                 self._held.append(data)
@@ -365,114 +312,11 @@ class PolicyProtocol(Protocol):
             self.close()
 
     def _send(self, data: bytes) -> None:
-        """Write replies: straight to the socket when nothing is queued ahead of them.
-
-        Postfix waits for each reply before it sends the next request, so in the common case
-        Twisted's write buffer is empty and the reply can go out at once, which saves a reactor
-        turn and two epoll updates per request. Anything the kernel does not take at once, and
-        every case where data is already queued, goes through ``transport.write`` as usual, so
-        replies stay in order and back-pressure works as before.
-        """
-        transport = self._transport()
-        sock = self._direct
-        if sock is not None and not transport.dataBuffer and not transport._tempDataLen:
-            try:
-                sent = sock.send(data)
-            except OSError:  # EAGAIN, EPIPE, ECONNRESET: Twisted's path handles each of them
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
-
-    def _without_crlf(self, data: bytes) -> bytes:
-        """Read ``\\r\\n`` as ``\\n``, also when the pair is split across two reads."""
-        if self._cr:
-            data = b"\r" + data
-            self._cr = False
-        if data[-1:] == b"\r":
-            data = data[:-1]
-            self._cr = True
-        return data.replace(b"\r\n", b"\n")
-
-    def _answer(self, buf: bytes, error: str | None) -> None:
-        """Answer every complete request in ``buf``; keep an incomplete tail for later.
-
-        ``error`` is the kind of a fault found just after ``buf`` (a NUL byte): the requests
-        before it are answered, then the connection is closed.
-        """
-        factory = self._factory
-        limit = factory.settings.max_request_bytes
-        handle = self._handle
-        session = self._session
-        observe = factory.stats.observe_duration
-        cache = factory.replies
-        replies: list[bytes] = []
-        start = 0
-        size = len(buf)
-        kind = None
-        while start < size:
-            if buf[start] == _NL:  # an empty line where a request starts: an empty request
-                end = start
-                after = start + 1
-            else:
-                end = buf.find(b"\n\n", start)
-                if end < 0:
-                    break
-                after = end + 2
-            if after - start > limit:
-                kind = TOO_LARGE
-                break
-            raw = buf[start:end]
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                kind = INVALID_UTF8
-                break
-            if text:
-                # The request's "=" and "\n" bytes alone (UTF-8 never hides them inside a
-                # character): "=\n=\n...=" when every line has exactly one "=".
-                signs = raw.translate(None, _ALL_BUT_EQUALS_AND_NEWLINE)
-                if not signs or signs[0] == _NL or signs[-1] == _NL or b"\n\n" in signs:
-                    kind = NO_EQUALS  # some line has no "="
-                    break
-                attrs = _postfix_layout(text) or _search(text)
-            else:
-                attrs = {}
-            began = perf_counter()
-            try:
-                answer = handle(attrs, session)
-            except Exception:  # fail open: a bug must never refuse mail
-                factory.internal_error("policy handler raised", attrs)
-                answer = FALLBACK_ACTION
-            if isinstance(answer, Deferred):
-                # The handler waits on something slow (a postmap lookup): send what is
-                # answered, hold the rest of this connection until the answer comes.
-                if replies:
-                    self._send(b"".join(replies))
-                self._waiting = True
-                answer.addBoth(self._answered, attrs, began, buf[after:], error)
-                return
-            observe(perf_counter() - began)
-            try:
-                replies.append(cache[answer])
-            except (KeyError, TypeError):
-                replies.append(factory.encode_reply(answer, attrs))
-            start = after
-        if kind is None:
-            rest = size - start
-            if error is not None:
-                kind = TOO_LARGE if rest >= limit else error
-            elif rest:
-                if rest >= limit:
-                    kind = TOO_LARGE
-                else:
-                    self._pending = [buf[start:]]
-                    self._pending_len = rest
-        if replies:
-            self._send(replies[0] if len(replies) == 1 else b"".join(replies))
-        if kind is not None:
-            self.close(kind)
+        writer = self._writer
+        if writer is None:  # answered before connectionMade finished (a test double)
+            self._transport().write(data)
+        else:
+            writer.write(data)
 
 
 # A call rather than @implementer, whose untyped decorator strict mypy refuses.
@@ -511,6 +355,8 @@ class PolicyFactory(ServerFactory):
     @settings.setter
     def settings(self, settings: ServerLimits) -> None:
         self._settings = settings
+        for protocol in self._open:  # the new request limit applies from the next read on
+            protocol.decoder.max_request_bytes = settings.max_request_bytes
         # A shorter idle_timeout must not wait for a sweep planned under the old one.
         self._cancel_sweep()
         if self._open:

@@ -1,0 +1,163 @@
+"""The direct reply writer on real loopback connections of a real (private) Twisted reactor."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from policyd.wire.writer import ReplyWriter
+
+
+class Holder(Protocol):
+    """Keeps a ReplyWriter on its transport and counts what went through ``transport.write``."""
+
+    def __init__(self, connections: list[Holder]) -> None:
+        self.connections = connections
+        self.writer: ReplyWriter | None = None
+        self.buffered: list[bytes] = []
+        self.lost = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted callback name
+        transport: Any = self.transport
+        twisted_write = transport.write
+
+        def counted(data: bytes) -> None:
+            self.buffered.append(data)
+            twisted_write(data)
+
+        transport.write = counted  # the writer's fallback, spied on
+        self.writer = ReplyWriter(transport)
+        self.connections.append(self)
+
+    def connectionLost(self, reason: object = None) -> None:  # noqa: N802 - Twisted name
+        self.lost = True
+
+
+class Loopback:
+    """A private epoll reactor with one listening port, pumped by hand."""
+
+    def __init__(self) -> None:
+        self.reactor: Any = EPollReactor()
+        self.connections: list[Holder] = []
+        self.factory = Factory.forProtocol(lambda: Holder(self.connections))
+
+    def pump(self, until: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "the reactor never got there"
+            self.reactor.iterate(0.01)
+
+    def connect_tcp(self) -> tuple[socket.socket, Holder]:
+        port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        self.pump(lambda: bool(self.connections))
+        return client, self.connections[-1]
+
+    def connect_unix(self, path: Path) -> tuple[socket.socket, Holder]:
+        self.reactor.listenUNIX(str(path), self.factory)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(10)
+        client.connect(str(path))
+        self.pump(lambda: bool(self.connections))
+        return client, self.connections[-1]
+
+    def close(self) -> None:
+        reactor = self.reactor
+        for call in reactor.getDelayedCalls():
+            call.cancel()
+        for reader in list(getattr(reactor, "_internalReaders", ())):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        for selectable in reactor.removeAll():
+            selectable.connectionLost(Failure(error.ConnectionDone()))
+        reactor._poller.close()
+
+
+@pytest.fixture
+def loopback() -> Iterator[Loopback]:
+    world = Loopback()
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+def test_a_reply_goes_to_the_socket_at_once_without_twisted(loopback: Loopback) -> None:
+    """With nothing queued, the reply is in the kernel when write returns: the client reads it
+    without the reactor turning, and Twisted's buffer was never used."""
+    client, server = loopback.connect_tcp()
+    assert server.writer is not None and server.writer.direct
+    server.writer.write(b"action=DUNNO\n\n")
+    assert client.recv(100) == b"action=DUNNO\n\n"
+    assert server.buffered == []
+    client.close()
+
+
+def test_what_the_kernel_refuses_goes_through_twisted_in_order(loopback: Loopback) -> None:
+    """A client that stops reading fills the kernel's buffers: the rest is queued by Twisted,
+    and a write made after the kernel has room again still queues behind it, so the client
+    reads every byte in order."""
+    client, server = loopback.connect_tcp()
+    assert server.writer is not None
+    chunks = [struct.pack(">I", n) * 4096 for n in range(400)]  # 16 KiB each, 6.4 MB in all
+    for chunk in chunks[:300]:
+        server.writer.write(chunk)
+    assert server.buffered, "the kernel took 4.8 MB without reading: the test proves nothing"
+    received = bytearray()
+    while len(received) < 1 << 20:  # room in the kernel, while Twisted still holds data
+        received += client.recv(1 << 20)
+    for chunk in chunks[300:]:
+        server.writer.write(chunk)
+    expected = b"".join(chunks)
+    client.setblocking(False)
+    while len(received) < len(expected):
+        loopback.reactor.iterate(0)
+        try:
+            received += client.recv(1 << 20)
+        except BlockingIOError:
+            time.sleep(0.001)
+    assert bytes(received) == expected
+    client.close()
+
+
+def test_a_write_to_a_peer_that_is_gone_does_not_raise(loopback: Loopback) -> None:
+    """A reset connection makes the direct send fail; Twisted's path takes over and reports the
+    loss through connectionLost, never as an exception to the caller."""
+    client, server = loopback.connect_tcp()
+    assert server.writer is not None
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    time.sleep(0.05)
+    for _ in range(3):
+        server.writer.write(b"action=DUNNO\n\n")
+    loopback.pump(lambda: server.lost)
+
+
+def test_unix_connections_write_directly_too(loopback: Loopback, tmp_path: Path) -> None:
+    """Postfix's private/ unix sockets get the same direct path as TCP."""
+    client, server = loopback.connect_unix(tmp_path / "policy.sock")
+    assert server.writer is not None and server.writer.direct
+    server.writer.write(b"action=DUNNO\n\n")
+    assert client.recv(100) == b"action=DUNNO\n\n"
+    assert server.buffered == []
+    client.close()
+
+
+def test_other_transports_get_only_transport_write() -> None:
+    """A transport without a plain socket (TLS, a test double) is written through as usual."""
+    transport = StringTransport()
+    writer = ReplyWriter(transport)
+    assert not writer.direct
+    writer.write(b"action=DUNNO\n\n")
+    assert transport.value() == b"action=DUNNO\n\n"
