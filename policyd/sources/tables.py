@@ -29,6 +29,7 @@ from policyd.rules.aliases import (
     Table,
     fold,
 )
+from policyd.sources.files import MAX_TABLE_SOURCE_BYTES, read_capped
 from policyd.sources.postfix import Runner, find_tool, run_tool
 
 #: The configuration key every load-time error names.
@@ -225,8 +226,7 @@ def _split_entry(line: str, path: str, number: int) -> tuple[str, str]:
 
 def _read_source(path: str, spec: str, config_key: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_capped(path, MAX_TABLE_SOURCE_BYTES)
     except FileNotFoundError:
         raise ConfigError(spec, config_key, f"{path} does not exist; fix the path") from None
     except OSError as error:
