@@ -280,6 +280,7 @@ class Server:
         self.reload_requested = False
         self.pending_sighups: list[int] = []
         self._stopping = False
+        self._sighup_queued = False
         self.stats.last_reload_success = reactor.seconds()
 
     @property
@@ -353,7 +354,15 @@ class Server:
             self.reactor.callLater(0, self.reload, "SIGHUP during start-up")
 
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
-        self.reactor.callFromThread(self.reload, "SIGHUP")
+        # A storm of SIGHUPs coalesces: one reload is queued at a time (issue 16).
+        if self._sighup_queued:
+            return
+        self._sighup_queued = True
+        self.reactor.callFromThread(self._reload_for_sighup)
+
+    def _reload_for_sighup(self) -> None:
+        self._sighup_queued = False
+        self.reload("SIGHUP")
 
     def _schedule_checks(self, interval: float) -> None:
         if self._checker is not None and self._checker.running:
@@ -371,8 +380,10 @@ class Server:
     # --- reload -----------------------------------------------------------------------------
 
     def check_files(self) -> bool:
-        """Reload when a watched file changed; True when a reload was attempted."""
-        changed = self.watcher.changed()
+        """Reload when a watched file changed and has stopped changing (two checks in a row
+        saw the same new stamps: a file caught mid-write is never loaded); True when a reload
+        was attempted."""
+        changed = self.watcher.settled()
         if not changed:
             return False
         self.reload("changed: " + ", ".join(changed))

@@ -18,6 +18,8 @@ import errno
 import os
 import stat
 
+from policyd.errors import ConfigError
+
 #: Caps in bytes. Real files are far smaller: a configuration is a few KiB, an export of
 #: thousands of connectors a few MiB, a PEM bundle under 1 MiB (the system CA bundle is ~220 KiB).
 MAX_CONFIG_BYTES = 1 << 20
@@ -92,3 +94,28 @@ def _size(cap: int) -> str:
     if cap >= 1 << 10 and cap % (1 << 10) == 0:
         return f"{cap >> 10} KiB"
     return f"{cap} bytes"
+
+
+def require_readable(path: str, config_file: str, key: str, what: str) -> None:
+    """Raise ``ConfigError`` when the daemon itself cannot read ``path`` (issue 16, class 6).
+
+    A missing file is left to the caller (for a certificate it is a prediction: Postfix cannot
+    present it either); permission denied, a FIFO, a device or an oversized file is our own
+    failure, never something Microsoft 365 sees, so it is a configuration error: exit 78 at
+    start, a failed and counted reload later. The message names the file and the fix.
+    """
+    try:
+        os.close(open_regular(path))
+    except FileNotFoundError:
+        return
+    except PermissionError as error:
+        raise ConfigError(
+            config_file,
+            key,
+            f"cannot read the {what} {path} ({error.strerror}); give the daemon's user read "
+            f"access, e.g. chgrp m365-policyd {path} && chmod g+r {path}",
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            config_file, key, f"cannot read the {what} {path} ({error.strerror}); fix the path"
+        ) from None
