@@ -40,7 +40,7 @@ from policyd.daemon.followers import OutcomeWatcher
 from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
 from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
-from policyd.daemon.watch import FileWatcher, StatFunction, watched_paths
+from policyd.daemon.watch import FileWatcher, Stamp, StatFunction, watched_paths
 from policyd.engine.policy import PolicyEngine
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
@@ -281,6 +281,8 @@ class Server:
         self.pending_sighups: list[int] = []
         self._stopping = False
         self._sighup_queued = False
+        self._reload_running = False
+        self._reload_again: str | None = None
         self.stats.last_reload_success = reactor.seconds()
 
     @property
@@ -392,24 +394,56 @@ class Server:
     def reload(self, trigger: str) -> bool:
         """Build a new state off to the side and swap it in; True on success.
 
-        A failure keeps the current state, logs one line and counts ``reloads{result="failure"}``.
-        The files seen before loading are remembered either way, so a broken file is retried
-        when it changes again, not every interval.
+        With a real reactor the files are read and parsed in its thread pool and only the swap
+        runs on the reactor, so a slow read (a big alias map, ``postmap``) never delays answers
+        (issue 16); the result is then False here and the outcome is logged and counted when
+        the load finishes. A reload asked for while one is running runs once after it.
+        A failure keeps the current state, logs one line and counts
+        ``reloads{result="failure"}``. The files seen before loading are remembered either
+        way, so a broken file is retried when it changes again, not every interval.
         """
         if self._stopping:
             return False
+        if self._reload_running:
+            self._reload_again = trigger
+            return False
+        self._reload_running = True
         self.notifier.reloading()
-        try:
-            return self._reload(trigger)
-        finally:
-            self.notifier.ready()
-
-    def _reload(self, trigger: str) -> bool:
-        old = self.state
         before = self.watcher.snapshot([self.config_path, *self.watcher.paths])
+        generation = self.state.generation + 1
+        run = _in_thread(self.reactor)
+        if run is None:
+            try:
+                state = self._load(self.config_path, generation)
+            except Exception as error:
+                return self._reload_done(error, before, trigger)
+            return self._reload_done(state, before, trigger)
+        loading = run(self._load, self.config_path, generation)
+        loading.addCallbacks(
+            lambda state: self._reload_done(state, before, trigger),
+            lambda failure: self._reload_done(failure.value, before, trigger),
+        )
+        loading.addErrback(lambda failure: _log.failure("reload", failure))
+        return False
+
+    def _reload_done(
+        self, result: State | BaseException, before: dict[str, Stamp], trigger: str
+    ) -> bool:
         try:
-            state = self._load(self.config_path, old.generation + 1)
-        except ConfigError as error:
+            if self._stopping:
+                return False
+            return self._apply(result, before, trigger)
+        finally:
+            self._reload_running = False
+            self.notifier.ready()
+            again, self._reload_again = self._reload_again, None
+            if again is not None and not self._stopping:
+                self.reactor.callLater(0, self.reload, again)
+
+    def _apply(self, result: State | BaseException, before: dict[str, Stamp], trigger: str) -> bool:
+        old = self.state
+        if isinstance(result, ConfigError):
+            error = result
             self.stats.reloads["failure"] += 1
             if error.file and error.file not in before:
                 before |= self.watcher.snapshot([error.file])
@@ -421,16 +455,17 @@ class Server:
                 **{FIELDS: {"trigger": trigger}},
             )
             return False
-        except Exception as error:  # a bug while loading must not take the daemon down
+        if isinstance(result, BaseException):  # a bug while loading must not take us down
             self.stats.reloads["failure"] += 1
             self.watcher.watch(before)
             _log.error(
                 "reload failed, still using generation {generation}: internal error {problem}",
                 generation=old.generation,
-                problem=repr(error),
+                problem=repr(result),
                 **{FIELDS: {"trigger": trigger}},
             )
             return False
+        state = result
         paths = [self.config_path, *watched_paths(state)]
         self.watcher.watch({p: before[p] if p in before else self.watcher.stamp(p) for p in paths})
         # The swap: everything the next request sees comes from the new state.
