@@ -13,12 +13,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from policyd.errors import ConfigError
+from policyd.sources.config import read_config_file
+from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from tests.hostile import Steady, make_fifo
 from tests.pki import TestPKI
 from tests.serverproc import ROOT, PolicyServer
@@ -399,3 +405,59 @@ def test_an_unreadable_ca_bundle_is_a_failed_reload_too(tmp_path: Path) -> None:
         s.check()
         assert "ca.pem" in line
         assert reloads(server, "failure") == 1
+
+
+JSON_TEXT = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+).map(lambda value: json.dumps(value).encode())
+
+NESTING = st.builds(
+    lambda opener, depth, closer, tail: opener * depth + closer * depth + tail,
+    st.sampled_from(["[", '{"a":', '[{"Name":[']),
+    st.integers(1, 200_000),
+    st.sampled_from(["]", "}", "]}"]),
+    st.sampled_from(["", "]", "x", "\n"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.binary(max_size=300) | NESTING.map(str.encode) | JSON_TEXT)
+def test_export_files_raise_only_one_line_config_errors(content: bytes) -> None:
+    """Any export file content (bytes, nesting bombs, arbitrary JSON) loads or raises a
+    one-line ConfigError naming the file: no RecursionError, no other exception."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "inbound-connectors.json"
+        path.write_bytes(content)
+        for load in (load_inbound_connectors, load_accepted_domains):
+            try:
+                load(str(path))
+            except ConfigError as error:
+                assert "\n" not in str(error)
+                assert str(path) in str(error)
+
+
+TOML_NESTING = st.builds(
+    lambda key, opener, depth, closer: f"{key} = " + opener * depth + "1" + closer * depth,
+    st.sampled_from(["x", "server.listen", "tenant.accepted_domains"]),
+    st.sampled_from(["[", "{a = "]),
+    st.integers(1, 100_000),
+    st.sampled_from(["]", "}"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=300) | TOML_NESTING)
+def test_configuration_files_raise_only_config_errors(text: str) -> None:
+    """Any configuration text (including values nested 100,000 deep) loads or raises a
+    ConfigError naming the file: no RecursionError, no other exception."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "m365-policyd.toml"
+        path.write_text(text, errors="surrogatepass")
+        try:
+            read_config_file(str(path))
+        except ConfigError as error:
+            assert str(error).startswith(str(path))
