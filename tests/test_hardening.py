@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from policyd.sources.config import read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from tests.hostile import Steady, make_fifo
 from tests.pki import TestPKI
-from tests.serverproc import ROOT, PolicyServer
+from tests.serverproc import ROOT, PolicyServer, rcpt, request_text
 from tests.tenants import EGRESS
 
 #: The inbound connector the export tenant relies on: own-domain mail from EGRESS relays.
@@ -461,3 +462,84 @@ def test_configuration_files_raise_only_config_errors(text: str) -> None:
             read_config_file(str(path))
         except ConfigError as error:
             assert str(error).startswith(str(path))
+
+
+# --- class 6 (continued): shutdown on time behind a hanging postmap; the circuit breaker ------
+
+HANGING_POSTMAP = """#!/bin/sh
+# postmap -q KEY TABLE: recipients hang* never get an answer (a dead LDAP server).
+case "$2" in
+  hang*) : > "{started}"; exec sleep 100 ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def hanging_postmap_server(tmp_path: Path) -> PolicyServer:
+    """serve with an ldap: alias table whose postmap never answers for hang* recipients."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "postmap"
+    fake.write_text(HANGING_POSTMAP.format(started=tmp_path / "hang-started"))
+    fake.chmod(0o755)
+    ldap_cf = tmp_path / "ldap-aliases.cf"
+    ldap_cf.write_text("server_host = ldap://127.0.0.1\n")
+    body = EXPORT_BODY.replace("[onprem]\n", f'[onprem]\nalias_maps = ["ldap:{ldap_cf}"]\n', 1)
+    server = PolicyServer(
+        tmp_path / "srv", body, env={"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    )
+    server.write_file("inbound-connectors.json", json.dumps(CONNECTORS))
+    return server
+
+
+def ask_in_background(server: PolicyServer, recipients: list[str]) -> list[socket.socket]:
+    """Send one RCPT per recipient, each on its own connection, without waiting for answers."""
+    sockets = []
+    for recipient in recipients:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(request_text(rcpt(GOOD_SENDER, recipient)))
+        sockets.append(sock)
+    return sockets
+
+
+@pytest.mark.slow
+def test_sigterm_with_fifty_lookups_queued_behind_a_hanging_postmap_exits_on_time(
+    tmp_path: Path,
+) -> None:
+    """50 lookups queued behind a postmap that never answers, then SIGTERM: the daemon exits
+    with status 0 within SPEC §6's 5 s (not the 14 s the queue used to take)."""
+    server = hanging_postmap_server(tmp_path)
+    with server.start():
+        sockets = ask_in_background(server, [f"hang{i}@contoso.com" for i in range(50)])
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "hang-started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "hang-started").exists()
+        try:
+            stop_on_time(server)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+@pytest.mark.slow
+def test_a_postmap_that_keeps_timing_out_opens_the_circuit_breaker(tmp_path: Path) -> None:
+    """After two 3 s timeouts in a row the table is not asked for a while: the next lookups
+    answer on_error (DUNNO) at once and are counted, and a well-behaved connection whose
+    recipient needs no table keeps its 100 ms answers throughout."""
+    server = hanging_postmap_server(tmp_path)
+    with server.start():
+        with good_steady(server) as steady:
+            for i in range(2):
+                began = time.monotonic()
+                assert server.ask(rcpt(GOOD_SENDER, f"hang{i}@contoso.com")) == "DUNNO"
+                assert time.monotonic() - began > 2.5  # waited for the 3 s timeout
+            for i in range(2, 12):
+                began = time.monotonic()
+                assert server.ask(rcpt(GOOD_SENDER, f"hang{i}@contoso.com")) == "DUNNO"
+                assert time.monotonic() - began < 0.5  # the breaker answers at once
+        steady.check()
+        samples = server.scrape()
+        assert samples.value("m365_policyd_internal_errors_total") == 12
+        assert "not asked: postmap timed out 2 times in a row" in server.log()
+        stop_on_time(server)

@@ -45,6 +45,7 @@ from policyd.engine.policy import PolicyEngine
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
 from policyd.sources.config import Config
+from policyd.sources.postfix import stop_tools
 from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
 from policyd.sources.state import State, load_state
 from policyd.wire.protocol import PolicyFactory
@@ -520,6 +521,11 @@ class Server:
         # Requests are answered synchronously as they are read: one more turn of the reactor
         # (and a little slack for bytes in flight) answers everything Postfix already sent.
         yield task.deferLater(self.reactor, SHUTDOWN_GRACE, lambda: None)
+        # Queued lookups behind a hanging postmap must not hold the exit (SPEC §6: 5 s):
+        # running ones are killed, queued ones fail at once and answer on_error. Process-wide,
+        # so only for a real reactor (the process is ending), never a test's memory reactor.
+        if _in_thread(self.reactor) is not None:
+            stop_tools()
         disconnect = getattr(self.factory, "disconnect_all", None)
         if disconnect is not None:
             disconnect()
