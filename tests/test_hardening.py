@@ -543,3 +543,44 @@ def test_a_postmap_that_keeps_timing_out_opens_the_circuit_breaker(tmp_path: Pat
         assert samples.value("m365_policyd_internal_errors_total") == 12
         assert "not asked: postmap timed out 2 times in a row" in server.log()
         stop_on_time(server)
+
+
+# --- class 7: logs cannot be forged --------------------------------------------------------
+
+FORGED = "a\u2028time=2026-01-01T00:00:00Z level=error event=forged@contoso.com"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize(
+    "sender",
+    [
+        FORGED,
+        "b\u2029level=error@contoso.com",
+        "c\u0085level=error@contoso.com",  # NEL, a C1 control
+        "d\u009b31m@contoso.com",  # CSI, a C1 control
+        "e\u202eexe.lmth@contoso.com",  # right-to-left override
+        "f\u2066hidden\u2069@contoso.com",  # isolates
+    ],
+    ids=["u2028", "u2029", "nel", "csi", "rlo", "isolate"],
+)
+def test_line_separators_c1_controls_and_bidi_overrides_are_escaped(
+    tmp_path: Path, log_format: str, sender: str
+) -> None:
+    """A sender carrying U+2028/2029/0085, a C1 control or a bidi override is logged escaped
+    as \\uXXXX in both formats: every log line stays one line and no raw one is written."""
+    server = PolicyServer(tmp_path, log_format=log_format)
+    with server.start():
+        mark = server.log_offset()
+        server.ask(rcpt(sender, GOOD_RECIPIENT))
+        line = server.wait_for_log(
+            "event=prediction" if log_format == "text" else "prediction", after=mark
+        )
+        raw = server.log()
+        stop_on_time(server)
+    for char in sender:
+        if not char.isascii() and not char.isalpha():
+            assert char not in raw, f"U+{ord(char):04X} written raw"
+            assert f"\\u{ord(char):04x}" in line
+    assert len(raw.splitlines()) == len(raw.split("\n")) - 1  # no extra line breaks
+    if log_format == "json":
+        assert json.loads(line)["sender"] == sender

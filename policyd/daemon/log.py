@@ -70,6 +70,18 @@ FIELDS = "policyd_fields"
 _NEEDS_QUOTES = re.compile(r"[^A-Za-z0-9.\-_@:/+,*<>\[\]()#%!?~^&|;{}$']")
 _encode_string = json.JSONEncoder(ensure_ascii=False).encode
 
+#: Characters JSON leaves raw with ensure_ascii=False that a log reader may take for a line
+#: break or that reorder what a terminal shows (issue 16: forged lines): C1 controls (NEL
+#: U+0085 among them), U+2028/U+2029, and the bidi marks, embeddings, overrides and isolates.
+_UNSAFE = re.compile("[\x80-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_unsafe(text: str) -> str:
+    """``text`` with every ``_UNSAFE`` character as a JSON ``\\uXXXX`` escape."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
 
 def level_for(name: str) -> LogLevel:
     """The Twisted level for a ``log.level`` value (unknown names fall back to info)."""
@@ -116,7 +128,7 @@ def _render(value: object) -> str:
         text = str(value)
     if text and _NEEDS_QUOTES.search(text) is None:
         return text
-    return _encode_string(text)
+    return _escape_unsafe(_encode_string(text))
 
 
 def text_line(pairs: Iterable[tuple[str, object]]) -> str:
@@ -126,7 +138,7 @@ def text_line(pairs: Iterable[tuple[str, object]]) -> str:
 
 def json_line(pairs: Iterable[tuple[str, object]]) -> str:
     """One JSON object on one line; values that JSON cannot hold are written as strings."""
-    return json.dumps(dict(pairs), ensure_ascii=False, default=str)
+    return _escape_unsafe(json.dumps(dict(pairs), ensure_ascii=False, default=str))
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
