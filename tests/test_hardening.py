@@ -584,3 +584,51 @@ def test_line_separators_c1_controls_and_bidi_overrides_are_escaped(
     assert len(raw.splitlines()) == len(raw.split("\n")) - 1  # no extra line breaks
     if log_format == "json":
         assert json.loads(line)["sender"] == sender
+
+
+# --- class 7 (continued): log writes never block -------------------------------------------
+
+
+def test_a_stalled_stdout_reader_never_stops_the_answers(tmp_path: Path) -> None:
+    """stdout is a pipe nobody reads: 12,000 requests (far past the pipe's 64 KiB and the
+    96 requests that used to hang the daemon) are all answered, a steady connection keeps its
+    100 ms answers, dropped lines are counted in a metric, and SIGTERM stops it on time."""
+    server = PolicyServer(tmp_path)
+    server.write_config()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "policyd.daemon.serve", "-c", str(server.config_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # never read
+        stderr=subprocess.DEVNULL,
+    )
+    server.process = process  # for Steady/scrape/stop
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve did not start listening"
+                time.sleep(0.1)
+        request = request_text(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        with Steady(server) as steady, server.client() as client:
+            for _ in range(24):  # pipelined, 500 at a time
+                client.sock.sendall(request * 500)
+                answers = [client.read_reply() for _ in range(500)]
+                assert all(answer.startswith("450 4.7.64") for answer in answers)
+        steady.check()
+        dropped = server.scrape().value("m365_policyd_log_lines_dropped_total")
+        assert dropped is not None and dropped > 0
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(STOP_SECONDS) == 0
+        assert time.monotonic() - began < STOP_SECONDS
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()

@@ -540,6 +540,9 @@ class Server:
 #: request under load.
 LOG_FLUSH_DELAY = 0.1
 
+#: At exit, how long the last log lines may wait for a slow stdout reader (inside SPEC §6's 5 s).
+LOG_DRAIN_SECONDS = 1.0
+
 #: File descriptors the daemon needs besides policy connections (listeners, metrics, log files,
 #: postmap pipes, the outcome follower).
 FD_MARGIN = 64
@@ -632,12 +635,18 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         reactor = _global_reactor()
     assert reactor is not None
     config = state.config
+    stats = Stats()
+
+    def dropped(lines: int) -> None:
+        stats.log_lines_dropped += lines
+
     output = default_output(
         config.log.format,
         config.log.level,
         lambda flush: reactor.callLater(LOG_FLUSH_DELAY, flush),
+        dropped,
     )
-    server = Server(config_path, state, reactor, output, handle_sighup=True)
+    server = Server(config_path, state, reactor, output, stats=stats, handle_sighup=True)
     try:
         endpoints = server.endpoints()
     except ListenError as error:
@@ -664,7 +673,7 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     # the default so that SIGINT stops the daemon wherever it was started from.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()
-    output.flush()
+    output.drain(LOG_DRAIN_SECONDS)
     return server.exit_status
 
 

@@ -59,6 +59,7 @@ class Stats:
         self.connections = 0  # open now
         self.protocol_errors: defaultdict[str, int] = defaultdict(int)
         self.internal_errors = 0
+        self.log_lines_dropped = 0  # log lines a stalled stdout reader could not take
         # by tenant name ("" when not through Microsoft 365)
         self.external_recipients: defaultdict[str, int] = defaultdict(int)
         self.unregistered_sender_relays: defaultdict[str, int] = defaultdict(int)
