@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policyd.daemon.serve import exposed
 from policyd.errors import ConfigError
 from policyd.sources.config import read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
@@ -632,3 +634,62 @@ def test_a_stalled_stdout_reader_never_stops_the_answers(tmp_path: Path) -> None
             process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+# --- class 8: safe by default where it listens ---------------------------------------------
+
+
+def test_a_unix_endpoint_without_mode_is_0660(tmp_path: Path) -> None:
+    """``listen = ["unix:PATH"]`` without mode= creates the socket 0660 (Twisted's own default
+    is 0666: any local user could ask or flood the daemon); mode= still wins."""
+    plain, explicit = tmp_path / "plain.sock", tmp_path / "explicit.sock"
+    server = PolicyServer(tmp_path, listen=[f"unix:{plain}", f"unix:{explicit}:mode=600"])
+    with server.start():
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o660
+        assert stat.S_IMODE(explicit.stat().st_mode) == 0o600
+        stop_on_time(server)
+
+
+@pytest.mark.parametrize(
+    ("description", "where"),
+    [
+        ("tcp:10040", "every interface"),
+        ("tcp:10040:interface=0.0.0.0", "every interface"),
+        ("tcp6:10040:interface=\\:\\:", "every interface"),
+        ("tcp:10040:interface=192.0.2.7:backlog=5", "192.0.2.7"),
+        ("tcp6:10040:interface=2001\\:db8\\:\\:1", "2001:db8::1"),
+        ("tcp:10040:interface=127.0.0.1", None),
+        ("tcp:10040:interface=127.0.0.2", None),
+        ("tcp6:10040:interface=\\:\\:1", None),
+        ("tcp:10040:interface=localhost", None),
+        ("unix:/run/m365-policyd/policy.sock", None),
+        ("systemd:domain=INET:index=0", None),
+    ],
+)
+def test_endpoints_that_are_not_loopback_or_unix_are_named_for_the_warning(
+    description: str, where: str | None
+) -> None:
+    """``exposed`` names what a tcp endpoint exposes beyond loopback (the start-up warning's
+    words); loopback, unix and systemd endpoints are not warned about. (Binding a real
+    non-loopback address is off limits for the tests: only loopback may be used.)"""
+    assert exposed(description) == where
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("reload_interval = 0.2", "must be 0 (only on SIGHUP) or at least 1 s, got 0.2"),
+        ("max_request_bytes = 64", "must be between 1024 and 1048576 bytes, got 64"),
+        ("max_request_bytes = 1073741824", "must be between 1024 and 1048576"),
+    ],
+)
+def test_serve_refuses_unsafe_bounds_at_start(tmp_path: Path, line: str, problem: str) -> None:
+    """A reload_interval under 1 s or a max_request_bytes outside 1 KiB..1 MiB is exit 78
+    from serve, one line naming the key."""
+    if line.startswith("reload_interval"):
+        server = PolicyServer(tmp_path, reload_interval=0.2)
+    else:
+        server = PolicyServer(tmp_path, server_extra=line)
+    server.write_config()
+    result = cli("serve", "-c", str(server.config_path))
+    one_line_error(result, "server.", problem)

@@ -600,7 +600,7 @@ action = "reject"
 def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> None:
     """With a short reload_interval a replaced certificate changes predictions and gauges."""
     pki = TestPKI(now=datetime.now(UTC))
-    server = PolicyServer(tmp_path, CERT_BODY, reload_interval=0.2)
+    server = PolicyServer(tmp_path, CERT_BODY, reload_interval=1)
     pki.write_ca_bundle(tmp_path)
     wrong = pki.leaf("mail.fabrikam.com", ["mail.fabrikam.com"])
     server.write_file("cert.pem", pki.chain_pem(wrong))

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import os
+import re
 import resource
 import signal
 import sys
@@ -147,12 +149,41 @@ def log_alias_warnings(state: State) -> None:
 LISTEN_BACKLOG = 1024
 
 
+#: A ``unix:`` endpoint without ``mode=`` gets this (Twisted's default is 0666: any local user
+#: could ask, or flood, the daemon; issue 16). Postfix connects as a member of the group.
+UNIX_MODE = "660"
+
+
 def with_backlog(description: str) -> str:
-    """``description``, plus ``backlog=LISTEN_BACKLOG`` for a tcp or unix endpoint without one."""
+    """``description``, plus ``backlog=LISTEN_BACKLOG`` for a tcp or unix endpoint without one
+    and ``mode=UNIX_MODE`` (0660) for a unix endpoint without a mode."""
     kind = description.split(":", 1)[0].strip().lower()
+    if kind == "unix" and "mode=" not in description:
+        description = f"{description}:mode={UNIX_MODE}"
     if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
+
+
+def exposed(description: str) -> str | None:
+    """The interface a ``tcp:``/``tcp6:`` endpoint binds when it is not loopback ("every
+    interface" when none is given), else None (unix, systemd, loopback): issue 16's warning."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in ("tcp", "tcp6"):
+        return None
+    match = _INTERFACE.search(description)
+    interface = match.group(1).replace("\\:", ":").strip("[]") if match else ""
+    if interface in ("", "0.0.0.0", "::"):
+        return "every interface"
+    if interface == "localhost":
+        return None
+    try:
+        return None if ipaddress.ip_address(interface).is_loopback else interface
+    except ValueError:
+        return interface
+
+
+_INTERFACE = re.compile(r"interface=((?:\\:|[^:])*)")
 
 
 #: Twisted 22.10 added ``systemd:...:name=NAME`` (the unit's ``FileDescriptorName=``); Debian 12
@@ -654,6 +685,20 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         sys.stderr.write(f"m365-policyd: {error}\n")
         return error.status
     start_logging(output)
+    for key, description in [
+        *(("server.listen", item) for item in config.server.listen),
+        ("server.metrics", config.server.metrics),
+    ]:
+        where = exposed(description) if description else None
+        if where is not None:
+            _log.warn(
+                "{key} {endpoint} listens on {where}, not only loopback: anyone who can reach "
+                "it can ask (and load) the daemon; bind interface=127.0.0.1, use a unix: "
+                "endpoint, or firewall the port",
+                key=key,
+                endpoint=description,
+                where=where,
+            )
     limit = raise_open_files_limit()
     if limit < config.server.max_connections + FD_MARGIN:
         _log.warn(
