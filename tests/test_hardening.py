@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd.daemon.serve import exposed
+from policyd.daemon.endpoints import exposed
 from policyd.errors import ConfigError
 from policyd.sources.config import read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
@@ -693,3 +693,52 @@ def test_serve_refuses_unsafe_bounds_at_start(tmp_path: Path, line: str, problem
     server.write_config()
     result = cli("serve", "-c", str(server.config_path))
     one_line_error(result, "server.", problem)
+
+
+# --- class 3: memory is bounded in bytes ---------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_a_flood_of_unique_30_kb_addresses_is_refused_and_rss_stays_flat(tmp_path: Path) -> None:
+    """3,000 RCPTs, each with a unique 30 KB sender domain and a 30 KB recipient, pipelined on
+    local connections: each is a counted protocol error (value-too-long), nothing is cached,
+    RSS grows by under 40 MB (it used to reach 2.1 GB), and a steady connection keeps its
+    100 ms answers."""
+    server = PolicyServer(tmp_path)
+    with server.start(), Steady(server) as steady:
+        assert server.process is not None
+        before = rss_kib(server.process.pid)
+        for i in range(3000):
+            pad = f"{i:06d}" + "x" * 30_000
+            flood = rcpt(f"a@{pad}.example", f"{pad}@tailspintoys.com")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(request_text(flood))
+                assert sock.recv(100) == b""  # closed unanswered
+        grown = rss_kib(server.process.pid) - before
+        steady.stop()
+        steady.check()
+        errors = server.scrape().value("m365_policyd_protocol_errors_total", kind="value-too-long")
+        assert errors == 3000
+        assert grown < 40 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_an_address_up_to_the_cap_is_answered_and_one_beyond_is_refused(tmp_path: Path) -> None:
+    """Own instance: a 1,024-character recipient still gets its prediction; 1,025 characters
+    close the connection unanswered and count one value-too-long error."""
+    server = PolicyServer(tmp_path)
+    with server.start():
+        local = "k" * (1024 - len("@tailspintoys.com"))
+        assert server.ask(rcpt("app@fabrikam.com", f"{local}@tailspintoys.com")).startswith("450")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request_text(rcpt("app@fabrikam.com", f"{local}k@tailspintoys.com")))
+            assert sock.recv(100) == b""
+        errors = server.scrape().value("m365_policyd_protocol_errors_total", kind="value-too-long")
+        assert errors == 1

@@ -18,10 +18,10 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
+from policyd.constants import EXIT_LISTEN
 from policyd.daemon.log import LogOutput, stdout_is_journal, text_line, text_value
 from policyd.daemon.serve import (
     EXIT_CONFIG,
-    EXIT_LISTEN,
     ListenError,
     Server,
     describe_state,

@@ -34,6 +34,8 @@ NUL_BYTE = "nul-byte"
 INVALID_UTF8 = "invalid-utf8"
 TOO_MANY_CONNECTIONS = "too-many-connections"
 IDLE_TIMEOUT = "idle-timeout"
+#: A sender or recipient longer than ``MAX_ADDRESS_CHARS``: no real address is (issue 16).
+VALUE_TOO_LONG = "value-too-long"
 PROTOCOL_ERROR_KINDS = (
     TOO_LARGE,
     NO_EQUALS,
@@ -41,7 +43,13 @@ PROTOCOL_ERROR_KINDS = (
     INVALID_UTF8,
     TOO_MANY_CONNECTIONS,
     IDLE_TIMEOUT,
+    VALUE_TOO_LONG,
 )
+
+#: The longest ``sender``/``recipient`` value a request may carry, in characters. RFC 5321
+#: 4.5.3.1.3 caps a path at 256 octets; this allows four times that (UTF-8, sloppy clients)
+#: and keeps each cached prediction small: a flood of unique 30 KB addresses is refused.
+MAX_ADDRESS_CHARS = 1024
 
 
 class Stats:

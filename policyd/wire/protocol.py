@@ -49,10 +49,12 @@ from zope.interface import classImplements  # type: ignore[import-untyped]  # no
 from policyd.engine.stats import (
     IDLE_TIMEOUT,
     INVALID_UTF8,
+    MAX_ADDRESS_CHARS,
     NO_EQUALS,
     NUL_BYTE,
     TOO_LARGE,
     TOO_MANY_CONNECTIONS,
+    VALUE_TOO_LONG,
     Stats,
 )
 
@@ -437,6 +439,12 @@ class PolicyProtocol(Protocol):
                     kind = NO_EQUALS  # some line has no "="
                     break
                 attrs = _postfix_layout(text) or _search(text)
+                if (
+                    len(attrs.get("recipient", "")) > MAX_ADDRESS_CHARS
+                    or len(attrs.get("sender", "")) > MAX_ADDRESS_CHARS
+                ):
+                    kind = VALUE_TOO_LONG  # no real address is this long (issue 16)
+                    break
             else:
                 attrs = {}
             began = perf_counter()
