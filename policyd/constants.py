@@ -44,13 +44,13 @@ POSTFIX_ATTRIBUTE_ORDER: tuple[str, ...] = (
     "server_port",
 )
 
-# --- verdicts (SPEC §5): what Microsoft 365 does with one recipient ------------------------------
+# --- verdicts (docs/relay-rules.md): what Microsoft 365 does with one recipient ----------------
 
 ACCEPT = "accept"
 REJECT = "reject"
 VERDICTS: tuple[str, ...] = (ACCEPT, REJECT)
 
-# --- actions (SPEC §4 ``[policy]``, §6): the answer for a recipient predicted to be refused ------
+# --- actions (``[policy]``, docs/postfix.md): the answer for a recipient predicted refused ------
 
 ACTION_DUNNO = "dunno"  # DUNNO: let Postfix decide (the default)
 ACTION_DEFER = "defer"  # 450 4.7.NN <reason>
@@ -92,7 +92,7 @@ LOG_TEXT = "text"  # key=value
 LOG_JSON = "json"  # one JSON object per line
 LOG_FORMATS: tuple[str, ...] = (LOG_TEXT, LOG_JSON)
 
-# --- exit statuses of the command line (SPEC §3) ------------------------------------------------
+# --- exit statuses of the command line (the README) ----------------------------------------------
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # check: a refusal is predicted
@@ -100,3 +100,8 @@ EXIT_ERRORS = 1  # doctor: the audit found errors
 EXIT_LISTEN = 1  # serve: an endpoint could not listen, or start-up failed
 EXIT_USAGE = 2  # argparse's status for a usage error
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: one line naming the file, the key and the fix
+
+# -- probe (README: "Ask Microsoft 365 itself") --
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE from sysexits.h: the endpoint cannot be reached, TLS failed
+PROBE_MAX_RECIPIENTS = 20  # RCPT TO commands per probe run: a probe asks, it never sweeps
+PROBE_TIMEOUT = 30.0  # seconds for each step of a probe session (connect, every reply, TLS)

@@ -194,11 +194,25 @@ def test_terrl_uses_the_licenses_variable() -> None:
     assert int(licenses["current"]["value"]) == int(licenses["query"])
     exprs = [e for _t, _r, e in panel_queries(dashboard)]
     assert "vector(500 * $licenses ^ 0.7 + 9500)" in exprs
-    assert 'sum(increase(m365_policyd_external_recipients_total{job=~"$job"}[24h]))' in exprs
+    assert (
+        "sum by (tenant) (increase(m365_policyd_external_recipients_total"
+        '{tenant=~"$tenant",job=~"$job"}[24h]))'
+    ) in exprs
 
 
-def test_queries_filter_by_job_and_instance_variables() -> None:
-    """Queries filter by $job, and all but the tenant-wide ones by $instance."""
+#: Metrics with a ``tenant`` label (SPEC §7): the dashboard filters them by $tenant.
+TENANT_LABELLED = {
+    "m365_policyd_predictions_total",
+    "m365_policyd_external_recipients_total",
+    "m365_policyd_unregistered_sender_relays_total",
+    "m365_policyd_certificate_connector_match",
+    "m365_policyd_prediction_outcomes_total",
+}
+
+
+def test_queries_filter_by_job_instance_and_tenant_variables() -> None:
+    """Queries filter by $job, all but the tenant-wide ones by $instance, and every metric
+    with a tenant label by $tenant."""
     dashboard = load_dashboard()
     tenant_wide = {"m365_policyd_external_recipients_total"}
     for title, ref, expr in panel_queries(dashboard):
@@ -207,6 +221,15 @@ def test_queries_filter_by_job_and_instance_variables() -> None:
             assert 'job=~"$job"' in labels, f"{title}/{ref}: {name} without $job"
             if name not in tenant_wide:
                 assert 'instance=~"$instance"' in labels, f"{title}/{ref}: {name}"
+            if name in TENANT_LABELLED:
+                assert 'tenant=~"$tenant"' in labels, f"{title}/{ref}: {name} without $tenant"
+
+
+def test_tenant_variable_lists_the_tenants() -> None:
+    """$tenant offers the tenant label values the daemons export, all of them by default."""
+    tenant = variables(load_dashboard())["tenant"]
+    assert "m365_policyd_predictions_total" in tenant["query"]["query"]
+    assert (tenant["includeAll"], tenant["multi"]) == (True, True)
 
 
 def test_every_variable_used_is_defined() -> None:
@@ -453,7 +476,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         prometheus.wait_for('m365_policyd_connections{job="m365-policyd"}')
         dashboard = load_dashboard()
         values = dict(GRAFANA_BUILTINS)
-        values.update(job=job, instance=".*", licenses=variables(dashboard)["licenses"]["query"])
+        values.update(
+            job=job,
+            instance=".*",
+            tenant="default",  # the tenant variable set, as an operator picks one
+            licenses=variables(dashboard)["licenses"]["query"],
+        )
         yield Live(prometheus, values)
 
 
@@ -492,6 +520,14 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(live: Live) -> No
     empty, evaluated = empty_panels(live, outcomes=False)
     assert empty == []
     assert evaluated >= 15
+    # $tenant's own query (label_values of the predictions) offers the daemon's tenant
+    tenants = live.prometheus.query(
+        substitute(
+            'count by (tenant) (m365_policyd_predictions_total{job=~"$job",tenant!=""})',
+            live.values,
+        )
+    )
+    assert {s["metric"]["tenant"] for s in tenants["result"]} == {"default"}
     refusals = {
         sample["metric"]["reason"]: float(sample["value"][1])
         for sample in live.prometheus.query(

@@ -114,7 +114,7 @@ def test_counters_follow_stats_at_scrape_time() -> None:
     stats.reloads["failure"] += 1
     stats.last_reload_success = NOW - 10
     stats.observed_replies[("5.7.64", "attr36")] += 2
-    stats.prediction_outcomes[("no-connector", "attr36")] += 1
+    stats.prediction_outcomes[("contoso", "no-connector", "attr36")] += 1
     stats.log_lines_skipped = 9
     samples = scrape(c)
     assert samples[P + "requests_total"][(("stage", "rcpt"),)] == 5
@@ -133,10 +133,15 @@ def test_counters_follow_stats_at_scrape_time() -> None:
     assert samples[P + "config_last_reload_success_timestamp_seconds"][()] == NOW - 10
     assert samples[P + "observed_replies_total"] == {(("code", "5.7.64"), ("kind", "attr36")): 2}
     outcomes = samples[P + "prediction_outcomes_total"]
-    assert outcomes[(("observed", "attr36"), ("predicted", "no-connector"))] == 1
-    # every predicted kind against every observed kind is there from zero (5 x 9 series)
-    assert len(outcomes) == 45
-    assert outcomes[(("observed", "partner-restricted"), ("predicted", "accepted"))] == 0
+    assert (
+        outcomes[(("observed", "attr36"), ("predicted", "no-connector"), ("tenant", "contoso"))]
+        == 1
+    )
+    # every predicted kind against every observed kind of each configured tenant ("default"
+    # here) is there from zero (5 x 9 series), plus the one counted for contoso
+    assert len(outcomes) == 45 + 1
+    zero = (("observed", "partner-restricted"), ("predicted", "accepted"), ("tenant", "default"))
+    assert outcomes[zero] == 0
     assert samples[P + "log_lines_skipped_total"][()] == 9
 
 

@@ -343,9 +343,9 @@ def test_the_join_counts_no_failure_of_postfix_and_agrees_by_kind() -> None:
         join.expect(found[to].queue_id, [(to, to, reason)], 0)
     feed_all(join, "kinds.log", now=1)
     assert dict(stats.prediction_outcomes) == {
-        ("accepted", "accepted"): 1,
-        ("partner-restricted", "partner-restricted"): 1,
-        ("direct-send", "direct-send"): 1,
+        ("default", "accepted", "accepted"): 1,
+        ("default", "partner-restricted", "partner-restricted"): 1,
+        ("default", "direct-send", "direct-send"): 1,
     }
     codes = {code for code, _ in stats.observed_replies}
     assert codes.isdisjoint({"4.4.1", "4.4.2", "4.7.4"})
@@ -394,7 +394,7 @@ def test_join_by_queue_id_and_final_address() -> None:
         "4F1A2B3C02", [("kate@tailspintoys.com", "kate@tailspintoys.com", "no-connector")], 0
     )
     join.feed(smtp_line("4F1A2B3C02", "kate@tailspintoys.com", "5.7.64"), 1)
-    assert dict(stats.prediction_outcomes) == {("no-connector", "no-connector"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "no-connector", "no-connector"): 1}
 
 
 @pytest.mark.parametrize(
@@ -415,7 +415,7 @@ def test_a_refusal_predicted_for_the_wrong_reason_is_a_disagreement(
     join = OutcomeJoin(stats)
     join.expect("4F1A2B3C02", [("kate@tailspintoys.com", "kate@tailspintoys.com", reason)], 0)
     join.feed(smtp_line("4F1A2B3C02", "kate@tailspintoys.com", "5.7.64", reply=reply), 1)
-    assert dict(stats.prediction_outcomes) == {outcome: 1}
+    assert dict(stats.prediction_outcomes) == {("default", *outcome): 1}
 
 
 def test_postfix_own_failures_are_not_microsoft_replies() -> None:
@@ -443,7 +443,7 @@ def test_postfix_own_failures_are_not_microsoft_replies() -> None:
     greeting = f"host {MX}[52.101.68.10] refused to talk to me: 421 4.3.2 Service not available"
     join.feed(smtp_line("4F1A2B3C02", "kate@tailspintoys.com", "4.3.2", "deferred",
                         reply=greeting), 1)  # fmt: skip
-    assert dict(stats.prediction_outcomes) == {("accepted", "other"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "accepted", "other"): 1}
 
 
 def test_join_by_orig_to_when_the_final_address_differs() -> None:
@@ -461,7 +461,7 @@ def test_join_by_orig_to_when_the_final_address_differs() -> None:
         ),
         1,
     )
-    assert dict(stats.prediction_outcomes) == {("attr36", "attr36"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "attr36", "attr36"): 1}
 
 
 def test_original_recipient_is_refused_when_any_final_address_is() -> None:
@@ -479,8 +479,8 @@ def test_original_recipient_is_refused_when_any_final_address_is() -> None:
     join.feed(smtp_line("4F1A2B3C0D", "ann@fabrikam.com", "2.6.0", "sent"), 1)
     join.feed(smtp_line("4F1A2B3C0D", "x@y.example", "5.7.64", orig_to="SALES@contoso.com"), 1)
     assert dict(stats.prediction_outcomes) == {
-        ("accepted", "accepted"): 1,
-        ("no-connector", "no-connector"): 1,
+        ("default", "accepted", "accepted"): 1,
+        ("default", "no-connector", "no-connector"): 1,
     }
 
 
@@ -492,7 +492,7 @@ def test_join_ignores_case_of_addresses() -> None:
         "4F1A2B3C04", [("ann@fabrikam.com", "ANN@fabrikam.com", "certificate-connector")], 0
     )
     feed_all(join, "microsoft-365.log", now=1)
-    assert dict(stats.prediction_outcomes) == {("accepted", "wrong-region"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "accepted", "wrong-region"): 1}
 
 
 def test_unknown_queue_id_is_observed_but_not_joined() -> None:
@@ -519,8 +519,8 @@ def test_each_delivery_attempt_counts_once() -> None:
     join.feed(smtp_line("4F1A2B3C04", "ann@fabrikam.com", "4.4.62", "deferred", reply=region), 1)
     join.feed(smtp_line("4F1A2B3C04", "ann@fabrikam.com", "2.6.0", "sent"), 600)
     assert dict(stats.prediction_outcomes) == {
-        ("accepted", "wrong-region"): 1,
-        ("accepted", "accepted"): 1,
+        ("default", "accepted", "wrong-region"): 1,
+        ("default", "accepted", "accepted"): 1,
     }
 
 
@@ -538,7 +538,7 @@ def test_other_relays_do_not_count_even_for_a_predicted_message() -> None:
     join.relay_hosts = ["mx.example.org"]
     join.feed(smtp_line("4F1A2B3C02", "kate@tailspintoys.com", "2.0.0", "sent",
                         relay="mx.example.org[192.0.2.25]:25"), 1)  # fmt: skip
-    assert dict(stats.prediction_outcomes) == {("no-connector", "accepted"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "no-connector", "accepted"): 1}
 
 
 def test_join_state_is_bounded_in_size_dropping_the_oldest_message() -> None:
@@ -551,7 +551,7 @@ def test_join_state_is_bounded_in_size_dropping_the_oldest_message() -> None:
     assert join.messages() == 2  # each message holds its final address and its recipient
     join.feed(smtp_line("QID0", "a0@example.net", "2.6.0", "sent"), 10)
     join.feed(smtp_line("QID3", "a3@example.net", "2.6.0", "sent"), 10)
-    assert dict(stats.prediction_outcomes) == {("accepted", "accepted"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "accepted", "accepted"): 1}
 
 
 def test_join_state_is_bounded_in_age_on_the_injected_clock() -> None:
@@ -562,7 +562,7 @@ def test_join_state_is_bounded_in_age_on_the_injected_clock() -> None:
     join.expect("NEW", [("b@example.net", "b@example.net", "no-connector")], 50)
     join.feed(smtp_line("OLD", "a@example.net", "5.7.64"), 120)
     join.feed(smtp_line("NEW", "b@example.net", "5.7.64"), 120)
-    assert dict(stats.prediction_outcomes) == {("no-connector", "no-connector"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "no-connector", "no-connector"): 1}
     assert join.messages() == 1
     join.prune(151)
     assert (join.messages(), len(join)) == (0, 0)
@@ -582,8 +582,8 @@ def test_expecting_the_same_queue_id_again_merges_and_refreshes_it() -> None:
     join.feed(smtp_line("A", "c@example.net", "5.7.64"), 4)
     join.feed(smtp_line("B", "b@example.net", "2.6.0", "sent"), 4)
     assert dict(stats.prediction_outcomes) == {
-        ("accepted", "accepted"): 1,
-        ("no-connector", "no-connector"): 1,
+        ("default", "accepted", "accepted"): 1,
+        ("default", "no-connector", "no-connector"): 1,
     }
 
 
@@ -603,9 +603,9 @@ def test_e2e_log_joined_with_the_predictions_for_its_messages() -> None:
     )
     feed_all(join, "e2e-standin.log", now=10)
     assert dict(stats.prediction_outcomes) == {
-        ("accepted", "accepted"): 1,
-        ("attr36", "attr36"): 2,
-        ("accepted", "wrong-region"): 4,
+        ("default", "accepted", "accepted"): 1,
+        ("default", "attr36", "attr36"): 2,
+        ("default", "accepted", "wrong-region"): 4,
     }
     assert stats.observed_replies[("5.7.750", "unregistered-domain")] == 1
     assert stats.observed_replies[("5.7.64", "no-connector")] == 1
@@ -817,7 +817,7 @@ def test_watcher_polls_the_file_every_second_and_counts(tmp_path: Path) -> None:
     assert dict(stats.observed_replies) == {}
     clock.advance(0.5)
     assert dict(stats.observed_replies) == {("5.7.64", "no-connector"): 1}
-    assert dict(stats.prediction_outcomes) == {("no-connector", "no-connector"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "no-connector", "no-connector"): 1}
     watcher.stop()
     append(log, smtp_line("4F1A2B3C02", "kate@tailspintoys.com", "5.7.64") + "\n")
     clock.advance(5)
@@ -847,7 +847,7 @@ def test_watcher_switches_source_and_keeps_the_predictions(tmp_path: Path) -> No
         smtp_line("Q1", "kate@tailspintoys.com", "5.7.64", relay="127.0.0.1[127.0.0.1]:25") + "\n",
     )
     clock.advance(1)
-    assert dict(stats.prediction_outcomes) == {("no-connector", "no-connector"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "no-connector", "no-connector"): 1}
     watcher.configure("")
     assert clock.getDelayedCalls() == []
 
@@ -898,7 +898,7 @@ def test_journal_source_spawns_journalctl_and_counts_its_lines() -> None:
     data = ("-- Journal begins --\n" + line + "\n").encode()
     for n in range(0, len(data), 7):
         protocol.outReceived(data[n : n + 7])
-    assert dict(stats.prediction_outcomes) == {("no-connector", "no-connector"): 1}
+    assert dict(stats.prediction_outcomes) == {("default", "no-connector", "no-connector"): 1}
 
 
 def ended(why: str) -> Failure:
@@ -1001,8 +1001,8 @@ def test_engine_hands_the_message_predictions_to_the_watcher_at_data(
         (
             "4F1A2B3C02",
             [
-                ("kate.private@example.net", "kate@contoso.com", "forwarded"),
-                ("bob@contoso.com", "bob@contoso.com", "recipient-in-tenant"),
+                ("kate.private@example.net", "kate@contoso.com", "forwarded", "default"),
+                ("bob@contoso.com", "bob@contoso.com", "recipient-in-tenant", "default"),
             ],
         )
     ]
@@ -1134,8 +1134,15 @@ def test_serve_follows_the_postfix_log_and_exports_outcomes(tmp_path: Path) -> N
         append(first, smtp_line("4F1A2B3C01", "kate@tailspintoys.com", "2.6.0", "sent") + "\n")
         append(first, "Nov 27 10:00:03 mx1 postfix/smtp[4711]: 4F1A2B3C03: to=<broken\n")
         outcomes = "m365_policyd_prediction_outcomes_total"
-        wait_metric(server, outcomes, {"predicted": "attr36", "observed": "attr36"}, 1)
-        wait_metric(server, outcomes, {"predicted": "accepted", "observed": "accepted"}, 1)
+        wait_metric(
+            server, outcomes, {"tenant": "default", "predicted": "attr36", "observed": "attr36"}, 1
+        )
+        wait_metric(
+            server,
+            outcomes,
+            {"tenant": "default", "predicted": "accepted", "observed": "accepted"},
+            1,
+        )
         wait_metric(
             server, "m365_policyd_observed_replies_total", {"code": "5.7.64", "kind": "attr36"}, 1
         )
@@ -1149,9 +1156,16 @@ def test_serve_follows_the_postfix_log_and_exports_outcomes(tmp_path: Path) -> N
         server.wait_for_log("reloaded configuration", after=mark)
         append(second, refused + "\n")
         append(first, smtp_line("4F1A2B3C01", "kate@tailspintoys.com", "2.6.0", "sent") + "\n")
-        wait_metric(server, outcomes, {"predicted": "attr36", "observed": "attr36"}, 2)
+        wait_metric(
+            server, outcomes, {"tenant": "default", "predicted": "attr36", "observed": "attr36"}, 2
+        )
         wait_for_two_polls(server, second)  # the old file would have been read meanwhile
-        assert server.scrape().value(outcomes, predicted="accepted", observed="accepted") == 1
+        assert (
+            server.scrape().value(
+                outcomes, tenant="default", predicted="accepted", observed="accepted"
+            )
+            == 1
+        )
         assert server.stop() == 0
 
 
@@ -1177,7 +1191,7 @@ def test_serve_follows_journald_through_journalctl(tmp_path: Path) -> None:
         wait_metric(
             server,
             "m365_policyd_prediction_outcomes_total",
-            {"predicted": "attr36", "observed": "attr36"},
+            {"tenant": "default", "predicted": "attr36", "observed": "attr36"},
             1,
         )
         assert "-o short-iso" in server.wait_for_log("journalctl: args:")
@@ -1252,13 +1266,33 @@ relay_hosts = ["127.0.0.1"]
                 postfix.send("john@fabrikam.com", ["kate.external@tailspintoys.com"])
                 postfix.send("john@fabrikam.com", ["kate@contoso.com"])
                 outcomes = "m365_policyd_prediction_outcomes_total"
-                wait_metric(server, outcomes, {"predicted": "attr36", "observed": "attr36"}, 2)
-                wait_metric(server, outcomes, {"predicted": "accepted", "observed": "accepted"}, 1)
+                wait_metric(
+                    server,
+                    outcomes,
+                    {"tenant": "default", "predicted": "attr36", "observed": "attr36"},
+                    2,
+                )
+                wait_metric(
+                    server,
+                    outcomes,
+                    {"tenant": "default", "predicted": "accepted", "observed": "accepted"},
+                    1,
+                )
                 postfix.wait_queue_empty()
                 wait_for_two_polls(server, postfix.log_path)  # Postfix's bounces are read
                 samples = server.scrape()
-                assert samples.value(outcomes, predicted="accepted", observed="attr36") == 0
-                assert samples.value(outcomes, predicted="attr36", observed="accepted") == 0
+                assert (
+                    samples.value(
+                        outcomes, tenant="default", predicted="accepted", observed="attr36"
+                    )
+                    == 0
+                )
+                assert (
+                    samples.value(
+                        outcomes, tenant="default", predicted="attr36", observed="accepted"
+                    )
+                    == 0
+                )
                 observed = samples.value(
                     "m365_policyd_observed_replies_total", code="5.7.64", kind="attr36"
                 )

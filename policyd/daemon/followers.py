@@ -1,4 +1,4 @@
-"""Following Postfix's log for ``serve``: the wiring half of the outcomes (SPEC §8).
+"""Following Postfix's log for ``serve``: the wiring half of the outcomes (docs/postfix.md).
 
 ``FileFollower`` reads the new complete lines of a log file on each ``poll`` — starting at the
 end of a file that exists at start-up, across rotation (the path names a new inode: the old

@@ -1,7 +1,7 @@
 """Prometheus exposition: ``Stats`` read at scrape time, served on ``/metrics`` by twisted.web.
 
 The request path only increments plain numbers in ``policyd.engine.stats.Stats``; this module turns
-them into metric families when Prometheus scrapes (SPEC §7 and §8), so a scrape costs
+them into metric families when Prometheus scrapes (README: metrics), so a scrape costs
 something and a request costs nothing extra. The collector lives in a private
 ``CollectorRegistry`` (no process/platform collectors of the default registry, no global
 state), and the HTTP resource renders in the reactor thread: ``Stats`` is owned by that thread,
@@ -48,7 +48,7 @@ SEEDED_TENANTS = 20
 #: ``predictions_total{verdict,reason}``: each reason id with its one verdict, from the table.
 PREDICTION_LABELS: tuple[tuple[str, str], ...] = tuple((r.verdict, r.id) for r in reasons.TABLE)
 #: ``prediction_outcomes_total{predicted,observed}``: every predicted kind against every observed
-#: kind (SPEC §8), so an alert on a disagreement sees the series before its first increase.
+#: kind (docs/postfix.md), so an alert on a disagreement sees the series before its first increase.
 OUTCOME_LABELS: tuple[tuple[str, str], ...] = tuple(
     (predicted, observed)
     for predicted in outcomes.PREDICTED_KINDS
@@ -113,7 +113,7 @@ class PolicydCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric of SPEC §7 and §8, built from the current counters."""
+        """Every metric of README: metrics, built from the current counters."""
         stats = self._stats
 
         yield _labelled(
@@ -221,11 +221,11 @@ class PolicydCollector:
         )
         yield _labelled(
             "prediction_outcomes_total",
-            "Predictions matched with the reply Microsoft 365 really gave, by predicted and "
-            "observed kind.",
-            ["predicted", "observed"],
+            "Predictions matched with the reply Microsoft 365 really gave, by tenant, predicted "
+            "and observed kind.",
+            ["tenant", "predicted", "observed"],
             stats.prediction_outcomes,
-            OUTCOME_LABELS,
+            [(tenant, *pair) for tenant in seeded for pair in OUTCOME_LABELS],
         )
         yield CounterMetricFamily(
             PREFIX + "log_lines_skipped_total",

@@ -244,7 +244,7 @@ class Server:
         self.fail(ListenError(f"start-up failed: {failure.getErrorMessage()}"))
 
     def configure_outcomes(self) -> None:
-        """Follow ``[outcomes] postfix_log`` (SPEC §8); a changed source restarts the follower."""
+        """Follow ``[outcomes] postfix_log`` (docs/postfix.md); a changed restarts the follower."""
         settings = self.state.config.outcomes
         self.outcomes.configure(settings.postfix_log, settings.relay_hosts)
 

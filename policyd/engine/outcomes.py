@@ -3,7 +3,7 @@
 ``OutcomeJoin`` remembers the predictions made at DATA (queue ID → final address / original
 recipient → predicted kind), and for every delivery attempt to a Microsoft 365 relay that holds
 a reply of Microsoft's classifies that reply by its text into an observed kind
-(``policyd.rules.outcomes``, SPEC §8). It counts ``Stats.observed_replies[(dsn, kind)]`` and,
+(``policyd.rules.outcomes``). It counts ``Stats.observed_replies[(dsn, kind)]`` and,
 when the queue ID and the recipient (``to=``, else ``orig_to=``) match a prediction,
 ``Stats.prediction_outcomes[(predicted kind, observed kind)]``: a prediction agrees only when
 the kinds are equal, so a refusal predicted for the wrong reason is a disagreement. Postfix's
@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from policyd.engine.stats import Stats
+from policyd.rules.model import DEFAULT_TENANT
 from policyd.rules.outcomes import (
     ACCEPTED,
     Delivery,
@@ -34,7 +35,7 @@ from policyd.rules.outcomes import (
 from policyd.rules.reasons import predicted_kind
 from policyd.sources.schema import RELAY_HOSTS
 
-#: Relays that are Microsoft 365 (SPEC §8); ``[outcomes] relay_hosts`` may name others.
+#: Relays that are Microsoft 365 (docs/postfix.md); ``[outcomes] relay_hosts`` may name others.
 DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS.default
 
 
@@ -51,8 +52,9 @@ COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
 
 #: What the engine hands over per relayed address: (final address, original recipient, reason
-#: id); the join remembers the reason's predicted kind.
-Expected = tuple[str, str, str]
+#: id[, tenant]); the join remembers the reason's predicted kind and the tenant ("default"
+#: when left out).
+Expected = tuple[str, ...]
 
 
 class _Message:
@@ -62,8 +64,9 @@ class _Message:
 
     def __init__(self, time: float) -> None:
         self.time = time
-        self.finals: dict[str, str] = {}
-        self.originals: dict[str, str] = {}
+        # lower-cased address -> (predicted kind, tenant)
+        self.finals: dict[str, tuple[str, str]] = {}
+        self.originals: dict[str, tuple[str, str]] = {}
 
     def size(self) -> int:
         return len(self.finals) + len(self.originals)
@@ -118,8 +121,9 @@ class OutcomeJoin:
         else:
             self._size -= message.size()
             message.time = now
-        for final, original, reason in entries:
-            kind = predicted_kind(reason)
+        for entry in entries:
+            final, original, reason = entry[:3]
+            kind = (predicted_kind(reason), entry[3] if len(entry) > 3 else DEFAULT_TENANT)
             final_key = final.lower()
             message.finals[final_key] = _worse(message.finals.get(final_key), kind)
             if original:
@@ -142,8 +146,8 @@ class OutcomeJoin:
             del messages[queue_id]
             self._size -= oldest.size()
 
-    def predicted(self, delivery: Delivery) -> str | None:
-        """The kind predicted for this delivery's recipient, or None when unknown."""
+    def predicted(self, delivery: Delivery) -> tuple[str, str] | None:
+        """(predicted kind, tenant) for this delivery's recipient, or None when unknown."""
         message = self._messages.get(delivery.queue_id)
         if message is None:
             return None
@@ -164,7 +168,8 @@ class OutcomeJoin:
         self.prune(now)
         predicted = self.predicted(delivery)
         if predicted is not None:
-            stats.prediction_outcomes[(predicted, observed)] += 1
+            kind, tenant = predicted
+            stats.prediction_outcomes[(tenant, kind, observed)] += 1
         return True
 
     def feed(self, line: str, now: float) -> None:
@@ -178,10 +183,10 @@ class OutcomeJoin:
         self.observe(parsed, now)
 
 
-def _worse(old: str | None, new: str) -> str:
-    """Two predicted kinds for one key: the first refusal wins (SPEC §5: a refused final
+def _worse(old: tuple[str, str] | None, new: tuple[str, str]) -> tuple[str, str]:
+    """Two predicted kinds for one key: the first refusal wins (docs/relay-rules.md: a refused final
     address refuses the recipient, and the first refused address decides the reason)."""
-    if old is None or old == ACCEPTED:
+    if old is None or old[0] == ACCEPTED:
         return new
     return old
 

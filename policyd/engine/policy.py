@@ -80,7 +80,7 @@ class PolicyEngine:
         *,
         in_thread: InThread | None = None,
     ) -> None:
-        """``outcomes`` (SPEC §8) receives each message's predictions at DATA, by queue ID.
+        """``outcomes`` (docs/postfix.md) receives each message's predictions at DATA, by queue ID.
 
         ``in_thread(f, *args)`` runs ``f`` off the reactor thread and returns a Deferred of its
         result (``serve`` passes ``deferToThreadPool`` on the reactor's thread pool). With it, a
@@ -181,7 +181,7 @@ class PolicyEngine:
 
         The answer is a Deferred only while a recipient's expansion waits for ``postmap``.
         """
-        # SPEC §6: only smtpd_access_policy requests at RCPT and DATA are predicted.
+        # docs/postfix.md: only smtpd_access_policy requests at RCPT and DATA are predicted.
         stage = attrs.get("protocol_state", "")
         if attrs.get("request") != "smtpd_access_policy":
             stage = ""
@@ -395,11 +395,11 @@ class PolicyEngine:
         return f"PREPEND {policy.header}: {tag_value(session.recipients)}"
 
     def _expect_outcomes(self, attrs: Mapping[str, str], session: Session) -> None:
-        """Hand the outcome watcher (SPEC §8) this message's predictions for every address
+        """Hand the outcome watcher (docs/postfix.md) this message's predictions for every address
         Microsoft 365 will see (all but ``local``); its failure is counted, never answered."""
         queue_id = attrs.get("queue_id", "")
         entries = [
-            (address.address, prediction.recipient, address.reason)
+            (address.address, prediction.recipient, address.reason, address.tenant or "")
             for prediction in session.recipients
             for address in prediction.addresses
             if address.reason != LOCAL
@@ -465,7 +465,7 @@ def _logs_predictions(state: State) -> bool:
 
 
 def tag_value(recipients: list[RecipientPrediction]) -> str:
-    """The X-M365-Relay header value for one message's recipients (SPEC §6)."""
+    """The X-M365-Relay header value for one message's recipients (docs/postfix.md)."""
     refused = [p for p in recipients if p.verdict == REJECT]
     if refused:
         first = refused[0]

@@ -1,4 +1,4 @@
-"""Named assumptions (SPEC §5.3): where Microsoft's own texts disagree, the rule follows a key.
+"""Named assumptions: where Microsoft's own texts disagree, the rule follows a key.
 
 Each key of ``[assumptions]`` decides one doubtful point of the relay rule. The prediction
 (``policyd.rules.predict``) notes every doubtful point it passes, recomputes the answer with that
@@ -8,10 +8,10 @@ explanation, in ``check --json`` (``"assumptions": [...]``) and in the predictio
 
 The defaults never predict a refusal on a doubtful point: under doubt the daemon lets mail
 through and says so. The two ``submission_*`` keys belong to the client-submission rules
-(SPEC §5.4), which are not implemented yet: they are declared and validated, and decide
+(SMTP AUTH notes), which are not implemented yet: they are declared and validated, and decide
 nothing so far.
 
-Sources for each point: ``shared/reference/m365-relay-rules.md`` §7 ("Texts that disagree")
+Sources for each point: ``docs/relay-rules.md`` ("Assumptions: where Microsoft's texts disagree")
 and ``docs/relay-rules.md``.
 """
 
@@ -31,7 +31,7 @@ SUBMISSION_NULL_SENDER_REFUSED = "submission_null_sender_refused"
 
 @dataclass(frozen=True, slots=True)
 class Assumptions:
-    """One setting per key of SPEC §5.3; the defaults are the spec's."""
+    """One setting per key of docs/relay-rules.md; the defaults are the spec's."""
 
     wildcard_connector_covers_apex: bool = True
     san_names_count: bool = True
@@ -42,7 +42,7 @@ class Assumptions:
     submission_null_sender_refused: bool = False
 
     def value(self, key: str) -> bool:
-        """The setting of ``key``; AttributeError for a key that is not one of SPEC §5.3."""
+        """The setting of ``key``; AttributeError for a key that is not an assumption."""
         setting: bool = getattr(self, key)
         return setting
 
@@ -74,7 +74,7 @@ class Doubt:
         return self.if_true if setting else self.if_false
 
 
-#: Every key, in SPEC §5.3's order.
+#: Every key, in the assumptions' order.
 DOUBTS: tuple[Doubt, ...] = (
     Doubt(
         WILDCARD_CONNECTOR_COVERS_APEX,
@@ -125,7 +125,7 @@ DOUBTS: tuple[Doubt, ...] = (
         SUBMISSION_SENDER_MUST_BE_LOGIN,
         "on an SMTP AUTH route without a send_as list, a sender other than the login is refused",
         "on an SMTP AUTH route without a send_as list, any sender is accepted",
-        "SPEC §5.4; not implemented yet",
+        "the README's SMTP AUTH notes; not implemented yet",
         "list the addresses each login may send as in [submission] send_as",
         decides=False,
     ),
@@ -133,7 +133,7 @@ DOUBTS: tuple[Doubt, ...] = (
         SUBMISSION_NULL_SENDER_REFUSED,
         "the null sender is refused on an SMTP AUTH route",
         "the null sender is accepted on an SMTP AUTH route",
-        "one public log shows it; no Microsoft text (SPEC §5.4); not implemented yet",
+        "one public log shows it; no Microsoft text; not implemented yet",
         "send bounces through a connector route rather than SMTP AUTH",
         decides=False,
     ),
@@ -147,7 +147,7 @@ KEYS: tuple[str, ...] = tuple(BY_KEY)
 
 
 def ordered(keys: set[str] | frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``keys`` in SPEC §5.3's order."""
+    """``keys`` in the assumptions' order."""
     return tuple(key for key in KEYS if key in keys)
 
 

@@ -1,4 +1,4 @@
-"""Who Microsoft 365 thinks is sending: SPEC §5 step 3, the certificate half of step 4, and the
+"""Who Microsoft 365 thinks is sending: step 3, the certificate half of step 4, and the
 Partner connectors that step 2 asks about. Pure; the time is an argument.
 
 ``attribute(tenant, onprem, now)`` depends only on the tenant, the on-premises side (the
@@ -11,7 +11,7 @@ reuse it for every recipient until ``valid_until`` (a certificate boundary) pass
 - which enabled **Partner** connector the connection matches (by IP or certificate: such mail is
   authenticated, not Direct Send; MC1093237), and which restricting Partner connectors
   (``RestrictDomainsToIPAddresses`` / ``RestrictDomainsToCertificate``) it does not satisfy;
-- which named assumptions (SPEC §5.3, ``policyd.rules.assumptions``) it passed on the way, with
+- which named assumptions (``policyd.rules.assumptions``) it passed on the way, with
   the attribution under each one's other setting, so the prediction can tell whether its answer
   depends on them.
 
@@ -73,7 +73,7 @@ class Attribution:
     partner_match: str = ""
     #: Enabled Partner connectors with RestrictDomainsTo* that this server does not satisfy.
     restrictions: tuple[PartnerRestriction, ...] = ()
-    #: The assumption keys this attribution passed on the way (SPEC §5.3).
+    #: The assumption keys this attribution passed on the way (docs/relay-rules.md).
     doubts: frozenset[str] = frozenset()
     #: The attribution under each key of ``doubts`` set the other way.
     flips: tuple[tuple[str, Attribution], ...] = ()
@@ -95,7 +95,7 @@ class Attribution:
 def attribute(tenant: Tenant, onprem: OnPrem, now: datetime, *, flips: bool = True) -> Attribution:
     """Decide which connectors, if any, Microsoft 365 attributes our connections to.
 
-    The certificate is tried first, then the egress addresses: "first match wins" (SPEC §5
+    The certificate is tried first, then the egress addresses: "first match wins" (step 3
     step 3). With ``flips`` the attribution under each passed assumption's other setting is
     computed too (``Attribution.flips``).
     """
@@ -263,7 +263,7 @@ def _certificate_domain(
     A name passes when it is an accepted domain or exactly one label below one
     (``mail.contoso.com`` passes with ``contoso.com`` accepted, ``mail.eu.contoso.com`` does not;
     Microsoft's ATTR36 article). For a wildcard certificate name the ``*`` counts as the host
-    label (SPEC §5 step 4), so ``*.contoso.com`` passes with ``contoso.com`` accepted and
+    label (relay-rules.md step 4), so ``*.contoso.com`` passes with ``contoso.com`` accepted and
     ``*.eu.contoso.com`` needs ``eu.contoso.com``.
     """
     for name in names:

@@ -42,7 +42,7 @@ APEX = "apex"  # connector *.contoso.com, certificate name contoso.com: an assum
 
 
 def name_match(connector_name: str, cert_name: str) -> str:
-    """How a connector's ``TlsSenderCertificateName`` matches one certificate name (SPEC §5).
+    """How a connector's ``TlsSenderCertificateName`` matches one certificate name.
 
     - Connector ``*.contoso.com``: ``MATCH`` for every name under contoso.com, at any depth,
       including certificate wildcard names (``*.contoso.com``, ``*.eu.contoso.com``); ``APEX``

@@ -136,7 +136,7 @@ class Tenant:
     accepted_domains: tuple[AcceptedDomain, ...] = ()
     connectors: tuple[InboundConnector, ...] = ()
     reject_direct_send: bool = False
-    #: How Exchange Online decides where Microsoft's texts disagree (SPEC §5.3, ``[assumptions]``).
+    #: How Exchange Online decides where Microsoft's texts disagree (``[assumptions]``).
     assumptions: Assumptions = DEFAULT
     # Derived lookup tables, filled by __post_init__ (not part of equality).
     _exact: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
@@ -253,7 +253,7 @@ DEFAULT_TENANT = "default"
 
 @dataclass(frozen=True, slots=True)
 class NamedTenant:
-    """One tenant of the configuration with what routes mail to it (SPEC §4, §5.2)."""
+    """One tenant of the configuration with what routes mail to it (the README, §5.2)."""
 
     name: str  # DEFAULT_TENANT for a single [tenant]; the NAME of [tenants.NAME]
     tenant: Tenant

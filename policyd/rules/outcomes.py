@@ -5,7 +5,7 @@ delivery attempt, ``None`` for any other line, or ``UNPARSEABLE`` for a line tha
 delivery line but does not parse. ``relay_matcher`` tells whether a delivery went to a
 Microsoft 365 relay. ``microsoft_reply`` finds the reply Microsoft 365 gave in a delivery line
 (``None`` when Postfix failed on its own: no connection, lost connection, its own TLS
-failure), and ``classify_reply`` turns a reply's text into an **observed kind** (SPEC §8), the
+failure), and ``classify_reply`` turns a reply's text into an **observed kind**, the
 vocabulary predictions are compared in. The join with predictions is
 ``policyd.engine.outcomes``; following the log is ``policyd.daemon.followers``; ``replay`` and
 ``probe`` classify with the same functions.
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-# --- kinds (SPEC §8) ------------------------------------------------------------------------
+# --- kinds (docs/postfix.md) ---------------------------------------------------------------
 
 #: Observed kinds: what Microsoft 365's reply says, classified by its text. The first five are
 #: also the predicted kinds (``policyd.rules.reasons`` gives each reason its kind).
@@ -35,7 +35,7 @@ UNREGISTERED_DOMAIN = "unregistered-domain"  # 5.7.750
 TLS = "tls"  # 454, or 4.7.0 naming TLS or the certificate
 OTHER = "other"  # anything else Microsoft 365 answered
 
-#: Every kind a prediction can have, in the order of SPEC §8.
+#: Every kind a prediction can have, in the order of docs/postfix.md.
 PREDICTED_KINDS: tuple[str, ...] = (ACCEPTED, NO_CONNECTOR, ATTR36, DIRECT_SEND, PARTNER_RESTRICTED)
 #: Every kind an observed reply can have.
 OBSERVED_KINDS: tuple[str, ...] = (
@@ -175,7 +175,7 @@ def microsoft_reply(delivery: Delivery) -> str | None:
 
 
 def classify_reply(reply: str, dsn: str = "") -> str:
-    """The observed kind of one Microsoft 365 reply (SPEC §8), from its text.
+    """The observed kind of one Microsoft 365 reply (docs/postfix.md), from its text.
 
     ``reply`` is the SMTP reply as Postfix quotes it (``550 5.7.64 ... ATTR36 [AM0PEPF...]``);
     ``dsn`` is the enhanced code Postfix logged, used when the text carries none.

@@ -1,10 +1,10 @@
 """The relay rule: what Microsoft 365 will answer for each recipient (550 5.7.64 lives here).
 
-This module is SPEC §5 as pure functions over plain data: no reactor, no clock reads, no I/O.
-The order of the checks below is the order of the spec; the reason ids, their enhanced status
-codes and Microsoft's reply texts come from the one table in ``policyd.rules.reasons``;
-attribution (step 3, the certificate half of step 4, the Partner connectors step 2 asks about)
-is ``policyd.rules.attribution``.
+This module is the rule of ``docs/relay-rules.md`` as pure functions over plain data: no
+reactor, no clock reads, no I/O. The order of the checks below is the order of that page; the
+reason ids, their enhanced status codes and Microsoft's reply texts come from the one table
+in ``policyd.rules.reasons``; attribution (step 3, the certificate half of step 4, the Partner
+connectors step 2 asks about) is ``policyd.rules.attribution``.
 
 Since November 2023 Exchange Online relays a message to a recipient outside the tenant only
 when (a) the connection is attributed to an enabled OnPremises inbound connector, by the TLS
@@ -13,7 +13,7 @@ envelope sender (P1 MAIL FROM) domain is an accepted domain. Mail into the tenan
 except when a restricting Partner connector refuses it (5.7.51) or RejectDirectSend does
 (5.7.68). Sources are in ``docs/relay-rules.md``.
 
-Where Microsoft's texts disagree the rule follows a named assumption (SPEC §5.3,
+Where Microsoft's texts disagree the rule follows a named assumption (docs/relay-rules.md,
 ``policyd.rules.assumptions``). ``predict_address`` notes each doubtful point it passes,
 decides again with that assumption set the other way, and names the assumption (in
 ``AddressPrediction.assumptions`` and the explanation) when the predicted kind would change.
@@ -137,7 +137,7 @@ class AddressPrediction:
     reply: str | None  # the SMTP reply Microsoft 365 would give, None when it accepts
     explanation: str  # why, and what to change; names the assumptions it depends on
     relayed: bool  # leaves through Microsoft 365 to a recipient outside the tenant
-    #: The SPEC §5.3 keys whose other setting would change the predicted kind, in spec order.
+    #: The assumption keys whose other setting would change the predicted kind, in spec order.
     assumptions: tuple[str, ...] = ()
     #: The tenant's name (``default`` for a single [tenant]); None when the address does not
     #: go through Microsoft 365 (``local``, ``other-route``).
@@ -200,7 +200,7 @@ class RecipientPrediction:
 
 
 def sender_view(sender: str, tenant: Tenant, onprem: OnPrem) -> Sender:
-    """What Microsoft 365 sees as P1 MAIL FROM, SRS included (SPEC §5 step 5).
+    """What Microsoft 365 sees as P1 MAIL FROM, SRS included (relay-rules.md step 5).
 
     Without ``[postfix]`` the SRS rewriter is assumed to leave senders of accepted domains
     alone (postsrsd's excluded domains, the usual setup) and to rewrite any other non-null
@@ -230,12 +230,12 @@ def predict_address(
     route: RouteContext | None = None,
     tenant_name: str = DEFAULT_TENANT,
 ) -> AddressPrediction:
-    """Apply SPEC §5 steps 1-6 to one final address.
+    """Apply relay-rules.md steps 1-6 to one final address.
 
     ``route`` (with ``[postfix]``) is how Postfix delivers it; its tenant, and its service's
     certificate and egress addresses, then replace ``tenant``, ``onprem`` and ``attribution``.
     ``tenant_name`` names ``tenant`` in the result. The prediction names the assumptions
-    (SPEC §5.3) whose other setting would change its kind.
+    (docs/relay-rules.md) whose other setting would change its kind.
     """
 
     _, domain = split_address(address)

@@ -1,7 +1,7 @@
 """One state generation's predictor: which tenant, which route, then the relay rule.
 
 ``Predictor.predict(sender, recipient, final, now)`` is what ``serve``, ``check``, ``doctor``
-and the other tools call, so they can never disagree. It picks the tenant (SPEC §5.2):
+and the other tools call, so they can never disagree. It picks the tenant (README: tenants):
 
 - with ``[postfix]`` (a ``Router``), per final address, by the next hop of its route: the tenant
   whose ``endpoints`` globs match the host, else the only tenant, else the default tenant; a

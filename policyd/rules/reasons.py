@@ -1,16 +1,16 @@
-"""Every reason id of SPEC §5 and every word the product says about it, in one table.
+"""Every reason id of docs/relay-rules.md and every word the product says about it, in one table.
 
 A prediction ends in one reason id. For each id this table holds its verdict, the enhanced
-status code and the reply Microsoft 365 gives (exactly as Microsoft writes it, as SPEC §5's
+status code and the reply Microsoft 365 gives (exactly as Microsoft writes it, as relay-rules.md's
 reply table quotes it), the short phrase our own one-line SMTP
 replies carry (``policy.action`` other than ``dunno``), the one sentence that says what makes
-such mail relay (``doctor``), and the predicted **kind** (SPEC §8: the observed-reply vocabulary
+such mail relay (``doctor``), and the predicted **kind** (the observed-reply vocabulary
 of ``policyd.rules.outcomes`` the outcome join compares in). Predict, the engine, doctor,
 configuration validation (``policy.by_reason`` keys), the outcome join and metrics (label
 pre-seeding) all read it; a test proves that each text below appears nowhere else in
 ``policyd/``.
 
-Later reasons (the client-submission reasons of SPEC §5.4) are added here as rows when their
+Later reasons (the client-submission reasons of SMTP AUTH notes) are added here as rows when their
 rules land.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from policyd.constants import ACCEPT, REJECT
 from policyd.rules import outcomes
 
-# Reason ids (SPEC §5). The same strings appear in metrics labels, the header, logs, JSON and docs.
+# Reason ids. The same strings appear in metrics labels, the header, logs, JSON and docs.
 LOCAL = "local"
 OTHER_ROUTE = "other-route"
 RECIPIENT_IN_TENANT = "recipient-in-tenant"
@@ -54,10 +54,10 @@ class Reason:
     reply: str | None = None  # Microsoft 365's reply, exactly as it writes it; None: it accepts
     short: str = ""  # the phrase in our own one-line SMTP replies ("" when accepting)
     fix: str = ""  # one sentence: what makes this mail relay ("" when accepting)
-    kind: str = outcomes.ACCEPTED  # the predicted kind (SPEC §8), compared with observed replies
+    kind: str = outcomes.ACCEPTED  # the predicted kind, compared with observed replies
 
 
-#: The table, accepting reasons first, each group in the order of SPEC §5's steps.
+#: The table, accepting reasons first, each group in the order of relay-rules.md's steps.
 # E501: every text stays on one line, so that grep finds each in exactly one place.
 TABLE: tuple[Reason, ...] = (
     Reason(LOCAL, ACCEPT),
@@ -132,5 +132,5 @@ REASON_IDS: tuple[str, ...] = tuple(BY_ID)
 
 
 def predicted_kind(reason: str) -> str:
-    """The kind (SPEC §8) a prediction with ``reason`` is compared in; KeyError when unknown."""
+    """The kind a prediction with ``reason`` is compared in; KeyError when unknown."""
     return BY_ID[reason].kind

@@ -1,4 +1,4 @@
-"""The configuration file (TOML, SPEC §4) as one frozen, validated object.
+"""The configuration file (TOML, the README) as one frozen, validated object.
 
 ``read_config_file`` reads the file and checks it against ``policyd.sources.schema``: every
 section and key must be declared there, each value must have the key's TOML type and pass the
@@ -100,8 +100,9 @@ class LogSettings:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeSettings:
-    """``[outcomes]`` (SPEC §8): the Postfix log to follow ("" = off, "journal" = journald) and
-    the relays whose replies count (globs against the relay's host name and bracketed address)."""
+    """``[outcomes]`` (docs/postfix.md): the Postfix log to follow ("" = off, "journal" =
+    journald) and the relays whose replies count (globs against the relay's host name and
+    bracketed address)."""
 
     postfix_log: str = schema.POSTFIX_LOG.default
     relay_hosts: tuple[str, ...] = schema.RELAY_HOSTS.default
@@ -109,7 +110,7 @@ class OutcomeSettings:
 
 @dataclass(frozen=True, slots=True)
 class PostfixSettings:
-    """``[postfix]`` (SPEC §5.1): read the relay picture from Postfix itself."""
+    """``[postfix]`` (docs/postfix.md): read the relay picture from Postfix itself."""
 
     config_directory: str = ""  # absolute; "" = off: the [onprem] keys describe Postfix
     postsrsd_config: str = ""  # absolute; "" = postsrsd's usual places
@@ -190,7 +191,7 @@ class ConfigFile:
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
-    """``$M365_POLICYD_CONFIG`` when set and not empty, else the system path (SPEC §3)."""
+    """``$M365_POLICYD_CONFIG`` when set and not empty, else the system path (the README)."""
     return environ.get(schema.CONFIG_ENV) or schema.CONFIG_PATH
 
 
@@ -411,7 +412,7 @@ def _tenant_tables(
 
 
 def _check_tenants(tenants: Sequence[TenantFile], routing: bool) -> None:
-    """SPEC §4: with several tenants each is reachable, and no two claim the same mail."""
+    """the README: with several tenants each is reachable, and no two claim the same mail."""
     if len(tenants) < 2:
         return
     defaults = [t for t in tenants if t.default]
@@ -548,7 +549,7 @@ def _policy(table: _Table) -> PolicySettings:
 
 
 def _assumptions(table: _Table) -> Assumptions:
-    """``[assumptions]``: every key of SPEC §5.3, each a boolean with the schema's default."""
+    """``[assumptions]``: every assumption key, each a boolean with the schema's default."""
     return Assumptions(
         wildcard_connector_covers_apex=table.get(schema.WILDCARD_CONNECTOR_COVERS_APEX),
         san_names_count=table.get(schema.SAN_NAMES_COUNT),

@@ -5,7 +5,7 @@ Two files feed the tenant model::
     Get-AcceptedDomain  | ConvertTo-Json -Depth 4 > accepted-domains.json
     Get-InboundConnector | ConvertTo-Json -Depth 4 > inbound-connectors.json
 
-(the README and ``shared/reference/m365-relay-rules.md`` §5 give the recommended ``Select``
+(the README's "Exporting the tenant" and ``contrib/exchange`` give the recommended ``Select``
 with string casts). The parsers accept every shape we know PowerShell to write, because an
 administrator runs whatever version of PowerShell is at hand:
 

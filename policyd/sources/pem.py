@@ -1,6 +1,6 @@
 """Reading the client certificate Postfix presents into plain ``CertificateFacts``.
 
-SPEC §5 step 3 attributes a connection to an OnPremises connector by certificate when the
+relay-rules.md step 3 attributes a connection to an OnPremises connector by certificate when the
 certificate is readable, currently valid, not self-signed, presented with its chain up to a
 trusted root, and one of its names (CN or SAN DNS name) matches the connector's
 ``TlsSenderCertificateName``. This module turns the PEM file into plain ``CertificateFacts``

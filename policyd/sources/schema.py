@@ -24,7 +24,7 @@ from policyd.sources import validators as v
 
 T = TypeVar("T")
 
-# Where the configuration lives (SPEC §3): ``-c`` wins, then the environment, then the path.
+# Where the configuration lives (the README): ``-c`` wins, then the environment, then the path.
 CONFIG_ENV = "M365_POLICYD_CONFIG"
 CONFIG_PATH = "/etc/m365-policyd/m365-policyd.toml"
 #: Shipped example, named in the "no configuration file" message.
@@ -237,7 +237,7 @@ INBOUND_CONNECTOR = _key(
         "entries combine",
 )
 
-# [tenants.NAME]: every key of [tenant], plus these (SPEC §4, several tenants)
+# [tenants.NAME]: every key of [tenant], plus these (the README, several tenants)
 TENANT_SENDER_DOMAINS = _key(
     "tenants.NAME", "sender_domains", STRINGS, (),
     example='sender_domains = ["fabrikam.example"]',
@@ -441,7 +441,7 @@ POSTSRSD_CONFIG = _key(
         '`""` = `/etc/default/postsrsd`, then `/etc/postsrsd.conf`',
 )
 
-# [assumptions] (SPEC §5.3; policyd/rules/assumptions.py holds what each decides and its sources)
+# [assumptions] (policyd/rules/assumptions.py holds what each decides and its sources)
 _DEFAULT = assumptions.DEFAULT
 WILDCARD_CONNECTOR_COVERS_APEX = _key(
     "assumptions", "wildcard_connector_covers_apex", BOOLEAN,
@@ -483,14 +483,14 @@ SUBMISSION_SENDER_MUST_BE_LOGIN = _key(
     "assumptions", "submission_sender_must_be_login", BOOLEAN,
     _DEFAULT.submission_sender_must_be_login,
     example="submission_sender_must_be_login = false",
-    meaning="SMTP AUTH routes (SPEC §5.4): without a `send_as` list, a sender other than the "
+    meaning="SMTP AUTH routes: without a `send_as` list, a sender other than the "
         "login is refused; not implemented yet, decides nothing",
 )
 SUBMISSION_NULL_SENDER_REFUSED = _key(
     "assumptions", "submission_null_sender_refused", BOOLEAN,
     _DEFAULT.submission_null_sender_refused,
     example="submission_null_sender_refused = false",
-    meaning="SMTP AUTH routes (SPEC §5.4): the null sender is refused; not implemented yet, "
+    meaning="SMTP AUTH routes: the null sender is refused; not implemented yet, "
         "decides nothing",
 )
 # fmt: on

@@ -12,7 +12,7 @@ raises ``ConfigError`` naming the file and the key.
 With ``[postfix] config_directory``, ``build_state`` also reads Postfix's own configuration:
 routing, the certificate and bind address of every smtp(8) service, ``virtual_alias_maps``,
 ``recipient_delimiter`` and the domain postsrsd writes. Explicit ``[onprem]`` keys win over
-what Postfix says (SPEC §5.1).
+what Postfix says (docs/postfix.md).
 
 """
 

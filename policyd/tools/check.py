@@ -1,6 +1,6 @@
 """``m365-policyd check``: predict one envelope offline and explain the reasoning.
 
-Every prediction that depends on a named assumption (SPEC §5.3) says so: its explanation names
+Every prediction that depends on a named assumption says so: its explanation names
 the key, ``--json`` lists the keys under ``"assumptions"`` (per recipient and per final
 address), and the text output adds an ``assumes`` line with each key's setting.
 """
@@ -71,7 +71,7 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
 
 
 def as_json(result: CheckResult) -> dict[str, object]:
-    """The ``check --json`` object (SPEC §3), plus per-address detail under ``addresses``."""
+    """The ``check --json`` object (the README), plus per-address detail under ``addresses``."""
     recipients: list[dict[str, object]] = []
     for entry in result.recipients:
         if not isinstance(entry, RecipientPrediction):
@@ -177,7 +177,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             out.write(f"    {address.explanation}\n")
             if address.assumptions:
                 settings = ", ".join(result.assumptions.setting(k) for k in address.assumptions)
-                out.write(f"    assumes  {settings} ([assumptions], SPEC §5.3)\n")
+                out.write(f"    assumes  {settings} ([assumptions], docs/relay-rules.md)\n")
     refused = sum(
         1
         for e in result.recipients
@@ -201,7 +201,7 @@ def _sender_line(sender: Sender) -> str:
 
 
 def attribution_lines(attribution: Attribution) -> list[str]:
-    """How Microsoft 365 attributes the connection, step by step (SPEC §5 steps 3-4)."""
+    """How Microsoft 365 attributes the connection, step by step (relay-rules.md steps 3-4)."""
     lines: list[str] = []
     connector = attribution.connector
     if attribution.method == predict.BY_CERTIFICATE and connector is not None:

@@ -1,4 +1,4 @@
-"""doctor's assumption checks (SPEC §5.3): which disputed rules the setup relies on, and the fix.
+"""doctor's assumption checks: which disputed rules the setup relies on, and the fix.
 
 Pure: the configuration and the closing table of mail classes, whose predictions already name
 the assumptions they depend on (``policyd.rules.predict``). Two checks:

@@ -641,7 +641,7 @@ def _bounce_check(config: Config, postfix: PostfixFacts, classes: Sequence[MailC
 
 
 def srs_check(srs: SrsDomain) -> Check:
-    """The domain postsrsd writes into rewritten senders (SPEC §5.1)."""
+    """The domain postsrsd writes into rewritten senders (docs/postfix.md)."""
     if srs.problem:
         return Check(
             "postfix-srs-domain",

@@ -56,7 +56,7 @@ AREA_TITLES = {
     CERTIFICATE: "Certificate",
     TENANT: "Tenant",
     POSTFIX: "Postfix",
-    ASSUMPTIONS: "Assumptions (SPEC §5.3: where Microsoft's texts disagree)",
+    ASSUMPTIONS: "Assumptions (where Microsoft's texts disagree; docs/relay-rules.md)",
     SUMMARY: "Summary",
 }
 
@@ -101,7 +101,7 @@ class MailClass:
     explanation: str
     fix: str
     tenant: str = ""  # with several tenants: the tenant whose own-domain senders the row uses
-    assumptions: tuple[str, ...] = ()  # the SPEC §5.3 keys the prediction depends on
+    assumptions: tuple[str, ...] = ()  # the docs/relay-rules.md keys the prediction depends on
 
     def as_json(self) -> dict[str, object]:
         return {

@@ -538,7 +538,7 @@ def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False)
 
 
 def shared_egress_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPrem]) -> Check:
-    """SPEC §5.2: an egress address inside several tenants' OnPremises connectors.
+    """README: tenants: an egress address inside several tenants' OnPremises connectors.
 
     Microsoft calls IP addresses shared across tenants an anti-pattern (MC1226222): which
     tenant a connection is attributed to may move, and mail is refused in the other one.
@@ -577,7 +577,7 @@ def shared_egress_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPre
 
 
 def shared_certificate_check(tenants: Sequence[NamedTenant], pictures: Sequence[OnPrem]) -> Check:
-    """SPEC §5.2: one certificate accepted by the connectors of two tenants."""
+    """README: tenants: one certificate accepted by the connectors of two tenants."""
     certificates = {
         onprem.certificate.path: onprem.certificate
         for onprem in pictures
