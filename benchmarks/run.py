@@ -20,6 +20,12 @@ Rows (each may be selected alone):
   1,000,000 requests (flat within ±5 % after the first 200,000).
 - ``aliases``: a 100,000-entry texthash map: load time (≤ 2 s) and throughput with it loaded
   (still ≥ 0.8 x bare).
+- ``tenants``: 1,000 tenants in 1,000 included files, load time and RSS of a fresh process
+  (≤ 2 s, ≤ 150 MB; ``benchmarks.tenants``).
+- ``routing``: throughput with ``[postfix]`` routing, three tenants and a 10,000-entry
+  ``transport_maps`` (≥ 0.8 x bare; ``benchmarks.tenants``).
+- ``replay``: ``m365-policyd replay`` on a generated 1,000,000-line log (≥ 200,000 lines/s,
+  ≤ 200 MB RSS; ``benchmarks.replay_bench``).
 - ``postfix``: smtp-source → a private Postfix → smtp-sink, the policy checks wired over TCP
   and over a unix socket in ``private/``, RCPT and DATA or RCPT only, each answered by the
   daemon and by the bare responder, and no check at all (``benchmarks.postfix``); target: the
@@ -49,7 +55,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import postfix
+from benchmarks import postfix, replay_bench, tenants
 from benchmarks.common import (
     OUTPUT,
     QUICK,
@@ -77,7 +83,7 @@ from benchmarks.common import (
 from benchmarks.orders import ALPHABETICAL
 from policyd.tools import bench
 
-ROWS = ("throughput", "latency", "memory", "aliases", "postfix")
+ROWS = ("throughput", "latency", "memory", "aliases", "tenants", "routing", "replay", "postfix")
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -585,6 +591,9 @@ RUNNERS: dict[str, Callable[[Report, Path, Scale], None]] = {
     "latency": row_latency,
     "memory": row_memory,
     "aliases": row_aliases,
+    "tenants": tenants.row_tenants,
+    "routing": tenants.row_routing,
+    "replay": replay_bench.row,
     "postfix": postfix.row_postfix,
 }
 

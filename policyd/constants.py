@@ -101,3 +101,8 @@ EXIT_ERRORS = 1  # doctor: the audit found errors
 EXIT_LISTEN = 1  # serve: an endpoint could not listen, or start-up failed
 EXIT_USAGE = 2  # argparse's status for a usage error
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: one line naming the file, the key and the fix
+
+# -- probe (README: "Ask Microsoft 365 itself") --
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE from sysexits.h: the endpoint cannot be reached, TLS failed
+PROBE_MAX_RECIPIENTS = 20  # RCPT TO commands per probe run: a probe asks, it never sweeps
+PROBE_TIMEOUT = 30.0  # seconds for each step of a probe session (connect, every reply, TLS)

@@ -20,6 +20,7 @@ SPEC_METRICS = frozenset(
         "m365_policyd_connections",
         "m365_policyd_protocol_errors_total",
         "m365_policyd_internal_errors_total",
+        "m365_policyd_log_lines_dropped_total",
         "m365_policyd_external_recipients_total",
         "m365_policyd_unregistered_sender_relays_total",
         "m365_policyd_certificate_not_after_timestamp_seconds",

@@ -8,14 +8,15 @@ needs is in this file; engineers reuse it from their own tests.
 API
 ---
 ``PolicyServer(directory, body=DEFAULT_BODY, *, reload_interval=0, metrics=True, log_format="text",
-log_level="info", listen=None, server_extra="", listen_socket=None, env=None)``
+log_level="info", listen=None, server_extra="", listen_socket=None, env=None, wrapper=())``
     ``body`` is TOML for everything except ``[server]`` and ``[log]`` (tenant, onprem, policy,
     outcomes...), which the helper writes itself: ``listen`` on a free 127.0.0.1 port (or the
     endpoint strings you pass in ``listen``), ``metrics`` on another free port (``metrics=False``
     turns it off), ``reload_interval``, plus any ``server_extra`` lines (e.g.
     ``"max_request_bytes = 4096"``). ``listen_socket`` (a bound, listening socket) is passed to
     the child as systemd socket activation (fd 3, ``LISTEN_FDS=1``, ``LISTEN_PID`` = the child);
-    combine it with ``listen=["systemd:domain=INET:index=0"]``.
+    combine it with ``listen=["systemd:domain=INET:index=0"]``. ``wrapper`` is a command the
+    process is started under (e.g. ``setpriv`` dropping capabilities).
 
 ``server.start(timeout=15)``
     Writes the configuration (``server.config_path``) and starts the process; returns once the
@@ -218,6 +219,7 @@ class PolicyServer:
         server_extra: str = "",
         listen_socket: socket.socket | None = None,
         env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -231,6 +233,7 @@ class PolicyServer:
         self.server_extra = server_extra
         self.listen_socket = listen_socket
         self.env = dict(env or {})
+        self.wrapper = list(wrapper)
         self.port = listen_socket.getsockname()[1] if listen_socket is not None else free_port()
         self.metrics_port = free_port() if metrics else 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -325,6 +328,7 @@ class PolicyServer:
             )
             argv = [sys.executable, "-c", launcher, *argv[1:]]
 
+        argv = [*self.wrapper, *argv]
         self._stdout_file = open(self._stdout_path, "ab")  # noqa: SIM115 - closed in stop()
         self._stderr_file = open(self._stderr_path, "ab")  # noqa: SIM115 - closed in stop()
         self._stdout_start = self._stdout_path.stat().st_size

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from policyd.daemon.serve import LISTEN_BACKLOG, parse_endpoint, with_backlog
+from policyd.daemon.endpoints import LISTEN_BACKLOG, parse_endpoint, with_backlog
 from policyd.engine.stats import (
     IDLE_TIMEOUT,
     INVALID_UTF8,

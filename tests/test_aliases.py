@@ -537,3 +537,43 @@ def test_native_parser_agrees_with_postmap_texthash(postmap: str) -> None:
     keys |= {'"quoted key"@example.com', "nothere@example.com", "colon@example.com"}
     for key in sorted(keys):
         assert native.lookup(key) == real_query(postmap, key, f"texthash:{TRICKY}"), key
+
+
+def test_the_circuit_breaker_closes_again_after_its_pause() -> None:
+    """Issue 16, own instance: a table whose postmap timed out twice in a row is not asked for
+    BREAKER_SECONDS, then asked again; one good answer resets the count."""
+    import subprocess
+
+    from policyd.errors import AliasLookupError
+    from policyd.sources import tables
+
+    now = [0.0]
+    calls: list[str] = []
+    answers = ["timeout", "timeout", "ok", "timeout"]
+
+    def runner(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv[-2])
+        if answers.pop(0) == "timeout":
+            raise subprocess.TimeoutExpired(argv, 3)
+        return subprocess.CompletedProcess(argv, 0, "found\n", "")
+
+    table = tables._PostmapTable(
+        "ldap:/x.cf",
+        "ldap",
+        postmap="postmap",
+        timeout=3,
+        cache_size=0,
+        runner=runner,
+        clock=lambda: now[0],
+    )
+    for key in ("a", "b"):
+        with pytest.raises(AliasLookupError, match="timed out"):
+            table.query(key)
+    with pytest.raises(AliasLookupError, match="not asked"):
+        table.query("c")
+    assert calls == ["a", "b"]
+    now[0] = tables.BREAKER_SECONDS + 1
+    assert table.query("d") == (True, "found")
+    with pytest.raises(AliasLookupError, match="timed out"):
+        table.query("e")  # one timeout after a success: still closed
+    assert calls == ["a", "b", "d", "e"]

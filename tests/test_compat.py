@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from policyd.daemon.serve import systemd_by_index
+from policyd.daemon.endpoints import systemd_by_index
 from policyd.sources import pem
 from tests.pki import TestPKI
 from tests.serverproc import PolicyServer, ServerProcessError, rcpt

@@ -291,12 +291,23 @@ def test_encodings_detected_by_bom(tmp_path: Path, bom: bytes, encoding: str) ->
     assert [d.domain for d in domains] == [d.domain for d in EXPECTED_DOMAINS]
 
 
-@pytest.mark.parametrize("content", [b"", b"\r\n", codecs.BOM_UTF16_LE, b"null"])
-def test_empty_export_is_no_entries(tmp_path: Path, content: bytes) -> None:
-    """An empty file (ConvertTo-Json of no objects writes nothing) or null means no entries."""
+@pytest.mark.parametrize(
+    "content", [b"[]", b"[]\r\n", codecs.BOM_UTF16_LE + "[]".encode("utf-16-le"), b"null"]
+)
+def test_empty_list_or_null_export_is_no_entries(tmp_path: Path, content: bytes) -> None:
+    """``[]`` (what the export script writes for no objects) or null means no entries."""
     path = tmp_path / "connectors.json"
     path.write_bytes(content)
     assert exports.load_inbound_connectors(str(path)) == ()
+
+
+@pytest.mark.parametrize("content", [b"", b"\r\n", codecs.BOM_UTF16_LE])
+def test_empty_export_file_is_an_error(tmp_path: Path, content: bytes) -> None:
+    """An empty file is a truncated or half-written export, never "no connectors" (issue 16)."""
+    path = tmp_path / "connectors.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="empty export"):
+        exports.load_inbound_connectors(str(path))
 
 
 # --- errors ----------------------------------------------------------------------------------

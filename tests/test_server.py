@@ -18,10 +18,10 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
+from policyd.constants import EXIT_LISTEN
 from policyd.daemon.log import LogOutput, stdout_is_journal, text_line, text_value
 from policyd.daemon.serve import (
     EXIT_CONFIG,
-    EXIT_LISTEN,
     ListenError,
     Server,
     describe_state,
@@ -110,6 +110,23 @@ def test_watcher_forgets_nothing_until_rewatched() -> None:
     assert watcher.changed() == ["/a"]
     watcher.watch(watcher.snapshot(["/a"]))
     assert watcher.changed() == []
+
+
+def test_watcher_reports_a_change_only_once_it_has_settled() -> None:
+    """settled() waits until two calls see the same new stamps: a file still being written is
+    never reported, however often it changes (issue 16, class 2)."""
+    stat = FakeStat()
+    stat.files = {"/a": (1, 1, 1), "/b": (1, 1, 2)}
+    watcher = FileWatcher(stat)
+    watcher.watch(watcher.snapshot(["/a", "/b"]))
+    assert watcher.settled() == []
+    for size in range(2, 6):  # written again between every two checks
+        stat.files["/a"] = (size, size, 1)
+        assert watcher.settled() == []
+    assert watcher.settled() == ["/a"]
+    stat.files["/b"] = (2, 2, 2)
+    assert watcher.settled() == []  # /b is new to the settling set
+    assert watcher.settled() == ["/a", "/b"]
 
 
 # --- a Server on a memory reactor -----------------------------------------------------------
@@ -217,7 +234,8 @@ def test_failed_reload_keeps_state_and_logs_one_line(tmp_path: Path, output: Log
 
 
 def test_changed_file_triggers_reload_once(tmp_path: Path) -> None:
-    """The check reloads on a change; a broken file is not retried until it changes again."""
+    """The check reloads a change once it has settled (the same on two checks); a broken file
+    is not retried until it changes again."""
     stat = FakeStat()
     loads: list[int] = []
     path = write_config(tmp_path)
@@ -233,10 +251,12 @@ def test_changed_file_triggers_reload_once(tmp_path: Path) -> None:
     server, _reactor, _ = make_server(tmp_path, stat=stat, load=fake_load)
     assert server.check_files() is False
     stat.files[path] = (2, 666, 0)
+    assert server.check_files() is False  # first seen: wait until it stops changing
     assert server.check_files() is True
     assert server.stats.reloads["failure"] == 1
     assert server.check_files() is False  # same broken file: no retry storm
     stat.files[path] = (3, 10, 0)
+    assert server.check_files() is False
     assert server.check_files() is True
     assert server.stats.reloads["success"] == 1
     assert server.state.generation == 1
@@ -244,13 +264,16 @@ def test_changed_file_triggers_reload_once(tmp_path: Path) -> None:
 
 
 def test_looping_call_checks_every_reload_interval(tmp_path: Path) -> None:
-    """With reload_interval set, the check runs on the reactor clock and picks up a change."""
+    """With reload_interval set, the check runs on the reactor clock and picks up a change one
+    interval after it was first seen (once it has stopped changing)."""
     stat = FakeStat()
     path = str(tmp_path / "m365-policyd.toml")
     server, reactor, _ = make_server(tmp_path, stat=stat, server="reload_interval = 2")
     stat.files[path] = (1, 1, 1)  # the config "appears" to the fake stat: a change
     server.install_reload()
-    reactor.advance(1.9)
+    reactor.advance(2.1)
+    assert server.stats.reloads["success"] == 0
+    reactor.advance(1.8)
     assert server.stats.reloads["success"] == 0
     reactor.advance(0.2)
     assert server.stats.reloads["success"] == 1
@@ -577,7 +600,7 @@ action = "reject"
 def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> None:
     """With a short reload_interval a replaced certificate changes predictions and gauges."""
     pki = TestPKI(now=datetime.now(UTC))
-    server = PolicyServer(tmp_path, CERT_BODY, reload_interval=0.2)
+    server = PolicyServer(tmp_path, CERT_BODY, reload_interval=1)
     pki.write_ca_bundle(tmp_path)
     wrong = pki.leaf("mail.fabrikam.com", ["mail.fabrikam.com"])
     server.write_file("cert.pem", pki.chain_pem(wrong))

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from policyd.engine.outcomes import DEFAULT_RELAY_HOSTS, Expected, OutcomeJoin
 from policyd.engine.stats import Stats
+from policyd.sources.files import open_regular
 
 #: How often the file follower looks for new lines, and how much it reads per look.
 POLL_INTERVAL = 1.0
@@ -122,7 +123,8 @@ class FileFollower:
 
     def _open(self) -> bool:
         try:
-            handle = open(self.path, "rb", buffering=0)  # noqa: SIM115 - kept open across polls
+            # Non-blocking open, regular files only: a FIFO at the path must not hang the reactor.
+            handle = os.fdopen(open_regular(self.path), "rb", buffering=0)
         except OSError as error:
             problem = error.strerror or str(error)
             if not isinstance(error, FileNotFoundError) and problem != self._problem:

@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -93,6 +94,18 @@ FLUSH_CHARS = 65536
 #: Bytes refused by a stalled stdout kept for later; past this, prediction lines are dropped.
 MAX_UNSENT = 4 << 20
 
+#: Characters JSON leaves raw with ensure_ascii=False that a log reader may take for a line
+#: break or that reorder what a terminal shows (issue 16: forged lines): C1 controls (NEL
+#: U+0085 among them), U+2028/U+2029, and the bidi marks, embeddings, overrides and isolates.
+_UNSAFE = re.compile("[\x80-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_unsafe(text: str) -> str:
+    """``text`` with every ``_UNSAFE`` character as a JSON ``\\uXXXX`` escape."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
 
 def level_for(name: str) -> LogLevel:
     """The Twisted level for a ``log.level`` value (unknown names fall back to info)."""
@@ -139,7 +152,7 @@ def _render(value: object) -> str:
         text = str(value)
     if text and _NEEDS_QUOTES.search(text) is None:
         return text
-    return _encode_string(text)
+    return _escape_unsafe(_encode_string(text))
 
 
 def text_line(pairs: Iterable[tuple[str, object]]) -> str:
@@ -149,7 +162,7 @@ def text_line(pairs: Iterable[tuple[str, object]]) -> str:
 
 def json_line(pairs: Iterable[tuple[str, object]]) -> str:
     """One JSON object on one line; values that JSON cannot hold are written as strings."""
-    return _encode_json(dict(pairs))
+    return _escape_unsafe(_encode_json(dict(pairs)))
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
@@ -215,6 +228,8 @@ class LogOutput:
         self._millis = -1  # the millisecond of ``_stamp``
         self._stamp = ""
         self.lines_dropped = 0  # prediction lines not written because stdout stalled
+        #: Called with the number of lines dropped (serve counts them in a metric).
+        self.on_drop: Callable[[int], None] = lambda lines: None
         self._drops_told = 0  # of those, how many a warning line has reported
         self._format = TEXT
         self._level: LogLevel = LogLevel.info
@@ -308,7 +323,7 @@ class LogOutput:
                     f", {_encode_string(key)}: {_encode_json(value)}" for key, value in line.fields
                 )
             stamp = f'"time": "{self._stamp}", ' if self._timestamps else ""
-            return (
+            return _escape_unsafe(
                 f'{{{stamp}"level": "info", "event": "prediction", "queue_id": '
                 f'{_encode_string(queue_id)}, "instance": {_encode_string(instance)}, '
                 f'"client_address": {_encode_string(client_address)}{tail}}}'
@@ -344,6 +359,7 @@ class LogOutput:
             return
         if self._unsent and len(self._unsent) > MAX_UNSENT:  # see _add
             self.lines_dropped += 1
+            self.on_drop(1)
             return
         text += "\n"
         self._lines.append(text)
@@ -369,6 +385,7 @@ class LogOutput:
         """Queue ``line`` for the end of the turn (``prediction`` has this inline)."""
         if len(self._unsent) > MAX_UNSENT:  # stdout stopped taking lines: never grow memory
             self.lines_dropped += 1
+            self.on_drop(1)
             return
         self._lines.append(line)
         self._chars += len(line)
@@ -442,14 +459,98 @@ def start_logging(output: LogOutput) -> None:
     globalLogBeginner.beginLoggingTo([observer], discardBuffer=False, redirectStandardIO=False)
 
 
+#: Bytes of log lines held while stdout's reader does not keep up; lines beyond are dropped
+#: and counted (``m365_policyd_log_lines_dropped_total``), never waited for (issue 16).
+LOG_BUFFER_BYTES = 4 << 20
+
+#: Buffered bytes at which a write tries to empty the buffer at once (like a full stdio buffer).
+_WRITE_THROUGH = 64 << 10
+
+
+class NonBlockingStream:
+    """A text stream on a file descriptor that never blocks the reactor (issue 16, class 7).
+
+    The descriptor is switched to ``O_NONBLOCK``; ``write`` appends to a buffer of at most
+    ``limit`` bytes and ``flush`` writes what the reader takes now. A line that does not fit is
+    dropped and ``on_drop(1)`` is called. A reader that has gone away (EPIPE) loses the buffer.
+    ``drain(seconds)`` waits up to that long for the reader, for the last lines at exit.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        limit: int = LOG_BUFFER_BYTES,
+        on_drop: Callable[[int], None] = lambda lines: None,
+    ) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._buffer = bytearray()
+        self.on_drop = on_drop
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def pending(self) -> int:
+        """Bytes written but not yet taken by the reader."""
+        return len(self._buffer)
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "backslashreplace")
+        if len(self._buffer) + len(data) > self._limit:
+            self.flush()
+            if len(self._buffer) + len(data) > self._limit:
+                self.on_drop(max(text.count("\n"), 1))
+                return 0
+        self._buffer += data
+        if len(self._buffer) >= _WRITE_THROUGH:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        while self._buffer:
+            try:
+                written = os.write(self._fd, self._buffer)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:  # the reader is gone: nobody will read these lines
+                self._buffer.clear()
+                return
+            del self._buffer[:written]
+
+    def drain(self, seconds: float) -> None:
+        """Flush, waiting up to ``seconds`` for the reader to take everything."""
+        deadline = time.monotonic() + seconds
+        self.flush()
+        while self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [self._fd], [], remaining)
+            self.flush()
+
+
 def default_output(
-    fmt: str, level: str, schedule: Callable[[Callable[[], None]], object]
+    fmt: str,
+    level: str,
+    schedule: Callable[[Callable[[], None]], object],
+    on_drop: Callable[[int], None] = lambda lines: None,
 ) -> LogOutput:
-    """A ``LogOutput`` on ``sys.stdout``, without timestamps when stdout is the journal."""
-    return LogOutput(
-        sys.stdout,
+    """A ``LogOutput`` on stdout that never blocks (``NonBlockingStream``), without timestamps
+    when stdout is the journal; ``on_drop(n)`` counts lines dropped while the reader stalls."""
+    sys.stdout.flush()
+    stream = NonBlockingStream(sys.stdout.fileno(), on_drop=on_drop)
+    output = LogOutput(
+        cast(TextIO, stream),
         fmt,
         level,
         timestamps=not stdout_is_journal(sys.stdout),
         schedule=schedule,
     )
+    output.on_drop = on_drop
+    return output

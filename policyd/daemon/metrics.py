@@ -176,6 +176,11 @@ class PolicydCollector:
             "Requests answered with policy.on_error because the daemon itself failed.",
             value=stats.internal_errors,
         )
+        yield CounterMetricFamily(
+            PREFIX + "log_lines_dropped_total",
+            "Log lines dropped because the reader of standard output did not keep up.",
+            value=stats.log_lines_dropped,
+        )
         yield _labelled(
             "external_recipients_total",
             "Recipients predicted to be relayed to the internet through Microsoft 365, by tenant.",

@@ -24,27 +24,33 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from types import FrameType
 from typing import Any
 
-import twisted
 from twisted.internet import defer, task, threads
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from policyd import __version__
-from policyd.constants import EXIT_CONFIG, EXIT_LISTEN, EXIT_OK
+from policyd.constants import EXIT_CONFIG, EXIT_OK
+from policyd.daemon.endpoints import (
+    Endpoint,
+    ListenError,
+    Reactor,
+    exposed,
+    parse_endpoint,
+)
 from policyd.daemon.followers import OutcomeWatcher
 from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
 from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
-from policyd.daemon.watch import FileWatcher, StatFunction, watched_paths
+from policyd.daemon.watch import FileWatcher, Stamp, StatFunction, watched_paths
 from policyd.engine.policy import PolicyEngine
 from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
 from policyd.sources.config import Config
+from policyd.sources.postfix import stop_tools
 from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
 from policyd.sources.state import State, load_state
 from policyd.wire.protocol import PolicyFactory
@@ -58,27 +64,8 @@ _log = Logger(namespace="policyd.daemon.serve")
 
 # Twisted's reactor, endpoints and ports are zope interfaces, which mypy cannot check without
 # the mypy-zope plugin; these aliases say what is meant where the type has to be ``Any``.
-Reactor = Any  # IReactorCore + IReactorTime + IReactorTCP/UNIX/Socket
-Endpoint = Any  # IStreamServerEndpoint
 ListeningPort = Any  # IListeningPort
 ProtocolFactory = Any  # IProtocolFactory: the PolicyFactory, the metrics Site, or a test double
-
-ENDPOINT_HELP = (
-    'use e.g. "tcp:10040:interface=127.0.0.1", "unix:/run/m365-policyd/policy.sock:mode=660" '
-    'or "systemd:domain=INET:index=0"'
-)
-
-
-class ListenError(Exception):
-    """An endpoint could not be set up; ``status`` is the exit status to use (1 or 78)."""
-
-    def __init__(self, message: str, status: int = EXIT_LISTEN) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# --- file-change detection ------------------------------------------------------------------
-
 
 # --- describing what was loaded -------------------------------------------------------------
 
@@ -134,90 +121,6 @@ def log_alias_warnings(state: State) -> None:
             "alias map: {count} more warnings not shown",
             count=len(warnings) - ALIAS_WARNINGS_LOGGED,
         )
-
-
-# --- endpoints ------------------------------------------------------------------------------
-
-
-#: Listen queue of ``tcp:``/``unix:`` endpoints that set no ``backlog=``. Twisted's default of
-#: 50 overflows when many smtpd processes connect at once (after a restart, say); the kernel
-#: then drops their SYNs and each such client stalls a second or more before it retries.
-#: Linux caps the value at ``net.core.somaxconn``.
-LISTEN_BACKLOG = 1024
-
-
-def with_backlog(description: str) -> str:
-    """``description``, plus ``backlog=LISTEN_BACKLOG`` for a tcp or unix endpoint without one."""
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
-
-
-#: Twisted 22.10 added ``systemd:...:name=NAME`` (the unit's ``FileDescriptorName=``); Debian 12
-#: ships 22.4, which knows only ``index=``, so ``systemd_by_index`` translates for it.
-TWISTED_SYSTEMD_NAMES = tuple(int(n) for n in twisted.__version__.split(".")[:2]) >= (22, 10)
-
-
-def systemd_by_index(description: str, environ: Mapping[str, str]) -> str:
-    """``systemd:...:name=NAME`` rewritten as ``systemd:...:index=N`` for Twisted < 22.10.
-
-    N is NAME's position in ``$LISTEN_FDNAMES`` (colon-separated, one name per passed socket,
-    sd_listen_fds_with_names(3)). Other descriptions are returned unchanged. Raises KeyError
-    when systemd passed no socket of that name, as Twisted's own ``name=`` lookup does.
-    """
-    kind, _, rest = description.partition(":")
-    if kind.strip().lower() != "systemd":
-        return description
-    parts = rest.split(":")
-    named = [i for i, part in enumerate(parts) if part.startswith("name=")]
-    if not named:
-        return description
-    name = parts[named[-1]].removeprefix("name=")
-    names = environ.get("LISTEN_FDNAMES", "").split(":")
-    if name not in names:
-        raise KeyError(name)
-    parts[named[-1]] = f"index={names.index(name)}"
-    return f"{kind}:{':'.join(parts)}"
-
-
-def parse_endpoint(reactor: Reactor, description: str, config_file: str, key: str) -> Endpoint:
-    """``serverFromString`` with errors an administrator can act on.
-
-    An unparseable string is a configuration error (exit 78); a ``systemd:`` endpoint whose
-    socket systemd did not pass is a listen failure (exit 1). A tcp or unix endpoint without
-    ``backlog=`` gets ``LISTEN_BACKLOG``.
-    """
-    try:
-        parsed = description if TWISTED_SYSTEMD_NAMES else systemd_by_index(description, os.environ)
-        endpoint: Endpoint = serverFromString(reactor, with_backlog(parsed))  # type: ignore[no-untyped-call]  # untyped in Twisted
-    except (IndexError, KeyError) as error:
-        if description.startswith("systemd:"):
-            raise ListenError(
-                f"cannot listen on {description!r} ({key}): systemd passed no such socket "
-                "(start the service through m365-policyd.socket; LISTEN_FDS/LISTEN_PID/"
-                "LISTEN_FDNAMES are missing or meant for another process)"
-            ) from error
-        raise ListenError(
-            str(
-                ConfigError(
-                    config_file,
-                    key,
-                    f"invalid endpoint {description!r}: {error!r}; {ENDPOINT_HELP}",
-                )
-            ),
-            EXIT_CONFIG,
-        ) from error
-    except Exception as error:  # serverFromString raises ValueError, TypeError, ... for typos
-        raise ListenError(
-            str(
-                ConfigError(
-                    config_file, key, f"invalid endpoint {description!r}: {error}; {ENDPOINT_HELP}"
-                )
-            ),
-            EXIT_CONFIG,
-        ) from error
-    return endpoint
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -281,6 +184,9 @@ class Server:
         self.reload_requested = False
         self.pending_sighups: list[int] = []
         self._stopping = False
+        self._sighup_queued = False
+        self._reload_running = False
+        self._reload_again: str | None = None
         self.stats.last_reload_success = reactor.seconds()
 
     @property
@@ -354,7 +260,15 @@ class Server:
             self.reactor.callLater(0, self.reload, "SIGHUP during start-up")
 
     def _on_sighup(self, number: int, frame: FrameType | None) -> None:
-        self.reactor.callFromThread(self.reload, "SIGHUP")
+        # A storm of SIGHUPs coalesces: one reload is queued at a time (issue 16).
+        if self._sighup_queued:
+            return
+        self._sighup_queued = True
+        self.reactor.callFromThread(self._reload_for_sighup)
+
+    def _reload_for_sighup(self) -> None:
+        self._sighup_queued = False
+        self.reload("SIGHUP")
 
     def _schedule_checks(self, interval: float) -> None:
         if self._checker is not None and self._checker.running:
@@ -372,8 +286,10 @@ class Server:
     # --- reload -----------------------------------------------------------------------------
 
     def check_files(self) -> bool:
-        """Reload when a watched file changed; True when a reload was attempted."""
-        changed = self.watcher.changed()
+        """Reload when a watched file changed and has stopped changing (two checks in a row
+        saw the same new stamps: a file caught mid-write is never loaded); True when a reload
+        was attempted."""
+        changed = self.watcher.settled()
         if not changed:
             return False
         self.reload("changed: " + ", ".join(changed))
@@ -382,24 +298,56 @@ class Server:
     def reload(self, trigger: str) -> bool:
         """Build a new state off to the side and swap it in; True on success.
 
-        A failure keeps the current state, logs one line and counts ``reloads{result="failure"}``.
-        The files seen before loading are remembered either way, so a broken file is retried
-        when it changes again, not every interval.
+        With a real reactor the files are read and parsed in its thread pool and only the swap
+        runs on the reactor, so a slow read (a big alias map, ``postmap``) never delays answers
+        (issue 16); the result is then False here and the outcome is logged and counted when
+        the load finishes. A reload asked for while one is running runs once after it.
+        A failure keeps the current state, logs one line and counts
+        ``reloads{result="failure"}``. The files seen before loading are remembered either
+        way, so a broken file is retried when it changes again, not every interval.
         """
         if self._stopping:
             return False
+        if self._reload_running:
+            self._reload_again = trigger
+            return False
+        self._reload_running = True
         self.notifier.reloading()
-        try:
-            return self._reload(trigger)
-        finally:
-            self.notifier.ready()
-
-    def _reload(self, trigger: str) -> bool:
-        old = self.state
         before = self.watcher.snapshot([self.config_path, *self.watcher.paths])
+        generation = self.state.generation + 1
+        run = _in_thread(self.reactor)
+        if run is None:
+            try:
+                state = self._load(self.config_path, generation)
+            except Exception as error:
+                return self._reload_done(error, before, trigger)
+            return self._reload_done(state, before, trigger)
+        loading = run(self._load, self.config_path, generation)
+        loading.addCallbacks(
+            lambda state: self._reload_done(state, before, trigger),
+            lambda failure: self._reload_done(failure.value, before, trigger),
+        )
+        loading.addErrback(lambda failure: _log.failure("reload", failure))
+        return False
+
+    def _reload_done(
+        self, result: State | BaseException, before: dict[str, Stamp], trigger: str
+    ) -> bool:
         try:
-            state = self._load(self.config_path, old.generation + 1)
-        except ConfigError as error:
+            if self._stopping:
+                return False
+            return self._apply(result, before, trigger)
+        finally:
+            self._reload_running = False
+            self.notifier.ready()
+            again, self._reload_again = self._reload_again, None
+            if again is not None and not self._stopping:
+                self.reactor.callLater(0, self.reload, again)
+
+    def _apply(self, result: State | BaseException, before: dict[str, Stamp], trigger: str) -> bool:
+        old = self.state
+        if isinstance(result, ConfigError):
+            error = result
             self.stats.reloads["failure"] += 1
             if error.file and error.file not in before:
                 before |= self.watcher.snapshot([error.file])
@@ -411,16 +359,17 @@ class Server:
                 **{FIELDS: {"trigger": trigger}},
             )
             return False
-        except Exception as error:  # a bug while loading must not take the daemon down
+        if isinstance(result, BaseException):  # a bug while loading must not take us down
             self.stats.reloads["failure"] += 1
             self.watcher.watch(before)
             _log.error(
                 "reload failed, still using generation {generation}: internal error {problem}",
                 generation=old.generation,
-                problem=repr(error),
+                problem=repr(result),
                 **{FIELDS: {"trigger": trigger}},
             )
             return False
+        state = result
         paths = [self.config_path, *watched_paths(state)]
         self.watcher.watch({p: before[p] if p in before else self.watcher.stamp(p) for p in paths})
         # The swap: everything the next request sees comes from the new state.
@@ -475,6 +424,11 @@ class Server:
         # Requests are answered synchronously as they are read: one more turn of the reactor
         # (and a little slack for bytes in flight) answers everything Postfix already sent.
         yield task.deferLater(self.reactor, SHUTDOWN_GRACE, lambda: None)
+        # Queued lookups behind a hanging postmap must not hold the exit (SPEC §6: 5 s):
+        # running ones are killed, queued ones fail at once and answer on_error. Process-wide,
+        # so only for a real reactor (the process is ending), never a test's memory reactor.
+        if _in_thread(self.reactor) is not None:
+            stop_tools()
         disconnect = getattr(self.factory, "disconnect_all", None)
         if disconnect is not None:
             disconnect()
@@ -580,12 +534,18 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         reactor = _global_reactor()
     assert reactor is not None
     config = state.config
+    stats = Stats()
+
+    def dropped(lines: int) -> None:
+        stats.log_lines_dropped += lines
+
     output = default_output(
         config.log.format,
         config.log.level,
         lambda flush: reactor.callLater(LOG_FLUSH_DELAY, flush),
+        dropped,
     )
-    server = Server(config_path, state, reactor, output, handle_sighup=True)
+    server = Server(config_path, state, reactor, output, stats=stats, handle_sighup=True)
     try:
         endpoints = server.endpoints()
     except ListenError as error:
@@ -593,6 +553,20 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         sys.stderr.write(f"m365-policyd: {error}\n")
         return error.status
     start_logging(output)
+    for key, description in [
+        *(("server.listen", item) for item in config.server.listen),
+        ("server.metrics", config.server.metrics),
+    ]:
+        where = exposed(description) if description else None
+        if where is not None:
+            _log.warn(
+                "{key} {endpoint} listens on {where}, not only loopback: anyone who can reach "
+                "it can ask (and load) the daemon; bind interface=127.0.0.1, use a unix: "
+                "endpoint, or firewall the port",
+                key=key,
+                endpoint=description,
+                where=where,
+            )
     limit = raise_open_files_limit()
     if limit < config.server.max_connections + FD_MARGIN:
         _log.warn(

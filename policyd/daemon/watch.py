@@ -38,6 +38,7 @@ class FileWatcher:
     def __init__(self, stat: StatFunction = os.stat) -> None:
         self._stat = stat
         self._stamps: dict[str, Stamp] = {}
+        self._settling: dict[str, Stamp] | None = None  # changed stamps seen by settled()
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -54,6 +55,20 @@ class FileWatcher:
     def watch(self, stamps: Mapping[str, Stamp]) -> None:
         """From now on compare against ``stamps`` (usually taken just before loading)."""
         self._stamps = dict(stamps)
+        self._settling = None
+
+    def settled(self) -> list[str]:
+        """``changed()``, but only once the same new stamps were seen on two calls in a row."""
+        now = {path: file_stamp(path, self._stat) for path in self._stamps}
+        changed = {path: stamp for path, stamp in now.items() if stamp != self._stamps[path]}
+        if not changed:
+            self._settling = None
+            return []
+        if changed != self._settling:
+            self._settling = changed  # still changing, or first seen: look again next time
+            return []
+        self._settling = None
+        return list(changed)
 
     def changed(self) -> list[str]:
         """The watched paths whose stamp differs from the remembered one, in watch order."""

@@ -231,12 +231,8 @@ class CertificateFacts:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """CN first, then SAN DNS names, without duplicates."""
-        seen: list[str] = []
-        for name in (self.common_name, *self.dns_names):
-            if name and name not in seen:
-                seen.append(name)
-        return tuple(seen)
+        """CN first, then SAN DNS names, without duplicates (linear: issue 16)."""
+        return tuple(name for name in dict.fromkeys((self.common_name, *self.dns_names)) if name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from policyd.rules import endpoints, predict
@@ -57,6 +57,26 @@ class Router:
         #: Lookups may block on ``postmap -q``: run ``context`` off the reactor thread then.
         self.uses_subprocess = uses_subprocess
         self._attributions: dict[tuple[str, str], tuple[predict.Attribution, float]] = {}
+
+    def retuned(self, change: Callable[[Tenant], Tenant]) -> Router:
+        """The same routes and services with every tenant passed through ``change`` (``doctor
+        --probe`` predicts under another assumption with it); its own empty memo."""
+        other = Router(
+            self.view,
+            self.services,
+            self.fallback,
+            change(self.tenant),
+            endpoint_globs=self.endpoint_globs,
+            uses_subprocess=self.uses_subprocess,
+        )
+        select = self.select
+
+        def changed(host: str) -> NamedTenant | None:
+            named = select(host)
+            return None if named is None else replace(named, tenant=change(named.tenant))
+
+        other.select = changed
+        return other
 
     def picture(self, service: str) -> ServicePicture:
         return self.services.get(service, self.fallback)

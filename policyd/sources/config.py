@@ -42,6 +42,7 @@ from policyd.rules.model import (
 from policyd.rules.reasons import REFUSE_REASONS
 from policyd.sources import schema
 from policyd.sources.exports import domain_name, sender_ip_networks
+from policyd.sources.files import MAX_CONFIG_BYTES, read_capped
 from policyd.sources.schema import Key
 from policyd.sources.validators import FILE_TABLE_TYPES, choices_text
 
@@ -450,8 +451,7 @@ def _check_tenants(tenants: Sequence[TenantFile], routing: bool) -> None:
 
 def _read_toml(path: str) -> dict[str, object]:
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = read_capped(path, MAX_CONFIG_BYTES)
     except FileNotFoundError as error:
         raise ConfigError(
             path,
@@ -473,6 +473,10 @@ def _read_toml(path: str) -> dict[str, object]:
         ) from error
     try:
         return tomllib.loads(text)
+    except RecursionError:  # arrays or inline tables nested thousands deep (issue 16)
+        raise ConfigError(
+            path, "", f"not valid TOML (nested too deeply); compare with {schema.EXAMPLE_CONFIG}"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         position = _TOML_POSITION.search(message)

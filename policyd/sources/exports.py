@@ -45,6 +45,7 @@ from policyd.rules.model import (
     InboundConnector,
     normalize_domain,
 )
+from policyd.sources.files import MAX_EXPORT_BYTES, read_capped
 
 #: How the fix for a badly shaped export reads, in every message that needs it.
 EXPORT_HINT = "export it again with Get-AcceptedDomain | ConvertTo-Json -Depth 4"
@@ -83,10 +84,14 @@ _DOMAIN_FORBIDDEN = re.compile(r"[\s@:/,;<>()\[\]\"'\\]")
 
 
 def read_json_file(path: str) -> object:
-    """Read and decode one export file; an empty file is ``None`` (PowerShell wrote nothing)."""
+    """Read and decode one export file (``null`` is ``None``: no entries).
+
+    Raises ``ConfigError`` for an unreadable, non-regular or oversized file, for an empty one
+    (a file caught while being written, or truncated: ``: > file``; the export script writes
+    ``[]`` for no objects, issue 16) and for JSON that does not parse or nests too deeply.
+    """
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = read_capped(path, MAX_EXPORT_BYTES)
     except OSError as error:
         reason = error.strerror or str(error)
         raise ConfigError(
@@ -94,9 +99,18 @@ def read_json_file(path: str) -> object:
         ) from error
     text = decode_export(raw, path)
     if not text.strip():
-        return None
+        raise ConfigError(
+            path,
+            "",
+            "empty export (truncated, or still being written); write it again with "
+            "ConvertTo-Json -InputObject @(...) -Depth 4, which writes [] for no objects",
+        )
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            path, "", "not valid JSON (nested too deeply); write the file with ConvertTo-Json"
+        ) from None
     except json.JSONDecodeError as error:
         raise ConfigError(
             path,

@@ -12,10 +12,12 @@ TLS policy for the relay host (``postmap -c DIR -q KEY MAP``). A missing or fail
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -43,18 +45,58 @@ def run_tool(
 ) -> subprocess.CompletedProcess[str]:
     """Run one Postfix program with ``LC_ALL=C`` and ``timeout`` seconds.
 
-    Raises ``subprocess.TimeoutExpired`` after ``timeout`` and ``OSError`` when it cannot start;
-    the exit status is the caller's to judge (``postmap -q`` exits 1 for "not found").
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` and ``OSError`` when it cannot start
+    or when ``stop_tools()`` was called (the daemon is stopping: queued lookups must not hold
+    the exit, issue 16); the exit status is the caller's to judge (``postmap -q`` exits 1 for
+    "not found").
     """
-    run = runner if runner is not None else subprocess.run
-    return run(
+    if _stopping.is_set():
+        raise OSError("not started: the daemon is stopping")
+    env = {**os.environ, "LC_ALL": "C"}
+    if runner is not None:
+        return runner(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
+    with subprocess.Popen(
         list(argv),
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "LC_ALL": "C"},
-    )
+        env=env,
+    ) as process:
+        with _live_lock:
+            _live.add(process)
+        try:
+            if _stopping.is_set():
+                process.kill()
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        finally:
+            with _live_lock:
+                _live.discard(process)
+    if _stopping.is_set():
+        raise OSError("killed: the daemon is stopping")
+    return subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
+
+
+_stopping = threading.Event()
+_live: set[subprocess.Popen[str]] = set()
+_live_lock = threading.Lock()
+
+
+def stop_tools() -> None:
+    """Kill every running Postfix program and refuse new runs (serve's shutdown): a lookup
+    queued behind a hanging ``postmap`` then fails at once instead of holding the exit."""
+    _stopping.set()
+    with _live_lock:
+        running = list(_live)
+    for process in running:
+        with contextlib.suppress(OSError):
+            process.kill()
 
 
 def last_line(text: str) -> str:

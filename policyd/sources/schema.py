@@ -175,15 +175,16 @@ MAX_REQUEST_BYTES = _key(
     "server", "max_request_bytes", INTEGER, 65536,
     example="max_request_bytes = 65536",
     meaning="a request without its blank-line end within this many bytes closes the connection, "
-        "unanswered, counted",
-    check=v.positive,
+        "unanswered, counted (1024 to 1048576)",
+    check=v.request_bytes,
 )
 RELOAD_INTERVAL = _key(
     "server", "reload_interval", SECONDS, 30.0,
     example="reload_interval = 30",
     meaning="seconds between checks for changed files (config, exports, certificate, texthash "
-        "maps); `0` = only on SIGHUP",
-    check=v.seconds_or_zero,
+        "maps); `0` = only on SIGHUP, else at least 1; a changed file is reloaded once it has "
+        "stopped changing (one interval later)",
+    check=v.reload_seconds,
 )
 
 # [tenant]

@@ -18,13 +18,13 @@ says so for doctor, and predictions keep the literal, so the rewrite is not assu
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from policyd.rules.model import normalize_domain
 from policyd.rules.routing import split_list
+from policyd.sources.files import read_capped
 
 #: Where postsrsd's configuration usually lives, in the order we look.
 POSTSRSD_CONFIGS = ("/etc/default/postsrsd", "/etc/postsrsd.conf", "/etc/postsrsd/postsrsd.conf")
@@ -96,10 +96,7 @@ def read_srs_domain(
 
 def _read(path: str) -> str | None:
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) > MAX_BYTES:
-            return None
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(MAX_BYTES)
+        return read_capped(path, MAX_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None
 

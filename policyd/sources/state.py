@@ -30,6 +30,7 @@ from policyd.rules.relay import Router, ServicePicture
 from policyd.rules.routing import PostfixView, client_tls, split_list
 from policyd.sources.config import Config, TenantFile, read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
+from policyd.sources.files import require_readable
 from policyd.sources.pem import read_certificate
 from policyd.sources.routes import CONFIG_KEY, LoadedPostfix, read_postfix_view
 from policyd.sources.srs import SrsDomain, read_srs_domain
@@ -85,6 +86,19 @@ def load_state(path: str, generation: int) -> State:
 def load_config(path: str) -> Config:
     """The configuration at ``path`` with the exports and certificates it names, per tenant."""
     file = read_config_file(path)
+    # The daemon's own failure to read a file is a configuration error, not a prediction.
+    if file.certificate_path:
+        require_readable(file.certificate_path, file.path, "onprem.certificate", "certificate")
+    if file.ca_bundle:
+        require_readable(file.ca_bundle, file.path, "onprem.ca_bundle", "CA bundle")
+    for declared in file.tenants:
+        if declared.certificate_path:
+            require_readable(
+                declared.certificate_path,
+                declared.file,
+                f"tenants.{declared.name}.certificate",
+                "certificate",
+            )
     certificate = (
         read_certificate(file.certificate_path, ca_bundle=file.ca_bundle)
         if file.certificate_path

@@ -14,8 +14,9 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from policyd.errors import AliasLookupError, ConfigError
@@ -29,6 +30,7 @@ from policyd.rules.aliases import (
     Table,
     fold,
 )
+from policyd.sources.files import MAX_TABLE_SOURCE_BYTES, read_capped
 from policyd.sources.postfix import Runner, find_tool, run_tool
 
 #: The configuration key every load-time error names.
@@ -69,6 +71,7 @@ class _PostmapTable:
         cache_size: int,
         runner: Runner | None,
         config_directory: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
         self._config_args = ["-c", config_directory] if config_directory else []
@@ -81,18 +84,38 @@ class _PostmapTable:
         # serve runs these lookups in worker threads (they block on postmap): the cache is
         # shared, so its updates are serialised; the postmap runs themselves are not.
         self._lock = threading.Lock()
+        self._clock = clock
+        self._timeouts = 0  # in a row
+        self._open_until = float("-inf")  # the breaker is open until this clock reading
 
     def query(self, key: str) -> tuple[bool, str]:
-        """Run postmap once: (found, value); raises AliasLookupError when the table fails."""
+        """Run postmap once: (found, value); raises AliasLookupError when the table fails.
+
+        Circuit breaker (issue 16): after ``BREAKER_TIMEOUTS`` timeouts in a row the table is
+        not asked for ``BREAKER_SECONDS``; every lookup meanwhile fails at once (the request
+        answers ``on_error`` and is counted) instead of waiting ``timeout`` seconds each.
+        """
+        with self._lock:
+            if self._clock() < self._open_until:
+                raise _CircuitOpenError(
+                    f"{self.spec}: not asked: postmap timed out {self._timeouts} times in a "
+                    f"row; asking again {self._open_until - self._clock():.0f} s from now"
+                )
         argv = [self._postmap, *self._config_args, "-q", key, self.spec]
         try:
             done = run_tool(argv, timeout=self._timeout, runner=self._runner)
         except subprocess.TimeoutExpired as error:
+            with self._lock:
+                self._timeouts += 1
+                if self._timeouts >= BREAKER_TIMEOUTS:
+                    self._open_until = self._clock() + BREAKER_SECONDS
             raise _LookupTimeoutError(
                 f"{self.spec}: lookup of {key} timed out after {self._timeout:g} s"
             ) from error
         except OSError as error:
             raise AliasLookupError(f"{self.spec}: cannot run {self._postmap}: {error}") from error
+        with self._lock:
+            self._timeouts = 0
         stderr = (done.stderr or "").strip()
         if done.returncode == 0:
             return True, (done.stdout or "").rstrip("\n")
@@ -127,6 +150,15 @@ class _PostmapTable:
 
 class _LookupTimeoutError(AliasLookupError):
     """postmap did not answer in time (a slow LDAP or SQL server, for example)."""
+
+
+class _CircuitOpenError(AliasLookupError):
+    """The table was not asked: its postmap kept timing out (the circuit breaker is open)."""
+
+
+#: Timeouts in a row that open a table's circuit breaker, and how long it stays open (s).
+BREAKER_TIMEOUTS = 2
+BREAKER_SECONDS = 30.0
 
 
 def _is_failure(stderr: str) -> bool:
@@ -225,8 +257,7 @@ def _split_entry(line: str, path: str, number: int) -> tuple[str, str]:
 
 def _read_source(path: str, spec: str, config_key: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_capped(path, MAX_TABLE_SOURCE_BYTES)
     except FileNotFoundError:
         raise ConfigError(spec, config_key, f"{path} does not exist; fix the path") from None
     except OSError as error:

@@ -92,6 +92,36 @@ def seconds_or_zero(value: float, key: Key[float]) -> float:
     return _seconds(value, strict=False)
 
 
+#: Bounds of ``server.max_request_bytes``: a real Postfix request is about 1 KiB (29
+#: attributes; addresses are at most 256 octets by RFC 5321), so below 1 KiB real requests
+#: are refused, and above 1 MiB one connection could hold that much memory unanswered.
+REQUEST_BYTES_MIN = 1024
+REQUEST_BYTES_MAX = 1 << 20
+
+#: ``server.reload_interval`` below this (except 0, off) would stat every file many times a
+#: second for nothing.
+RELOAD_INTERVAL_MIN = 1.0
+
+
+def request_bytes(value: int, key: Key[int]) -> int:
+    """An integer between ``REQUEST_BYTES_MIN`` and ``REQUEST_BYTES_MAX`` (issue 16)."""
+    if not REQUEST_BYTES_MIN <= value <= REQUEST_BYTES_MAX:
+        raise ValueError(
+            f"must be between {REQUEST_BYTES_MIN} and {REQUEST_BYTES_MAX} bytes, got {value}"
+        )
+    return value
+
+
+def reload_seconds(value: float, key: Key[float]) -> float:
+    """0 (only on SIGHUP) or at least ``RELOAD_INTERVAL_MIN`` seconds (issue 16)."""
+    _seconds(value, strict=False)
+    if 0 < value < RELOAD_INTERVAL_MIN:
+        raise ValueError(
+            f"must be 0 (only on SIGHUP) or at least {RELOAD_INTERVAL_MIN:g} s, got {value:g}"
+        )
+    return value
+
+
 def _seconds(value: float, *, strict: bool) -> float:
     if not math.isfinite(value):
         raise ValueError(f"must be a finite number of seconds, got {value}")

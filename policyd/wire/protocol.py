@@ -41,7 +41,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements  # type: ignore[import-untyped]  # no stubs shipped
 
-from policyd.engine.stats import IDLE_TIMEOUT, TOO_LARGE, TOO_MANY_CONNECTIONS, Stats
+from policyd.engine.stats import (
+    IDLE_TIMEOUT,
+    MAX_ADDRESS_CHARS,
+    TOO_LARGE,
+    TOO_MANY_CONNECTIONS,
+    VALUE_TOO_LONG,
+    Stats,
+)
 from policyd.wire.codec import (
     WANTED_ATTRIBUTES,
     MalformedRequestError,
@@ -256,6 +263,16 @@ class PolicyProtocol(Protocol):
         replies: list[bytes] = []
         began = perf_counter()
         for index, attrs in enumerate(requests):
+            if (
+                len(attrs.get("recipient", "")) > MAX_ADDRESS_CHARS
+                or len(attrs.get("sender", "")) > MAX_ADDRESS_CHARS
+            ):
+                # No real address is this long (RFC 5321 caps a path at 256 octets): a flood of
+                # huge unique values would otherwise fill the caches. Closed, counted.
+                if replies:
+                    self._send(b"".join(replies))
+                self.close(VALUE_TOO_LONG)
+                return
             try:
                 answer = handle(attrs, session)
             except Exception:  # fail open: a bug must never refuse mail

@@ -90,6 +90,12 @@ class TenantView:
     reject_direct_send: bool = False  # Set-OrganizationConfig -RejectDirectSend
     #: Play a retired smart host (mail.messaging.microsoft.com): every RCPT gets 4.4.62 ATTR35.
     retired_smart_host: bool = False
+    #: A host-name TlsSenderCertificateName (``mail.contoso.com``, no ``*``) attributes only
+    #: when it is itself an accepted domain (the stricter reading of SPEC §5.3's
+    #: ``host_connector_name_must_be_accepted``); False: the daemon's default reading.
+    host_connector_name_must_be_accepted: bool = False
+    #: Answer STARTTLS with 454 (a server that refuses TLS).
+    refuse_starttls: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,13 @@ def relay_verdict(
 
     def by_cert(connector: Connector) -> list[str]:
         wanted = _norm(connector.tls_sender_certificate_name)
+        if (
+            tenant.host_connector_name_must_be_accepted
+            and wanted
+            and not wanted.startswith("*.")
+            and not _accepted(tenant, wanted)
+        ):
+            return []
         return [name for name in cert_names if _connector_name_matches(wanted, name)]
 
     def by_ip(connector: Connector) -> bool:
@@ -243,6 +256,20 @@ def relay_verdict(
 
 
 # -- what was seen --------------------------------------------------------------------------
+
+
+@dataclass
+class SessionLog:
+    """Every command one SMTP connection sent, by verb, in order (the probe tests read it)."""
+
+    source_ip: str
+    verbs: list[str] = field(default_factory=list)  # "EHLO", "STARTTLS", "MAIL", "RCPT", ...
+    certificate: PeerCertificate | None = None
+    closed: bool = False
+
+    @property
+    def ended_with_quit(self) -> bool:
+        return bool(self.verbs) and self.verbs[-1] == "QUIT"
 
 
 @dataclass
@@ -298,6 +325,7 @@ class StandIn:
         self.clock = clock
         self.hostname = hostname
         self.transactions: list[Transaction] = []
+        self.sessions: list[SessionLog] = []
         self._changed = threading.Condition()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -386,6 +414,17 @@ class StandIn:
                     raise TimeoutError(f"stand-in: wanted {count} transaction(s), saw {seen}")
                 self._changed.wait(left)
 
+    def closed_sessions(self, count: int, timeout: float = 10.0) -> list[SessionLog]:
+        """Wait until ``count`` connections have ended; return every session log so far."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(1 for s in self.sessions if s.closed) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"stand-in: wanted {count} closed session(s)")
+                self._changed.wait(left)
+            return list(self.sessions)
+
     def with_header(self, name: str, value: str) -> Callable[[Transaction], bool]:
         """A predicate: the transaction carried a message whose header ``name`` is ``value``."""
 
@@ -416,6 +455,9 @@ class _Session:
         self.tls = False
         self.certificate: PeerCertificate | None = None
         self.current: Transaction | None = None
+        self.log = SessionLog(self.source_ip)
+        with standin._changed:
+            standin.sessions.append(self.log)
 
     def send(self, line: str) -> None:
         self.sock.sendall(line.encode() + b"\r\n")
@@ -442,6 +484,8 @@ class _Session:
             self._finish()
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self.log.closed = True
+            self.standin._touch()
 
     def _finish(self) -> None:
         if self.current is not None:
@@ -452,6 +496,7 @@ class _Session:
     def command(self, line: str) -> bool:
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
+        self.log.verbs.append(verb)
         if verb in ("EHLO", "HELO"):
             self._finish()
             self.helo = arg.strip()
@@ -462,6 +507,8 @@ class _Session:
                 if not self.tls:
                     ext.append("STARTTLS")
                 self.send_multi(250, [f"{self.standin.hostname} Hello [{self.source_ip}]", *ext])
+        elif verb == "STARTTLS" and not self.tls and self._tenant_refuses_tls():
+            self.send("454 4.7.0 TLS not available due to temporary reason")
         elif verb == "STARTTLS" and not self.tls:
             self.send("220 2.0.0 SMTP server ready")
             tls_sock = self.standin.context.wrap_socket(self.sock, server_side=True)
@@ -470,6 +517,7 @@ class _Session:
             self.tls = True
             der = tls_sock.getpeercert(binary_form=True)
             self.certificate = PeerCertificate.from_der(der) if der else None
+            self.log.certificate = self.certificate
             self.helo = ""
         elif verb == "MAIL":
             self._finish()
@@ -517,6 +565,10 @@ class _Session:
         else:
             self.send("500 5.3.3 Unrecognized command")
         return True
+
+    def _tenant_refuses_tls(self) -> bool:
+        tenant = self.standin.tenant
+        return tenant is not None and tenant.refuse_starttls
 
     def _read_data(self) -> bytes:
         lines: list[bytes] = []

@@ -20,6 +20,7 @@ configuration error.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
-from policyd.constants import EXIT_CONFIG
+from policyd.constants import EXIT_CONFIG, EXIT_ERRORS, EXIT_UNAVAILABLE, EXIT_USAGE
 from policyd.errors import ConfigError
 from policyd.rules import predict
 from policyd.rules.predictor import Predictor
@@ -36,7 +37,8 @@ from policyd.sources.config import Config
 from policyd.sources.pem import key_matches_certificate
 from policyd.sources.postfix import PostfixFacts, read_postfix
 from policyd.sources.srs import SrsDomain
-from policyd.sources.state import build_state, load_config
+from policyd.sources.state import State, build_state, load_config
+from policyd.tools.doctor import live
 from policyd.tools.doctor.assumptions import assumption_checks
 from policyd.tools.doctor.certificate import certificate_checks
 from policyd.tools.doctor.postfix import postfix_checks, srs_check
@@ -212,8 +214,14 @@ def main(
     as_json: bool = False,
     out: TextIO | None = None,
     now: datetime | None = None,
+    probe: bool = False,
+    endpoint: str = "",
 ) -> int:
-    """``m365-policyd doctor``: 0 without errors, 1 with errors, 78 on a configuration error."""
+    """``m365-policyd doctor``: 0 without errors, 1 with errors, 78 on a configuration error.
+
+    ``probe``: the mail-class table is also asked of Microsoft 365 (``doctor.live``); a
+    disagreement exits 1, an endpoint that cannot be reached 69, no endpoint known 2.
+    """
     stream = out if out is not None else sys.stdout
     try:
         config = load_config(config_path)
@@ -228,9 +236,10 @@ def main(
     if config.postfix.config_directory:
         postfix_dir = config.postfix.config_directory
     postfix = read_postfix(postfix_dir, route_samples(config))
+    moment = now if now is not None else datetime.now(UTC)
     report = audit(
         config,
-        now=now if now is not None else datetime.now(UTC),
+        now=moment,
         postfix=postfix,
         key=_key_check_for(config, key),
         resolve=os.path.realpath,
@@ -238,9 +247,51 @@ def main(
         srs=state.srs,
         predictor=state.predictor,
     )
+    rows = None
+    if probe:
+        probed = _probe(state, report, moment, endpoint, key or "", as_json, stream)
+        if isinstance(probed, int):
+            return probed
+        rows = probed
     if as_json:
-        write_json(report, stream)
+        data = report.as_json()
+        if rows is not None:
+            data["probe"] = [row.as_json() for row in rows]
+        json.dump(data, stream, indent=2)
+        stream.write("\n")
     else:
         title = f"m365-policyd doctor: {config.path}, Postfix {postfix_dir}"
         write_text(report, stream, title=title)
+        if rows is not None:
+            live.write_text(rows, stream)
+    if rows is not None and not all(row.agrees for row in rows):
+        return EXIT_ERRORS
     return report.exit_code
+
+
+def _probe(  # noqa: PLR0917 - main()'s inputs, passed on
+    state: State,
+    report: Report,
+    now: datetime,
+    endpoint: str,
+    key: str,
+    as_json: bool,
+    stream: TextIO,
+) -> list[live.LiveRow] | int:
+    """The live rows of ``doctor --probe``, or the exit code when the probe cannot ask."""
+    from policyd.tools import probe as prober
+
+    try:
+        asked = live.questions(state, report.classes, now, endpoint=endpoint, key=key)
+    except prober.ProbeUsageError as problem:
+        sys.stderr.write(f"m365-policyd: doctor --probe: {problem}\n")
+        return EXIT_USAGE
+    except prober.ProbeConfigError as problem:
+        sys.stderr.write(f"m365-policyd: configuration error: {problem}\n")
+        return EXIT_CONFIG
+    try:
+        answers = prober.run_sessions(asked, announce=sys.stderr if as_json else stream)
+    except prober.ProbeError as problem:
+        sys.stderr.write(f"m365-policyd: doctor --probe: {problem}\n")
+        return EXIT_UNAVAILABLE
+    return live.compare(state, report.classes, answers, now)

@@ -1,0 +1,290 @@
+"""The comparison ``replay`` makes: each logged attempt predicted again and judged by kind.
+
+``Comparison`` takes the records of ``policyd.sources.maillog`` in log order. It remembers each
+message's envelope sender from ``qmgr``'s ``from=`` line (by instance and queue ID, forgotten
+at ``removed``, at most ``MAX_MESSAGES`` at once), and for every delivery attempt to a
+Microsoft 365 endpoint that holds a reply of Microsoft's (``policyd.rules.outcomes``) it
+predicts the recipient again through ``state.predictor.predict`` — the function ``serve`` and
+``check`` call — with the attempt's time as ``now``: the original recipient is ``orig_to``
+when Postfix logged one (a forward), else ``to``, and the final address is ``to``. The
+predicted kind (``policyd.rules.reasons.predicted_kind``) is compared with the observed kind
+of Microsoft's reply (docs/postfix.md): they agree only when equal.
+
+Attempts whose ``from=`` line is not in the log (it starts mid-queue) are counted in
+``without_sender`` and never guessed; Postfix's own failures (no reply of Microsoft's) in
+``own_failures``; an attempt logged twice (the same line in two overlapping files) once.
+Several states (``--sweep-assumptions``) are compared in the same pass: the first is today's
+configuration, and each other one counts the disagreements it removes and adds against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from policyd.errors import LookupFailureError
+from policyd.rules.outcomes import (
+    OBSERVED_KINDS,
+    PREDICTED_KINDS,
+    microsoft_reply,
+    observed_kind,
+    relay_matcher,
+)
+from policyd.rules.predict import AddressPrediction
+from policyd.rules.reasons import predicted_kind
+from policyd.sources.maillog import Attempt, Envelope, Record, Removed
+from policyd.sources.state import State
+
+#: Messages remembered at once (a log without ``removed`` lines cannot grow memory past this).
+MAX_MESSAGES = 200_000
+#: Predictions remembered, shared among the configurations compared (memory stays bounded
+#: with --sweep-assumptions too).
+CACHE_SIZE = 100_000
+#: Statuses of an attempt that got (or failed to get) an answer from the relay.
+COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """One attempt whose predicted kind differs from Microsoft's observed kind."""
+
+    queue_id: str
+    time: datetime
+    sender: str
+    recipient: str  # the final address Postfix delivered to (``to=``)
+    orig_to: str  # the original recipient when Postfix logged one, else ""
+    observed: str
+    predicted: str
+    reason: str  # the predicted reason id (README: Reasons)
+    explanation: str
+    reply: str  # Microsoft 365's reply as Postfix quoted it
+    relay: str
+    tenant: str | None
+    assumptions: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Tally:
+    """The counts of one configuration: agreement, the kind table, per-reason counts."""
+
+    compared: int = 0
+    agreed: int = 0
+    #: predicted kind → observed kind → attempts
+    table: dict[str, Counter[str]] = field(default_factory=dict)
+    #: reason id → [compared, agreed]
+    reasons: dict[str, list[int]] = field(default_factory=dict)
+    disagreements: int = 0
+
+    def add(self, reason: str, predicted: str, observed: str) -> bool:
+        agrees = predicted == observed
+        self.compared += 1
+        self.agreed += agrees
+        self.disagreements += not agrees
+        self.table.setdefault(predicted, Counter())[observed] += 1
+        counts = self.reasons.setdefault(reason, [0, 0])
+        counts[0] += 1
+        counts[1] += agrees
+        return agrees
+
+    @property
+    def agreement(self) -> float:
+        """Percent of compared attempts that agree (100.0 when nothing was compared)."""
+        return 100.0 * self.agreed / self.compared if self.compared else 100.0
+
+    def table_dict(self) -> dict[str, dict[str, int]]:
+        """``{predicted: {observed: count}}``, kinds in docs/postfix.md's order, no zero cells."""
+        order = {kind: i for i, kind in enumerate(OBSERVED_KINDS)}
+        return {
+            predicted: {
+                observed: count
+                for observed, count in sorted(
+                    self.table[predicted].items(), key=lambda item: order.get(item[0], 99)
+                )
+            }
+            for predicted in sorted(self.table, key=lambda k: order.get(k, 99))
+        }
+
+
+@dataclass(slots=True)
+class Variant:
+    """One configuration compared: its label, its state, its tally and its changes."""
+
+    label: str
+    state: State
+    tally: Tally = field(default_factory=Tally)
+    removes: int = 0  # today's disagreements this one agrees with
+    adds: int = 0  # today's agreements this one disagrees with
+    removed_examples: list[str] = field(default_factory=list)  # "queue id recipient"
+    added_examples: list[str] = field(default_factory=list)
+    #: Predictions by (sender, recipient, final), valid from cache_from until cache_until
+    #: (the predictor's next certificate boundary): a log repeats envelopes.
+    cache: dict[tuple[str, str, str], AddressPrediction] = field(default_factory=dict)
+    cache_from: float = math.inf
+    cache_until: float = -math.inf
+    cache_size: int = 0  # set by Comparison: CACHE_SIZE shared among the variants
+
+    def predict(self, sender: str, recipient: str, final: str, time: datetime) -> AddressPrediction:
+        """The prediction for one final address at ``time``, through ``state.predictor``;
+        raises ``LookupFailureError`` when a table fails."""
+        stamp = time.timestamp()
+        if not self.cache_from <= stamp < self.cache_until:
+            self.cache.clear()
+            self.cache_from, self.cache_until = stamp, math.inf
+        key = (sender, recipient, final)
+        found = self.cache.get(key)
+        if found is None:
+            predictor = self.state.predictor
+            prediction, _ = predictor.predict(sender, recipient, (final,), time)
+            found = prediction.addresses[0]
+            self.cache_until = min(self.cache_until, predictor.valid_until())
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            self.cache[key] = found
+        return found
+
+
+class _Message:
+    __slots__ = ("seen", "sender")
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.seen: set[tuple[str, datetime, str, str]] = set()
+
+
+class Comparison:
+    """See the module docstring; ``variants[0]`` is today's configuration."""
+
+    def __init__(
+        self,
+        variants: Sequence[Variant],
+        relay_hosts: Iterable[str],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 20,
+        max_messages: int = MAX_MESSAGES,
+    ) -> None:
+        self.variants = list(variants)
+        for variant in self.variants:
+            variant.cache_size = max(1_000, CACHE_SIZE // len(self.variants))
+        self.is_microsoft = relay_matcher(relay_hosts)
+        self.since = since
+        self.until = until
+        self.limit = limit
+        self.max_messages = max_messages
+        self.messages: dict[tuple[str, str], _Message] = {}
+        self.without_sender = 0
+        self.own_failures = 0
+        self.duplicates = 0
+        self.unpredictable = 0  # a routing or alias table failed during prediction
+        self.observed: Counter[str] = Counter()
+        self.disagreements: list[Disagreement] = []
+
+    @property
+    def today(self) -> Variant:
+        return self.variants[0]
+
+    def feed(self, records: Iterable[Record]) -> None:
+        """Take records in log order."""
+        messages = self.messages
+        for record in records:
+            if type(record) is Attempt:
+                self._attempt(record)
+            elif type(record) is Envelope:
+                key = (record.instance, record.queue_id)
+                if key not in messages:
+                    messages[key] = _Message(record.sender)
+                    if len(messages) > self.max_messages:
+                        del messages[next(iter(messages))]
+                else:
+                    messages[key].sender = record.sender
+            elif type(record) is Removed:
+                messages.pop((record.instance, record.queue_id), None)
+
+    def _attempt(self, attempt: Attempt) -> None:
+        delivery = attempt.delivery
+        if delivery.status not in COUNTED_STATUSES or not self.is_microsoft(delivery):
+            return
+        time = attempt.time
+        if (self.since is not None and time < self.since) or (
+            self.until is not None and time >= self.until
+        ):
+            return
+        observed = observed_kind(delivery)
+        if observed is None:
+            self.own_failures += 1
+            return
+        message = self.messages.get((attempt.instance, delivery.queue_id))
+        if message is None:
+            self.without_sender += 1
+            return
+        seen = (delivery.to.lower(), time, delivery.dsn, delivery.status)
+        if seen in message.seen:
+            self.duplicates += 1
+            return
+        message.seen.add(seen)
+        self.observed[observed] += 1
+        recipient = delivery.orig_to or delivery.to
+        base_agrees = True
+        for index, variant in enumerate(self.variants):
+            try:
+                address = variant.predict(message.sender, recipient, delivery.to, time)
+            except LookupFailureError:
+                if index == 0:
+                    self.unpredictable += 1
+                    return
+                continue
+            predicted = predicted_kind(address.reason)
+            agrees = variant.tally.add(address.reason, predicted, observed)
+            if index == 0:
+                base_agrees = agrees
+                if not agrees and len(self.disagreements) < self.limit:
+                    self.disagreements.append(
+                        _disagreement(attempt, message.sender, address, predicted, observed)
+                    )
+                continue
+            example = f"{delivery.queue_id} {delivery.to}"
+            if agrees and not base_agrees:
+                variant.removes += 1
+                if len(variant.removed_examples) < self.limit:
+                    variant.removed_examples.append(example)
+            elif base_agrees and not agrees:
+                variant.adds += 1
+                if len(variant.added_examples) < self.limit:
+                    variant.added_examples.append(example)
+
+
+def _disagreement(
+    attempt: Attempt, sender: str, address: AddressPrediction, predicted: str, observed: str
+) -> Disagreement:
+    delivery = attempt.delivery
+    orig_to = delivery.orig_to if delivery.orig_to.lower() != delivery.to.lower() else ""
+    return Disagreement(
+        queue_id=delivery.queue_id,
+        time=attempt.time,
+        sender=sender,
+        recipient=delivery.to,
+        orig_to=orig_to,
+        observed=observed,
+        predicted=predicted,
+        reason=address.reason,
+        explanation=address.explanation,
+        reply=microsoft_reply(delivery) or "",
+        relay=delivery.relay,
+        tenant=address.tenant,
+        assumptions=address.assumptions,
+    )
+
+
+__all__ = [
+    "COUNTED_STATUSES",
+    "MAX_MESSAGES",
+    "PREDICTED_KINDS",
+    "Comparison",
+    "Disagreement",
+    "Tally",
+    "Variant",
+]
