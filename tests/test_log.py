@@ -222,6 +222,37 @@ def test_a_stalled_reader_never_gets_a_split_line_and_memory_stays_bounded(
     assert len(numbers) + output.lines_dropped == 20_000
 
 
+def test_drain_at_exit_waits_for_a_slow_reader() -> None:
+    """What a stalled stdout refused is written once the reader comes back within the drain's
+    time, whole, in order; drain returns at its deadline when nobody reads."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with os.fdopen(write_end, "w") as stream:
+        output = LogOutput(stream, timestamps=False, schedule=lambda flush: None)
+        for number in range(1000):  # ~230 KB against a 64 KiB pipe
+            output.prediction(LINE, f"Q{number}", "i", "c")
+        output.flush()
+        assert output._unsent
+        started = time.monotonic()
+        output.drain(0.2)  # nobody reads: gives up at the deadline
+        assert 0.2 <= time.monotonic() - started < 2
+        chunks: list[bytes] = []
+
+        def read() -> None:
+            time.sleep(0.2)
+            while chunk := os.read(read_end, 1 << 16):
+                chunks.append(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        output.drain(10)
+        assert not output._unsent
+    reader.join(timeout=10)
+    os.close(read_end)
+    lines = b"".join(chunks).decode().splitlines()
+    assert [line.split()[2] for line in lines] == [f"queue_id=Q{n}" for n in range(1000)]
+
+
 def test_stdout_unbuffered_or_not_a_batch_is_one_write(tmp_path: Path) -> None:
     """Under PYTHONUNBUFFERED (write-through stdout) the daemon still writes once per batch:
     the lines go straight to the descriptor, not line by line through the stream."""

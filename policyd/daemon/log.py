@@ -427,17 +427,27 @@ class LogOutput:
         while data:
             try:
                 written = os.write(fd, data)
-            except BlockingIOError:  # a non-blocking stdout is full: the rest waits its turn
-                self._unsent = data
-                if self._schedule is not None and not self._flush_pending:
-                    self._flush_pending = True
-                    self._schedule(self._scheduled_flush)
+            except BlockingIOError:  # a non-blocking stdout is full: the rest goes first next time
+                self._unsent = data  # (no retry timer: the reactor would spin while stdout stalls)
                 return
             except InterruptedError:
                 continue
             except OSError:  # closed, or the disk is full: logging must never stop the daemon
                 return
             data = data[written:]
+
+    def drain(self, seconds: float) -> None:
+        """Flush, then wait up to ``seconds`` for a stalled stdout to take what is left (at
+        exit: the last lines are not dropped just because the reader was slow)."""
+        deadline = time.monotonic() + seconds
+        self.flush()
+        while self._unsent and self._fd is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [self._fd], [], remaining)
+            self.flush()
 
 
 def _descriptor(stream: TextIO) -> int | None:

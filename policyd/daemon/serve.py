@@ -442,6 +442,9 @@ class Server:
 #: the reactor turn, so each turn's lines go out in one write (``policyd.daemon.log``).
 LOG_FLUSH_DELAY = 0.0
 
+#: At exit, how long a stalled stdout may take to accept the last log lines.
+LOG_DRAIN_SECONDS = 1.0
+
 #: File descriptors the daemon needs besides policy connections (listeners, metrics, log files,
 #: postmap pipes, the outcome follower).
 FD_MARGIN = 64
@@ -588,7 +591,7 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     try:
         reactor.run()
     finally:  # the lines of the last turn, also when the reactor itself fails
-        output.flush()
+        output.drain(LOG_DRAIN_SECONDS)
     return server.exit_status
 
 
