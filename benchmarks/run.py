@@ -552,7 +552,7 @@ def markdown(
         "",
         "Targets from SPEC §9. Every figure below was produced in one run of `make bench`",
         f"(`{RUN}`); `{RUN} ROW` repeats one row. Load comes from `m365-policyd bench`",
-        "(`policyd/tools/bench.py`): lockstep connections like Postfix's smtpd processes, RCPT,",
+        "(`policyd/tools/bench/`): lockstep connections like Postfix's smtpd processes, RCPT,",
         "RCPT, DATA per message, the 29 attributes of Postfix 3.7 in its wire order (another",
         "order where a row says so) with varied senders and recipients. The daemon runs with",
         'the default configuration (`log.level = "info"`, text, its stdout in a file) unless a',
