@@ -469,94 +469,20 @@ def start_logging(output: LogOutput) -> None:
     globalLogBeginner.beginLoggingTo([observer], discardBuffer=False, redirectStandardIO=False)
 
 
-#: Bytes of log lines held while stdout's reader does not keep up; lines beyond are dropped
-#: and counted (``m365_policyd_log_lines_dropped_total``), never waited for (issue 16).
-LOG_BUFFER_BYTES = 4 << 20
-
-#: Buffered bytes at which a write tries to empty the buffer at once (like a full stdio buffer).
-_WRITE_THROUGH = 64 << 10
-
-
-class NonBlockingStream:
-    """A text stream on a file descriptor that never blocks the reactor (issue 16, class 7).
-
-    The descriptor is switched to ``O_NONBLOCK``; ``write`` appends to a buffer of at most
-    ``limit`` bytes and ``flush`` writes what the reader takes now. A line that does not fit is
-    dropped and ``on_drop(1)`` is called. A reader that has gone away (EPIPE) loses the buffer.
-    ``drain(seconds)`` waits up to that long for the reader, for the last lines at exit.
-    """
-
-    def __init__(
-        self,
-        fd: int,
-        *,
-        limit: int = LOG_BUFFER_BYTES,
-        on_drop: Callable[[int], None] = lambda lines: None,
-    ) -> None:
-        self._fd = fd
-        self._limit = limit
-        self._buffer = bytearray()
-        self.on_drop = on_drop
-        os.set_blocking(fd, False)
-
-    def fileno(self) -> int:
-        return self._fd
-
-    @property
-    def pending(self) -> int:
-        """Bytes written but not yet taken by the reader."""
-        return len(self._buffer)
-
-    def write(self, text: str) -> int:
-        data = text.encode("utf-8", "backslashreplace")
-        if len(self._buffer) + len(data) > self._limit:
-            self.flush()
-            if len(self._buffer) + len(data) > self._limit:
-                self.on_drop(max(text.count("\n"), 1))
-                return 0
-        self._buffer += data
-        if len(self._buffer) >= _WRITE_THROUGH:
-            self.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        while self._buffer:
-            try:
-                written = os.write(self._fd, self._buffer)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except OSError:  # the reader is gone: nobody will read these lines
-                self._buffer.clear()
-                return
-            del self._buffer[:written]
-
-    def drain(self, seconds: float) -> None:
-        """Flush, waiting up to ``seconds`` for the reader to take everything."""
-        deadline = time.monotonic() + seconds
-        self.flush()
-        while self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(OSError, ValueError):
-                select.select([], [self._fd], [], remaining)
-            self.flush()
-
-
 def default_output(
     fmt: str,
     level: str,
     schedule: Callable[[Callable[[], None]], object],
     on_drop: Callable[[int], None] = lambda lines: None,
 ) -> LogOutput:
-    """A ``LogOutput`` on stdout that never blocks (``NonBlockingStream``), without timestamps
-    when stdout is the journal; ``on_drop(n)`` counts lines dropped while the reader stalls."""
+    """A ``LogOutput`` on stdout that never blocks, without timestamps when stdout is the
+    journal. Stdout is switched to ``O_NONBLOCK``; ``LogOutput`` writes to the descriptor itself,
+    keeps what the reader refused for the next flush and beyond ``MAX_UNSENT`` bytes drops lines,
+    counting them with ``on_drop(n)``."""
     sys.stdout.flush()
-    stream = NonBlockingStream(sys.stdout.fileno(), on_drop=on_drop)
+    os.set_blocking(sys.stdout.fileno(), False)
     output = LogOutput(
-        cast(TextIO, stream),
+        sys.stdout,
         fmt,
         level,
         timestamps=not stdout_is_journal(sys.stdout),
