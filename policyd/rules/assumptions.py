@@ -11,8 +11,7 @@ through and says so. The two ``submission_*`` keys belong to the client-submissi
 (SMTP AUTH notes), which are not implemented yet: they are declared and validated, and decide
 nothing so far.
 
-Sources for each point: ``docs/relay-rules.md`` ("Assumptions: where Microsoft's texts disagree")
-and ``docs/relay-rules.md``.
+Sources for each point: ``docs/relay-rules.md``, "Assumptions: where Microsoft's texts disagree".
 """
 
 from __future__ import annotations

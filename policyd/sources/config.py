@@ -551,13 +551,7 @@ def _policy(table: _Table) -> PolicySettings:
 def _assumptions(table: _Table) -> Assumptions:
     """``[assumptions]``: every assumption key, each a boolean with the schema's default."""
     return Assumptions(
-        wildcard_connector_covers_apex=table.get(schema.WILDCARD_CONNECTOR_COVERS_APEX),
-        san_names_count=table.get(schema.SAN_NAMES_COUNT),
-        host_connector_name_must_be_accepted=table.get(schema.HOST_CONNECTOR_NAME_MUST_BE_ACCEPTED),
-        match_subdomains_covers_senders=table.get(schema.MATCH_SUBDOMAINS_COVERS_SENDERS),
-        foreign_sender_via_certificate=table.get(schema.FOREIGN_SENDER_VIA_CERTIFICATE),
-        submission_sender_must_be_login=table.get(schema.SUBMISSION_SENDER_MUST_BE_LOGIN),
-        submission_null_sender_refused=table.get(schema.SUBMISSION_NULL_SENDER_REFUSED),
+        **{key.name: table.get(key) for key in schema.keys_of("assumptions").values()}
     )
 
 
