@@ -28,7 +28,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from policyd.rules.model import CertificateFacts, normalize_domain
-from policyd.sources.files import open_regular
+from policyd.sources.files import MAX_PEM_BYTES, open_regular
 
 #: Where Debian (and derivatives) keep the trust roots OpenSSL uses; the public CAs Microsoft
 #: 365 trusts are the same public CAs, so this is the best local stand-in for its trust store.
@@ -36,9 +36,6 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 #: Longest chain walked before giving up (protects against loops and absurd files).
 MAX_CHAIN_DEPTH = 10
-
-#: A certificate file larger than this is not a certificate file (and /dev/zero never ends).
-MAX_FILE_BYTES = 1 << 20
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(?:.*?)-----END \1-----", re.DOTALL)
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
@@ -136,11 +133,11 @@ def _read_bytes(path: str, what: str = "file") -> bytes:
         raise _UnreadableError(f"no {what} path given")
     try:
         with os.fdopen(open_regular(path), "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read(MAX_PEM_BYTES + 1)
     except OSError as e:
         raise _UnreadableError((e.strerror or str(e)).lower()) from e
-    if len(data) > MAX_FILE_BYTES:
-        raise _UnreadableError(f"larger than {MAX_FILE_BYTES // 1024} KiB, not a PEM {what}")
+    if len(data) > MAX_PEM_BYTES:
+        raise _UnreadableError(f"larger than {MAX_PEM_BYTES // 1024} KiB, not a PEM {what}")
     if not data.strip():
         raise _UnreadableError(f"empty {what}")
     return data
