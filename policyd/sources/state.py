@@ -256,9 +256,11 @@ def _service_picture(config: Config, view: PostfixView, service: str) -> Service
 def _presented(files: tuple[str, ...], ca_bundle: str) -> CertificateFacts:
     """The certificate in ``smtp_tls_chain_files`` / ``smtp_tls_cert_file``: the first file
     that holds a usable one (chain files may hold the key first)."""
-    facts = read_certificate(files[0], ca_bundle=ca_bundle)
-    for path in files:
+    first = read_certificate(files[0], ca_bundle=ca_bundle)
+    if first.readable:
+        return first
+    for path in files[1:]:
         candidate = read_certificate(path, ca_bundle=ca_bundle)
         if candidate.readable:
             return candidate
-    return facts
+    return first
