@@ -346,26 +346,19 @@ class Server:
 
     def _apply(self, result: State | BaseException, before: dict[str, Stamp], trigger: str) -> bool:
         old = self.state
-        if isinstance(result, ConfigError):
-            error = result
+        if isinstance(result, BaseException):  # a bug while loading must not take us down
             self.stats.reloads["failure"] += 1
-            if error.file and error.file not in before:
-                before |= self.watcher.snapshot([error.file])
+            if isinstance(result, ConfigError):
+                problem = str(result)
+                if result.file and result.file not in before:
+                    before |= self.watcher.snapshot([result.file])
+            else:
+                problem = f"internal error {result!r}"
             self.watcher.watch(before)
             _log.error(
                 "reload failed, still using generation {generation}: {problem}",
                 generation=old.generation,
-                problem=str(error),
-                **{FIELDS: {"trigger": trigger}},
-            )
-            return False
-        if isinstance(result, BaseException):  # a bug while loading must not take us down
-            self.stats.reloads["failure"] += 1
-            self.watcher.watch(before)
-            _log.error(
-                "reload failed, still using generation {generation}: internal error {problem}",
-                generation=old.generation,
-                problem=repr(result),
+                problem=problem,
                 **{FIELDS: {"trigger": trigger}},
             )
             return False
