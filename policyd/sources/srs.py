@@ -24,14 +24,12 @@ from dataclasses import dataclass, replace
 
 from policyd.rules.model import normalize_domain
 from policyd.rules.routing import split_list
-from policyd.sources.files import read_capped
+from policyd.sources.files import MAX_CONFIG_BYTES, read_capped
 
 #: Where postsrsd's configuration usually lives, in the order we look.
 POSTSRSD_CONFIGS = ("/etc/default/postsrsd", "/etc/postsrsd.conf", "/etc/postsrsd/postsrsd.conf")
 #: postsrsd 1.x's default forward port; a tcp: map on it is postsrsd.
 POSTSRSD_FORWARD_PORT = "10001"
-#: Largest configuration file we read (a shell fragment or libconfuse file is a few KB).
-MAX_BYTES = 1 << 20
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
 
@@ -65,7 +63,7 @@ def read_srs_domain(
     """The SRS domain when Postfix asks postsrsd, else None.
 
     ``config_path`` is ``[postfix] postsrsd_config`` ("" = look in ``candidates``, by default
-    ``POSTSRSD_CONFIGS``). Reads only regular files under ``MAX_BYTES``.
+    ``POSTSRSD_CONFIGS``). Reads only regular files under ``MAX_CONFIG_BYTES``.
     """
     parameter, table = postsrsd_table(parameters)
     if not table:
@@ -96,7 +94,7 @@ def read_srs_domain(
 
 def _read(path: str) -> str | None:
     try:
-        return read_capped(path, MAX_BYTES).decode("utf-8", errors="replace")
+        return read_capped(path, MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None
 
