@@ -45,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
             help=(f"configuration file (default: ${CONFIG_ENV}, else {CONFIG_PATH})"),
         )
 
+    def recipient_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--recipient",
+            required=True,
+            nargs="+",
+            action="extend",
+            metavar="ADDR",
+            help="one or more envelope recipients (the option may repeat)",
+        )
+
     serve = commands.add_parser("serve", help="run the policy server in the foreground")
     config_option(serve)
 
@@ -53,14 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--sender", required=True, metavar="ADDR", help="envelope sender; '' is the null sender"
     )
-    check.add_argument(
-        "--recipient",
-        required=True,
-        nargs="+",
-        action="extend",
-        metavar="ADDR",
-        help="one or more envelope recipients (the option may repeat)",
-    )
+    recipient_option(check)
     check.add_argument("--json", action="store_true", help="print one JSON object")
 
     doctor = commands.add_parser(
@@ -107,14 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="envelope sender; '' is the null sender (default: postmaster@ first accepted domain)",
     )
-    probe.add_argument(
-        "--recipient",
-        required=True,
-        nargs="+",
-        action="extend",
-        metavar="ADDR",
-        help="one or more envelope recipients (the option may repeat)",
-    )
+    recipient_option(probe)
     probe.add_argument(
         "--no-bind",
         action="store_true",

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from policyd.constants import EXIT_ERRORS, EXIT_OK, EXIT_USAGE
 from policyd.tools.bench.endpoint import Endpoint, UsageError, parse_endpoint
 from policyd.tools.bench.runner import (
     DEFAULT_CONNECTIONS,
@@ -31,9 +32,6 @@ DESCRIPTION = (
     "(RCPT, RCPT, DATA per message over lockstep connections) and report requests/s "
     "and latency percentiles."
 )
-EXIT_OK = 0
-EXIT_ERRORS = 1
-EXIT_USAGE = 2
 
 
 def _endpoint(text: str) -> Endpoint:

@@ -56,6 +56,7 @@ from policyd.tools.doctor.report import (
 from policyd.tools.doctor.tenant import (
     mail_classes,
     route_samples,
+    sender_routes,
     shared_certificate_check,
     shared_egress_check,
     summary_check,
@@ -103,14 +104,7 @@ def audit(
     checks: list[Check] = []
     checks.extend(certificate_checks(config, attribution, key, now))
     checks.extend(tenant_checks(config, attribution))
-    routes = None
-    if router is not None:
-        active = router
-
-        def routes(sender: str) -> Callable[[str], predict.RouteContext]:
-            return active.for_sender(sender, now)
-
-    classes = mail_classes(config, attribution, routes)
+    classes = mail_classes(config, attribution, sender_routes(router, now))
     disagrees = False
     if postfix is not None:
         found = postfix_checks(config, postfix, classes, resolve)
@@ -123,20 +117,6 @@ def audit(
     checks.extend(assumption_checks(config, classes))
     checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
-
-
-def _routes(
-    router: Router | None, now: datetime
-) -> Callable[[str], Callable[[str], predict.RouteContext]] | None:
-    """Per sender, the route function the daemon uses (None without [postfix])."""
-    if router is None:
-        return None
-    active = router
-
-    def routes(sender: str) -> Callable[[str], predict.RouteContext]:
-        return active.for_sender(sender, now)
-
-    return routes
 
 
 def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
@@ -160,7 +140,7 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
             *certificate_checks(own, attribution, key, now),
             *tenant_checks(own, attribution),
         ]
-        rows = mail_classes(own, attribution, _routes(router, now))
+        rows = mail_classes(own, attribution, sender_routes(router, now))
         section.append(summary_check(rows))
         checks.extend(replace(check, tenant=named.name) for check in section)
         classes.extend(replace(row, tenant=named.name) for row in rows)
@@ -177,23 +157,6 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
     checks.append(shared_egress_check(predictor.tenants, pictures))
     checks.append(shared_certificate_check(predictor.tenants, pictures))
     return Report(tuple(checks), tuple(classes))
-
-
-# --- certificate ---------------------------------------------------------------------------------
-
-
-# --- tenant --------------------------------------------------------------------------------------
-
-
-# --- the closing table ---------------------------------------------------------------------------
-
-# --- Postfix -------------------------------------------------------------------------------------
-
-
-# -- restriction lists --
-
-
-# --- output --------------------------------------------------------------------------------------
 
 
 # --- wiring --------------------------------------------------------------------------------------
@@ -225,10 +188,6 @@ def main(
     stream = out if out is not None else sys.stdout
     try:
         config = load_config(config_path)
-    except ConfigError as error:
-        sys.stderr.write(f"m365-policyd: configuration error: {error}\n")
-        return EXIT_CONFIG
-    try:
         state = build_state(config, generation=0)
     except ConfigError as error:
         sys.stderr.write(f"m365-policyd: configuration error: {error}\n")

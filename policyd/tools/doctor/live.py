@@ -10,19 +10,18 @@ assumptions whose other setting would agree are named, with the configuration ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from policyd.rules import predict
-from policyd.rules.assumptions import BY_KEY, DOUBTS, Assumptions
-from policyd.rules.model import Tenant
+from policyd.rules.assumptions import BY_KEY, DOUBTS
+from policyd.rules.model import NamedTenant, Tenant
 from policyd.rules.outcomes import ACCEPTED
 from policyd.rules.reasons import LOCAL, OTHER_ROUTE, predicted_kind
-from policyd.rules.relay import Router
 from policyd.tools.doctor.report import MailClass
-from policyd.tools.doctor.tenant import mail_classes
+from policyd.tools.doctor.tenant import mail_classes, sender_routes
 from policyd.tools.probe import Answer, Question, target_for
 
 if TYPE_CHECKING:
@@ -117,45 +116,37 @@ def compare(
         predicted = predicted_kind(row.reason)
         agreeing: list[tuple[str, str]] = []
         if observed != predicted:
+            named = _tenant_of(state, row)
             for doubt in DOUBTS:
                 if not doubt.decides:
                     continue
-                other = _row_under(state, row, now, doubt.key)
+                other = _row_under(state, named, row, now, doubt.key)
                 if other is not None and predicted_kind(other.reason) == observed:
-                    flipped = _assumptions_of(state, row).flipped(doubt.key)
+                    flipped = named.tenant.assumptions.flipped(doubt.key)
                     agreeing.append((doubt.key, flipped.setting(doubt.key)))
         rows.append(LiveRow(row, tuple(found), predicted, observed, tuple(agreeing)))
     return rows
 
 
-def _assumptions_of(state: State, row: MailClass) -> Assumptions:
-    for named in state.predictor.tenants:
-        if not row.tenant or named.name == row.tenant:
-            return named.tenant.assumptions
-    return state.config.tenant.assumptions
+def _tenant_of(state: State, row: MailClass) -> NamedTenant:
+    """The tenant whose table ``row`` is in (the first one when the row names none)."""
+    tenants = state.predictor.tenants
+    return next((t for t in tenants if not row.tenant or t.name == row.tenant), tenants[0])
 
 
-def _row_under(state: State, row: MailClass, now: datetime, key: str) -> MailClass | None:
-    """The same row predicted with assumption ``key`` set the other way."""
+def _row_under(
+    state: State, named: NamedTenant, row: MailClass, now: datetime, key: str
+) -> MailClass | None:
+    """The same row of ``named``'s table predicted with assumption ``key`` set the other way."""
 
     def change(tenant: Tenant) -> Tenant:
         return replace(tenant, assumptions=tenant.assumptions.flipped(key))
 
-    predictor = state.predictor
-    named = next(
-        (t for t in predictor.tenants if not row.tenant or t.name == row.tenant),
-        predictor.tenants[0],
-    )
-    config = replace(state.config, tenant=change(named.tenant), onprem=predictor.onprem_for(named))
+    onprem = state.predictor.onprem_for(named)
+    config = replace(state.config, tenant=change(named.tenant), onprem=onprem)
     attribution = predict.attribute(config.tenant, config.onprem, now)
-    routes: Callable[[str], Callable[[str], predict.RouteContext]] | None = None
-    if state.router is not None:
-        router: Router = state.router.retuned(change)
-
-        def routes(sender: str) -> Callable[[str], predict.RouteContext]:
-            return router.for_sender(sender, now)
-
-    for other in mail_classes(config, attribution, routes):
+    router = state.router.retuned(change) if state.router is not None else None
+    for other in mail_classes(config, attribution, sender_routes(router, now)):
         if other.id == row.id:
             return other
     return None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from policyd.constants import ACCEPT
 from policyd.rules import predict, reasons
 from policyd.rules.certnames import connector_name_matches
 from policyd.rules.model import InboundConnector, NamedTenant, OnPrem, Tenant
+from policyd.rules.relay import Router
 from policyd.sources.config import Config
 from policyd.tools.doctor.certificate import domain_to_add
 from policyd.tools.doctor.report import ERROR, NOTE, OK, SUMMARY, TENANT, WARNING, Check, MailClass
@@ -423,13 +425,27 @@ _CERTIFICATE_FIXABLE = (reasons.NULL_SENDER, reasons.FORWARDED, reasons.SENDER_N
 def route_samples(config: Config) -> tuple[tuple[str, str, str], ...]:
     """(label, sender, recipient) envelopes whose routes doctor checks: mail to the internet
     from an own-domain sender, a foreign sender and the null sender."""
-    tenant = config.tenant
-    own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+    own = _own_domain(config.tenant)
     return (
         ("own-domain senders", f"alerts@{own}", OUTSIDE_RECIPIENT),
         ("foreign senders", FOREIGN_SENDER, OUTSIDE_RECIPIENT),
         ("null-sender bounces", "", OUTSIDE_RECIPIENT),
     )
+
+
+def sender_routes(
+    router: Router | None, now: datetime
+) -> Callable[[str], Callable[[str], predict.RouteContext]] | None:
+    """Per sender, the route function the daemon uses at ``now`` (None without [postfix]):
+    the ``router`` argument of ``mail_classes``."""
+    if router is None:
+        return None
+    active = router
+
+    def routes(sender: str) -> Callable[[str], predict.RouteContext]:
+        return active.for_sender(sender, now)
+
+    return routes
 
 
 def mail_classes(
@@ -443,7 +459,7 @@ def mail_classes(
     the table predicts with the certificate and egress Postfix really presents.
     """
     tenant, onprem = config.tenant, config.onprem
-    own = tenant.accepted_domains[0].domain if tenant.accepted_domains else PLACEHOLDER_DOMAIN
+    own = _own_domain(tenant)
     rows = (
         ("own-domain", "own-domain senders", f"alerts@{own}", OUTSIDE_RECIPIENT, ()),
         ("foreign-sender", "foreign senders", FOREIGN_SENDER, OUTSIDE_RECIPIENT, ()),

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import replace
 
 from policyd.rules.assumptions import DOUBTS, Assumptions
-from policyd.rules.relay import Router
+from policyd.rules.model import Tenant
 from policyd.sources.state import State
 
 #: The keys a sweep varies: those some rule reads.
@@ -38,37 +38,22 @@ def combinations(base: Assumptions) -> list[Assumptions]:
 
 def with_assumptions(state: State, assumptions: Assumptions) -> State:
     """``state`` with every tenant predicting under ``assumptions``."""
+
+    def change(tenant: Tenant) -> Tenant:
+        return replace(tenant, assumptions=assumptions)
+
     config = state.config
-    tenant = replace(config.tenant, assumptions=assumptions)
-    tenants = tuple(
-        replace(named, tenant=replace(named.tenant, assumptions=assumptions))
-        for named in config.tenants
-    )
-    router = state.router
-    if router is not None:
-        router = Router(
-            router.view,
-            router.services,
-            router.fallback,
-            tenant,
-            endpoint_globs=router.endpoint_globs,
-            uses_subprocess=router.uses_subprocess,
-        )
-    return State(
-        replace(config, tenant=tenant, tenants=tenants),
-        state.aliases,
-        state.generation,
-        router,
-        state.postfix,
-        state.srs,
+    tenants = tuple(replace(named, tenant=change(named.tenant)) for named in config.tenants)
+    return replace(
+        state,
+        config=replace(config, tenant=change(config.tenant), tenants=tenants),
+        router=state.router.retuned(change) if state.router is not None else None,
     )
 
 
 def label(assumptions: Assumptions, base: Assumptions) -> str:
     """The settings that differ from ``base``, as the configuration file writes them."""
-    changed = [
-        assumptions.setting(key) for key in SWEPT_KEYS if assumptions.value(key) != base.value(key)
-    ]
+    changed = [assumptions.setting(key) for key in changed_keys(assumptions, base)]
     return ", ".join(changed) or "today's configuration"
 
 
