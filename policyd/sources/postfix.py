@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from policyd.errors import ConfigError, LookupFailureError
 from policyd.rules import endpoints
-from policyd.rules.routing import ClientTls, Route, client_tls, resolve, split_list
+from policyd.rules.routing import ClientTls, PostfixView, Route, client_tls, resolve, split_list
 
 #: ``subprocess.run``'s shape; tests inject fakes.
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -205,10 +205,15 @@ def parse_postconf(output: str) -> dict[str, str]:
     return parameters
 
 
-def read_postfix(directory: str, samples: Sequence[tuple[str, str, str]] = ()) -> PostfixFacts:
+def read_postfix(
+    directory: str,
+    samples: Sequence[tuple[str, str, str]] = (),
+    view: PostfixView | None = None,
+) -> PostfixFacts:
     """Read Postfix's parameters with ``postconf -c DIR -x``, route the ``samples``
     (label, sender, recipient) as trivial-rewrite would, and read the TLS policy for the
-    next hop that reaches Microsoft 365 (else ``relayhost``)."""
+    next hop that reaches Microsoft 365 (else ``relayhost``). ``view``: the routing picture of
+    ``directory`` already loaded (``State.postfix.view``); without it, it is read here."""
     postconf = find_tool("postconf")
     if postconf is None:
         return PostfixFacts(directory, error="postconf not found (is Postfix installed?)")
@@ -222,7 +227,7 @@ def read_postfix(directory: str, samples: Sequence[tuple[str, str, str]] = ()) -
         message = last_line(done.stderr) or f"exit status {done.returncode}"
         return PostfixFacts(directory, error=message)
     parameters = parse_postconf(done.stdout)
-    routes, route_error = _route_samples(directory, samples)
+    routes, route_error = _route_samples(directory, samples, view)
     policy = None
     maps = parameters.get("smtp_tls_policy_maps", "").strip()
     if maps:
@@ -238,16 +243,17 @@ def read_postfix(directory: str, samples: Sequence[tuple[str, str, str]] = ()) -
 
 
 def _route_samples(
-    directory: str, samples: Sequence[tuple[str, str, str]]
+    directory: str, samples: Sequence[tuple[str, str, str]], view: PostfixView | None
 ) -> tuple[tuple[RouteSample, ...], str]:
     if not samples:
         return (), ""
-    from policyd.sources.routes import read_postfix_view  # it imports this module
+    if view is None:
+        from policyd.sources.routes import read_postfix_view  # it imports this module
 
-    try:
-        view = read_postfix_view(directory).view
-    except ConfigError as error:
-        return (), str(error)
+        try:
+            view = read_postfix_view(directory).view
+        except ConfigError as error:
+            return (), str(error)
     routed: list[RouteSample] = []
     for label, sender, recipient in samples:
         try:

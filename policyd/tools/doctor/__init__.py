@@ -194,7 +194,8 @@ def main(
         return EXIT_CONFIG
     if config.postfix.config_directory:
         postfix_dir = config.postfix.config_directory
-    postfix = read_postfix(postfix_dir, route_samples(config))
+    view = state.postfix.view if state.postfix is not None else None
+    postfix = read_postfix(postfix_dir, route_samples(config), view)
     moment = now if now is not None else datetime.now(UTC)
     report = audit(
         config,
