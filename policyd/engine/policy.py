@@ -27,7 +27,7 @@ from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError, LookupFailureError
 from policyd.rules import predict
 from policyd.rules.model import CertificateFacts
-from policyd.rules.predict import Attribution, RecipientPrediction
+from policyd.rules.predict import RecipientPrediction
 from policyd.rules.reasons import BY_ID, CODE_5764, LOCAL
 
 if TYPE_CHECKING:
@@ -152,10 +152,6 @@ class PolicyEngine:
         self._log_predictions = _logs_predictions(state)
         self._cache.replace(state)
 
-    def attribution(self) -> Attribution:
-        """The current attribution, recomputed when a certificate validity boundary passes."""
-        return self._cache.attribution()
-
     def certificate_connector_match(self, now: float) -> bool | None:
         """For the metric: does the certificate match a connector? None: no certificate."""
         config = self.state.config
@@ -246,22 +242,6 @@ class PolicyEngine:
         """Predict one recipient of ``sender`` with the current state (cached)."""
         return self._cache.entry(sender, recipient).prediction
 
-    def compute(
-        self,
-        state: State,
-        attribution: Attribution,
-        sender: str,
-        recipient: str,
-        final: tuple[str, ...] | None = None,
-    ) -> tuple[RecipientPrediction, bool]:
-        """Predict one recipient from scratch: (prediction, sender accepted or null).
-
-        Touches no cache, so it may run in a worker thread while lookups wait for postmap.
-        Raises ``LookupFailureError`` when an alias or routing table fails.
-        """
-        del attribution  # the predictor memoises each tenant's own attribution
-        return self._cache.compute(state, sender, recipient, final)
-
     def _rcpt(self, attrs: Mapping[str, str], session: Session) -> str | Deferred[str]:
         instance = attrs.get("instance", "")
         if instance != session.instance:
@@ -290,7 +270,7 @@ class PolicyEngine:
         assert self._in_thread is not None
         cache = self._cache
         state = cache.state
-        attribution = cache.attribution()
+        cache.attribution()  # a boundary passed: drop the old answers before this one is kept
 
         def predicted(cached: tuple[RecipientPrediction, bool]) -> str:
             if cache.state is state:
@@ -305,8 +285,9 @@ class PolicyEngine:
                 return self._failed(attrs, _lookup_problem(error))
             return self._failed(attrs, f"internal error: {error!r}")
 
+        # cache.compute touches no cache: it may run in the worker thread.
         deferred: Deferred[tuple[RecipientPrediction, bool]] = self._in_thread(
-            self.compute, state, attribution, sender, recipient
+            cache.compute, state, sender, recipient
         )
         return deferred.addCallback(predicted).addErrback(failed)
 

@@ -243,13 +243,10 @@ def predict_address(
     # 1. Delivered by Postfix itself. A bare local name (an alias result without "@") gets
     #    "@$myorigin" appended by Postfix, which is a local domain in practice.
     if not domain or domain in onprem.local_domains:
-        return AddressPrediction(
+        return _accepted(
             address,
             forwarded,
-            ACCEPT,
             LOCAL,
-            None,
-            None,
             f"{address} is delivered by Postfix itself (onprem.local_domains), "
             "not relayed through Microsoft 365.",
             relayed=False,
@@ -362,13 +359,10 @@ def _decide(
         or bool(sender.accepted_domain)
         or tenant.assumptions.foreign_sender_via_certificate
     ):
-        return AddressPrediction(
+        return _accepted(
             address,
             forwarded,
-            ACCEPT,
             CERTIFICATE_CONNECTOR,
-            None,
-            None,
             f"Connector '{connector}' matches the certificate name "
             f"{attribution.certificate_name}, which is under the accepted domain "
             f"{attribution.certificate_domain}, so "
@@ -385,24 +379,18 @@ def _decide(
     # 5. The P1 sender domain (after SRS) is accepted.
     if sender.accepted_domain:
         if sender.srs_rewritten:
-            return AddressPrediction(
+            return _accepted(
                 address,
                 forwarded,
-                ACCEPT,
                 SRS_REWRITTEN,
-                None,
-                None,
                 f"Connector '{connector}' matches {matched}, and SRS rewrites the sender "
                 f"domain {sender.domain} into {sender.p1_domain}, an accepted domain.",
                 relayed=True,
             ), ()
-        return AddressPrediction(
+        return _accepted(
             address,
             forwarded,
-            ACCEPT,
             SENDER_ACCEPTED_DOMAIN,
-            None,
-            None,
             f"Connector '{connector}' matches {matched}, and the sender's domain "
             f"{sender.p1_domain} is an accepted domain.",
             relayed=True,
@@ -509,9 +497,14 @@ def _into_tenant(
 
 
 def _delivered(address: str, forwarded: bool, explanation: str) -> AddressPrediction:
-    return AddressPrediction(
-        address, forwarded, ACCEPT, RECIPIENT_IN_TENANT, None, None, explanation, relayed=False
-    )
+    return _accepted(address, forwarded, RECIPIENT_IN_TENANT, explanation, relayed=False)
+
+
+def _accepted(
+    address: str, forwarded: bool, reason: str, explanation: str, *, relayed: bool
+) -> AddressPrediction:
+    """Microsoft 365 accepts: no code, no reply."""
+    return AddressPrediction(address, forwarded, ACCEPT, reason, None, None, explanation, relayed)
 
 
 def _refused(
@@ -546,15 +539,11 @@ def _p1_text(sender: Sender) -> str:
 
 def _unknown_endpoint(address: str, forwarded: bool, context: RouteContext) -> AddressPrediction:
     """With several tenants, a Microsoft 365 endpoint that no tenant's endpoints name."""
-    words = BY_ID[NO_CONNECTOR]
     route = context.route
-    return AddressPrediction(
+    return _refused(
         address,
         forwarded,
-        REJECT,
         NO_CONNECTOR,
-        words.code,
-        words.reply,
         f"Postfix sends {address} to the Microsoft 365 endpoint {route.nexthop} (master.cf "
         f"service {route.transport}), which no [tenants.NAME] table lists in endpoints: no "
         "configured tenant has a connector for it. Add the endpoint to its tenant's endpoints.",
@@ -569,39 +558,30 @@ def _routed_elsewhere(
     route = context.route
     decided = f" ({route.steps[-1]})" if route.steps else ""
     if not route.relays:
-        return AddressPrediction(
+        return _accepted(
             address,
             forwarded,
-            ACCEPT,
             LOCAL,
-            None,
-            None,
             f"{address} is delivered by Postfix itself through master.cf service "
             f"{route.transport} ({route.command or 'not in master.cf'}, address class "
             f"{route.address_class}){decided}, not relayed through Microsoft 365.",
             relayed=False,
         )
     if context.kind == endpoints.SUBMISSION:
-        return AddressPrediction(
+        return _accepted(
             address,
             forwarded,
-            ACCEPT,
             OTHER_ROUTE,
-            None,
-            None,
             f"Postfix sends {address} to {route.nexthop}, Microsoft 365's client-submission "
             f"endpoint{decided}: SMTP AUTH decides there, not connectors, so the relay rule "
             "does not apply.",
             relayed=False,
         )
     if context.kind == endpoints.OTHER:
-        return AddressPrediction(
+        return _accepted(
             address,
             forwarded,
-            ACCEPT,
             OTHER_ROUTE,
-            None,
-            None,
             f"Postfix sends {address} to {route.nexthop} through master.cf service "
             f"{route.transport}{decided}, which is not a Microsoft 365 endpoint: not relayed "
             "through Microsoft 365.",

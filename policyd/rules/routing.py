@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 #: Address classes (ADDRESS_CLASS_README).
@@ -121,6 +122,12 @@ class Route:
 
 def split_list(text: str) -> list[str]:
     """Split a Postfix list parameter on commas and whitespace, keeping ``{ ... }`` whole."""
+    return list(_split(text))
+
+
+@lru_cache(maxsize=256)
+def _split(text: str) -> tuple[str, ...]:
+    """``split_list``, memoised: routing splits the same few main.cf values for every address."""
     tokens: list[str] = []
     current: list[str] = []
     depth = 0
@@ -137,7 +144,7 @@ def split_list(text: str) -> list[str]:
         current.append(char)
     if current:
         tokens.append("".join(current))
-    return tokens
+    return tuple(tokens)
 
 
 def is_table(entry: str) -> bool:
@@ -200,8 +207,8 @@ def _is_local(view: PostfixView, domain: str) -> bool:
     """resolve_local(): mydestination (exact, tables) or a literal of a local interface."""
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1].lower().removeprefix("ipv6:")
-        interfaces = split_list(view.parameter("inet_interfaces").lower())
-        proxies = split_list(view.parameter("proxy_interfaces").lower())
+        interfaces = _split(view.parameter("inet_interfaces").lower())
+        proxies = _split(view.parameter("proxy_interfaces").lower())
         if literal in interfaces or literal in proxies:
             return True
         if "all" in interfaces:
@@ -214,7 +221,7 @@ def _is_local(view: PostfixView, domain: str) -> bool:
 
 def _in_string_list(view: PostfixView, parameter: str, name: str) -> bool:
     """string_list_match(): exact names (case-insensitive) and table lookups of the name."""
-    for entry in split_list(view.parameter(parameter)):
+    for entry in _split(view.parameter(parameter)):
         negate = entry.startswith("!")
         pattern = entry[1:] if negate else entry
         if is_table(pattern):
@@ -229,7 +236,7 @@ def _in_string_list(view: PostfixView, parameter: str, name: str) -> bool:
 def _in_domain_list(view: PostfixView, parameter: str, name: str) -> bool:
     """domain_list_match() / match_hostname(): names, ``.parent`` patterns, parent styles."""
     parent_style = parameter in _parent_style_parameters(view)
-    for entry in split_list(view.parameter(parameter)):
+    for entry in _split(view.parameter(parameter)):
         negate = entry.startswith("!")
         pattern = entry[1:] if negate else entry
         if is_table(pattern):
@@ -259,40 +266,43 @@ def _table_hostname_match(view: PostfixView, table: str, name: str, parent_style
     return False
 
 
-def _parent_style_parameters(view: PostfixView) -> set[str]:
-    return {item.lower() for item in split_list(view.parameter("parent_domain_matches_subdomains"))}
+def _parent_style_parameters(view: PostfixView) -> frozenset[str]:
+    return _lowered(view.parameter("parent_domain_matches_subdomains"))
+
+
+@lru_cache(maxsize=16)
+def _lowered(text: str) -> frozenset[str]:
+    return frozenset(item.lower() for item in _split(text))
 
 
 # --- sender-dependent transport and relay host ---------------------------------------------------
 
 
 def _sender_default_transport(view: PostfixView, sender: str, steps: list[str]) -> str:
+    found = _sender_dependent(
+        view,
+        "sender_dependent_default_transport_maps",
+        "empty_address_default_transport_maps_lookup_key",
+        sender,
+        steps,
+    )
+    if found:
+        return found
     default = view.parameter("default_transport")
-    maps = view.parameter("sender_dependent_default_transport_maps")
-    if maps:
-        key = sender or view.parameter("empty_address_default_transport_maps_lookup_key")
-        found = _mail_addr_find(view, maps, key)
-        if found is not None:
-            table, value = found
-            if value.strip() and value.strip().lower() != _DUNNO:
-                steps.append(
-                    f"sender_dependent_default_transport_maps: {key} -> {value.strip()} ({table})"
-                )
-                return value.strip()
     steps.append(f"default_transport = {default}")
     return default
 
 
 def _relayhost(view: PostfixView, sender: str, domain: str, steps: list[str]) -> str:
-    maps = view.parameter("sender_dependent_relayhost_maps")
-    if maps:
-        key = sender or view.parameter("empty_address_relayhost_maps_lookup_key")
-        found = _mail_addr_find(view, maps, key)
-        if found is not None:
-            table, value = found
-            if value.strip() and value.strip().lower() != _DUNNO:
-                steps.append(f"sender_dependent_relayhost_maps: {key} -> {value.strip()} ({table})")
-                return value.strip()
+    found = _sender_dependent(
+        view,
+        "sender_dependent_relayhost_maps",
+        "empty_address_relayhost_maps_lookup_key",
+        sender,
+        steps,
+    )
+    if found:
+        return found
     relayhost = view.parameter("relayhost")
     if relayhost:
         steps.append(f"main.cf: relayhost = {relayhost}")
@@ -301,13 +311,33 @@ def _relayhost(view: PostfixView, sender: str, domain: str, steps: list[str]) ->
     return domain
 
 
+def _sender_dependent(
+    view: PostfixView, maps_parameter: str, empty_key_parameter: str, sender: str, steps: list[str]
+) -> str:
+    """The value ``maps_parameter`` gives ``sender`` (the null sender looks up the value of
+    ``empty_key_parameter``), or "" when it has none or says ``DUNNO``."""
+    maps = view.parameter(maps_parameter)
+    if not maps:
+        return ""
+    key = sender or view.parameter(empty_key_parameter)
+    found = _mail_addr_find(view, maps, key)
+    if found is None:
+        return ""
+    table, value = found
+    value = value.strip()
+    if not value or value.lower() == _DUNNO:
+        return ""
+    steps.append(f"{maps_parameter}: {key} -> {value} ({table})")
+    return value
+
+
 def _mail_addr_find(view: PostfixView, maps: str, address: str) -> tuple[str, str] | None:
     """mail_addr_find() with its default strategy: full address, without extension, the
     local part alone when the domain is local (or $myorigin), then ``@domain``.
 
     Returns (table, value) for the first table and key that has an entry, else None.
     """
-    tables = split_list(maps)
+    tables = _split(maps)
     at = address.rfind("@")
     keys: list[tuple[str, bool]] = [(address, False)]
     bare, _ = _strip_extension(view, address)
@@ -359,7 +389,7 @@ def _transport_maps(  # noqa: PLR0917 - transport_lookup()'s own arguments
     maps = view.parameter("transport_maps")
     if not maps:
         return transport, nexthop
-    tables = split_list(maps)
+    tables = _split(maps)
     for key, partial in _transport_keys(view, address, domain):
         for table in tables:
             value = view.tables.find(table, _fold(table, key), partial=partial)
@@ -474,7 +504,7 @@ def client_tls(view: PostfixView, service: str) -> ClientTls:
             level, level_from = "may", use_from
     chain, chain_from = view.service_parameter(service, f"{prefix}_tls_chain_files")
     if chain:
-        files, files_from = tuple(split_list(chain)), chain_from
+        files, files_from = _split(chain), chain_from
     else:
         cert, cert_from = view.service_parameter(service, f"{prefix}_tls_cert_file")
         files, files_from = ((cert,) if cert else ()), cert_from

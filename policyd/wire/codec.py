@@ -123,19 +123,6 @@ def layout_for(names: tuple[str, ...]) -> Layout | None:
     return layout
 
 
-def search(text: str) -> Request:
-    """The wanted values of one validated request (no blank line) in any order: the general rule.
-
-    One scan finds every line of a wanted name (``"\nname="`` can only match at the start of a
-    line, since values never contain a newline); a name sent twice keeps its first value.
-    """
-    attrs: Request = {}
-    for name, value in _WANTED_LINE.findall("\n" + text):
-        if name not in attrs:
-            attrs[name] = value
-    return attrs
-
-
 def lines_have_equals(raw: bytes) -> bool:
     """True when every line of ``raw`` (one request, no blank line, not empty) contains ``=``.
 
