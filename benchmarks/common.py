@@ -161,26 +161,47 @@ class Server:
                 self.process.wait()
 
 
+def spawn(label: str, arguments: Sequence[str], port: int, log: Path) -> Server:
+    """``python ARGUMENTS`` from the repository root, stdout and stderr to ``log``; returns
+    once it accepts connections on ``port``."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, *arguments], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(label, process, port, log)
+    server.wait_listening()
+    return server
+
+
+def fresh_process_json(what: str, script: str, *arguments: str) -> Any:
+    """Run ``python -c SCRIPT ARGUMENTS`` from the repository root and return the JSON it
+    prints; raise with the end of its stderr if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
 def start_bare(workdir: Path, listen: Sequence[str] = ()) -> Server:
     """``python -m benchmarks.bare`` on a free loopback port (and on ``listen``)."""
     port = free_port()
-    log = workdir / f"bare-{port}.log"
     endpoints = [f"tcp:{port}:interface=127.0.0.1", *listen]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.bare",
-                *(argument for endpoint in endpoints for argument in ("--listen", endpoint)),
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server("bare responder", process, port, log)
-    server.wait_listening()
-    return server
+    return spawn(
+        "bare responder",
+        [
+            "-m",
+            "benchmarks.bare",
+            *(argument for endpoint in endpoints for argument in ("--listen", endpoint)),
+        ],
+        port,
+        workdir / f"bare-{port}.log",
+    )
 
 
 #: The default configuration's logging (SPEC §9 row 1): what every administrator runs.
@@ -250,17 +271,12 @@ def start_daemon(
             listen=listen,
         )
     )
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "policyd.tools.cli", "serve", "-c", str(config)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"daemon ({name})", process, port, log)
-    server.wait_listening()
-    return server
+    return serve(f"daemon ({name})", config, port, workdir / f"{name}.log")
+
+
+def serve(label: str, config: Path, port: int, log: Path) -> Server:
+    """``python -m policyd.tools.cli serve -c CONFIG``, listening on ``port`` (see ``spawn``)."""
+    return spawn(label, ["-m", "policyd.tools.cli", "serve", "-c", str(config)], port, log)
 
 
 @contextmanager

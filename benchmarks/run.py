@@ -72,6 +72,7 @@ from benchmarks.common import (
     daemon_config,
     describe,
     free_port,
+    fresh_process_json,
     measure,
     median_rate,
     paired_ratio,
@@ -492,16 +493,7 @@ def row_aliases(report: Report, workdir: Path, scale: Scale) -> None:
     config.write_text(daemon_config(free_port(), alias_maps=[spec]))
     timings = []
     for _ in range(3):
-        proc = subprocess.run(
-            [sys.executable, "-c", ALIAS_TIMER, spec, str(config)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"alias map timing failed: {proc.stderr[-2000:]}")
-        timings.append(json.loads(proc.stdout))
+        timings.append(fresh_process_json("alias map timing", ALIAS_TIMER, spec, str(config)))
         report.note(
             section,
             f"fresh process: load_alias_maps {timings[-1]['aliases']:.2f} s, whole configuration "

@@ -10,28 +10,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    ROOT,
+    RUN,
     Row,
     Server,
     alternate,
     free_port,
+    fresh_process_json,
     median_rate,
     paired_ratio,
+    serve,
     servers,
     start_bare,
 )
-
-RUN = ".venv/bin/python -m benchmarks.run"
 
 LOAD_TIMER = """
 import json, resource, sys, time
@@ -68,18 +65,7 @@ def write_tenants(directory: Path, count: int) -> Path:
 def row_tenants(report: Any, workdir: Path, scale: Any) -> None:
     """1,000 tenants in 1,000 included files: load time and peak RSS (worst of 3)."""
     config = write_tenants(workdir / "tenants", 1000)
-    results = []
-    for _ in range(3):
-        proc = subprocess.run(
-            [sys.executable, "-c", LOAD_TIMER, str(config)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"tenant load failed: {proc.stderr[-2000:]}")
-        results.append(json.loads(proc.stdout))
+    results = [fresh_process_json("tenant load", LOAD_TIMER, str(config)) for _ in range(3)]
     seconds = max(r["seconds"] for r in results)
     rss = max(r["rss_mb"] for r in results)
     assert all(r["tenants"] == 1000 for r in results)
@@ -156,17 +142,7 @@ def start_routing_daemon(workdir: Path) -> Server:
     port = free_port()
     config = workdir / "routing.toml"
     config.write_text(routing_config(port, etc))
-    log = workdir / "routing.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "policyd.tools.cli", "serve", "-c", str(config)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server("daemon (routing, three tenants)", process, port, log)
-    server.wait_listening()
-    return server
+    return serve("daemon (routing, three tenants)", config, port, workdir / "routing.log")
 
 
 def row_routing(report: Any, workdir: Path, scale: Any) -> None:

@@ -2,7 +2,7 @@
 
 ``Limits`` stands in for ``policyd.sources.config.ServerSettings`` where a protocol factory
 needs only its three limits; ``FakePostmap`` stands in for ``subprocess.run`` behind the alias
-tables' ``postmap -q`` lookups.
+tables' ``postmap -q`` lookups; ``Clock`` is the engine's clock, set by hand.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -54,3 +55,14 @@ class FakePostmap:
     def lookups(self) -> list[str]:
         """The keys looked up after the load-time probe."""
         return [key for key in self.keys if "probe" not in key]
+
+
+class Clock:
+    """The engine's and the prediction cache's clock (seconds since the epoch): starts at
+    ``now`` and moves only when a test sets ``now``."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now.timestamp()
+
+    def __call__(self) -> float:
+        return self.now

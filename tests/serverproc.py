@@ -68,6 +68,27 @@ LOOPBACK = "127.0.0.1"
 #: The IP-connector tenant (``tests/tenants.py``), deferring predicted refusals.
 DEFAULT_BODY = ip_tenant_toml(action="defer")
 
+#: A tenant whose only connector matches by certificate (``*.contoso.com``), refusing by
+#: ``reject``; the test writes ``cert.pem`` and ``ca.pem`` into the server's directory.
+CERT_BODY = """\
+[tenant]
+accepted_domains = ["contoso.com"]
+
+[[tenant.inbound_connector]]
+name = "Certificate connector"
+connector_type = "OnPremises"
+enabled = true
+tls_sender_certificate_name = "*.contoso.com"
+
+[onprem]
+egress_addresses = ["198.51.100.7"]
+certificate = "cert.pem"
+ca_bundle = "ca.pem"
+
+[policy]
+action = "reject"
+"""
+
 #: The line ``serve`` logs once every endpoint listens.
 READY_MARKER = " ready"
 

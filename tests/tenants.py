@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 
-from policyd.rules.model import InboundConnector, OnPrem
+from policyd.rules.model import AcceptedDomain, InboundConnector, OnPrem, Tenant
+from policyd.sources.config import (
+    Config,
+    LogSettings,
+    OutcomeSettings,
+    PolicySettings,
+    ServerSettings,
+)
 
 EGRESS = "203.0.113.10"
 CONNECTOR_NAME = "From on-premises"
@@ -20,6 +27,39 @@ IP_CONNECTOR = InboundConnector(
     CONNECTOR_NAME, sender_ip_addresses=(ipaddress.IPv4Network(f"{EGRESS}/32"),)
 )
 ONPREM = OnPrem(egress_addresses=(ipaddress.ip_address(EGRESS),))
+#: The engine and cache tests' tenant: the IP connector and a certificate connector for
+#: ``*.contoso.com``.
+IP_AND_CERTIFICATE_TENANT = Tenant(
+    accepted_domains=(AcceptedDomain("contoso.com"),),
+    connectors=(
+        IP_CONNECTOR,
+        InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com"),
+    ),
+)
+
+
+def model_config(
+    tenant: Tenant,
+    onprem: OnPrem = ONPREM,
+    *,
+    policy: PolicySettings | None = None,
+    alias_maps: tuple[str, ...] = (),
+) -> Config:
+    """A ``Config`` as ``load_config`` would return it, built from model objects (engine tests):
+    default ``[server]``, ``[log]`` and ``[outcomes]``, no certificate, no files to watch."""
+    return Config(
+        path="/etc/m365-policyd/m365-policyd.toml",
+        server=ServerSettings(),
+        tenant=tenant,
+        onprem=onprem,
+        alias_maps=alias_maps,
+        policy=policy or PolicySettings(),
+        log=LogSettings(),
+        outcomes=OutcomeSettings(),
+        certificate_path="",
+        ca_bundle="",
+        input_files=(),
+    )
 
 
 def ip_tenant_toml(

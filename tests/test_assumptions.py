@@ -39,6 +39,7 @@ from policyd.sources.config import load_config
 from policyd.sources.state import load_state
 from policyd.tools import cli
 from tests.pki import TestPKI
+from tests.tenants import IP_CONNECTOR
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -47,9 +48,6 @@ OUTSIDE = "kate@tailspintoys.com"
 
 WILDCARD = InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com")
 HOST_NAME = InboundConnector("Inbound from HCW", tls_sender_certificate_name="mail.contoso.com")
-IP = InboundConnector(
-    "From on-premises", sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.10/32"),)
-)
 
 
 def cert(*sans: str, cn: str = "") -> CertificateFacts:
@@ -129,7 +127,7 @@ CASES = [
     (
         "a subdomain sender under MatchSubDomains",
         "match_subdomains_covers_senders",
-        tenant(IP, accepted=SUBDOMAINS),
+        tenant(IP_CONNECTOR, accepted=SUBDOMAINS),
         onprem("203.0.113.10"),
         "app@apps.contoso.com",
         OUTSIDE,
@@ -229,7 +227,7 @@ def test_a_prediction_that_does_not_depend_on_an_assumption_names_none() -> None
 def test_a_doubt_that_changes_only_the_accepting_reason_is_not_named() -> None:
     """An own-domain sender relays by certificate or, without it, by the IP connector: both
     accepted, so the apex doubt is not named."""
-    t = tenant(WILDCARD, IP)
+    t = tenant(WILDCARD, IP_CONNECTOR)
     o = onprem("203.0.113.10", certificate=cert("contoso.com", cn="contoso.com"))
     prediction = run(with_setting(t, "wildcard_connector_covers_apex", False), o, "a@contoso.com")
     assert prediction.reason == predict.SENDER_ACCEPTED_DOMAIN
@@ -266,7 +264,7 @@ def test_a_subdomain_sender_is_never_predicted_to_get_5768(setting: bool) -> Non
     no 5.7.68 at either setting; at true (where it would count) the explanation says why and
     names match_subdomains_covers_senders."""
     t = with_setting(
-        tenant(IP, accepted=SUBDOMAINS, reject_direct_send=True),
+        tenant(IP_CONNECTOR, accepted=SUBDOMAINS, reject_direct_send=True),
         "match_subdomains_covers_senders",
         setting,
     )
@@ -292,11 +290,11 @@ def test_partner_certificate_match_may_depend_on_an_assumption() -> None:
         restrict_domains_to_certificate=True,
     )
     o = onprem(certificate=cert("filter.example", cn="filter.example"))
-    accepted = run(tenant(IP, partner), o, "a@contoso.com", "kate@contoso.com")
+    accepted = run(tenant(IP_CONNECTOR, partner), o, "a@contoso.com", "kate@contoso.com")
     assert accepted.reason == predict.RECIPIENT_IN_TENANT
     assert accepted.assumptions == ("wildcard_connector_covers_apex",)
     refused = run(
-        with_setting(tenant(IP, partner), "wildcard_connector_covers_apex", False),
+        with_setting(tenant(IP_CONNECTOR, partner), "wildcard_connector_covers_apex", False),
         o,
         "a@contoso.com",
         "kate@contoso.com",

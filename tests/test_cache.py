@@ -14,27 +14,15 @@ from policyd.engine import cache as cache_module
 from policyd.engine.cache import PredictionCache
 from policyd.engine.policy import PolicyEngine, Session, _answer, tag_value
 from policyd.engine.stats import Stats
-from policyd.rules.model import AcceptedDomain, CertificateFacts, InboundConnector, OnPrem, Tenant
-from policyd.sources.config import (
-    Config,
-    LogSettings,
-    OutcomeSettings,
-    PolicySettings,
-    ServerSettings,
-)
+from policyd.rules.model import AcceptedDomain, CertificateFacts, OnPrem, Tenant
+from policyd.sources.config import PolicySettings
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
+from tests.doubles import Clock
+from tests.tenants import IP_AND_CERTIFICATE_TENANT, ONPREM, model_config
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-TENANT = Tenant(
-    accepted_domains=(AcceptedDomain("contoso.com"),),
-    connectors=(
-        InboundConnector(
-            "From on-premises", sender_ip_addresses=(ipaddress.IPv4Network("203.0.113.10/32"),)
-        ),
-        InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com"),
-    ),
-)
+TENANT = IP_AND_CERTIFICATE_TENANT
 CERTIFICATE = CertificateFacts(
     path="c.pem",
     common_name="mail.contoso.com",
@@ -43,7 +31,7 @@ CERTIFICATE = CertificateFacts(
     chain_complete=True,
 )
 #: Attributed by IP address: a foreign sender's domain is not accepted.
-BY_IP = OnPrem(egress_addresses=(ipaddress.ip_address("203.0.113.10"),))
+BY_IP = ONPREM
 #: Attributed by a certificate valid for one more hour only.
 BY_CERTIFICATE = OnPrem(
     egress_addresses=(ipaddress.ip_address("198.51.100.1"),), certificate=CERTIFICATE
@@ -52,33 +40,13 @@ OUTSIDE = "kate@tailspintoys.com"
 
 
 def state(generation: int = 1, tenant: Tenant = TENANT, onprem: OnPrem = BY_IP) -> State:
-    config = Config(
-        path="/etc/m365-policyd/m365-policyd.toml",
-        server=ServerSettings(),
-        tenant=tenant,
-        onprem=onprem,
-        alias_maps=(),
-        policy=PolicySettings(action="defer"),
-        log=LogSettings(),
-        outcomes=OutcomeSettings(),
-        certificate_path="",
-        ca_bundle="",
-        input_files=(),
-    )
+    config = model_config(tenant, onprem, policy=PolicySettings(action="defer"))
     return State(config, load_alias_maps(()), generation)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_an_entry_is_built_once_per_exact_pair_and_found_by_lookup() -> None:
     """lookup misses until entry builds the answer; then both return that same object."""
-    cache = PredictionCache(state(), Clock(), _answer)
+    cache = PredictionCache(state(), Clock(NOW), _answer)
     assert cache.lookup("a@fabrikam.com", OUTSIDE) is None
     entry = cache.entry("a@fabrikam.com", OUTSIDE)
     assert cache.lookup("a@fabrikam.com", OUTSIDE) is entry
@@ -90,7 +58,7 @@ def test_an_entry_is_built_once_per_exact_pair_and_found_by_lookup() -> None:
 def test_senders_of_one_domain_share_the_prediction_not_the_entry() -> None:
     """Another local part or case of the sender's domain reuses the prediction; the entry (and
     its log line) stays per exact sender, and a recipient in another case shows as sent."""
-    cache = PredictionCache(state(), Clock(), _answer)
+    cache = PredictionCache(state(), Clock(NOW), _answer)
     first = cache.entry("a@fabrikam.com", OUTSIDE)
     other = cache.entry("b@FABRIKAM.com", OUTSIDE)
     assert other is not first
@@ -105,7 +73,7 @@ def test_senders_of_one_domain_share_the_prediction_not_the_entry() -> None:
 
 def test_replacing_the_state_forgets_every_answer() -> None:
     """After a reload the new state decides at once: nothing of the old one is looked up."""
-    cache = PredictionCache(state(), Clock(), _answer)
+    cache = PredictionCache(state(), Clock(NOW), _answer)
     assert cache.entry("a@fabrikam.com", OUTSIDE).prediction.reason == "sender-not-accepted"
     wider = replace(
         TENANT, accepted_domains=(*TENANT.accepted_domains, AcceptedDomain("fabrikam.com"))
@@ -120,7 +88,7 @@ def test_replacing_the_state_forgets_every_answer() -> None:
 def test_a_passing_validity_boundary_forgets_every_answer() -> None:
     """Once the injected clock passes the certificate's notAfter, lookups miss and the next
     answer is computed with the new attribution, without a reload."""
-    clock = Clock()
+    clock = Clock(NOW)
     cache = PredictionCache(state(onprem=BY_CERTIFICATE), clock, _answer)
     sender = "app@contoso.com"
     assert cache.entry(sender, OUTSIDE).prediction.reason == "certificate-connector"
@@ -135,7 +103,7 @@ def test_a_passing_validity_boundary_forgets_every_answer() -> None:
 def test_each_map_is_cleared_whole_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory stays bounded: at CACHE_LIMIT entries a map starts again from empty."""
     monkeypatch.setattr(cache_module, "CACHE_LIMIT", 3)
-    cache = PredictionCache(state(), Clock(), _answer)
+    cache = PredictionCache(state(), Clock(NOW), _answer)
     for number in range(3):
         cache.entry(f"a@d{number}.example", OUTSIDE)
     assert cache.lookup("a@d0.example", OUTSIDE) is not None
@@ -147,7 +115,7 @@ def test_each_map_is_cleared_whole_when_full(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_the_log_line_holds_the_fixed_fields_in_record_order() -> None:
     """An entry's line gives the whole record with the per-request fields first."""
-    entry = PredictionCache(state(), Clock(), _answer).entry("", OUTSIDE)
+    entry = PredictionCache(state(), Clock(NOW), _answer).entry("", OUTSIDE)
     record = entry.line.record("4Q", "m.9", "10.0.0.5")
     assert list(record) == [
         "event",
@@ -187,7 +155,7 @@ def test_the_session_header_is_tag_value_of_its_recipients(
     message without a relayed recipient gets none."""
     base = state()
     settings_ = replace(base.config, policy=PolicySettings(action=action))
-    engine = PolicyEngine(State(settings_, base.aliases, 1), Stats(), Clock(), lambda r: None)
+    engine = PolicyEngine(State(settings_, base.aliases, 1), Stats(), Clock(NOW), lambda r: None)
     session = Session()
     for sender, recipient in pairs:
         engine.handle(

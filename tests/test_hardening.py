@@ -30,7 +30,7 @@ from policyd.sources.config import read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from tests.hostile import Steady, make_fifo
 from tests.pki import TestPKI
-from tests.serverproc import ROOT, PolicyServer, rcpt, request_text
+from tests.serverproc import CERT_BODY, ROOT, PolicyServer, rcpt, request_text
 from tests.tenants import EGRESS
 
 #: The inbound connector the export tenant relies on: own-domain mail from EGRESS relays.
@@ -60,25 +60,6 @@ action = "reject"
 #: Own-domain mail through the connector: accepted, so Postfix gets DUNNO.
 GOOD_SENDER = "app@contoso.com"
 GOOD_RECIPIENT = "kate@tailspintoys.com"
-
-CERT_BODY = """\
-[tenant]
-accepted_domains = ["contoso.com"]
-
-[[tenant.inbound_connector]]
-name = "Certificate connector"
-connector_type = "OnPremises"
-enabled = true
-tls_sender_certificate_name = "*.contoso.com"
-
-[onprem]
-egress_addresses = ["198.51.100.7"]
-certificate = "cert.pem"
-ca_bundle = "ca.pem"
-
-[policy]
-action = "reject"
-"""
 
 #: Runs the daemon as root without the capabilities that bypass file permissions, so a file
 #: with mode 0000 is unreadable to it as it would be to the m365-policyd user.

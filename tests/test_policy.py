@@ -14,51 +14,20 @@ from policyd.engine.policy import PolicyEngine, Session, tag_value
 from policyd.engine.stats import Stats
 from policyd.errors import AliasLookupError
 from policyd.rules.aliases import AliasMaps
-from policyd.rules.model import AcceptedDomain, CertificateFacts, InboundConnector, OnPrem, Tenant
-from policyd.sources.config import (
-    Config,
-    LogSettings,
-    OutcomeSettings,
-    PolicySettings,
-    ServerSettings,
-)
+from policyd.rules.model import AcceptedDomain, CertificateFacts, OnPrem
+from policyd.sources.config import Config, LogSettings, PolicySettings
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
-from tests.tenants import IP_CONNECTOR, ONPREM
+from tests.doubles import Clock
+from tests.tenants import IP_AND_CERTIFICATE_TENANT, ONPREM, model_config
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
-TENANT = Tenant(
-    accepted_domains=(AcceptedDomain("contoso.com"),),
-    connectors=(
-        IP_CONNECTOR,
-        InboundConnector("By certificate", tls_sender_certificate_name="*.contoso.com"),
-    ),
-)
+TENANT = IP_AND_CERTIFICATE_TENANT
 
 
 def config(policy: PolicySettings | None = None, onprem: OnPrem = ONPREM) -> Config:
-    return Config(
-        path="/etc/m365-policyd/m365-policyd.toml",
-        server=ServerSettings(),
-        tenant=TENANT,
-        onprem=onprem,
-        alias_maps=(),
-        policy=policy or PolicySettings(),
-        log=LogSettings(),
-        outcomes=OutcomeSettings(),
-        certificate_path="",
-        ca_bundle="",
-        input_files=(),
-    )
-
-
-class Clock:
-    def __init__(self, now: datetime = NOW) -> None:
-        self.now = now.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
+    return model_config(TENANT, onprem, policy=policy)
 
 
 def engine(
@@ -71,7 +40,7 @@ def engine(
     stats = Stats()
     records: list[Mapping[str, object]] = []
     state = State(config(policy, onprem), aliases or load_alias_maps(()), 1)
-    return PolicyEngine(state, stats, clock or Clock(), records.append), stats, records
+    return PolicyEngine(state, stats, clock or Clock(NOW), records.append), stats, records
 
 
 def rcpt(sender: str, recipient: str, instance: str = "a.1", queue_id: str = "") -> dict[str, str]:
@@ -176,7 +145,7 @@ def test_direct_send_defer_uses_its_own_code() -> None:
         tenant=tenant,
         onprem=OnPrem(egress_addresses=(ipaddress.ip_address("198.51.100.1"),)),
     )
-    handler = PolicyEngine(State(cfg, load_alias_maps(()), 1), stats, Clock(), lambda r: None)
+    handler = PolicyEngine(State(cfg, load_alias_maps(()), 1), stats, Clock(NOW), lambda r: None)
     answer = handler.handle(rcpt("john@contoso.com", "kate@contoso.com"), Session())
     assert answer.startswith("450 4.7.68 ")
 
@@ -269,7 +238,7 @@ def test_predictions_are_not_built_below_info(tmp_path: Path) -> None:
     stats = Stats()
     records: list[Mapping[str, object]] = []
     cfg = replace(config(PolicySettings(action="defer")), log=LogSettings(level="warn"))
-    handler = PolicyEngine(State(cfg, load_alias_maps(()), 1), stats, Clock(), records.append)
+    handler = PolicyEngine(State(cfg, load_alias_maps(()), 1), stats, Clock(NOW), records.append)
     assert handler.handle(rcpt(FOREIGN, OUTSIDE), Session()).startswith("450 ")
     assert records == []
     handler.replace_state(
@@ -393,7 +362,7 @@ def test_certificate_expiry_is_noticed_without_reload() -> None:
         not_after=NOW + timedelta(hours=1),
         chain_complete=True,
     )
-    clock = Clock()
+    clock = Clock(NOW)
     onprem = OnPrem(egress_addresses=(ipaddress.ip_address("198.51.100.1"),), certificate=cert)
     handler, _, _ = engine(onprem=onprem, clock=clock)
     assert handler.predict(FOREIGN, OUTSIDE).reason == "certificate-connector"
@@ -426,11 +395,11 @@ def test_recipient_delimiter_reaches_alias_expansion(tmp_path: Path) -> None:
     table = tmp_path / "virtual"
     table.write_text("bob@contoso.com bob@tailspintoys.com\n")
     cfg = replace(config(), alias_maps=(f"texthash:{table}",), recipient_delimiter="+")
-    handler = PolicyEngine(build_state(cfg, 1), Stats(), Clock(), lambda record: None)
+    handler = PolicyEngine(build_state(cfg, 1), Stats(), Clock(NOW), lambda record: None)
     prediction = handler.predict(FOREIGN, "bob+news@contoso.com")
     assert prediction.reason == "forwarded"
     assert prediction.final == ("bob+news@tailspintoys.com",)
     without = PolicyEngine(
-        build_state(replace(cfg, recipient_delimiter=""), 1), Stats(), Clock(), lambda r: None
+        build_state(replace(cfg, recipient_delimiter=""), 1), Stats(), Clock(NOW), lambda r: None
     )
     assert without.predict(FOREIGN, "bob+news@contoso.com").reason == "recipient-in-tenant"

@@ -80,6 +80,10 @@ accepted_domains = ["contoso.com"]
 name = "From on-premises"
 tls_sender_certificate_name = "*.contoso.com"
 """
+#: The same tenant with an IP connector for 203.0.113.10 instead of the certificate connector.
+IP_TENANT = CERT_TENANT.replace(
+    'tls_sender_certificate_name = "*.contoso.com"', 'sender_ip_addresses = ["203.0.113.10/32"]'
+)
 
 
 def check_json(config: Path, sender: str, *recipients: str) -> tuple[int, dict[str, object]]:
@@ -148,11 +152,7 @@ def test_transport_maps_route_around_microsoft_365_is_never_deferred(tmp_path: P
     config = site(
         tmp_path,
         {"transport_maps": "hash:@DIR@/transport", "smtp_bind_address": "198.51.100.7"},
-        CERT_TENANT.replace(
-            'tls_sender_certificate_name = "*.contoso.com"',
-            'sender_ip_addresses = ["203.0.113.10/32"]',
-        )
-        + '[policy]\naction = "defer"\n',
+        IP_TENANT + '[policy]\naction = "defer"\n',
         {"transport": "partner.example smtp:[mx.partner.example]\n"},
     )
     subprocess.run([POSTMAP, f"hash:{config.parent}/postfix/transport"], check=True, timeout=30)
@@ -216,10 +216,7 @@ def test_egress_that_cannot_be_derived_is_a_configuration_error(
     config = site(
         tmp_path,
         {},
-        CERT_TENANT.replace(
-            'tls_sender_certificate_name = "*.contoso.com"',
-            'sender_ip_addresses = ["203.0.113.10/32"]',
-        ),
+        IP_TENANT,
     )
     assert (
         cli.main(["check", "-c", str(config), "--sender", "", "--recipient", "a@b.example"]) == 78
@@ -279,10 +276,7 @@ def test_alias_maps_and_delimiter_come_from_main_cf(tmp_path: Path) -> None:
             "recipient_delimiter": "+",
             "smtp_bind_address": "203.0.113.10",
         },
-        CERT_TENANT.replace(
-            'tls_sender_certificate_name = "*.contoso.com"',
-            'sender_ip_addresses = ["203.0.113.10/32"]',
-        ),
+        IP_TENANT,
         {"virtual": "kate@contoso.com kate@tailspintoys.example\n"},
     )
     status, result = check_json(config, "john@fabrikam.example", "kate+news@contoso.com")
@@ -308,10 +302,7 @@ def test_srs_domain_from_postsrsd(
     config = site(
         tmp_path,
         {"sender_canonical_maps": "tcp:127.0.0.1:10001", "smtp_bind_address": "203.0.113.10"},
-        CERT_TENANT.replace(
-            'tls_sender_certificate_name = "*.contoso.com"',
-            'sender_ip_addresses = ["203.0.113.10/32"]',
-        ),
+        IP_TENANT,
     )
     text = config.read_text().replace(
         "[postfix]\n", f'[postfix]\npostsrsd_config = "{tmp_path / "postsrsd"}"\n', 1

@@ -34,7 +34,15 @@ from policyd.sources.config import load_config
 from policyd.sources.pem import not_valid_after
 from policyd.sources.state import State, build_state
 from tests.pki import TestPKI
-from tests.serverproc import DEFAULT_BODY, PolicyClient, PolicyServer, data, rcpt, request_text
+from tests.serverproc import (
+    CERT_BODY,
+    DEFAULT_BODY,
+    PolicyClient,
+    PolicyServer,
+    data,
+    rcpt,
+    request_text,
+)
 from tests.tenants import ip_tenant_toml
 
 # --- file-change detection ------------------------------------------------------------------
@@ -575,26 +583,6 @@ def test_sighup_reload_valid_then_broken(tmp_path: Path) -> None:
         # the line is written in the same call that counted the failure, so it is in the log
         failures = [ln for ln in server.log_lines(mark) if "reload failed" in ln]
         assert len(failures) == 1
-
-
-CERT_BODY = """\
-[tenant]
-accepted_domains = ["contoso.com"]
-
-[[tenant.inbound_connector]]
-name = "Certificate connector"
-connector_type = "OnPremises"
-enabled = true
-tls_sender_certificate_name = "*.contoso.com"
-
-[onprem]
-egress_addresses = ["198.51.100.7"]
-certificate = "cert.pem"
-ca_bundle = "ca.pem"
-
-[policy]
-action = "reject"
-"""
 
 
 def test_changed_certificate_is_picked_up_without_a_signal(tmp_path: Path) -> None:

@@ -25,18 +25,13 @@ from policyd.engine.policy import PolicyEngine, Session
 from policyd.engine.stats import TOO_LARGE, Stats
 from policyd.errors import AliasLookupError
 from policyd.rules.model import AcceptedDomain, InboundConnector, OnPrem, Tenant
-from policyd.sources.config import (
-    Config,
-    LogSettings,
-    OutcomeSettings,
-    PolicySettings,
-    ServerSettings,
-)
+from policyd.sources.config import PolicySettings
 from policyd.sources.state import State
 from policyd.sources.tables import load_alias_maps
 from policyd.wire.protocol import PolicyFactory
 from tests.doubles import FakePostmap, Limits
 from tests.serverproc import DEFAULT_BODY, PolicyServer, rcpt
+from tests.tenants import model_config
 from tests.waiting import wait_until
 
 # --- the protocol holds a connection while its answer is a Deferred ------------------------
@@ -181,21 +176,14 @@ def test_a_flood_while_waiting_is_bounded() -> None:
 def engine_with(runner: FakePostmap, tmp_path: Path) -> tuple[PolicyEngine, Stats, list[Any]]:
     ldap_cf = tmp_path / "ldap-aliases.cf"
     ldap_cf.write_text("server_host = ldap://127.0.0.1\n")
-    config = Config(
-        path="/etc/m365-policyd/m365-policyd.toml",
-        server=ServerSettings(),
-        tenant=Tenant(
+    config = model_config(
+        Tenant(
             (AcceptedDomain("contoso.com"),),
             (InboundConnector("ip", sender_ip_addresses=()),),
         ),
-        onprem=OnPrem(),
-        alias_maps=(f"ldap:{ldap_cf}",),
+        OnPrem(),
         policy=PolicySettings(action="defer"),
-        log=LogSettings(),
-        outcomes=OutcomeSettings(),
-        certificate_path="",
-        ca_bundle="",
-        input_files=(),
+        alias_maps=(f"ldap:{ldap_cf}",),
     )
     aliases = load_alias_maps(config.alias_maps, runner=runner)
     assert aliases.uses_subprocess
