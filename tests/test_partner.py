@@ -258,3 +258,20 @@ def test_inline_partner_connector_with_restrictions(tmp_path: Path) -> None:
         sender_domains=("*", "*.contoso.com"),
         restrict_domains_to_ip_addresses=True,
     )
+
+
+def test_a_cached_5751_explanation_names_no_other_senders_address(tmp_path: Path) -> None:
+    """Without [postfix] predictions are cached by sender domain: the 5.7.51 explanation of
+    alice@contoso.com must not be served to bob@contoso.com with alice's address in it."""
+    from policyd.engine.policy import PolicyEngine
+    from policyd.engine.stats import Stats
+    from policyd.sources.state import build_state
+
+    config = filtering_setup(tmp_path, "relay.contoso.net", FILTERING_EXPORT)
+    engine = PolicyEngine(build_state(load_config(config), 1), Stats(), lambda: 0.0, print)
+    first = engine.predict("alice@contoso.com", "kate@contoso.com")
+    second = engine.predict("bob@contoso.com", "kate@contoso.com")
+    assert (first.reason, second.reason) == ("partner-restricted", "partner-restricted")
+    for prediction in (first, second):
+        assert "alice" not in prediction.explanation
+        assert "senders in contoso.com" in prediction.explanation

@@ -450,7 +450,13 @@ def _into_tenant(
     )
     if attribution.connector is not None:
         return _delivered(address, forwarded, f"{delivered}."), ()
-    sender_text = f"<{sender.address}>" if sender.address else "the null sender"
+    # The sender's domain, never the whole address: without [postfix] predictions are cached by
+    # sender domain, so the text must hold for every sender of that domain.
+    sender_text = (
+        f"senders in {sender.p1_domain}"
+        if sender.p1_domain
+        else (f"<{sender.address}>" if sender.address else "the null sender")
+    )
     for restriction in attribution.restrictions:
         partner = restriction.connector
         if partner.covers_sender(sender.p1_domain):
