@@ -77,7 +77,12 @@ unit: $(STAMP)
 matrix: $(STAMP)
 	$(PY) -m tests.matrix
 
-test: system-deps $(STAMP) lint typecheck unit matrix
+# The whole suite and the matrix run side by side: the real-Postfix, package and abuse tests
+# mostly wait (on Postfix, dpkg, timeouts) while the matrix's runs use the CPU. Each prints its
+# output whole when it ends (--output-sync), and `make test` fails if either failed.
+test: system-deps $(STAMP) lint typecheck
+	@echo "running the whole suite (make unit) and the matrix (make matrix) side by side; each prints its output when it ends"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target unit matrix
 
 quick: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest -q -m "not postfix and not slow and not deb"

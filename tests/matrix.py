@@ -1,7 +1,7 @@
 """``make matrix``: the unit suite again on Debian 12's libraries and under every other Python.
 
 ``make test`` runs the whole suite once in ``.venv`` (the newest releases, the Python that made
-``.venv``), then this script runs it once more in each of:
+``.venv``) and, side by side with it, this script runs it once more in each of:
 
 - **debian**: ``/usr/bin/python3`` in a venv with ``--system-site-packages`` over Debian's
   ``python3-twisted``, ``python3-cryptography`` and ``python3-prometheus-client`` (``make
@@ -200,16 +200,20 @@ def library_versions(suite: Suite) -> str:
     return ", ".join(described)
 
 
-def run(suite: Suite) -> None:
-    """Set the suite up and run pytest in it, streaming its output; fills counts/failed."""
+def set_up(suite: Suite) -> None:
+    """Prepare the suite's venv and read its library versions; a failure fills ``failed``."""
     started = time.monotonic()
     try:
         prepare(suite)
         suite.libraries = library_versions(suite)
     except (RuntimeError, OSError) as error:
         suite.failed = f"set-up failed: {error}"
-        suite.seconds = time.monotonic() - started
-        return
+    suite.seconds = time.monotonic() - started
+
+
+def run(suite: Suite) -> None:
+    """Run pytest in a set-up suite, streaming its output; fills counts/failed."""
+    started = time.monotonic()
     print(
         f"\n=== matrix: {suite.name}: {suite.python} ({_version_of(suite.python)}); "
         f"{suite.libraries}",
@@ -230,7 +234,7 @@ def run(suite: Suite) -> None:
         if _PYTEST_TOTALS.search(line):
             last = line
     status = process.wait()
-    suite.seconds = time.monotonic() - started
+    suite.seconds += time.monotonic() - started
     for number, word in _PYTEST_TOTALS.findall(last):
         suite.counts["errors" if word.startswith("error") else word] = int(number)
     if status != 0:
@@ -270,8 +274,13 @@ def main() -> int:
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
     started = time.monotonic()
     planned = suites()
-    for suite in planned:
-        if not suite.absent:
+    present = [suite for suite in planned if not suite.absent]
+    # Every venv first: `make test` runs this beside the main suite, whose packaging tests read
+    # the tree that `pip install -e .` writes into; after this point nothing writes there.
+    for suite in present:
+        set_up(suite)
+    for suite in present:
+        if not suite.failed:
             run(suite)
     print(f"\n=== matrix summary ({time.monotonic() - started:.0f} s)")
     print(f"matrix: python{ours} ({sys.executable}): the full suite above, newest libraries")
