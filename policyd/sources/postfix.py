@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -23,7 +22,15 @@ from dataclasses import dataclass, field
 
 from policyd.errors import ConfigError, LookupFailureError
 from policyd.rules import endpoints
-from policyd.rules.routing import ClientTls, PostfixView, Route, client_tls, resolve, split_list
+from policyd.rules.routing import (
+    ClientTls,
+    PostfixView,
+    Route,
+    client_tls,
+    resolve,
+    split_list,
+)
+from policyd.rules.routing import tls_policy_keys as routing_tls_policy_keys
 
 #: ``subprocess.run``'s shape; tests inject fakes.
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -149,6 +156,12 @@ class RouteSample:
     kind: str = endpoints.OTHER  # policyd.rules.endpoints kind of the next hop
     tls: ClientTls | None = None
     error: str = ""
+    #: TLS towards the later destinations of a next-hop list and the ``smtp_fallback_relay``
+    #: hosts (each looked up in ``smtp_tls_policy_maps`` on its own, smtp(8)).
+    more_tls: tuple[ClientTls, ...] = ()
+    #: The service's ``smtp_fallback_relay`` ("" = none), and where it was set.
+    fallback_relay: str = ""
+    fallback_from: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,19 +188,9 @@ class PostfixFacts:
 
 
 def tls_policy_keys(relayhost: str) -> list[str]:
-    """The ``smtp_tls_policy_maps`` keys Postfix would look up for the relay, in order."""
-    keys: list[str] = []
-    for item in re.split(r"[\s,]+", relayhost.strip()):
-        if not item:
-            continue
-        keys.append(item)
-        if item.startswith("["):
-            continue
-        host = item.rpartition(":")[0] if re.search(r":\d+$", item) else item
-        if host != item:
-            keys.append(host)
-        labels = host.split(".")
-        keys.extend("." + ".".join(labels[i:]) for i in range(1, len(labels)))
+    """The ``smtp_tls_policy_maps`` keys Postfix would look up for the relay, in order: each
+    destination of the list as ``policyd.rules.routing.tls_policy_keys`` gives them."""
+    keys = [key for item in split_list(relayhost) for key in routing_tls_policy_keys(item)]
     return list(dict.fromkeys(keys))
 
 
@@ -258,12 +261,25 @@ def _route_samples(
     for label, sender, recipient in samples:
         try:
             route = resolve(view, sender, recipient)
+            kind = endpoints.classify_nexthop(route.nexthop) if route.relays else endpoints.OTHER
+            nexthop = route.nexthop if kind != endpoints.OTHER else ""
+            tls = client_tls(view, route.transport, nexthop) if route.relays else None
+            fallback, fallback_from = ("", "")
+            more: tuple[ClientTls, ...] = ()
+            if route.relays:
+                fallback, fallback_from = view.service_parameter(
+                    route.transport, "smtp_fallback_relay"
+                )
+                later = [*split_list(nexthop)[1:], *split_list(fallback)] if nexthop else []
+                more = tuple(client_tls(view, route.transport, hop) for hop in later)
         except LookupFailureError as error:
             routed.append(RouteSample(label, sender, recipient, None, error=str(error)))
             continue
-        kind = endpoints.classify_nexthop(route.nexthop) if route.relays else endpoints.OTHER
-        tls = client_tls(view, route.transport) if route.relays else None
-        routed.append(RouteSample(label, sender, recipient, route, kind, tls))
+        routed.append(
+            RouteSample(
+                label, sender, recipient, route, kind, tls, "", more, fallback, fallback_from
+            )
+        )
     return tuple(routed), ""
 
 

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 
 from policyd.rules import endpoints
 from policyd.rules.model import normalize_domain
+from policyd.rules.routing import MANDATORY_TLS_LEVELS, NO_TLS_LEVELS, TLS_LEVELS, ClientTls
 from policyd.sources.config import Config
 from policyd.sources.postfix import PostfixFacts, RouteSample, split_postfix_list
 from policyd.sources.srs import SrsDomain
 from policyd.tools.doctor.report import ERROR, NOTE, OK, POSTFIX, WARNING, Check, MailClass
 
-#: TLS levels that never fall back to plain text, and what weaker ones mean.
-MANDATORY_TLS = ("encrypt", "fingerprint", "verify", "secure", "dane-only")
+#: TLS levels that never fall back to plain text.
+MANDATORY_TLS = MANDATORY_TLS_LEVELS
 
 
 RELAY_CONTROL = ("reject_unauth_destination", "defer_unauth_destination")
@@ -210,7 +211,92 @@ def _relayhost_only_check(postfix: PostfixFacts) -> Check:
     )
 
 
+_RANK = {OK: 0, NOTE: 1, WARNING: 2, ERROR: 3}
+
+_TLS_FIX = (
+    "Set smtp_tls_security_level = encrypt, or give each next hop to Microsoft 365 an encrypt "
+    "entry in smtp_tls_policy_maps (e.g. [contoso-com.mail.protection.outlook.com]:25 encrypt)."
+)
+
+
+def _microsoft_tls(postfix: PostfixFacts) -> list[ClientTls]:
+    """The TLS of each distinct service and next-hop destination (fallback relays included)
+    that the sample envelopes send to Microsoft 365, in first-seen order."""
+    found: dict[tuple[str, str], ClientTls] = {}
+    for sample in postfix.routes:
+        if sample.route is None or sample.tls is None:
+            continue
+        if sample.kind not in (endpoints.RELAY, endpoints.LEGACY):
+            continue
+        for tls in (sample.tls, *sample.more_tls):
+            found.setdefault((tls.service, tls.destination), tls)
+    return list(found.values())
+
+
 def _tls_level_check(postfix: PostfixFacts) -> Check:
+    """Mandatory TLS on every route to Microsoft 365, as smtp(8) resolves the level for each
+    next hop (``smtp_tls_policy_maps``, else ``smtp_tls_security_level``, per service)."""
+    reached = _microsoft_tls(postfix)
+    if not reached:
+        return _relayhost_tls_check(postfix)
+    judged = [(_level_status(tls.level), _tls_line(tls)) for tls in reached]
+    status = max((s for s, _ in judged), key=_RANK.__getitem__)
+    if status == OK:
+        shown = "; ".join(line for _, line in judged)
+        return Check(
+            "postfix-tls-mandatory",
+            POSTFIX,
+            OK,
+            f"TLS to Microsoft 365 is mandatory on every route ({shown}).",
+        )
+    weak = "; ".join(line for s, line in judged if s != OK)
+    if status == WARNING:
+        return Check(
+            "postfix-tls-mandatory",
+            POSTFIX,
+            WARNING,
+            f"TLS to Microsoft 365 is mandatory only when TLSA records are found ({weak}); "
+            "otherwise a failed TLS negotiation falls back to plain text and sends no "
+            "certificate.",
+            _TLS_FIX,
+        )
+    invalid = [tls for tls in reached if tls.level not in (*TLS_LEVELS, "")]
+    if invalid:
+        return Check(
+            "postfix-tls-mandatory",
+            POSTFIX,
+            ERROR,
+            f"{_tls_line(invalid[0])}: not a TLS level Postfix knows, so smtp(8) defers every "
+            "message to that next hop.",
+            _TLS_FIX,
+        )
+    return Check(
+        "postfix-tls-mandatory",
+        POSTFIX,
+        ERROR,
+        f"TLS to Microsoft 365 is not mandatory ({weak}): a failed TLS negotiation falls back "
+        "to plain text and sends no certificate.",
+        _TLS_FIX,
+    )
+
+
+def _level_status(level: str) -> str:
+    if level in MANDATORY_TLS:
+        return OK
+    return WARNING if level == "dane" else ERROR
+
+
+def _tls_line(tls: ClientTls) -> str:
+    """E.g. "service smtp to [x]:25: main.cf: smtp_tls_policy_maps entry [x]:25 (hash:...) =
+    encrypt"."""
+    value = tls.policy or tls.level or "(empty, no TLS)"
+    return (
+        f"service {tls.service} to {tls.destination or 'its next hop'}: {tls.level_from} = {value}"
+    )
+
+
+def _relayhost_tls_check(postfix: PostfixFacts) -> Check:
+    """Without a route to Microsoft 365: the TLS level main.cf gives ``relayhost``."""
     policy = postfix.tls_policy
     if policy is not None and policy.value:
         level = policy.value.split()[0].lower()
@@ -273,9 +359,57 @@ def _presented_files(postfix: PostfixFacts) -> tuple[str, list[str]]:
 
 
 def _cert_file_check(config: Config, postfix: PostfixFacts, resolve: Callable[[str], str]) -> Check:
-    parameter, files = _presented_files(postfix)
-    presented = ", ".join(files)
+    """The certificate each service that reaches Microsoft 365 presents there (none when the
+    next hop's TLS level is ``none``), against ``onprem.certificate``; main.cf alone when no
+    route reaches Microsoft 365."""
+    services: dict[str, ClientTls] = {}
+    for tls in _microsoft_tls(postfix):
+        # A service presents nothing where its level is none: judge its weakest next hop.
+        if tls.service not in services or tls.level in NO_TLS_LEVELS:
+            services[tls.service] = tls
+    if not services:
+        parameter, files = _presented_files(postfix)
+        return _cert_check(config, parameter, files, resolve)
+    checks = {
+        name: _cert_check(
+            config,
+            tls.certificate_from.removeprefix("main.cf: "),
+            list(tls.certificate_files),
+            resolve,
+            absent="" if tls.level not in NO_TLS_LEVELS else tls.not_presented_because,
+        )
+        for name, tls in services.items()
+    }
+    if len(checks) == 1:
+        return next(iter(checks.values()))
+    status = max((c.status for c in checks.values()), key=_RANK.__getitem__)
+    finding = " ".join(f"Service {name}: {c.finding}" for name, c in checks.items())
+    fixes = " ".join(dict.fromkeys(c.fix for c in checks.values() if c.fix))
+    return Check("postfix-cert-file", POSTFIX, status, finding, fixes)
+
+
+def _cert_check(
+    config: Config,
+    parameter: str,
+    files: list[str],
+    resolve: Callable[[str], str],
+    *,
+    absent: str = "",
+) -> Check:
+    """One service's certificate files (``absent``: why TLS is off, so none is presented)."""
     configured = config.certificate_path
+    if absent and configured:
+        return Check(
+            "postfix-cert-file",
+            POSTFIX,
+            ERROR,
+            f"Postfix presents no certificate to Microsoft 365 (the certificate is {absent}), "
+            f"while the daemon predicts with {configured}.",
+            _TLS_FIX,
+        )
+    if absent:
+        files = []
+    presented = ", ".join(files)
     if not files and not configured:
         return Check(
             "postfix-cert-file",

@@ -1,0 +1,173 @@
+"""TLS for the resolved next hop, and doctor's TLS and next-hop checks over every route to
+Microsoft 365 (SPEC §5.1 "TLS for the resolved next hop"), read from private Postfix
+configuration directories with the real ``postconf`` and ``postmap``.
+
+Which ``smtp_tls_policy_maps`` key smtp(8) really uses is checked against Postfix's own
+deliveries in tests/e2e/test_routing_agreement.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from policyd.sources.config import load_config
+from policyd.sources.postfix import read_postfix
+from policyd.sources.state import build_state
+from policyd.tools import doctor
+from policyd.tools.doctor.tenant import route_samples
+from tests.pki import TestPKI
+from tests.test_postfix_source import CERT_TENANT, M365, check_json, first_address, site
+
+pytestmark = pytest.mark.postfix
+
+POSTMAP = "/usr/sbin/postmap"
+
+
+def doctor_report(config: Path) -> doctor.Report:
+    """doctor's report for ``config`` as ``m365-policyd doctor`` builds it (state, router)."""
+    state = build_state(load_config(str(config)), 0)
+    facts = read_postfix(
+        state.config.postfix.config_directory,
+        route_samples(state.config),
+        state.postfix.view if state.postfix is not None else None,
+    )
+    assert facts.error == "" and facts.route_error == ""
+    return doctor.audit(
+        state.config,
+        now=TestPKI().now,
+        postfix=facts,
+        router=state.router,
+        srs=state.srs,
+        predictor=state.predictor,
+    )
+
+
+def finding(report: doctor.Report, check_id: str) -> doctor.Check:
+    found = [c for c in report.checks if c.id == check_id]
+    assert len(found) == 1, [c.id for c in report.checks]
+    return found[0]
+
+
+def certificate_tenant(tmp_path: Path) -> tuple[str, str]:
+    """(the [tenant]/[onprem] TOML of a certificate connector for *.contoso.com, the client
+    certificate file): the certificate is CA-signed and named under an accepted domain."""
+    pki = TestPKI()
+    cert, _ = pki.write(tmp_path, pki.leaf("mail.contoso.com", ["mail.contoso.com"]))
+    bundle = pki.write_ca_bundle(tmp_path)
+    return CERT_TENANT + f'[onprem]\nca_bundle = "{bundle}"\n', str(cert)
+
+
+# --- the issue's input: no relayhost, transport_maps *, TLS per next hop ----------------------
+
+
+@pytest.mark.parametrize("global_level", ["may", ""])
+def test_transport_maps_wildcard_and_per_next_hop_tls(tmp_path: Path, global_level: str) -> None:
+    """Three of five real configurations: no relayhost, ``* smtp:[M365]:25`` in
+    transport_maps, ``[M365]:25 encrypt`` in smtp_tls_policy_maps, smtp_tls_security_level
+    may or empty. doctor says neither "relayhost is empty" nor "TLS ... not mandatory", the
+    certificate is presented (the next hop's level is encrypt), and the null sender relays
+    through the certificate connector."""
+    toml, cert = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {
+            "relayhost": "",
+            "transport_maps": "hash:@DIR@/transport",
+            "smtp_tls_policy_maps": "hash:@DIR@/tls_policy",
+            "smtp_tls_security_level": global_level,
+            "smtp_tls_cert_file": cert,
+        },
+        toml,
+        {"transport": f"*  smtp:{M365}\n", "tls_policy": f"{M365} encrypt\n"},
+    )
+    etc = config.parent / "postfix"
+    for table in ("transport", "tls_policy"):
+        subprocess.run([POSTMAP, f"hash:{etc}/{table}"], check=True, timeout=30)
+    report = doctor_report(config)
+    everything = " ".join(c.finding for c in report.checks)
+    assert "relayhost is empty" not in everything
+    assert "not mandatory" not in everything
+    relayhost = finding(report, "postfix-relayhost")
+    assert relayhost.status == "ok", relayhost
+    assert "transport_maps: *" in relayhost.finding
+    tls = finding(report, "postfix-tls-mandatory")
+    assert tls.status == "ok", tls
+    assert f"smtp_tls_policy_maps entry {M365}" in tls.finding
+    assert finding(report, "postfix-cert-file").status != "error"
+    status, result = check_json(config, "", "kate@tailspintoys.example")
+    address = first_address(result)
+    assert address["reason"] == "certificate-connector", address
+    assert status == 0
+
+
+def test_next_hop_policy_none_presents_no_certificate(tmp_path: Path) -> None:
+    """smtp_tls_security_level = encrypt, but smtp_tls_policy_maps says none for the next hop:
+    smtp(8) does not use TLS there, so no certificate reaches Microsoft 365 (no-connector),
+    and doctor FAILs both the level and the certificate."""
+    toml, cert = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {
+            "smtp_tls_policy_maps": "texthash:@DIR@/tls_policy",
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_cert_file": cert,
+        },
+        toml + f'certificate = "{cert}"\n',
+        {"tls_policy": f"{M365.upper()} none\n"},
+    )
+    status, result = check_json(config, "", "kate@tailspintoys.example")
+    address = first_address(result)
+    assert address["reason"] == "no-connector", address
+    assert "smtp_tls_policy_maps entry" in str(address["explanation"])
+    assert status == 1
+    report = doctor_report(config)
+    tls = finding(report, "postfix-tls-mandatory")
+    assert (tls.status, "= none" in tls.finding) == ("error", True), tls
+    presented = finding(report, "postfix-cert-file")
+    assert presented.status == "error", presented
+    assert "presents no certificate" in presented.finding
+
+
+@pytest.mark.parametrize("parameter", ["smtp_tls_eccert_file", "smtp_tls_dcert_file"])
+def test_legacy_ecdsa_and_dsa_certificate_files_are_presented(
+    tmp_path: Path, parameter: str
+) -> None:
+    """A client certificate named only in smtp_tls_eccert_file or smtp_tls_dcert_file is
+    presented (postconf(5)), so the null sender relays through the certificate connector."""
+    toml, cert = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {"smtp_tls_security_level": "encrypt", "smtp_tls_cert_file": "", parameter: cert},
+        toml,
+    )
+    status, result = check_json(config, "", "kate@tailspintoys.example")
+    address = first_address(result)
+    assert address["reason"] == "certificate-connector", address
+    route = address["route"]
+    assert isinstance(route, dict)
+    assert route["certificate_from"] == f"main.cf: {parameter}"
+    assert status == 0
+
+
+def test_chain_files_make_the_legacy_certificate_files_ignored(tmp_path: Path) -> None:
+    """With smtp_tls_chain_files set, smtp_tls_eccert_file is ignored (postconf(5)): a chain
+    without a usable certificate presents none that attributes."""
+    toml, cert = certificate_tenant(tmp_path)
+    other = tmp_path / "other.pem"
+    other.write_text("not a certificate\n")
+    config = site(
+        tmp_path,
+        {
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_chain_files": str(other),
+            "smtp_tls_eccert_file": cert,
+        },
+        toml,
+    )
+    _, result = check_json(config, "", "kate@tailspintoys.example")
+    route = first_address(result)["route"]
+    assert isinstance(route, dict)
+    assert route["certificate_from"] == "main.cf: smtp_tls_chain_files"
