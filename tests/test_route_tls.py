@@ -19,7 +19,15 @@ from policyd.sources.state import build_state
 from policyd.tools import doctor
 from policyd.tools.doctor.tenant import route_samples
 from tests.pki import TestPKI
-from tests.test_postfix_source import CERT_TENANT, M365, check_json, first_address, site
+from tests.test_postfix_source import (
+    CERT_TENANT,
+    IP_TENANT,
+    M365,
+    check_json,
+    first_address,
+    settle,
+    site,
+)
 
 pytestmark = pytest.mark.postfix
 
@@ -171,3 +179,107 @@ def test_chain_files_make_the_legacy_certificate_files_ignored(tmp_path: Path) -
     route = first_address(result)["route"]
     assert isinstance(route, dict)
     assert route["certificate_from"] == "main.cf: smtp_tls_chain_files"
+
+
+# --- wrappermode, fallback relay, egress -------------------------------------------------------
+
+
+def test_wrappermode_towards_microsoft_365_fails(tmp_path: Path) -> None:
+    """smtp_tls_wrappermode = yes on the service that sends to Microsoft 365 is a FAIL: its
+    endpoints speak STARTTLS on port 25; a service that does not reach it is not named."""
+    toml, cert = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {"smtp_tls_security_level": "encrypt", "smtp_tls_cert_file": cert},
+        toml,
+        master_extra="smtps unix - - n - - smtp\n  -o smtp_tls_wrappermode=yes\n",
+    )
+    assert [c for c in doctor_report(config).checks if c.id == "postfix-tls-wrappermode"] == []
+    (config.parent / "postfix" / "main.cf").write_text(
+        (config.parent / "postfix" / "main.cf").read_text() + "default_transport = smtps\n"
+    )
+    settle(config.parent / "postfix")
+    wrapped = finding(doctor_report(config), "postfix-tls-wrappermode")
+    assert wrapped.status == "error"
+    assert "master.cf: smtps/unix -o smtp_tls_wrappermode = yes" in wrapped.finding
+    assert "STARTTLS" in wrapped.finding
+
+
+@pytest.mark.parametrize(
+    ("fallback", "status"),
+    [("[mx.fabrikam.example]", "warning"), ("[contoso-com.a-v1.mx.microsoft]:25", "note")],
+)
+def test_fallback_relay_is_reported(tmp_path: Path, fallback: str, status: str) -> None:
+    """smtp_fallback_relay on the route to Microsoft 365 is reported: a warning when it is not
+    a Microsoft 365 endpoint, a note when it is; its TLS level is judged like the relay's."""
+    toml, cert = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_cert_file": cert,
+            "smtp_fallback_relay": fallback,
+            "smtp_tls_policy_maps": "texthash:@DIR@/tls_policy",
+        },
+        toml,
+        {"tls_policy": f"{fallback} may\n"},
+    )
+    report = doctor_report(config)
+    reported = finding(report, "postfix-fallback-relay")
+    assert reported.status == status, reported
+    assert f"main.cf: smtp_fallback_relay = {fallback}" in reported.finding
+    tls = finding(report, "postfix-tls-mandatory")
+    if status == "note":  # a Microsoft 365 fallback must have mandatory TLS too
+        assert tls.status == "error" and f"to {fallback}" in tls.finding, tls
+    else:
+        assert tls.status == "ok", tls
+
+
+def test_no_fallback_relay_no_report(tmp_path: Path) -> None:
+    """Without smtp_fallback_relay, doctor has nothing to say about it."""
+    toml, _ = certificate_tenant(tmp_path)
+    config = site(tmp_path, {"smtp_tls_security_level": "encrypt"}, toml)
+    assert [c for c in doctor_report(config).checks if c.id == "postfix-fallback-relay"] == []
+
+
+@pytest.mark.parametrize(
+    ("main", "status", "text"),
+    [
+        ({"inet_protocols": "ipv4"}, "ok", "only IPv4"),
+        ({"inet_protocols": "all"}, "warning", "never matches an IP connector"),
+        (
+            {"inet_protocols": "all", "smtp_bind_address6": "2001:db8::25"},
+            "warning",
+            "smtp_bind_address6 = 2001:db8::25",
+        ),
+        (
+            {"inet_protocols": "ipv4, ipv6", "smtp_address_preference": "ipv4"},
+            "note",
+            "IPv4 is preferred",
+        ),
+    ],
+)
+def test_ipv6_egress_with_an_ip_connector(
+    tmp_path: Path, main: dict[str, str], status: str, text: str
+) -> None:
+    """inet_protocols and smtp_address_preference decide whether Microsoft 365 may see an IPv6
+    source address, which no IP connector holds."""
+    config = site(tmp_path, {"smtp_bind_address": "203.0.113.10", **main}, IP_TENANT)
+    check = finding(doctor_report(config), "postfix-egress-ipv6")
+    assert check.status == status, check
+    assert text in check.finding
+
+
+@pytest.mark.parametrize(
+    ("enforce", "status"), [("", "warning"), ("smtp_bind_address_enforce = yes", "ok")]
+)
+def test_bind_address_enforce(tmp_path: Path, enforce: str, status: str) -> None:
+    """A source address without smtp_bind_address_enforce = yes only logs a warning when it
+    cannot be bound (postconf(5), Postfix 3.7): doctor says so; enforced, it is ok."""
+    main = {"smtp_bind_address": "203.0.113.10", "inet_protocols": "ipv4"}
+    if enforce:
+        main["smtp_bind_address_enforce"] = "yes"
+    config = site(tmp_path, main, IP_TENANT)
+    check = finding(doctor_report(config), "postfix-bind-enforce")
+    assert check.status == status, check
+    assert "main.cf: smtp_bind_address = 203.0.113.10" in check.finding

@@ -136,6 +136,16 @@ POSTFIX_PARAMETERS = (
 )
 
 
+#: What decides the source address Microsoft 365 sees (postconf(5)), read per service.
+EGRESS_PARAMETERS = (
+    "inet_protocols",
+    "smtp_address_preference",
+    "smtp_bind_address",
+    "smtp_bind_address6",
+    "smtp_bind_address_enforce",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:
     """What ``smtp_tls_policy_maps`` says for the relay host."""
@@ -162,6 +172,8 @@ class RouteSample:
     #: The service's ``smtp_fallback_relay`` ("" = none), and where it was set.
     fallback_relay: str = ""
     fallback_from: str = ""
+    #: The service's egress settings (``EGRESS_PARAMETERS``): name -> (value, where it was set).
+    egress: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,18 +278,33 @@ def _route_samples(
             tls = client_tls(view, route.transport, nexthop) if route.relays else None
             fallback, fallback_from = ("", "")
             more: tuple[ClientTls, ...] = ()
+            egress: dict[str, tuple[str, str]] = {}
             if route.relays:
                 fallback, fallback_from = view.service_parameter(
                     route.transport, "smtp_fallback_relay"
                 )
                 later = [*split_list(nexthop)[1:], *split_list(fallback)] if nexthop else []
                 more = tuple(client_tls(view, route.transport, hop) for hop in later)
+                egress = {
+                    name: view.service_parameter(route.transport, name)
+                    for name in EGRESS_PARAMETERS
+                }
         except LookupFailureError as error:
             routed.append(RouteSample(label, sender, recipient, None, error=str(error)))
             continue
         routed.append(
             RouteSample(
-                label, sender, recipient, route, kind, tls, "", more, fallback, fallback_from
+                label,
+                sender,
+                recipient,
+                route,
+                kind,
+                tls,
+                "",
+                more,
+                fallback,
+                fallback_from,
+                egress,
             )
         )
     return tuple(routed), ""

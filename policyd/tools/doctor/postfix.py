@@ -72,7 +72,10 @@ def postfix_checks(
     ]
     checks.append(_relayhost_check(postfix))
     checks.append(_tls_level_check(postfix))
+    checks.extend(_wrappermode_checks(postfix))
     checks.append(_cert_file_check(config, postfix, resolve))
+    checks.extend(_fallback_relay_checks(postfix))
+    checks.extend(_egress_checks(config, postfix))
     checks.extend(_policy_checks(config, postfix, resolve))
     checks.append(_bounce_check(config, postfix, classes))
     return checks
@@ -228,7 +231,12 @@ def _microsoft_tls(postfix: PostfixFacts) -> list[ClientTls]:
             continue
         if sample.kind not in (endpoints.RELAY, endpoints.LEGACY):
             continue
-        for tls in (sample.tls, *sample.more_tls):
+        later = [
+            tls
+            for tls in sample.more_tls
+            if endpoints.classify_nexthop(tls.destination) in (endpoints.RELAY, endpoints.LEGACY)
+        ]
+        for tls in (sample.tls, *later):
             found.setdefault((tls.service, tls.destination), tls)
     return list(found.values())
 
@@ -292,6 +300,195 @@ def _tls_line(tls: ClientTls) -> str:
     value = tls.policy or tls.level or "(empty, no TLS)"
     return (
         f"service {tls.service} to {tls.destination or 'its next hop'}: {tls.level_from} = {value}"
+    )
+
+
+def _wrappermode_checks(postfix: PostfixFacts) -> list[Check]:
+    """``smtp_tls_wrappermode = yes`` towards Microsoft 365: its endpoints speak STARTTLS on
+    port 25 (and 587), never TLS from the first byte, so every connection fails."""
+    wrapped = [tls for tls in _microsoft_tls(postfix) if tls.wrappermode]
+    if not wrapped:
+        return []
+    shown = "; ".join(
+        f"service {tls.service} to {tls.destination} ({tls.wrappermode_from} = yes)"
+        for tls in wrapped
+    )
+    return [
+        Check(
+            "postfix-tls-wrappermode",
+            POSTFIX,
+            ERROR,
+            f"smtp_tls_wrappermode is on towards Microsoft 365 ({shown}): Microsoft 365's "
+            "endpoints on port 25 (and 587) speak plain SMTP and STARTTLS, not TLS from the "
+            "first byte, so no delivery succeeds.",
+            "Remove smtp_tls_wrappermode (it is for SMTPS on port 465) and set "
+            "smtp_tls_security_level = encrypt.",
+        )
+    ]
+
+
+def _microsoft_samples(postfix: PostfixFacts) -> list[RouteSample]:
+    """The sample envelopes whose route reaches Microsoft 365, one per master.cf service."""
+    found: dict[str, RouteSample] = {}
+    for sample in postfix.routes:
+        if sample.route is not None and sample.kind in (endpoints.RELAY, endpoints.LEGACY):
+            found.setdefault(sample.route.transport, sample)
+    return list(found.values())
+
+
+def _fallback_relay_checks(postfix: PostfixFacts) -> list[Check]:
+    """``smtp_fallback_relay`` of a service that reaches Microsoft 365: smtp(8) appends it to
+    every next-hop list, so mail the endpoint does not take may leave through it."""
+    lines: list[str] = []
+    elsewhere = False
+    for sample in _microsoft_samples(postfix):
+        if not sample.fallback_relay:
+            continue
+        hops = endpoints.parse_nexthop(sample.fallback_relay)
+        outside = [h.host for h in hops if endpoints.classify_host(h.host) != endpoints.RELAY]
+        elsewhere = elsewhere or bool(outside)
+        lines.append(
+            f"service {sample.route.transport if sample.route else ''}: "
+            f"{sample.fallback_from} = {sample.fallback_relay}"
+            + (f" ({', '.join(outside)}: not a Microsoft 365 endpoint)" if outside else "")
+        )
+    if not lines:
+        return []
+    text = (
+        "Mail that cannot be delivered to Microsoft 365's endpoint (unreachable, or a 4xx "
+        f"answer) goes on to the fallback relay: {'; '.join(lines)}."
+    )
+    if elsewhere:
+        return [
+            Check(
+                "postfix-fallback-relay",
+                POSTFIX,
+                WARNING,
+                text + " The predictions do not hold for mail that leaves that way.",
+                "Leave smtp_fallback_relay empty on services that send to Microsoft 365, or "
+                "name another Microsoft 365 endpoint of the same tenant.",
+            )
+        ]
+    return [Check("postfix-fallback-relay", POSTFIX, NOTE, text)]
+
+
+def _egress_checks(config: Config, postfix: PostfixFacts) -> list[Check]:
+    """Whether Microsoft 365 may see an IPv6 source address, and whether a source address
+    that cannot be bound stops delivery (postconf(5): inet_protocols, smtp_address_preference,
+    smtp_bind_address6, smtp_bind_address_enforce)."""
+    samples = _microsoft_samples(postfix)
+    if not samples:
+        return []
+    # Only a connector that attributes by IP alone loses mail that arrives over IPv6.
+    ip_connector = any(
+        c.sender_ip_addresses and not c.tls_sender_certificate_name
+        for c in config.tenant.relay_connectors
+    )
+    checks = [_ipv6_check(samples, ip_connector)]
+    unenforced: list[str] = []
+    enforced: list[str] = []
+    for sample in samples:
+        egress = sample.egress
+        bound = [
+            f"{where} = {value}"
+            for value, where in (egress.get(n, ("", "")) for n in _BIND_PARAMETERS)
+            if value
+        ]
+        if not bound:
+            continue
+        enforce, _ = egress.get("smtp_bind_address_enforce", ("", ""))
+        name = sample.route.transport if sample.route else ""
+        (enforced if enforce.lower() == "yes" else unenforced).append(
+            f"service {name}: {', '.join(bound)}"
+        )
+    if unenforced:
+        checks.append(
+            Check(
+                "postfix-bind-enforce",
+                POSTFIX,
+                WARNING,
+                f"Source address set without smtp_bind_address_enforce = yes "
+                f"({'; '.join(unenforced)}): when the address cannot be bound, smtp(8) only "
+                "logs a warning and sends from another address, which Microsoft 365 may "
+                "attribute differently than predicted.",
+                "Set smtp_bind_address_enforce = yes (Postfix 3.7 and later) so such mail is "
+                "deferred instead.",
+            )
+        )
+    elif enforced:
+        checks.append(
+            Check(
+                "postfix-bind-enforce",
+                POSTFIX,
+                OK,
+                f"The source address is enforced ({'; '.join(enforced)}; "
+                "smtp_bind_address_enforce = yes).",
+            )
+        )
+    return checks
+
+
+_BIND_PARAMETERS = ("smtp_bind_address", "smtp_bind_address6")
+
+
+def _ipv6_check(samples: Sequence[RouteSample], ip_connector: bool) -> Check:
+    """IPv6 towards Microsoft 365: possible when inet_protocols enables it; never matched by
+    an IP connector (connectors hold IPv4 only). Whether an endpoint publishes IPv6 addresses
+    (AAAA records) is Microsoft's choice per endpoint and not checked here."""
+    lines: list[str] = []
+    risky = False
+    for sample in samples:
+        egress = sample.egress
+        protocols, protocols_from = egress.get("inet_protocols", ("", "main.cf: inet_protocols"))
+        words = {w.lower() for w in split_postfix_list(protocols)}
+        if not words & {"all", "ipv6"}:
+            continue
+        preference, _ = egress.get("smtp_address_preference", ("any", ""))
+        bind6, bind6_from = egress.get("smtp_bind_address6", ("", ""))
+        risky = risky or preference.lower() != "ipv4"
+        name = sample.route.transport if sample.route else ""
+        lines.append(
+            f"service {name}: {protocols_from} = {protocols}, smtp_address_preference = "
+            f"{preference or 'any'}"
+            + (f", {bind6_from} = {bind6}" if bind6 else ", no smtp_bind_address6")
+        )
+    if not lines:
+        return Check(
+            "postfix-egress-ipv6",
+            POSTFIX,
+            OK,
+            "inet_protocols has no IPv6: Microsoft 365 sees only IPv4 source addresses.",
+        )
+    shown = "; ".join(lines)
+    text = (
+        f"Mail to Microsoft 365 may leave over IPv6 when the endpoint publishes IPv6 "
+        f"addresses ({shown})"
+    )
+    if not ip_connector:
+        return Check(
+            "postfix-egress-ipv6",
+            POSTFIX,
+            NOTE,
+            text + "; no connector attributes by IP address alone, so the certificate "
+            "attributes it.",
+        )
+    if not risky:
+        return Check(
+            "postfix-egress-ipv6",
+            POSTFIX,
+            NOTE,
+            text + "; IPv4 is preferred, so IPv6 is used only when IPv4 fails — and then no "
+            "IP connector matches (connectors hold IPv4 addresses only).",
+            "Set inet_protocols = ipv4 to keep every connection on IPv4.",
+        )
+    return Check(
+        "postfix-egress-ipv6",
+        POSTFIX,
+        WARNING,
+        text + ": an IPv6 source address never matches an IP connector (connectors hold IPv4 "
+        "addresses only), so such mail is attributed by certificate or not at all.",
+        "Set inet_protocols = ipv4 (or smtp_address_preference = ipv4) on the relay, or "
+        "attribute by certificate.",
     )
 
 
