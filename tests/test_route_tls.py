@@ -9,6 +9,7 @@ deliveries in tests/e2e/test_routing_agreement.py.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def doctor_report(config: Path) -> doctor.Report:
         state.config.postfix.config_directory,
         route_samples(state.config),
         state.postfix.view if state.postfix is not None else None,
+        state.postfix.detours if state.postfix is not None else (),
     )
     assert facts.error == "" and facts.route_error == ""
     return doctor.audit(
@@ -283,3 +285,128 @@ def test_bind_address_enforce(tmp_path: Path, enforce: str, status: str) -> None
     check = finding(doctor_report(config), "postfix-bind-enforce")
     assert check.status == status, check
     assert "main.cf: smtp_bind_address = 203.0.113.10" in check.finding
+
+
+# --- content-filter detours and Postfix instances ---------------------------------------------
+
+
+def check_text(config: Path, sender: str, recipient: str) -> str:
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "m365-policyd"),
+            "check",
+            "-c",
+            str(config),
+            "--sender",
+            sender,
+            "--recipient",
+            recipient,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stderr == ""
+    return done.stdout
+
+
+def test_content_filters_are_reported_not_followed(tmp_path: Path) -> None:
+    """content_filter in main.cf and on a master.cf listener, and a FILTER action in
+    header_checks, are reported by check and doctor; the route is the one after the filter.
+    A pipe filter that re-injects with sendmail is a warning (never policy-checked)."""
+    toml, cert = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_cert_file": cert,
+            "content_filter": "scan:[127.0.0.1]:10024",
+            "header_checks": "regexp:@DIR@/header_checks",
+        },
+        toml,
+        {"header_checks": "# quarantine\n/^Subject: invoice/ FILTER dfilt:dummy\n"},
+        master_extra=(
+            "scan unix - - n - 2 smtp\n"
+            "dfilt unix - n n - - pipe\n"
+            "  flags=Rq user=nobody argv=/usr/local/bin/filter -f ${sender} -- ${recipient}"
+            " /usr/sbin/sendmail\n"
+            "127.0.0.1:10026 inet n - n - - smtpd\n  -o content_filter=scan:[127.0.0.1]:10025\n"
+        ),
+    )
+    status, result = check_json(config, "", "kate@tailspintoys.example")
+    assert first_address(result)["route"]["nexthop"] == M365  # type: ignore[index]
+    postfix = result["postfix"]
+    assert isinstance(postfix, dict)
+    detours = " | ".join(postfix["detours"])
+    assert "main.cf: content_filter = scan:[127.0.0.1]:10024" in detours
+    assert "master.cf: 127.0.0.1:10026/inet -o content_filter = scan:[127.0.0.1]:10025" in detours
+    assert "header_checks line 2): FILTER = dfilt:dummy" in detours
+    assert "re-injects with sendmail" in detours
+    assert status == 0
+    assert "Filter    main.cf: content_filter = scan:[127.0.0.1]:10024" in check_text(
+        config, "", "kate@tailspintoys.example"
+    )
+    reported = finding(doctor_report(config), "postfix-content-filter")
+    assert reported.status == "warning"
+    assert "dfilt:dummy" in reported.finding
+
+
+def test_no_content_filter_no_report(tmp_path: Path) -> None:
+    """Without content_filter or FILTER actions doctor says nothing about filters."""
+    toml, _ = certificate_tenant(tmp_path)
+    config = site(tmp_path, {"smtp_tls_security_level": "encrypt"}, toml)
+    assert [c for c in doctor_report(config).checks if c.id == "postfix-content-filter"] == []
+
+
+def secondary(tmp_path: Path, name: str, relayhost: str) -> Path:
+    """A secondary instance's configuration directory (MULTI_INSTANCE_README)."""
+    etc = tmp_path / name
+    etc.mkdir()
+    (etc / "main.cf").write_text(
+        "compatibility_level = 3.6\nmyhostname = mta.contoso.com\n"
+        f"multi_instance_name = {name}\nmulti_instance_enable = yes\nrelayhost = {relayhost}\n"
+    )
+    (etc / "master.cf").write_text(
+        "smtp unix - - n - - smtp\nrelay unix - - n - - smtp\nlocal unix - n n - - local\n"
+    )
+    settle(etc)
+    return etc
+
+
+@pytest.mark.parametrize(
+    ("relayhost", "status"), [(M365, "warning"), ("[smarthost.fabrikam.example]", "ok")]
+)
+def test_primary_instance_with_a_secondary_that_reaches_microsoft_365(
+    tmp_path: Path, relayhost: str, status: str
+) -> None:
+    """[postfix] names the primary instance while multi_instance_directories lists a
+    secondary: doctor warns when that secondary routes mail to Microsoft 365, and check says
+    which instance it predicts for."""
+    other = secondary(tmp_path, "postfix-out", relayhost)
+    toml, _ = certificate_tenant(tmp_path)
+    config = site(
+        tmp_path,
+        {
+            "relayhost": "[smarthost.fabrikam.example]",
+            "multi_instance_directories": str(other),
+            "multi_instance_enable": "yes",
+        },
+        toml,
+    )
+    report = doctor_report(config)
+    check = finding(report, "postfix-instance")
+    assert check.status == status, check
+    assert f"instance postfix-out ({other}; Debian unit postfix@postfix-out)" in check.finding
+    text = check_text(config, "", "kate@tailspintoys.example")
+    assert "Postfix   instance primary (" in text and "Debian unit postfix@-)" in text
+
+
+def test_a_secondary_instance_is_named(tmp_path: Path) -> None:
+    """[postfix] naming a secondary instance: check and doctor say which one."""
+    toml, _ = certificate_tenant(tmp_path)
+    config = site(tmp_path, {"multi_instance_name": "postfix-m365"}, toml)
+    text = check_text(config, "", "kate@tailspintoys.example")
+    assert "Postfix   instance postfix-m365 (" in text
+    check = finding(doctor_report(config), "postfix-instance")
+    assert (check.status, "instance postfix-m365" in check.finding) == ("ok", True)

@@ -31,6 +31,8 @@ from policyd.rules.routing import (
     split_list,
 )
 from policyd.rules.routing import tls_policy_keys as routing_tls_policy_keys
+from policyd.sources.detours import Detour
+from policyd.sources.instances import Instance, SecondaryRoutes, describe, secondary_routes
 
 #: ``subprocess.run``'s shape; tests inject fakes.
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -133,6 +135,8 @@ POSTFIX_PARAMETERS = (
     "bounce_notice_recipient",
     "2bounce_notice_recipient",
     "delay_notice_recipient",
+    "multi_instance_name",
+    "multi_instance_directories",
 )
 
 
@@ -186,6 +190,11 @@ class PostfixFacts:
     tls_policy: TlsPolicy | None = None  # None: no smtp_tls_policy_maps or not looked up
     routes: tuple[RouteSample, ...] = ()  # the sample envelopes doctor asked for, routed
     route_error: str = ""  # why the routes could not be computed ("" when they were)
+    #: content_filter / FILTER detours, reported only (``policyd.sources.detours``).
+    detours: tuple[Detour, ...] = ()
+    #: This instance, and its secondary instances' routes to Microsoft 365 (when primary).
+    instance: Instance | None = None
+    secondaries: tuple[SecondaryRoutes, ...] = ()
 
     @property
     def microsoft_route(self) -> RouteSample | None:
@@ -224,11 +233,13 @@ def read_postfix(
     directory: str,
     samples: Sequence[tuple[str, str, str]] = (),
     view: PostfixView | None = None,
+    detours: tuple[Detour, ...] = (),
 ) -> PostfixFacts:
     """Read Postfix's parameters with ``postconf -c DIR -x``, route the ``samples``
     (label, sender, recipient) as trivial-rewrite would, and read the TLS policy for the
     next hop that reaches Microsoft 365 (else ``relayhost``). ``view``: the routing picture of
-    ``directory`` already loaded (``State.postfix.view``); without it, it is read here."""
+    ``directory`` already loaded (``State.postfix.view``, with its ``detours``); without it,
+    both are read here."""
     postconf = find_tool("postconf")
     if postconf is None:
         return PostfixFacts(directory, error="postconf not found (is Postfix installed?)")
@@ -242,7 +253,8 @@ def read_postfix(
         message = last_line(done.stderr) or f"exit status {done.returncode}"
         return PostfixFacts(directory, error=message)
     parameters = parse_postconf(done.stdout)
-    routes, route_error = _route_samples(directory, samples, view)
+    routes, route_error, found = _route_samples(directory, samples, view)
+    detours = detours or found
     policy = None
     maps = parameters.get("smtp_tls_policy_maps", "").strip()
     if maps:
@@ -252,23 +264,49 @@ def read_postfix(
                 nexthop = sample.route.nexthop
                 break
         policy = _lookup_tls_policy(directory, maps, nexthop)
+    instance = describe(directory, parameters)
+
+    def route(other: str) -> tuple[tuple[str, ...], Mapping[str, str], str]:
+        from policyd.sources.routes import read_postfix_view  # it imports this module
+
+        try:
+            loaded = read_postfix_view(other)
+        except ConfigError as problem:
+            return (), {}, str(problem)
+        found, failed, _ = _route_samples(other, samples, loaded.view)
+        reached = tuple(
+            f"{s.label} -> {s.route}"
+            for s in found
+            if s.route is not None and s.kind in (endpoints.RELAY, endpoints.LEGACY)
+        )
+        return reached, loaded.view.parameters, failed
+
     return PostfixFacts(
-        directory, parameters, tls_policy=policy, routes=routes, route_error=route_error
+        directory,
+        parameters,
+        tls_policy=policy,
+        routes=routes,
+        route_error=route_error,
+        detours=detours,
+        instance=instance,
+        secondaries=secondary_routes(instance, route) if samples else (),
     )
 
 
 def _route_samples(
     directory: str, samples: Sequence[tuple[str, str, str]], view: PostfixView | None
-) -> tuple[tuple[RouteSample, ...], str]:
+) -> tuple[tuple[RouteSample, ...], str, tuple[Detour, ...]]:
     if not samples:
-        return (), ""
+        return (), "", ()
+    detours: tuple[Detour, ...] = ()
     if view is None:
         from policyd.sources.routes import read_postfix_view  # it imports this module
 
         try:
-            view = read_postfix_view(directory).view
+            loaded = read_postfix_view(directory)
         except ConfigError as error:
-            return (), str(error)
+            return (), str(error), ()
+        view, detours = loaded.view, loaded.detours
     routed: list[RouteSample] = []
     for label, sender, recipient in samples:
         try:
@@ -307,7 +345,7 @@ def _route_samples(
                 egress,
             )
         )
-    return tuple(routed), ""
+    return tuple(routed), "", detours
 
 
 def _lookup_tls_policy(directory: str, maps: str, relayhost: str) -> TlsPolicy:

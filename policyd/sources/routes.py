@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from policyd.errors import AliasLookupError, ConfigError, RouteLookupError
 from policyd.rules.aliases import DictTable, Table
 from policyd.rules.routing import PostfixView, Service, is_table, split_list
+from policyd.sources.detours import Detour, find_detours
 from policyd.sources.postfix import (
     POSTCONF_TIMEOUT,
     Runner,
@@ -79,6 +80,8 @@ class LoadedPostfix:
     tables: PostfixTables
     files: tuple[str, ...]
     warnings: tuple[str, ...]
+    #: content_filter / FILTER detours (reported, not followed: ``policyd.sources.detours``).
+    detours: tuple[Detour, ...] = ()
 
 
 def read_postfix_view(
@@ -122,7 +125,8 @@ def read_postfix_view(
             warnings.extend(table.warnings)
     tables = PostfixTables(opened)
     view = PostfixView(parameters, services, tables, config_directory=directory)
-    return LoadedPostfix(view, tables, tuple(dict.fromkeys(files)), tuple(warnings))
+    detours = find_detours(parameters, fields, overrides, services)
+    return LoadedPostfix(view, tables, tuple(dict.fromkeys(files)), tuple(warnings), detours)
 
 
 def _table_settings(

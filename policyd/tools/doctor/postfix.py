@@ -76,6 +76,8 @@ def postfix_checks(
     checks.append(_cert_file_check(config, postfix, resolve))
     checks.extend(_fallback_relay_checks(postfix))
     checks.extend(_egress_checks(config, postfix))
+    checks.extend(_detour_checks(postfix))
+    checks.append(_instance_check(postfix))
     checks.extend(_policy_checks(config, postfix, resolve))
     checks.append(_bounce_check(config, postfix, classes))
     return checks
@@ -490,6 +492,59 @@ def _ipv6_check(samples: Sequence[RouteSample], ip_connector: bool) -> Check:
         "Set inet_protocols = ipv4 (or smtp_address_preference = ipv4) on the relay, or "
         "attribute by certificate.",
     )
+
+
+def _detour_checks(postfix: PostfixFacts) -> list[Check]:
+    """content_filter / FILTER detours: the predicted route is the one after the filter."""
+    if not postfix.detours:
+        return []
+    shown = "; ".join(str(detour) for detour in postfix.detours)
+    sendmail = any(detour.reinjects_with_sendmail for detour in postfix.detours)
+    return [
+        Check(
+            "postfix-content-filter",
+            POSTFIX,
+            WARNING if sendmail else NOTE,
+            f"Mail is handed to a content filter before it is routed ({shown}). The routes "
+            "and predictions are those of the message the filter gives back; a filter that "
+            "changes the envelope is not predicted.",
+            "Re-inject filtered mail over SMTP to a listener that keeps the envelope, rather "
+            "than with sendmail."
+            if sendmail
+            else "",
+        )
+    ]
+
+
+def _instance_check(postfix: PostfixFacts) -> Check:
+    """Which Postfix instance is read; a warning when the primary is read while secondary
+    instances also send to Microsoft 365 (``policyd.sources.instances``)."""
+    instance = postfix.instance
+    shown = str(instance) if instance is not None else postfix.directory
+    reaching = [s for s in postfix.secondaries if s.to_microsoft]
+    failed = [s for s in postfix.secondaries if s.error]
+    if reaching:
+        routes = "; ".join(f"{s.instance}: {', '.join(s.to_microsoft)}" for s in reaching)
+        return Check(
+            "postfix-instance",
+            POSTFIX,
+            WARNING,
+            f"The daemon reads the primary {shown}, but secondary instances send mail to "
+            f"Microsoft 365 too ({routes}): their routes, TLS and certificates are not the "
+            "ones predicted.",
+            "Point [postfix] config_directory at the instance that relays to Microsoft 365 "
+            "(one daemon per instance when several do).",
+        )
+    others = ""
+    if postfix.secondaries:
+        listed = ", ".join(str(s.instance) for s in postfix.secondaries)
+        others = (
+            f"; its secondary instances do not send the sample mail to Microsoft 365 ({listed})"
+        )
+    if failed:
+        unread = "; ".join(f"{s.instance.directory}: {s.error}" for s in failed)
+        others += f"; could not read {unread}"
+    return Check("postfix-instance", POSTFIX, OK, f"Predicting for Postfix {shown}{others}.")
 
 
 def _relayhost_tls_check(postfix: PostfixFacts) -> Check:
