@@ -1,16 +1,21 @@
-"""doctor's Postfix checks: relay host, TLS to it, presented certificate, policy wiring, bounces.
+"""doctor's Postfix checks: routes, TLS on them, presented certificate, policy wiring, bounces.
 
-Pure: from ``PostfixFacts`` (``postconf -x`` output as a mapping, read by
-``policyd.sources.postfix``). What is read from Postfix, and what is not (best effort,
-documented here on purpose):
+Pure: from ``PostfixFacts`` (``postconf -x`` output as a mapping and the sample envelopes
+routed as trivial-rewrite(8) would, read by ``policyd.sources.postfix``). What is judged, and
+what is not (best effort, documented here on purpose):
 
-- ``relayhost`` only; a relay chosen through ``transport_maps`` or
-  ``sender_dependent_relayhost_maps`` is not followed.
-- TLS level for the relay: ``smtp_tls_policy_maps`` is queried with ``postmap -q`` for the
-  relayhost exactly as written (``[host]:port``), then, for a relayhost without brackets, the
-  host name and its parent domains in ``.parent`` form; the first word of the value is the level.
-  ``smtp_tls_security_level``, then the legacy ``smtp_enforce_tls``/``smtp_use_tls``, apply when
-  nothing is found. ``smtp_tls_per_site`` (obsolete) is not read.
+- Routes: every sample envelope's service and next hop (``transport_maps``,
+  ``sender_dependent_relayhost_maps``, ``relayhost``, ...); ``relayhost`` alone only when the
+  routes could not be computed.
+- TLS: for each distinct service and next-hop destination that reaches Microsoft 365
+  (later destinations of a list and ``smtp_fallback_relay`` hosts included), the
+  ``smtp_tls_policy_maps`` entry for that destination, else the service's
+  ``smtp_tls_security_level`` (``policyd.rules.routing.client_tls``); ``smtp_tls_wrappermode``
+  there is a FAIL. ``smtp_tls_per_site`` (obsolete) is not read.
+- Certificate: what each such service presents (none where its level is ``none``).
+- Egress: ``inet_protocols`` / ``smtp_address_preference`` / ``smtp_bind_address6`` (IPv6
+  towards Microsoft 365) and ``smtp_bind_address_enforce``, per service.
+- Detours (``content_filter``, ``FILTER``) and the Postfix instance read are reported.
 - The policy check is looked for in ``smtpd_relay_restrictions``, ``smtpd_recipient_restrictions``
   and ``smtpd_data_restrictions``; restriction classes (``smtpd_restriction_classes``) and
   per-service ``-o`` overrides in ``master.cf`` are not followed.
