@@ -1168,13 +1168,16 @@ def test_endpoint_matching(listen: str, server: str, matches: bool) -> None:
 
 
 def test_tls_policy_keys() -> None:
-    """The policy-map keys follow the relayhost as written, then host and parent domains."""
+    """The policy-map keys are each destination as written; only a plain host name (no
+    brackets, no port) goes on to its parent domains (smtp_tls_policy.c; checked against
+    Postfix in tests/e2e/test_routing_agreement.py)."""
     assert postfix_source.tls_policy_keys(RELAYHOST) == [RELAYHOST]
-    assert postfix_source.tls_policy_keys("relay.example.net:25") == [
-        "relay.example.net:25",
+    assert postfix_source.tls_policy_keys("relay.example.net:25") == ["relay.example.net:25"]
+    assert postfix_source.tls_policy_keys("relay.example.net, [b.example]") == [
         "relay.example.net",
         ".example.net",
         ".net",
+        "[b.example]",
     ]
 
 

@@ -4,7 +4,9 @@ service that carries it. Pure (the ``now`` is injected); memoises per service.
 ``Router.context(sender, address, now)`` resolves the route (``policyd.rules.routing``),
 classifies its next hop (``policyd.rules.endpoints``) and, for a route to Microsoft 365, attaches
 the on-premises picture of the delivering master.cf service (its certificate and egress
-addresses, built by ``policyd.sources.state``) with that service's connector attribution.
+addresses, built by ``policyd.sources.state``) with that service's connector attribution. The
+TLS level for the route's next hop (``smtp_tls_policy_maps``, else the service's
+``smtp_tls_security_level``) decides whether that certificate is presented at all.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from datetime import datetime
 
 from policyd.rules import endpoints, predict
 from policyd.rules.model import DEFAULT_TENANT, NamedTenant, OnPrem, Tenant
-from policyd.rules.routing import PostfixView, resolve
+from policyd.rules.routing import NO_TLS_LEVELS, ClientTls, PostfixView, client_tls, resolve
+
+#: Next hops whose TLS level a Router remembers before it starts over (a bound, not a tuning).
+TLS_MEMO_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,13 @@ class ServicePicture:
     onprem: OnPrem
     certificate_from: str
     egress_from: str
+
+    def without_tls(self, tls: ClientTls) -> ServicePicture:
+        """The same service towards a next hop where ``tls.level`` is ``none`` (or empty):
+        smtp(8) never starts TLS there, so no certificate is presented (smtp(8))."""
+        absent = tls.not_presented_because
+        onprem = replace(self.onprem, certificate=None, certificate_absent=absent)
+        return ServicePicture(onprem, tls.level_from, self.egress_from)
 
 
 class Router:
@@ -56,7 +68,8 @@ class Router:
         self.select: Callable[[str], NamedTenant | None] = lambda host: only
         #: Lookups may block on ``postmap -q``: run ``context`` off the reactor thread then.
         self.uses_subprocess = uses_subprocess
-        self._attributions: dict[tuple[str, str], tuple[predict.Attribution, float]] = {}
+        self._attributions: dict[tuple[str, str, bool], tuple[predict.Attribution, float]] = {}
+        self._tls: dict[tuple[str, str], ClientTls] = {}
 
     def retuned(self, change: Callable[[Tenant], Tenant]) -> Router:
         """The same routes and services with every tenant passed through ``change`` (``doctor
@@ -81,18 +94,47 @@ class Router:
     def picture(self, service: str) -> ServicePicture:
         return self.services.get(service, self.fallback)
 
+    def client_tls(self, service: str, nexthop: str) -> ClientTls:
+        """``policyd.rules.routing.client_tls`` for ``service`` towards ``nexthop``, memoised
+        for this generation. Raises ``RouteLookupError`` when ``smtp_tls_policy_maps`` fails."""
+        key = (service, nexthop)
+        found = self._tls.get(key)
+        if found is None:
+            if len(self._tls) >= TLS_MEMO_LIMIT:
+                self._tls.clear()
+            found = self._tls[key] = client_tls(self.view, service, nexthop)
+        return found
+
+    def route_picture(self, service: str, nexthop: str) -> tuple[ServicePicture, bool]:
+        """(picture, uses TLS) of ``service`` towards ``nexthop``: without TLS (level ``none``
+        for that next hop) the service presents no certificate."""
+        picture = self.picture(service)
+        if service not in self.services:
+            return picture, True
+        tls = self.client_tls(service, nexthop)
+        if tls.level in NO_TLS_LEVELS:
+            return picture.without_tls(tls), False
+        return picture, True
+
     def attribution(
-        self, service: str, now: datetime, tenant: NamedTenant | None = None
+        self,
+        service: str,
+        now: datetime,
+        tenant: NamedTenant | None = None,
+        *,
+        nexthop: str = "",
     ) -> predict.Attribution:
-        """Steps 3 and 4 for ``service`` towards ``tenant`` (default: the single tenant),
-        recomputed when a certificate boundary passes."""
-        key = (service, tenant.name if tenant is not None else "")
+        """Steps 3 and 4 for ``service`` towards ``tenant`` (default: the single tenant) over
+        ``nexthop`` ("" = the service's own TLS level), recomputed when a certificate boundary
+        passes."""
+        picture, uses_tls = self.route_picture(service, nexthop)
+        key = (service, tenant.name if tenant is not None else "", uses_tls)
         cached = self._attributions.get(key)
         stamp = now.timestamp()
         if cached is not None and stamp < cached[1]:
             return cached[0]
         target = tenant.tenant if tenant is not None else self.tenant
-        attribution = predict.attribute(target, self.picture(service).onprem, now)
+        attribution = predict.attribute(target, picture.onprem, now)
         until = attribution.valid_until
         self._attributions[key] = (attribution, math.inf if until is None else until)
         return attribution
@@ -112,14 +154,16 @@ class Router:
             if route.relays
             else endpoints.OTHER
         )
-        picture = self.picture(route.transport)
         hops = endpoints.parse_nexthop(route.nexthop)
         tenant = self.select(hops[0].host) if hops and kind != endpoints.OTHER else None
+        # The TLS level matters only towards Microsoft 365: other next hops are not asked.
+        nexthop = route.nexthop if kind != endpoints.OTHER else ""
+        picture, _ = self.route_picture(route.transport, nexthop)
         return predict.RouteContext(
             route,
             kind,
             picture.onprem,
-            self.attribution(route.transport, now, tenant),
+            self.attribution(route.transport, now, tenant, nexthop=nexthop),
             picture.certificate_from,
             picture.egress_from,
             tenant,

@@ -449,15 +449,23 @@ def distinct_services(routes: Sequence[Route]) -> tuple[str, ...]:
 #: TLS levels at which smtp(8) does not use TLS at all, so presents no client certificate.
 NO_TLS_LEVELS = ("", "none")
 
+#: The levels smtp(8) knows (postconf(5) smtp_tls_security_level; ``dane-only`` since 3.0).
+TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
+
 
 @dataclass(frozen=True, slots=True)
 class ClientTls:
-    """What one smtp(8) service presents to its next hop, and where each value came from.
+    """What one smtp(8) service presents to one next hop, and where each value came from.
 
-    ``certificate_files`` are ``smtp_tls_chain_files`` (Postfix ≥ 3.4), else
-    ``smtp_tls_cert_file`` (postconf(5), TLS_README "Client-side certificate and private key
-    configuration"); a service's ``-o`` overrides win. A level below ``may`` means smtp(8) never
-    starts TLS, so no certificate is presented whatever the files say.
+    ``level`` is the ``smtp_tls_policy_maps`` entry for the next-hop destination when there is
+    one, else ``smtp_tls_security_level`` (smtp(8), postconf(5); a service's ``-o`` overrides
+    win for both). ``certificate_files`` are ``smtp_tls_chain_files`` (Postfix ≥ 3.4), else the
+    legacy ``smtp_tls_cert_file``, ``smtp_tls_dcert_file`` and ``smtp_tls_eccert_file``
+    (postconf(5): a non-empty chain_files makes Postfix ignore the legacy ones; TLS_README
+    "Client-side certificate and private key configuration"). A level below ``may`` means
+    smtp(8) never starts TLS, so no certificate is presented whatever the files say.
+    Which of an RSA and an ECDSA certificate OpenSSL sends depends on the signature
+    algorithms the server asks for: uncertain, so every configured file is listed.
     """
 
     service: str
@@ -467,10 +475,22 @@ class ClientTls:
     certificate_from: str
     bind_address: str
     bind_from: str
+    #: The destination whose ``smtp_tls_policy_maps`` entry was looked up ("" = none asked).
+    destination: str = ""
+    #: The whole policy entry (level and attributes such as ``match=``), "" when none applies.
+    policy: str = ""
+    #: ``smtp_tls_wrappermode = yes``: TLS from the first byte (SMTPS, port 465).
+    wrappermode: bool = False
+    wrappermode_from: str = ""
 
     @property
     def presents_certificate(self) -> bool:
         return self.level not in NO_TLS_LEVELS and bool(self.certificate_files)
+
+    @property
+    def mandatory(self) -> bool:
+        """True when smtp(8) never falls back to plain text (``dane`` only with TLSA records)."""
+        return self.level in MANDATORY_TLS_LEVELS
 
     @property
     def not_presented_because(self) -> str:
@@ -481,18 +501,33 @@ class ClientTls:
                 f"not presented by Postfix: {self.level_from.split(': ', 1)[-1]} is {shown}, "
                 "so smtp(8) does not use TLS"
             )
-        if not self.certificate_files:
-            return (
-                f"not presented by Postfix: service {self.service} has no "
-                "smtp_tls_chain_files or smtp_tls_cert_file"
-            )
-        return ""
+        return self.no_files_because
+
+    @property
+    def no_files_because(self) -> str:
+        """Why no certificate could be presented at any level ("" when files are named)."""
+        if self.certificate_files:
+            return ""
+        return (
+            f"not presented by Postfix: service {self.service} has no smtp_tls_chain_files, "
+            "smtp_tls_cert_file, smtp_tls_dcert_file or smtp_tls_eccert_file"
+        )
 
 
-def client_tls(view: PostfixView, service: str) -> ClientTls:
-    """The TLS level, client certificate files and bind address ``service`` uses."""
-    entry = view.services.get(service)
-    prefix = entry.command if entry is not None and entry.command in ("smtp", "lmtp") else "smtp"
+#: Levels that never fall back to plain text.
+MANDATORY_TLS_LEVELS = ("encrypt", "fingerprint", "verify", "secure", "dane-only")
+
+#: The legacy client certificate parameters, in the order they are listed.
+_CERT_PARAMETERS = ("tls_cert_file", "tls_dcert_file", "tls_eccert_file")
+
+
+def client_tls(view: PostfixView, service: str, nexthop: str = "") -> ClientTls:
+    """The TLS level, client certificate files and bind address ``service`` uses towards
+    ``nexthop`` (its first destination; "" = the service's level without a policy lookup).
+
+    Raises ``RouteLookupError`` when ``smtp_tls_policy_maps`` fails (Postfix defers then).
+    """
+    prefix = _client_prefix(view, service)
     level, level_from = view.service_parameter(service, f"{prefix}_tls_security_level")
     if not level:
         # Legacy switches (postconf(5)): smtp_enforce_tls means encrypt, smtp_use_tls may.
@@ -502,11 +537,85 @@ def client_tls(view: PostfixView, service: str) -> ClientTls:
             level, level_from = "encrypt", enforce_from
         elif use.lower() == "yes":
             level, level_from = "may", use_from
+    destinations = _split(nexthop)
+    destination = destinations[0] if destinations else ""
+    policy = ""
+    if destination:
+        found = tls_policy(view, service, destination)
+        if found is not None:
+            _, policy, level_from = found
+            level = policy.split()[0] if policy.split() else ""
     chain, chain_from = view.service_parameter(service, f"{prefix}_tls_chain_files")
     if chain:
         files, files_from = _split(chain), chain_from
     else:
-        cert, cert_from = view.service_parameter(service, f"{prefix}_tls_cert_file")
-        files, files_from = ((cert,) if cert else ()), cert_from
+        found_files: dict[str, str] = {}
+        for name in _CERT_PARAMETERS:
+            value, where = view.service_parameter(service, f"{prefix}_{name}")
+            if value and value not in found_files:
+                found_files[value] = where
+        files = tuple(found_files)
+        files_from = ", ".join(dict.fromkeys(found_files.values())) or chain_from.replace(
+            "_tls_chain_files", "_tls_cert_file"
+        )
     bind, bind_from = view.service_parameter(service, f"{prefix}_bind_address")
-    return ClientTls(service, level.lower(), level_from, files, files_from, bind, bind_from)
+    wrapper, wrapper_from = view.service_parameter(service, f"{prefix}_tls_wrappermode")
+    return ClientTls(
+        service,
+        level.lower(),
+        level_from,
+        files,
+        files_from,
+        bind,
+        bind_from,
+        destination,
+        policy,
+        wrapper.lower() in ("yes", "true", "1"),
+        wrapper_from,
+    )
+
+
+def _client_prefix(view: PostfixView, service: str) -> str:
+    """The parameter prefix of ``service``'s delivery agent: ``lmtp`` for lmtp(8), else ``smtp``."""
+    entry = view.services.get(service)
+    return "lmtp" if entry is not None and entry.command == "lmtp" else "smtp"
+
+
+def tls_policy_keys(destination: str) -> tuple[str, ...]:
+    """The ``smtp_tls_policy_maps`` keys smtp(8) looks up for one next-hop destination.
+
+    smtp_tls_policy.c ``tls_policy_lookup``: a destination that is not a plain host name
+    (``[host]``, ``[host]:port``, ``host:port``) is looked up once, verbatim; a plain name (a
+    recipient domain, or a next hop written without brackets or port) is looked up, then its
+    parent domains as ``.parent`` — the first key with an entry wins.
+    """
+    name = destination.strip()
+    if not name:
+        return ()
+    if name.startswith("[") or ":" in name or "/" in name:
+        return (name,)
+    keys = [name]
+    dot = name.find(".", 1)
+    while dot >= 0:
+        keys.append(name[dot:])
+        dot = name.find(".", dot + 1)
+    return tuple(keys)
+
+
+def tls_policy(view: PostfixView, service: str, destination: str) -> tuple[str, str, str] | None:
+    """(key, entry, where) of the ``smtp_tls_policy_maps`` entry for ``destination`` as
+    ``service`` sees it (its ``-o`` override wins), or None when there is none.
+
+    Lookups are case-insensitive for fixed tables; pattern tables see every key.
+    """
+    prefix = _client_prefix(view, service)
+    maps, maps_from = view.service_parameter(service, f"{prefix}_tls_policy_maps")
+    if not maps:
+        return None
+    tables = _split(maps)
+    for key in tls_policy_keys(destination):
+        for table in tables:
+            value = view.tables.find(table, _fold(table, key), partial=False)
+            if value is not None and value.strip():
+                return key, " ".join(value.split()), f"{maps_from} entry {key} ({table})"
+    return None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -23,7 +22,17 @@ from dataclasses import dataclass, field
 
 from policyd.errors import ConfigError, LookupFailureError
 from policyd.rules import endpoints
-from policyd.rules.routing import ClientTls, PostfixView, Route, client_tls, resolve, split_list
+from policyd.rules.routing import (
+    ClientTls,
+    PostfixView,
+    Route,
+    client_tls,
+    resolve,
+    split_list,
+)
+from policyd.rules.routing import tls_policy_keys as routing_tls_policy_keys
+from policyd.sources.detours import Detour
+from policyd.sources.instances import Instance, SecondaryRoutes, describe, secondary_routes
 
 #: ``subprocess.run``'s shape; tests inject fakes.
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -126,6 +135,18 @@ POSTFIX_PARAMETERS = (
     "bounce_notice_recipient",
     "2bounce_notice_recipient",
     "delay_notice_recipient",
+    "multi_instance_name",
+    "multi_instance_directories",
+)
+
+
+#: What decides the source address Microsoft 365 sees (postconf(5)), read per service.
+EGRESS_PARAMETERS = (
+    "inet_protocols",
+    "smtp_address_preference",
+    "smtp_bind_address",
+    "smtp_bind_address6",
+    "smtp_bind_address_enforce",
 )
 
 
@@ -149,6 +170,14 @@ class RouteSample:
     kind: str = endpoints.OTHER  # policyd.rules.endpoints kind of the next hop
     tls: ClientTls | None = None
     error: str = ""
+    #: TLS towards the later destinations of a next-hop list and the ``smtp_fallback_relay``
+    #: hosts (each looked up in ``smtp_tls_policy_maps`` on its own, smtp(8)).
+    more_tls: tuple[ClientTls, ...] = ()
+    #: The service's ``smtp_fallback_relay`` ("" = none), and where it was set.
+    fallback_relay: str = ""
+    fallback_from: str = ""
+    #: The service's egress settings (``EGRESS_PARAMETERS``): name -> (value, where it was set).
+    egress: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +190,11 @@ class PostfixFacts:
     tls_policy: TlsPolicy | None = None  # None: no smtp_tls_policy_maps or not looked up
     routes: tuple[RouteSample, ...] = ()  # the sample envelopes doctor asked for, routed
     route_error: str = ""  # why the routes could not be computed ("" when they were)
+    #: content_filter / FILTER detours, reported only (``policyd.sources.detours``).
+    detours: tuple[Detour, ...] = ()
+    #: This instance, and its secondary instances' routes to Microsoft 365 (when primary).
+    instance: Instance | None = None
+    secondaries: tuple[SecondaryRoutes, ...] = ()
 
     @property
     def microsoft_route(self) -> RouteSample | None:
@@ -175,19 +209,9 @@ class PostfixFacts:
 
 
 def tls_policy_keys(relayhost: str) -> list[str]:
-    """The ``smtp_tls_policy_maps`` keys Postfix would look up for the relay, in order."""
-    keys: list[str] = []
-    for item in re.split(r"[\s,]+", relayhost.strip()):
-        if not item:
-            continue
-        keys.append(item)
-        if item.startswith("["):
-            continue
-        host = item.rpartition(":")[0] if re.search(r":\d+$", item) else item
-        if host != item:
-            keys.append(host)
-        labels = host.split(".")
-        keys.extend("." + ".".join(labels[i:]) for i in range(1, len(labels)))
+    """The ``smtp_tls_policy_maps`` keys Postfix would look up for the relay, in order: each
+    destination of the list as ``policyd.rules.routing.tls_policy_keys`` gives them."""
+    keys = [key for item in split_list(relayhost) for key in routing_tls_policy_keys(item)]
     return list(dict.fromkeys(keys))
 
 
@@ -209,11 +233,13 @@ def read_postfix(
     directory: str,
     samples: Sequence[tuple[str, str, str]] = (),
     view: PostfixView | None = None,
+    detours: tuple[Detour, ...] = (),
 ) -> PostfixFacts:
     """Read Postfix's parameters with ``postconf -c DIR -x``, route the ``samples``
     (label, sender, recipient) as trivial-rewrite would, and read the TLS policy for the
     next hop that reaches Microsoft 365 (else ``relayhost``). ``view``: the routing picture of
-    ``directory`` already loaded (``State.postfix.view``); without it, it is read here."""
+    ``directory`` already loaded (``State.postfix.view``, with its ``detours``); without it,
+    both are read here."""
     postconf = find_tool("postconf")
     if postconf is None:
         return PostfixFacts(directory, error="postconf not found (is Postfix installed?)")
@@ -227,7 +253,8 @@ def read_postfix(
         message = last_line(done.stderr) or f"exit status {done.returncode}"
         return PostfixFacts(directory, error=message)
     parameters = parse_postconf(done.stdout)
-    routes, route_error = _route_samples(directory, samples, view)
+    routes, route_error, found = _route_samples(directory, samples, view)
+    detours = detours or found
     policy = None
     maps = parameters.get("smtp_tls_policy_maps", "").strip()
     if maps:
@@ -237,34 +264,88 @@ def read_postfix(
                 nexthop = sample.route.nexthop
                 break
         policy = _lookup_tls_policy(directory, maps, nexthop)
+    instance = describe(directory, parameters)
+
+    def route(other: str) -> tuple[tuple[str, ...], Mapping[str, str], str]:
+        from policyd.sources.routes import read_postfix_view  # it imports this module
+
+        try:
+            loaded = read_postfix_view(other)
+        except ConfigError as problem:
+            return (), {}, str(problem)
+        found, failed, _ = _route_samples(other, samples, loaded.view)
+        reached = tuple(
+            f"{s.label} -> {s.route}"
+            for s in found
+            if s.route is not None and s.kind in (endpoints.RELAY, endpoints.LEGACY)
+        )
+        return reached, loaded.view.parameters, failed
+
     return PostfixFacts(
-        directory, parameters, tls_policy=policy, routes=routes, route_error=route_error
+        directory,
+        parameters,
+        tls_policy=policy,
+        routes=routes,
+        route_error=route_error,
+        detours=detours,
+        instance=instance,
+        secondaries=secondary_routes(instance, route) if samples else (),
     )
 
 
 def _route_samples(
     directory: str, samples: Sequence[tuple[str, str, str]], view: PostfixView | None
-) -> tuple[tuple[RouteSample, ...], str]:
+) -> tuple[tuple[RouteSample, ...], str, tuple[Detour, ...]]:
     if not samples:
-        return (), ""
+        return (), "", ()
+    detours: tuple[Detour, ...] = ()
     if view is None:
         from policyd.sources.routes import read_postfix_view  # it imports this module
 
         try:
-            view = read_postfix_view(directory).view
+            loaded = read_postfix_view(directory)
         except ConfigError as error:
-            return (), str(error)
+            return (), str(error), ()
+        view, detours = loaded.view, loaded.detours
     routed: list[RouteSample] = []
     for label, sender, recipient in samples:
         try:
             route = resolve(view, sender, recipient)
+            kind = endpoints.classify_nexthop(route.nexthop) if route.relays else endpoints.OTHER
+            nexthop = route.nexthop if kind != endpoints.OTHER else ""
+            tls = client_tls(view, route.transport, nexthop) if route.relays else None
+            fallback, fallback_from = ("", "")
+            more: tuple[ClientTls, ...] = ()
+            egress: dict[str, tuple[str, str]] = {}
+            if route.relays:
+                fallback, fallback_from = view.service_parameter(
+                    route.transport, "smtp_fallback_relay"
+                )
+                later = [*split_list(nexthop)[1:], *split_list(fallback)] if nexthop else []
+                more = tuple(client_tls(view, route.transport, hop) for hop in later)
+                egress = {
+                    name: view.service_parameter(route.transport, name)
+                    for name in EGRESS_PARAMETERS
+                }
         except LookupFailureError as error:
             routed.append(RouteSample(label, sender, recipient, None, error=str(error)))
             continue
-        kind = endpoints.classify_nexthop(route.nexthop) if route.relays else endpoints.OTHER
-        tls = client_tls(view, route.transport) if route.relays else None
-        routed.append(RouteSample(label, sender, recipient, route, kind, tls))
-    return tuple(routed), ""
+        routed.append(
+            RouteSample(
+                label,
+                sender,
+                recipient,
+                route,
+                kind,
+                tls,
+                "",
+                more,
+                fallback,
+                fallback_from,
+                egress,
+            )
+        )
+    return tuple(routed), "", detours
 
 
 def _lookup_tls_policy(directory: str, maps: str, relayhost: str) -> TlsPolicy:

@@ -5,7 +5,8 @@
 (their ``-o`` overrides), opens every table routing may ask (``transport_maps``,
 ``sender_dependent_relayhost_maps``, ``sender_dependent_default_transport_maps`` and tables
 inside ``mydestination``, ``virtual_alias_domains``, ``virtual_mailbox_domains``,
-``relay_domains``) and returns a ``policyd.rules.routing.PostfixView`` with the files to watch.
+``relay_domains``; ``smtp_tls_policy_maps`` of main.cf and of master.cf ``-o``) and returns
+a ``policyd.rules.routing.PostfixView`` with the files to watch.
 
 ``texthash:`` tables are read into memory; every other table is asked with ``postmap -c DIR -q``
 (which may block: callers that serve requests run such lookups off the reactor thread). Any
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from policyd.errors import AliasLookupError, ConfigError, RouteLookupError
 from policyd.rules.aliases import DictTable, Table
 from policyd.rules.routing import PostfixView, Service, is_table, split_list
+from policyd.sources.detours import Detour, find_detours
 from policyd.sources.postfix import (
     POSTCONF_TIMEOUT,
     Runner,
@@ -43,7 +45,12 @@ ROUTING_TABLE_PARAMETERS = (
     "virtual_alias_domains",
     "virtual_mailbox_domains",
     "relay_domains",
+    "smtp_tls_policy_maps",
+    "lmtp_tls_policy_maps",
 )
+
+#: Of those, the ones a master.cf ``-o`` of a delivery service may override.
+SERVICE_TABLE_PARAMETERS = ("smtp_tls_policy_maps", "lmtp_tls_policy_maps")
 
 
 class PostfixTables:
@@ -73,6 +80,8 @@ class LoadedPostfix:
     tables: PostfixTables
     files: tuple[str, ...]
     warnings: tuple[str, ...]
+    #: content_filter / FILTER detours (reported, not followed: ``policyd.sources.detours``).
+    detours: tuple[Detour, ...] = ()
 
 
 def read_postfix_view(
@@ -99,14 +108,14 @@ def read_postfix_view(
     opened: dict[str, Table] = {}
     files = [main_cf, os.path.join(directory, "master.cf")]
     warnings: list[str] = []
-    for parameter in ROUTING_TABLE_PARAMETERS:
-        for entry in split_list(parameters.get(parameter, "")):
+    for where, parameter, value in _table_settings(parameters, services):
+        for entry in split_list(value):
             spec = entry.removeprefix("!")
             if not is_table(spec) or spec in opened:
                 continue
             table = open_table(
                 spec,
-                config_key=f"main.cf: {parameter}",
+                config_key=f"{where}: {parameter}",
                 timeout=lookup_timeout,
                 runner=runner,
                 config_directory=directory,
@@ -116,7 +125,23 @@ def read_postfix_view(
             warnings.extend(table.warnings)
     tables = PostfixTables(opened)
     view = PostfixView(parameters, services, tables, config_directory=directory)
-    return LoadedPostfix(view, tables, tuple(dict.fromkeys(files)), tuple(warnings))
+    detours = find_detours(parameters, fields, overrides, services)
+    return LoadedPostfix(view, tables, tuple(dict.fromkeys(files)), tuple(warnings), detours)
+
+
+def _table_settings(
+    parameters: Mapping[str, str], services: Mapping[str, Service]
+) -> list[tuple[str, str, str]]:
+    """(where, parameter, value) for every routing table setting: main.cf's, then the ``-o``
+    overrides of master.cf services (a service may name its own ``smtp_tls_policy_maps``)."""
+    found = [("main.cf", p, parameters.get(p, "")) for p in ROUTING_TABLE_PARAMETERS]
+    for name, service in services.items():
+        found.extend(
+            (f"master.cf: {name}/unix -o", p, value)
+            for p, value in service.overrides.items()
+            if p in SERVICE_TABLE_PARAMETERS
+        )
+    return found
 
 
 def _postconf(postconf: str, directory: str, option: str, runner: Runner | None) -> str:

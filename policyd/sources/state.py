@@ -203,15 +203,17 @@ def build_state(config: Config, generation: int) -> State:
 
 
 def _service_picture(config: Config, view: PostfixView, service: str) -> ServicePicture:
-    """The certificate and egress addresses one smtp(8) service shows Microsoft 365."""
+    """The certificate and egress addresses one smtp(8) service shows Microsoft 365 when it
+    uses TLS; ``Router`` drops the certificate for a next hop whose TLS level is ``none``
+    (``smtp_tls_policy_maps`` decides per next hop)."""
     keys = config.onprem_keys
     tls = client_tls(view, service)
     absent = ""
     certificate: CertificateFacts | None
-    if not tls.presents_certificate:
+    if not tls.certificate_files:
         # Whatever file onprem.certificate names, Microsoft 365 sees none.
-        certificate, certificate_from = None, tls.level_from
-        absent = tls.not_presented_because
+        certificate, certificate_from = None, tls.certificate_from
+        absent = tls.no_files_because
     elif "certificate" in keys:
         # The daemon reads this copy (e.g. Postfix's own file holds a key it may not read).
         certificate = config.onprem.certificate

@@ -19,6 +19,7 @@ from policyd.rules import predict
 from policyd.rules.assumptions import Assumptions
 from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
 from policyd.rules.predictor import by_sender
+from policyd.sources.instances import describe as describe_instance
 
 if TYPE_CHECKING:
     from policyd.sources.state import State
@@ -36,6 +37,9 @@ class CheckResult:
     routes: dict[str, RouteContext] = field(default_factory=dict)
     #: The ``[assumptions]`` the prediction ran with.
     assumptions: Assumptions = field(default_factory=Assumptions)
+    #: With ``[postfix]``: the instance read, and the content-filter detours it reports.
+    instance: str = ""
+    detours: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -67,7 +71,15 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
             results.append(prediction)
         except LookupFailureError as error:
             results.append((recipient, str(error)))
-    return CheckResult(view, attribution, tuple(results), routes, tenant.tenant.assumptions)
+    instance = ""
+    detours: tuple[str, ...] = ()
+    if state.postfix is not None:
+        loaded = state.postfix
+        instance = str(describe_instance(loaded.view.config_directory, loaded.view.parameters))
+        detours = tuple(str(detour) for detour in loaded.detours)
+    return CheckResult(
+        view, attribution, tuple(results), routes, tenant.tenant.assumptions, instance, detours
+    )
 
 
 def as_json(result: CheckResult) -> dict[str, object]:
@@ -118,7 +130,10 @@ def as_json(result: CheckResult) -> dict[str, object]:
                 ],
             }
         )
-    return {"verdict": result.verdict, "recipients": recipients}
+    found: dict[str, object] = {"verdict": result.verdict, "recipients": recipients}
+    if result.instance:
+        found["postfix"] = {"instance": result.instance, "detours": list(result.detours)}
+    return found
 
 
 def _route_json(context: RouteContext | None) -> dict[str, object] | None:
@@ -154,6 +169,10 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     """The human explanation: sender, attribution, then each recipient's chain of reasoning."""
     sender = result.sender
     out.write(f"Sender    {_sender_line(sender)}\n")
+    if result.instance:
+        out.write(f"Postfix   {result.instance}\n")
+    for detour in result.detours:
+        out.write(f"Filter    {detour}: routes below are those after the filter\n")
     if not result.routes:
         out.write("Connector\n")
         for line in attribution_lines(result.attribution):

@@ -3,7 +3,9 @@
 One private Postfix with several transports, relays, sender-dependent maps and address classes
 delivers one message per (sender, recipient) pair to smtp-sink processes on loopback ports; each
 pair is a test case comparing the daemon's (service, next hop) with the service and relay
-Postfix logged for that recipient.
+Postfix logged for that recipient, and the daemon's TLS level for that next hop
+(``smtp_tls_policy_maps``, else the service's ``smtp_tls_security_level``) with what Postfix
+did: smtp-sink offers no STARTTLS, so Postfix defers exactly where TLS is mandatory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.rules.routing import resolve
+from policyd.rules.routing import client_tls, resolve
 from policyd.sources.routes import read_postfix_view
 from tests.e2e.postfix import PostfixInstance, free_port, postfix_unavailable
 
@@ -29,7 +31,25 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 POSTMAP = "/usr/sbin/postmap"
 POSTCONF = "/usr/sbin/postconf"
 
-HOPS = ("relayhost", "fabrikam", "boss", "null", "partner", "sub", "odd", "virtual", "adatum")
+HOPS = (
+    "relayhost",
+    "fabrikam",
+    "boss",
+    "null",
+    "partner",
+    "sub",
+    "odd",
+    "virtual",
+    "adatum",
+    "star",
+    "lmtp",
+    "tls",
+    "literal",
+)
+
+#: A loopback address Postfix does not count as local (inet_interfaces = loopback-only): a
+#: recipient domain [LITERAL] is sent to it, on the ``literal`` service's smtp_tcp_port.
+LITERAL = "127.0.0.2"
 
 
 @dataclass(frozen=True)
@@ -80,12 +100,23 @@ PAIRS = [
     Pair("a@tailspin.example", "r32@a.sub.example"),
     Pair("", "r33@relay.example"),
     Pair("boss@fabrikam.example", "r34@a.sub.example"),
+    # `smtp:` without next hop: the recipient domain, bypassing relayhost.
+    Pair("a@contoso.com", f"r35@[{LITERAL}]"),
+    Pair("helpdesk@fabrikam.example", f"r36@[{LITERAL}]"),
+    # lmtp: is delivery to a mailbox store, never relayed.
+    Pair("a@contoso.com", "r37@lmtp.example"),
+    # TLS per next hop: a policy entry for the exact next hop, a policy that weakens a
+    # service's encrypt, a service's encrypt without policy entry.
+    Pair("a@contoso.com", "r38@tls.example"),
+    Pair("a@contoso.com", "r39@odd.example"),
+    Pair("a@contoso.com", "r40@parent.tls.example"),
 ]
 
 # postfix[/service]/program[pid]: QUEUEID: to=<...>, [orig_to=<...>, ]relay=...,
 _DELIVERY = re.compile(
     r"postfix(?:/(?P<service>[\w.-]+))?/(?P<program>[\w.-]+)\[\d+\]: \w+: "
     r"to=<(?P<to>[^>]*)>, (?:orig_to=<[^>]*>, )?relay=(?P<relay>[^,]+),"
+    r".*? status=(?P<status>\w+) (?P<text>.*)"
 )
 
 
@@ -96,6 +127,8 @@ class Run:
     config_dir: Path
     ports: dict[str, int]
     seen: dict[str, tuple[str, str]]  # final recipient -> (service, relay as logged)
+    #: final recipient -> the status text of its first delivery attempt, e.g. "(250 2.0.0 Ok)"
+    said: dict[str, str]
 
 
 def _settle(directory: Path) -> None:
@@ -115,11 +148,18 @@ def run() -> Iterator[Run]:
     ports = {hop: free_port() for hop in HOPS}
     sinks = [
         subprocess.Popen(
-            [SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "64"],
+            [
+                SMTP_SINK,
+                "-u",
+                "nobody",
+                *(["-L"] if hop == "lmtp" else []),
+                f"{LITERAL if hop == 'literal' else '127.0.0.1'}:{port}",
+                "64",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for port in ports.values()
+        for hop, port in ports.items()
     ]
 
     def hop(name: str) -> str:
@@ -138,27 +178,50 @@ def run() -> Iterator[Run]:
             "smtp_tls_security_level": "none",
         },
         master_extra=[
-            "relay-b unix - - n - - smtp -o syslog_name=postfix/$service_name",
+            "relay-b unix - - n - - smtp -o syslog_name=postfix/$service_name"
+            " -o smtp_tls_security_level=encrypt",
             "relay-c unix - - n - - smtp -o syslog_name=postfix/$service_name",
+            "literal unix - - n - - smtp -o syslog_name=postfix/$service_name"
+            f" -o smtp_tcp_port={ports['literal']}",
+            "tls unix - - n - - smtp -o syslog_name=postfix/$service_name"
+            " -o smtp_tls_security_level=encrypt",
         ],
         start=False,
     )
     try:
         etc = instance.config_dir
+        # "*" is a wild card only in transport tables: here it is an ordinary key.
         (etc / "sender_relay").write_text(
             f"@fabrikam.example {hop('fabrikam')}\n"
             f"boss@fabrikam.example {hop('boss')}\n"
             f"<> {hop('null')}\n"
+            f"* {hop('star')}\n"
         )
         (etc / "sender_transport").write_text(
             f"@tailspin.example relay-b\n@adatum.example relay-c:{hop('adatum')}\n"
+            f"* relay-c:{hop('star')}\n"
         )
         (etc / "transport").write_text(
             f"partner.example smtp:{hop('partner')}\n"
             f".sub.example :{hop('sub')}\n"
             f"user@odd.example relay-b:{hop('odd')}\n"
+            f"r39@odd.example relay-b:{hop('odd')}\n"
             "drop.example discard:\n"
             "bad.example error:5.1.2 bad destination\n"
+            f"[{LITERAL}] literal:\n"
+            f"lmtp.example lmtp:{hop('lmtp')}\n"
+            f"tls.example smtp:{hop('tls')}\n"
+            f"parent.tls.example tls:{hop('tls')}\n"
+        )
+        # Keys as smtp(8) looks them up: the next hop verbatim ([host]:port); "[127.0.0.1]"
+        # without the port and the recipient's parent domain match nothing here.
+        (etc / "tls_policy").write_text(
+            f"{hop('tls')} encrypt\n"
+            f"{hop('odd')} may\n"
+            "[127.0.0.1] encrypt\n"
+            "127.0.0.1 encrypt\n"
+            ".example.net encrypt\n"
+            ".tls.example none\n"
         )
         (etc / "virtual").write_text("known27@alias.example aliased27@partner.example\n")
         subprocess.run([POSTMAP, f"hash:{etc}/transport"], check=True, timeout=30)
@@ -173,6 +236,7 @@ def run() -> Iterator[Run]:
                 "sender_dependent_relayhost_maps": f"texthash:{etc}/sender_relay",
                 "sender_dependent_default_transport_maps": f"texthash:{etc}/sender_transport",
                 "transport_maps": f"hash:{etc}/transport",
+                "smtp_tls_policy_maps": f"texthash:{etc}/tls_policy",
                 "virtual_alias_maps": f"texthash:{etc}/virtual",
             }
         )
@@ -187,13 +251,15 @@ def run() -> Iterator[Run]:
             )
         wanted = {pair.delivered_to for pair in PAIRS}
         seen: dict[str, tuple[str, str]] = {}
+        said: dict[str, str] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not wanted <= seen.keys():
             for match in _DELIVERY.finditer(instance.log()):
                 service = match.group("service") or match.group("program")
                 seen.setdefault(match.group("to").lower(), (service, match.group("relay")))
+                said.setdefault(match.group("to").lower(), match.group("text"))
             time.sleep(0.2)
-        yield Run(etc, ports, seen)
+        yield Run(etc, ports, seen, said)
     finally:
         instance.close()
         for sink in sinks:
@@ -201,20 +267,50 @@ def run() -> Iterator[Run]:
             sink.wait(timeout=10)
 
 
-def _as_logged(nexthop: str) -> str:
-    """How Postfix logs a delivery to a bracketed loopback next hop: 127.0.0.1[127.0.0.1]:P."""
-    match = re.fullmatch(r"\[([\d.]+)\]:(\d+)", nexthop)
-    return f"{match.group(1)}[{match.group(1)}]:{match.group(2)}" if match else nexthop
+def _as_logged(nexthop: str, port: int = 25) -> str:
+    """How Postfix logs a delivery to a bracketed loopback next hop: 127.0.0.1[127.0.0.1]:P
+    (``port`` when the next hop names none: the service's smtp_tcp_port)."""
+    match = re.fullmatch(r"\[([\d.]+)\](?::(\d+))?", nexthop)
+    if match is None:
+        return nexthop
+    return f"{match.group(1)}[{match.group(1)}]:{match.group(2) or port}"
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p.sender or '<>'}->{p.recipient}")
 def test_route_matches_postfix(run: Run, pair: Pair) -> None:
-    """The daemon's route for this pair names the service and relay Postfix used."""
+    """The daemon's route for this pair names the service and relay Postfix used; lmtp(8)
+    delivers to its next hop but is never counted as relaying."""
     assert pair.delivered_to in run.seen, f"Postfix logged no delivery to {pair.delivered_to}"
     service, relay = run.seen[pair.delivered_to]
     route = resolve(read_postfix_view(str(run.config_dir)).view, pair.sender, pair.delivered_to)
     assert route.transport == service
-    if route.relays:
-        assert _as_logged(route.nexthop) == relay
+    port = run.ports["literal"] if route.transport == "literal" else 25
+    if route.relays or route.command == "lmtp":
+        assert _as_logged(route.nexthop, port) == relay
     else:
         assert relay in ("local", "none")
+    if route.command == "lmtp":
+        assert not route.relays
+
+
+#: Pairs whose TLS level tells the lookup rules apart (see the tls_policy table above).
+TLS_PAIRS = [
+    pair
+    for pair in PAIRS
+    if pair.recipient.split("@")[0]
+    in ("r1", "r7", "user+t14", "r18", "r32", "r35", "r38", "r39", "r40")
+]
+
+
+@pytest.mark.parametrize("pair", TLS_PAIRS, ids=lambda p: f"{p.sender or '<>'}->{p.recipient}")
+def test_tls_level_matches_postfix(run: Run, pair: Pair) -> None:
+    """The daemon's TLS level for the route's next hop is mandatory exactly where Postfix
+    refused to deliver to smtp-sink (which offers no STARTTLS): policy keys are the next hop
+    verbatim, a policy entry beats the service's level, parent domains apply only to plain
+    names."""
+    view = read_postfix_view(str(run.config_dir)).view
+    route = resolve(view, pair.sender, pair.delivered_to)
+    assert route.relays
+    tls = client_tls(view, route.transport, route.nexthop)
+    said = run.said[pair.delivered_to]
+    assert tls.mandatory == ("TLS is required" in said), (tls, said)

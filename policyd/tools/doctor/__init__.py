@@ -195,7 +195,8 @@ def main(
     if config.postfix.config_directory:
         postfix_dir = config.postfix.config_directory
     view = state.postfix.view if state.postfix is not None else None
-    postfix = read_postfix(postfix_dir, route_samples(config), view)
+    detours = state.postfix.detours if state.postfix is not None else ()
+    postfix = read_postfix(postfix_dir, route_samples(config), view, detours)
     moment = now if now is not None else datetime.now(UTC)
     report = audit(
         config,

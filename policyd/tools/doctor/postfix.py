@@ -1,16 +1,21 @@
-"""doctor's Postfix checks: relay host, TLS to it, presented certificate, policy wiring, bounces.
+"""doctor's Postfix checks: routes, TLS on them, presented certificate, policy wiring, bounces.
 
-Pure: from ``PostfixFacts`` (``postconf -x`` output as a mapping, read by
-``policyd.sources.postfix``). What is read from Postfix, and what is not (best effort,
-documented here on purpose):
+Pure: from ``PostfixFacts`` (``postconf -x`` output as a mapping and the sample envelopes
+routed as trivial-rewrite(8) would, read by ``policyd.sources.postfix``). What is judged, and
+what is not (best effort, documented here on purpose):
 
-- ``relayhost`` only; a relay chosen through ``transport_maps`` or
-  ``sender_dependent_relayhost_maps`` is not followed.
-- TLS level for the relay: ``smtp_tls_policy_maps`` is queried with ``postmap -q`` for the
-  relayhost exactly as written (``[host]:port``), then, for a relayhost without brackets, the
-  host name and its parent domains in ``.parent`` form; the first word of the value is the level.
-  ``smtp_tls_security_level``, then the legacy ``smtp_enforce_tls``/``smtp_use_tls``, apply when
-  nothing is found. ``smtp_tls_per_site`` (obsolete) is not read.
+- Routes: every sample envelope's service and next hop (``transport_maps``,
+  ``sender_dependent_relayhost_maps``, ``relayhost``, ...); ``relayhost`` alone only when the
+  routes could not be computed.
+- TLS: for each distinct service and next-hop destination that reaches Microsoft 365
+  (later destinations of a list and ``smtp_fallback_relay`` hosts included), the
+  ``smtp_tls_policy_maps`` entry for that destination, else the service's
+  ``smtp_tls_security_level`` (``policyd.rules.routing.client_tls``); ``smtp_tls_wrappermode``
+  there is a FAIL. ``smtp_tls_per_site`` (obsolete) is not read.
+- Certificate: what each such service presents (none where its level is ``none``).
+- Egress: ``inet_protocols`` / ``smtp_address_preference`` / ``smtp_bind_address6`` (IPv6
+  towards Microsoft 365) and ``smtp_bind_address_enforce``, per service.
+- Detours (``content_filter``, ``FILTER``) and the Postfix instance read are reported.
 - The policy check is looked for in ``smtpd_relay_restrictions``, ``smtpd_recipient_restrictions``
   and ``smtpd_data_restrictions``; restriction classes (``smtpd_restriction_classes``) and
   per-service ``-o`` overrides in ``master.cf`` are not followed.
@@ -26,13 +31,14 @@ from dataclasses import dataclass
 
 from policyd.rules import endpoints
 from policyd.rules.model import normalize_domain
+from policyd.rules.routing import MANDATORY_TLS_LEVELS, NO_TLS_LEVELS, TLS_LEVELS, ClientTls
 from policyd.sources.config import Config
 from policyd.sources.postfix import PostfixFacts, RouteSample, split_postfix_list
 from policyd.sources.srs import SrsDomain
 from policyd.tools.doctor.report import ERROR, NOTE, OK, POSTFIX, WARNING, Check, MailClass
 
-#: TLS levels that never fall back to plain text, and what weaker ones mean.
-MANDATORY_TLS = ("encrypt", "fingerprint", "verify", "secure", "dane-only")
+#: TLS levels that never fall back to plain text.
+MANDATORY_TLS = MANDATORY_TLS_LEVELS
 
 
 RELAY_CONTROL = ("reject_unauth_destination", "defer_unauth_destination")
@@ -71,7 +77,12 @@ def postfix_checks(
     ]
     checks.append(_relayhost_check(postfix))
     checks.append(_tls_level_check(postfix))
+    checks.extend(_wrappermode_checks(postfix))
     checks.append(_cert_file_check(config, postfix, resolve))
+    checks.extend(_fallback_relay_checks(postfix))
+    checks.extend(_egress_checks(config, postfix))
+    checks.extend(_detour_checks(postfix))
+    checks.append(_instance_check(postfix))
     checks.extend(_policy_checks(config, postfix, resolve))
     checks.append(_bounce_check(config, postfix, classes))
     return checks
@@ -210,7 +221,339 @@ def _relayhost_only_check(postfix: PostfixFacts) -> Check:
     )
 
 
+_RANK = {OK: 0, NOTE: 1, WARNING: 2, ERROR: 3}
+
+_TLS_FIX = (
+    "Set smtp_tls_security_level = encrypt, or give each next hop to Microsoft 365 an encrypt "
+    "entry in smtp_tls_policy_maps (e.g. [contoso-com.mail.protection.outlook.com]:25 encrypt)."
+)
+
+
+def _microsoft_tls(postfix: PostfixFacts) -> list[ClientTls]:
+    """The TLS of each distinct service and next-hop destination (fallback relays included)
+    that the sample envelopes send to Microsoft 365, in first-seen order."""
+    found: dict[tuple[str, str], ClientTls] = {}
+    for sample in postfix.routes:
+        if sample.route is None or sample.tls is None:
+            continue
+        if sample.kind not in (endpoints.RELAY, endpoints.LEGACY):
+            continue
+        later = [
+            tls
+            for tls in sample.more_tls
+            if endpoints.classify_nexthop(tls.destination) in (endpoints.RELAY, endpoints.LEGACY)
+        ]
+        for tls in (sample.tls, *later):
+            found.setdefault((tls.service, tls.destination), tls)
+    return list(found.values())
+
+
 def _tls_level_check(postfix: PostfixFacts) -> Check:
+    """Mandatory TLS on every route to Microsoft 365, as smtp(8) resolves the level for each
+    next hop (``smtp_tls_policy_maps``, else ``smtp_tls_security_level``, per service)."""
+    reached = _microsoft_tls(postfix)
+    if not reached:
+        return _relayhost_tls_check(postfix)
+    judged = [(_level_status(tls.level), _tls_line(tls)) for tls in reached]
+    status = max((s for s, _ in judged), key=_RANK.__getitem__)
+    if status == OK:
+        shown = "; ".join(line for _, line in judged)
+        return Check(
+            "postfix-tls-mandatory",
+            POSTFIX,
+            OK,
+            f"TLS to Microsoft 365 is mandatory on every route ({shown}).",
+        )
+    weak = "; ".join(line for s, line in judged if s != OK)
+    if status == WARNING:
+        return Check(
+            "postfix-tls-mandatory",
+            POSTFIX,
+            WARNING,
+            f"TLS to Microsoft 365 is mandatory only when TLSA records are found ({weak}); "
+            "otherwise a failed TLS negotiation falls back to plain text and sends no "
+            "certificate.",
+            _TLS_FIX,
+        )
+    invalid = [tls for tls in reached if tls.level not in (*TLS_LEVELS, "")]
+    if invalid:
+        return Check(
+            "postfix-tls-mandatory",
+            POSTFIX,
+            ERROR,
+            f"{_tls_line(invalid[0])}: not a TLS level Postfix knows, so smtp(8) defers every "
+            "message to that next hop.",
+            _TLS_FIX,
+        )
+    return Check(
+        "postfix-tls-mandatory",
+        POSTFIX,
+        ERROR,
+        f"TLS to Microsoft 365 is not mandatory ({weak}): a failed TLS negotiation falls back "
+        "to plain text and sends no certificate.",
+        _TLS_FIX,
+    )
+
+
+def _level_status(level: str) -> str:
+    if level in MANDATORY_TLS:
+        return OK
+    return WARNING if level == "dane" else ERROR
+
+
+def _tls_line(tls: ClientTls) -> str:
+    """E.g. "service smtp to [x]:25: main.cf: smtp_tls_policy_maps entry [x]:25 (hash:...) =
+    encrypt"."""
+    value = tls.policy or tls.level or "(empty, no TLS)"
+    return (
+        f"service {tls.service} to {tls.destination or 'its next hop'}: {tls.level_from} = {value}"
+    )
+
+
+def _wrappermode_checks(postfix: PostfixFacts) -> list[Check]:
+    """``smtp_tls_wrappermode = yes`` towards Microsoft 365: its endpoints speak STARTTLS on
+    port 25 (and 587), never TLS from the first byte, so every connection fails."""
+    wrapped = [tls for tls in _microsoft_tls(postfix) if tls.wrappermode]
+    if not wrapped:
+        return []
+    shown = "; ".join(
+        f"service {tls.service} to {tls.destination} ({tls.wrappermode_from} = yes)"
+        for tls in wrapped
+    )
+    return [
+        Check(
+            "postfix-tls-wrappermode",
+            POSTFIX,
+            ERROR,
+            f"smtp_tls_wrappermode is on towards Microsoft 365 ({shown}): Microsoft 365's "
+            "endpoints on port 25 (and 587) speak plain SMTP and STARTTLS, not TLS from the "
+            "first byte, so no delivery succeeds.",
+            "Remove smtp_tls_wrappermode (it is for SMTPS on port 465) and set "
+            "smtp_tls_security_level = encrypt.",
+        )
+    ]
+
+
+def _microsoft_samples(postfix: PostfixFacts) -> list[RouteSample]:
+    """The sample envelopes whose route reaches Microsoft 365, one per master.cf service."""
+    found: dict[str, RouteSample] = {}
+    for sample in postfix.routes:
+        if sample.route is not None and sample.kind in (endpoints.RELAY, endpoints.LEGACY):
+            found.setdefault(sample.route.transport, sample)
+    return list(found.values())
+
+
+def _fallback_relay_checks(postfix: PostfixFacts) -> list[Check]:
+    """``smtp_fallback_relay`` of a service that reaches Microsoft 365: smtp(8) appends it to
+    every next-hop list, so mail the endpoint does not take may leave through it."""
+    lines: list[str] = []
+    elsewhere = False
+    for sample in _microsoft_samples(postfix):
+        if not sample.fallback_relay:
+            continue
+        hops = endpoints.parse_nexthop(sample.fallback_relay)
+        outside = [h.host for h in hops if endpoints.classify_host(h.host) != endpoints.RELAY]
+        elsewhere = elsewhere or bool(outside)
+        lines.append(
+            f"service {sample.route.transport if sample.route else ''}: "
+            f"{sample.fallback_from} = {sample.fallback_relay}"
+            + (f" ({', '.join(outside)}: not a Microsoft 365 endpoint)" if outside else "")
+        )
+    if not lines:
+        return []
+    text = (
+        "Mail that cannot be delivered to Microsoft 365's endpoint (unreachable, or a 4xx "
+        f"answer) goes on to the fallback relay: {'; '.join(lines)}."
+    )
+    if elsewhere:
+        return [
+            Check(
+                "postfix-fallback-relay",
+                POSTFIX,
+                WARNING,
+                text + " The predictions do not hold for mail that leaves that way.",
+                "Leave smtp_fallback_relay empty on services that send to Microsoft 365, or "
+                "name another Microsoft 365 endpoint of the same tenant.",
+            )
+        ]
+    return [Check("postfix-fallback-relay", POSTFIX, NOTE, text)]
+
+
+def _egress_checks(config: Config, postfix: PostfixFacts) -> list[Check]:
+    """Whether Microsoft 365 may see an IPv6 source address, and whether a source address
+    that cannot be bound stops delivery (postconf(5): inet_protocols, smtp_address_preference,
+    smtp_bind_address6, smtp_bind_address_enforce)."""
+    samples = _microsoft_samples(postfix)
+    if not samples:
+        return []
+    # Only a connector that attributes by IP alone loses mail that arrives over IPv6.
+    ip_connector = any(
+        c.sender_ip_addresses and not c.tls_sender_certificate_name
+        for c in config.tenant.relay_connectors
+    )
+    checks = [_ipv6_check(samples, ip_connector)]
+    unenforced: list[str] = []
+    enforced: list[str] = []
+    for sample in samples:
+        egress = sample.egress
+        bound = [
+            f"{where} = {value}"
+            for value, where in (egress.get(n, ("", "")) for n in _BIND_PARAMETERS)
+            if value
+        ]
+        if not bound:
+            continue
+        enforce, _ = egress.get("smtp_bind_address_enforce", ("", ""))
+        name = sample.route.transport if sample.route else ""
+        (enforced if enforce.lower() == "yes" else unenforced).append(
+            f"service {name}: {', '.join(bound)}"
+        )
+    if unenforced:
+        checks.append(
+            Check(
+                "postfix-bind-enforce",
+                POSTFIX,
+                WARNING,
+                f"Source address set without smtp_bind_address_enforce = yes "
+                f"({'; '.join(unenforced)}): when the address cannot be bound, smtp(8) only "
+                "logs a warning and sends from another address, which Microsoft 365 may "
+                "attribute differently than predicted.",
+                "Set smtp_bind_address_enforce = yes (Postfix 3.7 and later) so such mail is "
+                "deferred instead.",
+            )
+        )
+    elif enforced:
+        checks.append(
+            Check(
+                "postfix-bind-enforce",
+                POSTFIX,
+                OK,
+                f"The source address is enforced ({'; '.join(enforced)}; "
+                "smtp_bind_address_enforce = yes).",
+            )
+        )
+    return checks
+
+
+_BIND_PARAMETERS = ("smtp_bind_address", "smtp_bind_address6")
+
+
+def _ipv6_check(samples: Sequence[RouteSample], ip_connector: bool) -> Check:
+    """IPv6 towards Microsoft 365: possible when inet_protocols enables it; never matched by
+    an IP connector (connectors hold IPv4 only). Whether an endpoint publishes IPv6 addresses
+    (AAAA records) is Microsoft's choice per endpoint and not checked here."""
+    lines: list[str] = []
+    risky = False
+    for sample in samples:
+        egress = sample.egress
+        protocols, protocols_from = egress.get("inet_protocols", ("", "main.cf: inet_protocols"))
+        words = {w.lower() for w in split_postfix_list(protocols)}
+        if not words & {"all", "ipv6"}:
+            continue
+        preference, _ = egress.get("smtp_address_preference", ("any", ""))
+        bind6, bind6_from = egress.get("smtp_bind_address6", ("", ""))
+        risky = risky or preference.lower() != "ipv4"
+        name = sample.route.transport if sample.route else ""
+        lines.append(
+            f"service {name}: {protocols_from} = {protocols}, smtp_address_preference = "
+            f"{preference or 'any'}"
+            + (f", {bind6_from} = {bind6}" if bind6 else ", no smtp_bind_address6")
+        )
+    if not lines:
+        return Check(
+            "postfix-egress-ipv6",
+            POSTFIX,
+            OK,
+            "inet_protocols has no IPv6: Microsoft 365 sees only IPv4 source addresses.",
+        )
+    shown = "; ".join(lines)
+    text = (
+        f"Mail to Microsoft 365 may leave over IPv6 when the endpoint publishes IPv6 "
+        f"addresses ({shown})"
+    )
+    if not ip_connector:
+        return Check(
+            "postfix-egress-ipv6",
+            POSTFIX,
+            NOTE,
+            text + "; no connector attributes by IP address alone, so the certificate "
+            "attributes it.",
+        )
+    if not risky:
+        return Check(
+            "postfix-egress-ipv6",
+            POSTFIX,
+            NOTE,
+            text + "; IPv4 is preferred, so IPv6 is used only when IPv4 fails — and then no "
+            "IP connector matches (connectors hold IPv4 addresses only).",
+            "Set inet_protocols = ipv4 to keep every connection on IPv4.",
+        )
+    return Check(
+        "postfix-egress-ipv6",
+        POSTFIX,
+        WARNING,
+        text + ": an IPv6 source address never matches an IP connector (connectors hold IPv4 "
+        "addresses only), so such mail is attributed by certificate or not at all.",
+        "Set inet_protocols = ipv4 (or smtp_address_preference = ipv4) on the relay, or "
+        "attribute by certificate.",
+    )
+
+
+def _detour_checks(postfix: PostfixFacts) -> list[Check]:
+    """content_filter / FILTER detours: the predicted route is the one after the filter."""
+    if not postfix.detours:
+        return []
+    shown = "; ".join(str(detour) for detour in postfix.detours)
+    sendmail = any(detour.reinjects_with_sendmail for detour in postfix.detours)
+    return [
+        Check(
+            "postfix-content-filter",
+            POSTFIX,
+            WARNING if sendmail else NOTE,
+            f"Mail is handed to a content filter before it is routed ({shown}). The routes "
+            "and predictions are those of the message the filter gives back; a filter that "
+            "changes the envelope is not predicted.",
+            "Re-inject filtered mail over SMTP to a listener that keeps the envelope, rather "
+            "than with sendmail."
+            if sendmail
+            else "",
+        )
+    ]
+
+
+def _instance_check(postfix: PostfixFacts) -> Check:
+    """Which Postfix instance is read; a warning when the primary is read while secondary
+    instances also send to Microsoft 365 (``policyd.sources.instances``)."""
+    instance = postfix.instance
+    shown = str(instance) if instance is not None else postfix.directory
+    reaching = [s for s in postfix.secondaries if s.to_microsoft]
+    failed = [s for s in postfix.secondaries if s.error]
+    if reaching:
+        routes = "; ".join(f"{s.instance}: {', '.join(s.to_microsoft)}" for s in reaching)
+        return Check(
+            "postfix-instance",
+            POSTFIX,
+            WARNING,
+            f"The daemon reads the primary {shown}, but secondary instances send mail to "
+            f"Microsoft 365 too ({routes}): their routes, TLS and certificates are not the "
+            "ones predicted.",
+            "Point [postfix] config_directory at the instance that relays to Microsoft 365 "
+            "(one daemon per instance when several do).",
+        )
+    others = ""
+    if postfix.secondaries:
+        listed = ", ".join(str(s.instance) for s in postfix.secondaries)
+        others = (
+            f"; its secondary instances do not send the sample mail to Microsoft 365 ({listed})"
+        )
+    if failed:
+        unread = "; ".join(f"{s.instance.directory}: {s.error}" for s in failed)
+        others += f"; could not read {unread}"
+    return Check("postfix-instance", POSTFIX, OK, f"Predicting for Postfix {shown}{others}.")
+
+
+def _relayhost_tls_check(postfix: PostfixFacts) -> Check:
+    """Without a route to Microsoft 365: the TLS level main.cf gives ``relayhost``."""
     policy = postfix.tls_policy
     if policy is not None and policy.value:
         level = policy.value.split()[0].lower()
@@ -273,9 +616,57 @@ def _presented_files(postfix: PostfixFacts) -> tuple[str, list[str]]:
 
 
 def _cert_file_check(config: Config, postfix: PostfixFacts, resolve: Callable[[str], str]) -> Check:
-    parameter, files = _presented_files(postfix)
-    presented = ", ".join(files)
+    """The certificate each service that reaches Microsoft 365 presents there (none when the
+    next hop's TLS level is ``none``), against ``onprem.certificate``; main.cf alone when no
+    route reaches Microsoft 365."""
+    services: dict[str, ClientTls] = {}
+    for tls in _microsoft_tls(postfix):
+        # A service presents nothing where its level is none: judge its weakest next hop.
+        if tls.service not in services or tls.level in NO_TLS_LEVELS:
+            services[tls.service] = tls
+    if not services:
+        parameter, files = _presented_files(postfix)
+        return _cert_check(config, parameter, files, resolve)
+    checks = {
+        name: _cert_check(
+            config,
+            tls.certificate_from.removeprefix("main.cf: "),
+            list(tls.certificate_files),
+            resolve,
+            absent="" if tls.level not in NO_TLS_LEVELS else tls.not_presented_because,
+        )
+        for name, tls in services.items()
+    }
+    if len(checks) == 1:
+        return next(iter(checks.values()))
+    status = max((c.status for c in checks.values()), key=_RANK.__getitem__)
+    finding = " ".join(f"Service {name}: {c.finding}" for name, c in checks.items())
+    fixes = " ".join(dict.fromkeys(c.fix for c in checks.values() if c.fix))
+    return Check("postfix-cert-file", POSTFIX, status, finding, fixes)
+
+
+def _cert_check(
+    config: Config,
+    parameter: str,
+    files: list[str],
+    resolve: Callable[[str], str],
+    *,
+    absent: str = "",
+) -> Check:
+    """One service's certificate files (``absent``: why TLS is off, so none is presented)."""
     configured = config.certificate_path
+    if absent and configured:
+        return Check(
+            "postfix-cert-file",
+            POSTFIX,
+            ERROR,
+            f"Postfix presents no certificate to Microsoft 365 (the certificate is {absent}), "
+            f"while the daemon predicts with {configured}.",
+            _TLS_FIX,
+        )
+    if absent:
+        files = []
+    presented = ", ".join(files)
     if not files and not configured:
         return Check(
             "postfix-cert-file",

@@ -36,7 +36,6 @@ from policyd.rules import endpoints
 from policyd.rules.outcomes import classify_reply
 from policyd.rules.predict import AddressPrediction, RecipientPrediction, RouteContext
 from policyd.rules.reasons import LOCAL, OTHER_ROUTE, predicted_kind
-from policyd.rules.routing import client_tls
 from policyd.tools.check import run_check
 from policyd.tools.probe.client import ProbeError, Target, Transcript, client_context, session
 
@@ -193,7 +192,9 @@ def target_for(
         name = router.view.parameter("smtp_helo_name") or router.view.parameter("myhostname")
     name = name if name and "$" not in name else socket.getfqdn()
     if context is not None and router is not None:
-        tls = client_tls(router.view, context.route.transport)
+        # The TLS level of this next hop (smtp_tls_policy_maps) decides whether smtp(8)
+        # presents the certificate at all.
+        tls = router.client_tls(context.route.transport, context.route.nexthop)
         host, port = _route_endpoint(context) if not endpoint else parse_endpoint(endpoint)
         certificate = tls.certificate_files[0] if tls.presents_certificate else ""
         if not key and certificate and tls.certificate_files == (certificate,):
