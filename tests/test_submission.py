@@ -13,7 +13,10 @@ from policyd.rules import outcomes, submission
 from policyd.rules.assumptions import Assumptions
 from policyd.rules.predict import RecipientPrediction
 from policyd.rules.reasons import BY_ID
+from policyd.sources.postfix import read_postfix
 from policyd.sources.state import load_state
+from policyd.tools import doctor
+from policyd.tools.doctor.tenant import route_samples
 from tests.test_postfix_source import check_json, first_address, site
 
 pytestmark = pytest.mark.postfix
@@ -185,6 +188,80 @@ def test_unreadable_password_map_predicts_no_refusal(tmp_path: Path) -> None:
     prediction = predict(config, "other@contoso.com")
     assert prediction.reason == "submission-accepted"
     assert "whether smtp(8) authenticates is unknown" in prediction.explanation
+
+
+# --- doctor ---------------------------------------------------------------------------------------
+
+
+def doctor_report(config: Path) -> doctor.Report:
+    """doctor as ``m365-policyd doctor`` runs it: the state's router and the routed samples."""
+    state = load_state(str(config), 0)
+    assert state.postfix is not None
+    facts = read_postfix(
+        state.config.postfix.config_directory, route_samples(state.config), state.postfix.view
+    )
+    return doctor.audit(state.config, now=NOW, postfix=facts, router=state.router)
+
+
+def check_of(report: doctor.Report, check_id: str) -> doctor.Check:
+    return next(check for check in report.checks if check.id == check_id)
+
+
+def test_doctor_on_the_first_input(tmp_path: Path) -> None:
+    """The issue's first input: doctor's summary speaks of 530 5.7.57 and SMTP AUTH, never of
+    5.7.64; Basic authentication (no xoauth2 in smtp_sasl_mechanism_filter) is reported as
+    retiring; TLS is mandatory, so no TLS warning; no password appears anywhere."""
+    report = doctor_report(submission_site(tmp_path))
+    summary = check_of(report, "summary-mail-classes")
+    assert "530 5.7.57 Client not authenticated to send mail" in summary.finding
+    assert "5.7.64" not in summary.finding
+    assert "smtp_sasl_auth_enable" in summary.fix
+    assert {row.reason for row in report.classes} == {"submission-no-credentials"}
+    basic = check_of(report, "postfix-submission-basic-auth")
+    assert basic.status == "warning"
+    assert "535 5.7.139" in basic.finding and "550 5.7.30" in basic.finding
+    assert report.status_of("postfix-submission-tls") is None
+    assert SECRET not in str(report.as_json())
+
+
+def test_doctor_xoauth2_and_weak_tls(tmp_path: Path) -> None:
+    """smtp_sasl_mechanism_filter = xoauth2 is not Basic authentication; a submission route at
+    TLS level may is warned about (AUTH is offered only after STARTTLS)."""
+    report = doctor_report(
+        submission_site(
+            tmp_path,
+            {"smtp_sasl_mechanism_filter": "xoauth2", "smtp_tls_security_level": "may"},
+        )
+    )
+    assert report.status_of("postfix-submission-basic-auth") is None
+    tls = check_of(report, "postfix-submission-tls")
+    assert tls.status == "warning"
+    assert "main.cf: smtp_tls_security_level = may" in tls.finding
+
+
+def test_doctor_last_input_credentials_for_the_mx_endpoint(tmp_path: Path) -> None:
+    """The issue's last input: relayhost = [contoso-com.mail.protection.outlook.com]:25 with a
+    password map entry for it: doctor warns that the credentials are never used, naming the
+    login and not the password; without such an entry it says nothing."""
+    mx = "[contoso-com.mail.protection.outlook.com]:25"
+    config = submission_site(
+        tmp_path,
+        {"relayhost": mx, "smtp_sender_dependent_authentication": "no"},
+        passwords=f"{mx} relay@contoso.com:{SECRET}\n",
+    )
+    report = doctor_report(config)
+    unused = check_of(report, "postfix-sasl-unused")
+    assert unused.status == "warning"
+    assert f"entry for {mx} (login relay@contoso.com)" in unused.finding
+    assert "never used" in unused.finding
+    assert SECRET not in str(report.as_json())
+    assert report.status_of("postfix-submission-basic-auth") is None
+    clean = submission_site(
+        tmp_path / "clean",
+        {"relayhost": mx},
+        passwords=f"[smtp.office365.com]:587 relay@contoso.com:{SECRET}\n",
+    )
+    assert doctor_report(clean).status_of("postfix-sasl-unused") is None
 
 
 # --- pure pieces ---------------------------------------------------------------------------------
