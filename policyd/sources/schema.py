@@ -422,7 +422,8 @@ RELAY_HOSTS = _key(
     example='relay_hosts = ["*.mail.protection.outlook.com"]',
     meaning="relays whose replies count: globs, case-insensitive, against the relay's host name "
         "and bracketed address; the default is every Microsoft 365 endpoint "
-        "(`policyd/rules/endpoints.py`), retired smart hosts included",
+        "(`policyd/rules/endpoints.py`), retired smart hosts and the SMTP AUTH hosts "
+        "(`smtp.office365.com`) included",
     check=v.relay_patterns,
 )
 
