@@ -118,6 +118,10 @@ def test_microsoft_reply_texts_are_spelled_as_the_spec() -> None:
             "matched the message's recipient domain. The connector had either the "
             "RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set"
         ),
+        "submission-no-credentials": "530 5.7.57 Client not authenticated to send mail",
+        "submission-sender-not-login": (
+            "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+        ),
     }
 
 
@@ -137,6 +141,9 @@ def test_each_reason_has_its_predicted_kind() -> None:
         "sender-not-accepted": "attr36",
         "direct-send-rejected": "direct-send",
         "partner-restricted": "partner-restricted",
+        "submission-accepted": "accepted",
+        "submission-no-credentials": "auth-required",
+        "submission-sender-not-login": "send-as-denied",
     }
     for reason in reasons.TABLE:
         if reason.reply is not None:
