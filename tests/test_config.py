@@ -486,7 +486,7 @@ ENDPOINT_FIX = (
 )
 REASONS = (
     "no-connector, null-sender, forwarded, sender-not-accepted, direct-send-rejected, "
-    "partner-restricted"
+    "partner-restricted, submission-no-credentials, submission-sender-not-login"
 )
 REROUTE_REQUIRED = (
     'is required when policy.action or a policy.by_reason value is "reroute"; write '
@@ -498,15 +498,28 @@ CONNECTOR_KEYS = (
     "tls_sender_certificate_name"
 )
 
+SEND_AS_FIX = 'write for example send_as = { "app@contoso.com" = ["*@contoso.com"] }'
+
 VALIDATION = [
+    # [submission] send_as
+    ('[submission]\nsend_as = { "app" = ["*@contoso.com"] }\n', "submission.send_as.app",
+     f"'app' is not a login mailbox (user@domain); {SEND_AS_FIX}"),
+    ('[submission]\nsend_as = { "app@contoso.com" = "x@contoso.com" }\n',
+     "submission.send_as.app@contoso.com",
+     f'expected an array of strings, got a string ("x@contoso.com"); {SEND_AS_FIX}'),
+    ('[submission]\nsend_as = { "app@contoso.com" = ["contoso.com"] }\n',
+     "submission.send_as.app@contoso.com",
+     f"'contoso.com' is neither an address nor a *@domain pattern; {SEND_AS_FIX}"),
+    ("[submission]\nsend_as = []\n", "submission.send_as",
+     f"expected a table, got an array; {SEND_AS_FIX}"),
     # structure
     ("[serverr]\n", "serverr",
      "unknown section (did you mean server?); "
-     "allowed sections: assumptions, log, onprem, outcomes, policy, postfix, server, tenant, "
-     "tenants"),
+     "allowed sections: assumptions, log, onprem, outcomes, policy, postfix, server, "
+     "submission, tenant, tenants"),
     ("listen = []\n", "listen",
      "unknown section; allowed sections: assumptions, log, onprem, outcomes, policy, postfix, "
-     "server, tenant, tenants"),
+     "server, submission, tenant, tenants"),
     ("server = 1\n", "server",
      "expected a table ([server]), got an integer (1); put its keys under a [server] line"),
     ("[server]\nlisten_on = []\n", "server.listen_on",

@@ -138,8 +138,8 @@ def test_counters_follow_stats_at_scrape_time() -> None:
         == 1
     )
     # every predicted kind against every observed kind of each configured tenant ("default"
-    # here) is there from zero (5 x 9 series), plus the one counted for contoso
-    assert len(outcomes) == 45 + 1
+    # here) is there from zero (7 x 13 series), plus the one counted for contoso
+    assert len(outcomes) == 7 * 13 + 1
     zero = (("observed", "partner-restricted"), ("predicted", "accepted"), ("tenant", "default"))
     assert outcomes[zero] == 0
     assert samples[P + "log_lines_skipped_total"][()] == 9

@@ -1052,6 +1052,15 @@ VIEW = PostfixView(
         "smtp": Service("smtp", "smtp"),
         "relay-cert": Service("relay-cert", "smtp"),
         "local": Service("local", "local"),
+        "submit-auth": Service(
+            "submit-auth",
+            "smtp",
+            {
+                "smtp_sasl_auth_enable": "yes",
+                "smtp_sasl_password_maps": "texthash:/etc/postfix/sasl_passwd",
+                "smtp_sender_dependent_authentication": "yes",
+            },
+        ),
     },
     tables=DictTables(
         {
@@ -1060,7 +1069,13 @@ VIEW = PostfixView(
                 "submit.example": "smtp:[smtp.office365.com]:587",
                 "cert.example": f"relay-cert:{M365}",
                 "legacy.example": "smtp:[mail.messaging.microsoft.com]",
-            }
+                "sasl.example": "submit-auth:[smtp.office365.com]:587",
+            },
+            # The next hop's entry logs every sender in as app@; bob@ has his own login.
+            "texthash:/etc/postfix/sasl_passwd": {
+                "[smtp.office365.com]:587": "app@contoso.com:secret",
+                "bob@contoso.com": "bob@contoso.com:secret",
+            },
         }
     ),
 )
@@ -1078,13 +1093,41 @@ CERTIFIED = ServicePicture(
     OnPrem(certificate=GOOD_CERT), "master.cf: relay-cert/unix -o smtp_tls_chain_files", ""
 )
 ROUTER = Router(
-    VIEW, {"smtp": PLAIN, "relay-cert": CERTIFIED}, PLAIN, tenant(connectors=(CERT_CONNECTOR,))
+    VIEW,
+    {"smtp": PLAIN, "relay-cert": CERTIFIED},
+    PLAIN,
+    tenant(connectors=(CERT_CONNECTOR,)),
+    send_as={"app@contoso.com": ("*@fabrikam.com", "alerts@contoso.com")},
 )
 
 ROUTE_CASES = [
     ("local class", "john@fabrikam.com", "root@mta.contoso.com", predict.LOCAL),
     ("around Microsoft 365", "john@fabrikam.com", "kate@partner.example", predict.OTHER_ROUTE),
-    ("client submission", "john@fabrikam.com", "kate@submit.example", predict.OTHER_ROUTE),
+    (
+        "client submission, SASL off",
+        "john@fabrikam.com",
+        "kate@submit.example",
+        predict.SUBMISSION_NO_CREDENTIALS,
+    ),
+    (
+        "submission, next-hop login",
+        "app@contoso.com",
+        "kate@sasl.example",
+        predict.SUBMISSION_ACCEPTED,
+    ),
+    ("submission, send_as", "john@fabrikam.com", "kate@sasl.example", predict.SUBMISSION_ACCEPTED),
+    (
+        "submission, sender login",
+        "bob@contoso.com",
+        "kate@sasl.example",
+        predict.SUBMISSION_ACCEPTED,
+    ),
+    (
+        "submission, not in send_as",
+        "carol@contoso.com",
+        "kate@sasl.example",
+        predict.SUBMISSION_SENDER_NOT_LOGIN,
+    ),
     ("relayhost, no certificate", "", "kate@tailspintoys.com", predict.NO_CONNECTOR),
     ("service with certificate", "", "kate@cert.example", predict.CERTIFICATE_CONNECTOR),
     ("legacy host still predicted", "", "kate@legacy.example", predict.NO_CONNECTOR),

@@ -94,7 +94,9 @@ def test_each_row_is_complete_for_its_verdict(reason: Reason) -> None:
         assert (reason.code, reason.reply, reason.short, reason.fix) == (None, None, "", "")
         return
     assert reason.code is not None and re.fullmatch(r"5\.7\.\d+", reason.code)
-    assert reason.reply is not None and reason.reply.startswith(f"550 {reason.code} ")
+    # 550 for every relay refusal; the SMTP AUTH endpoint answers a missing login with 530.
+    basic = "530" if reason.id == "submission-no-credentials" else "550"
+    assert reason.reply is not None and reason.reply.startswith(f"{basic} {reason.code} ")
     assert reason.short and "\n" not in reason.short and not reason.short.endswith(".")
     assert reason.fix[0].isupper() and reason.fix.endswith(".")
     assert reason.fix.count(". ") == 0  # one sentence
@@ -116,6 +118,10 @@ def test_microsoft_reply_texts_are_spelled_as_the_spec() -> None:
             "matched the message's recipient domain. The connector had either the "
             "RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set"
         ),
+        "submission-no-credentials": "530 5.7.57 Client not authenticated to send mail",
+        "submission-sender-not-login": (
+            "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+        ),
     }
 
 
@@ -135,6 +141,9 @@ def test_each_reason_has_its_predicted_kind() -> None:
         "sender-not-accepted": "attr36",
         "direct-send-rejected": "direct-send",
         "partner-restricted": "partner-restricted",
+        "submission-accepted": "accepted",
+        "submission-no-credentials": "auth-required",
+        "submission-sender-not-login": "send-as-denied",
     }
     for reason in reasons.TABLE:
         if reason.reply is not None:

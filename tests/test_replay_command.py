@@ -160,7 +160,7 @@ def test_flipping_one_assumption_gives_exactly_its_disagreements(
     code, data, _ = replay(capsys, "-c", config(tmp_path), str(STANDIN_LOG), "--sweep-assumptions")
     assert code == 1
     sweep = data["sweep"]
-    assert len(sweep) == 32
+    assert len(sweep) == 2**7  # every combination of the seven keys of SPEC §5.3
     assert sweep[0]["label"] == "today's configuration" or sweep[0]["agreement"] == 66.67
     assert max(entry["agreement"] for entry in sweep) == data["agreement"] == 66.67
     # No certificate here: no assumption decides anything, so none changes a prediction.

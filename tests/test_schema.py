@@ -78,6 +78,7 @@ def test_each_key_is_declared_once() -> None:
         "outcomes",
         "postfix",
         "assumptions",
+        "submission",
         "tenants",
     )
     for table in {key.table for key in KEYS}:

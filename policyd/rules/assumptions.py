@@ -8,8 +8,7 @@ explanation, in ``check --json`` (``"assumptions": [...]``) and in the predictio
 
 The defaults never predict a refusal on a doubtful point: under doubt the daemon lets mail
 through and says so. The two ``submission_*`` keys belong to the client-submission rules
-(SMTP AUTH notes), which are not implemented yet: they are declared and validated, and decide
-nothing so far.
+(SPEC §5.4, ``policyd.rules.submission``), which name them the same way.
 
 Sources for each point: ``docs/relay-rules.md``, "Assumptions: where Microsoft's texts disagree".
 """
@@ -124,17 +123,17 @@ DOUBTS: tuple[Doubt, ...] = (
         SUBMISSION_SENDER_MUST_BE_LOGIN,
         "on an SMTP AUTH route without a send_as list, a sender other than the login is refused",
         "on an SMTP AUTH route without a send_as list, any sender is accepted",
-        "the README's SMTP AUTH notes; not implemented yet",
+        "Microsoft documents SendAs per mailbox (the login's own address always works); which "
+        "other addresses a login may use is a tenant permission the daemon cannot read",
         "list the addresses each login may send as in [submission] send_as",
-        decides=False,
     ),
     Doubt(
         SUBMISSION_NULL_SENDER_REFUSED,
         "the null sender is refused on an SMTP AUTH route",
         "the null sender is accepted on an SMTP AUTH route",
-        "one public log shows it; no Microsoft text; not implemented yet",
+        "one public IIS log shows an authenticated MAIL FROM:<> refused with 5.7.60; no "
+        "Microsoft text",
         "send bounces through a connector route rather than SMTP AUTH",
-        decides=False,
     ),
 )
 

@@ -52,8 +52,11 @@ SUBMISSION_HOSTS: tuple[str, ...] = (
 #: The reply Microsoft 365 gives to mail sent through a retired smart host.
 WRONG_REGION_REPLY = "451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35"
 
-#: Globs for the outcome watcher's default ``relay_hosts``: every relay and legacy endpoint.
-RELAY_HOST_GLOBS: tuple[str, ...] = tuple(f"*.{suffix}" for suffix in RELAY_SUFFIXES) + LEGACY_HOSTS
+#: Globs for the outcome watcher's default ``relay_hosts``: every relay, legacy and
+#: client-submission endpoint (SPEC §5.4: SMTP AUTH replies are compared too).
+RELAY_HOST_GLOBS: tuple[str, ...] = (
+    tuple(f"*.{suffix}" for suffix in RELAY_SUFFIXES) + LEGACY_HOSTS + SUBMISSION_HOSTS
+)
 
 _BRACKETED = re.compile(r"\[([^\]]*)\](?::(\S*))?")
 

@@ -33,16 +33,31 @@ PARTNER_RESTRICTED = "partner-restricted"  # 5.7.51
 WRONG_REGION = "wrong-region"  # 4.4.62 ... ATTR35
 UNREGISTERED_DOMAIN = "unregistered-domain"  # 5.7.750
 TLS = "tls"  # 454, or 4.7.0 naming TLS or the certificate
+# The SMTP AUTH client-submission endpoint (smtp.office365.com, SPEC §5.4):
+AUTH_REQUIRED = "auth-required"  # 530 5.7.57: MAIL FROM without AUTH
+SEND_AS_DENIED = "send-as-denied"  # 550 5.7.60, 554 5.2.252 SendAsDenied
+BASIC_AUTH_DISABLED = "basic-auth-disabled"  # 535 5.7.139, 550 5.7.30: Basic auth retired
+AUTH_FAILED = "auth-failed"  # 535 5.7.3, any other 535: the login was refused
 OTHER = "other"  # anything else Microsoft 365 answered
 
 #: Every kind a prediction can have, in the order of docs/postfix.md.
-PREDICTED_KINDS: tuple[str, ...] = (ACCEPTED, NO_CONNECTOR, ATTR36, DIRECT_SEND, PARTNER_RESTRICTED)
+PREDICTED_KINDS: tuple[str, ...] = (
+    ACCEPTED,
+    NO_CONNECTOR,
+    ATTR36,
+    DIRECT_SEND,
+    PARTNER_RESTRICTED,
+    AUTH_REQUIRED,
+    SEND_AS_DENIED,
+)
 #: Every kind an observed reply can have.
 OBSERVED_KINDS: tuple[str, ...] = (
     *PREDICTED_KINDS,
     WRONG_REGION,
     UNREGISTERED_DOMAIN,
     TLS,
+    BASIC_AUTH_DISABLED,
+    AUTH_FAILED,
     OTHER,
 )
 
@@ -204,9 +219,31 @@ def classify_reply(reply: str, dsn: str = "") -> str:
         return WRONG_REGION
     if code == "5.7.750":
         return UNREGISTERED_DOMAIN
+    submission = _submission_kind(basic, code, upper)
+    if submission is not None:
+        return submission
     if basic == "454" or (code == "4.7.0" and ("TLS" in upper or "CERTIFICATE" in upper)):
         return TLS
     return OTHER
+
+
+def _submission_kind(basic: str, code: str, upper: str) -> str | None:
+    """The SMTP AUTH endpoint's refusals (SPEC §5.4, §8), or None for another reply.
+
+    ``5.7.57`` (no AUTH before MAIL FROM); ``5.7.60`` and ``5.2.252`` / ``SendAsDenied`` (the
+    login may not send as the sender: at the end of DATA, also for the From: header);
+    ``5.7.139`` and ``5.7.30`` (Basic authentication disabled or retired); ``5.7.3`` and any
+    other ``535`` (the credential was refused).
+    """
+    if code == "5.7.57":
+        return AUTH_REQUIRED
+    if code in ("5.7.60", "5.2.252") or "SENDASDENIED" in upper:
+        return SEND_AS_DENIED
+    if code in ("5.7.139", "5.7.30"):
+        return BASIC_AUTH_DISABLED
+    if code == "5.7.3" or basic == "535":
+        return AUTH_FAILED
+    return None
 
 
 def observed_kind(delivery: Delivery) -> str | None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from policyd.constants import ACCEPT, REJECT
-from policyd.rules import endpoints
+from policyd.rules import endpoints, submission
 from policyd.rules.assumptions import (
     FOREIGN_SENDER_VIA_CERTIFICATE,
     MATCH_SUBDOMAINS_COVERS_SENDERS,
@@ -54,6 +54,9 @@ from policyd.rules.reasons import (
     SENDER_ACCEPTED_DOMAIN,
     SENDER_NOT_ACCEPTED,
     SRS_REWRITTEN,
+    SUBMISSION_ACCEPTED,
+    SUBMISSION_NO_CREDENTIALS,
+    SUBMISSION_SENDER_NOT_LOGIN,
     predicted_kind,
 )
 from policyd.rules.routing import Route
@@ -75,6 +78,9 @@ __all__ = [
     "SENDER_ACCEPTED_DOMAIN",
     "SENDER_NOT_ACCEPTED",
     "SRS_REWRITTEN",
+    "SUBMISSION_ACCEPTED",
+    "SUBMISSION_NO_CREDENTIALS",
+    "SUBMISSION_SENDER_NOT_LOGIN",
     "AddressPrediction",
     "Attribution",
     "RecipientPrediction",
@@ -84,6 +90,7 @@ __all__ = [
     "certificate_name_domain",
     "predict_address",
     "predict_recipient",
+    "seen_sender",
     "sender_view",
 ]
 
@@ -101,6 +108,8 @@ class RouteContext:
     egress_from: str = ""  # where the egress addresses came from
     #: The tenant this next hop reaches; None for a Microsoft 365 endpoint of no tenant.
     tenant: NamedTenant | None = None
+    #: For a client-submission next hop (SMTP AUTH): what deciding it needs (SPEC §5.4).
+    submission: submission.SubmissionRoute | None = None
 
     @property
     def reaches_microsoft(self) -> bool:
@@ -253,6 +262,10 @@ def predict_address(
         )
 
     if route is not None:
+        if route.submission is not None and route.kind == endpoints.SUBMISSION:
+            return _submitted(
+                address, forwarded, route, route.submission, sender, (tenant, tenant_name)
+            )
         routed = _routed_elsewhere(address, forwarded, route)
         if routed is not None:
             return routed
@@ -554,6 +567,53 @@ def _unknown_endpoint(address: str, forwarded: bool, context: RouteContext) -> A
         f"service {route.transport}), which no [tenants.NAME] table lists in endpoints: no "
         "configured tenant has a connector for it. Add the endpoint to its tenant's endpoints.",
         relayed=True,
+    )
+
+
+def seen_sender(sender: Sender) -> str:
+    """The P1 MAIL FROM address Microsoft 365 sees, for the SMTP AUTH rules (SPEC §5.4).
+
+    Today: the address as given, or its SRS form when SRS rewrites it (postsrsd writes
+    ``SRS0=HASH=TT=domain=local@srs_domain``; the hash and timestamp are not known here, so they
+    are shown as ``HHHH`` and ``TT``: such an address is never a login and matches only
+    ``*@srs_domain`` in ``send_as``). This is the one place to switch to the rewritten sender.
+    """
+    if not sender.srs_rewritten:
+        return sender.address
+    local, _ = split_address(sender.address)
+    return f"SRS0=HHHH=TT={sender.domain}={local}@{sender.p1_domain}"
+
+
+def _submitted(  # noqa: PLR0917 - predict_address's own arguments, passed on
+    address: str,
+    forwarded: bool,
+    context: RouteContext,
+    route: submission.SubmissionRoute,
+    sender: Sender,
+    fallback: tuple[Tenant, str],
+) -> AddressPrediction:
+    """Step 1 to a client-submission endpoint: SPEC §5.4 (``policyd.rules.submission``).
+
+    ``fallback`` is the sender's tenant and its name, for a next hop that selects none."""
+    tenant, tenant_name = fallback
+    chosen = context.tenant.tenant if context.tenant is not None else tenant
+    if context.tenant is not None:
+        sender = sender_view(sender.address, chosen, context.onprem)
+    decided = route.decide(seen_sender(sender), chosen.assumptions)
+    _, domain = split_address(address)
+    relayed = not chosen.accepted_domain_for(domain)
+    if decided.reason == SUBMISSION_ACCEPTED:
+        prediction = _accepted(
+            address, forwarded, decided.reason, decided.explanation, relayed=relayed
+        )
+    else:
+        prediction = _refused(
+            address, forwarded, decided.reason, decided.explanation, relayed=relayed
+        )
+    return replace(
+        prediction,
+        assumptions=decided.assumptions,
+        tenant=context.tenant.name if context.tenant is not None else tenant_name,
     )
 
 

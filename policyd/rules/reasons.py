@@ -10,8 +10,8 @@ configuration validation (``policy.by_reason`` keys), the outcome join and metri
 pre-seeding) all read it; a test proves that each text below appears nowhere else in
 ``policyd/``.
 
-Later reasons (the client-submission reasons of SMTP AUTH notes) are added here as rows when their
-rules land.
+The client-submission reasons (SPEC §5.4, ``policyd.rules.submission``) close the table: on an
+SMTP AUTH route Microsoft 365 answers per credential and sender, not per connector.
 """
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ FORWARDED = "forwarded"
 SENDER_NOT_ACCEPTED = "sender-not-accepted"
 DIRECT_SEND_REJECTED = "direct-send-rejected"
 PARTNER_RESTRICTED = "partner-restricted"
+SUBMISSION_ACCEPTED = "submission-accepted"
+SUBMISSION_NO_CREDENTIALS = "submission-no-credentials"
+SUBMISSION_SENDER_NOT_LOGIN = "submission-sender-not-login"
 
 # The enhanced status codes Microsoft 365 refuses with.
 CODE_5764 = "5.7.64"
 CODE_5768 = "5.7.68"
 CODE_5751 = "5.7.51"
+CODE_5757 = "5.7.57"
+CODE_5760 = "5.7.60"
 
 # Shared by three reasons: Microsoft 365 gives one reply for every ATTR36 refusal.
 _ATTR36 = "550 5.7.64 Relay Access Denied ATTR36"
@@ -66,6 +71,7 @@ TABLE: tuple[Reason, ...] = (
     Reason(CERTIFICATE_CONNECTOR, ACCEPT),
     Reason(SENDER_ACCEPTED_DOMAIN, ACCEPT),
     Reason(SRS_REWRITTEN, ACCEPT),
+    Reason(SUBMISSION_ACCEPTED, ACCEPT),
     Reason(
         NO_CONNECTOR,
         REJECT,
@@ -119,6 +125,24 @@ TABLE: tuple[Reason, ...] = (
         "a restricting Partner connector covers the sender and this server does not satisfy it",
         "Make an OnPremises connector match this server again (its certificate or egress address), or add this server's egress address or certificate to the restricting Partner connector.",  # noqa: E501
         outcomes.PARTNER_RESTRICTED,
+    ),
+    Reason(
+        SUBMISSION_NO_CREDENTIALS,
+        REJECT,
+        CODE_5757,
+        "530 5.7.57 Client not authenticated to send mail",
+        "Postfix does not authenticate to the SMTP AUTH endpoint for this mail",
+        "Turn smtp_sasl_auth_enable on for the delivering service and give smtp_sasl_password_maps an entry for this next hop (or, with smtp_sender_dependent_authentication, for this sender).",  # noqa: E501
+        outcomes.AUTH_REQUIRED,
+    ),
+    Reason(
+        SUBMISSION_SENDER_NOT_LOGIN,
+        REJECT,
+        CODE_5760,
+        "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+        "the SMTP AUTH login may not send as this sender",
+        "Grant the login mailbox SendAs on the sender (and list it in [submission] send_as), or rewrite the sender to the login mailbox (sender_canonical_maps, smtp_generic_maps).",  # noqa: E501
+        outcomes.SEND_AS_DENIED,
     ),
 )
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from policyd.rules import endpoints, predict
+from policyd.rules import endpoints, predict, submission
 from policyd.rules.model import DEFAULT_TENANT, NamedTenant, OnPrem, Tenant
 from policyd.rules.routing import NO_TLS_LEVELS, ClientTls, PostfixView, client_tls, resolve
 
@@ -56,8 +56,11 @@ class Router:
         *,
         endpoint_globs: tuple[str, ...] = (),
         uses_subprocess: bool = False,
+        send_as: submission.SendAs | None = None,
     ) -> None:
         self.view = view
+        #: ``[submission] send_as`` for client-submission routes (SPEC §5.4).
+        self.send_as: submission.SendAs = send_as or {}
         self.services = dict(services)
         self.fallback = fallback
         self.tenant = tenant
@@ -81,6 +84,7 @@ class Router:
             change(self.tenant),
             endpoint_globs=self.endpoint_globs,
             uses_subprocess=self.uses_subprocess,
+            send_as=self.send_as,
         )
         select = self.select
 
@@ -167,7 +171,15 @@ class Router:
             picture.certificate_from,
             picture.egress_from,
             tenant,
+            self._submission(route.transport, route.nexthop)
+            if kind == endpoints.SUBMISSION
+            else None,
         )
+
+    def _submission(self, service: str, nexthop: str) -> submission.SubmissionRoute:
+        """What SPEC §5.4 needs for a route to a client-submission endpoint."""
+        sasl = submission.sasl_settings(self.view, service)
+        return submission.SubmissionRoute(self.view, sasl, nexthop, self.send_as)
 
     def for_sender(self, sender: str, now: datetime) -> Callable[[str], predict.RouteContext]:
         """``predict.predict_recipient``'s ``router`` argument for one sender."""

@@ -360,6 +360,13 @@ def _mail_addr_find(view: PostfixView, maps: str, address: str) -> tuple[str, st
     return None
 
 
+def mail_addr_find(view: PostfixView, maps: str, address: str) -> tuple[str, str] | None:
+    """mail_addr_find() over the tables of ``maps`` (a list parameter's value): (table, value)
+    of the first key that has an entry, in the order ``_mail_addr_find`` describes, else None.
+    Sender-dependent SASL lookups (``policyd.rules.submission``) use it too."""
+    return _mail_addr_find(view, maps, address)
+
+
 def _strip_extension(view: PostfixView, address: str) -> tuple[str | None, str]:
     """strip_addr(): (address without its extension, extension), or (None, "")."""
     delimiters = view.parameter("recipient_delimiter")

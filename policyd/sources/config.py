@@ -117,6 +117,14 @@ class PostfixSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmissionSettings:
+    """``[submission]`` (SPEC §5.4): per login mailbox (lower case), the addresses (lower case)
+    and ``*@domain`` patterns (normalised domain) it may send as."""
+
+    send_as: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """One generation of configuration: built whole by ``policyd.sources.state.load_config``,
     swapped whole on reload. ``tenant`` and ``onprem`` include what the exports and the
@@ -143,6 +151,7 @@ class Config:
     #: Every tenant, exports and certificates read: one named "default" for a single
     #: [tenant]; ``tenant`` above is the default one (or the first).
     tenants: tuple[NamedTenant, ...] = ()
+    submission: SubmissionSettings = SubmissionSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +197,7 @@ class ConfigFile:
     tenants: tuple[TenantFile, ...] = ()
     #: Included files and the directories their globs look in (watched for reloads).
     included: tuple[str, ...] = ()
+    submission: SubmissionSettings = SubmissionSettings()
 
 
 def default_config_path(environ: Mapping[str, str]) -> str:
@@ -281,6 +291,7 @@ def read_config_file(path: str) -> ConfigFile:
         postfix_log=postfix_log if postfix_log in ("", "journal") else resolve(postfix_log),
         relay_hosts=sections["outcomes"].get(schema.RELAY_HOSTS),
     )
+    submission = _submission(sections["submission"])
     declared, included = _tenants(path, tables.get("tenants", {}), includes, inline.assumptions)
     single = TenantFile(
         DEFAULT_TENANT,
@@ -325,6 +336,7 @@ def read_config_file(path: str) -> ConfigFile:
         postfix=postfix,
         onprem_keys=frozenset(str(key) for key in tables.get("onprem", {})),
         tenant_endpoints=tenant_endpoints,
+        submission=submission,
     )
 
 
@@ -546,6 +558,38 @@ def _policy(table: _Table) -> PolicySettings:
         on_error=on_error,
         by_reason=tuple(by_reason),
     )
+
+
+def _submission(table: _Table) -> SubmissionSettings:
+    """``[submission] send_as``: login mailbox = ["address", "*@domain", ...]."""
+    entries: list[tuple[str, tuple[str, ...]]] = []
+    fix = f"write for example {schema.SEND_AS.example}"
+    for login, value in table.get(schema.SEND_AS).items():
+        key = f"{schema.SEND_AS.name}.{login}"
+        if not _is_address(login):
+            raise table.error(key, f"{login!r} is not a login mailbox (user@domain); {fix}")
+        if not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+            raise table.error(key, f"expected an array of strings, got {_toml_type(value)}; {fix}")
+        allowed: list[str] = []
+        for item in value:
+            if item.startswith("*@") and "@" not in item[2:]:
+                try:
+                    allowed.append("*@" + domain_name(item[2:]))
+                except ValueError as error:
+                    raise table.error(key, f"{item!r}: {error}; {fix}") from None
+            elif _is_address(item):
+                allowed.append(item.strip().casefold())
+            else:
+                raise table.error(
+                    key, f"{item!r} is neither an address nor a *@domain pattern; {fix}"
+                )
+        entries.append((login.strip().casefold(), tuple(allowed)))
+    return SubmissionSettings(send_as=tuple(entries))
+
+
+def _is_address(text: str) -> bool:
+    local, at, domain = text.strip().rpartition("@")
+    return bool(at and local and domain) and "*" not in local and not any(c.isspace() for c in text)
 
 
 def _assumptions(table: _Table) -> Assumptions:

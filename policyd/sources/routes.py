@@ -123,6 +123,7 @@ def read_postfix_view(
             opened[spec] = table.table
             files.extend(table.files)
             warnings.extend(table.warnings)
+    files.extend(_open_sasl_tables(parameters, services, opened, directory, runner, warnings))
     tables = PostfixTables(opened)
     view = PostfixView(parameters, services, tables, config_directory=directory)
     detours = find_detours(parameters, fields, overrides, services)
@@ -142,6 +143,58 @@ def _table_settings(
             if p in SERVICE_TABLE_PARAMETERS
         )
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class _UnreadableTable:
+    """A table the daemon could not open at load time: every lookup fails with why."""
+
+    spec: str
+    problem: str
+    pattern: bool = False
+
+    def lookup(self, key: str) -> str | None:
+        raise AliasLookupError(self.problem)
+
+
+def _open_sasl_tables(  # noqa: PLR0917 - read_postfix_view's own state, passed on
+    parameters: Mapping[str, str],
+    services: Mapping[str, Service],
+    opened: dict[str, Table],
+    directory: str,
+    runner: Runner | None,
+    warnings: list[str],
+) -> list[str]:
+    """Open ``smtp_sasl_password_maps`` of main.cf and of every smtp service's ``-o``, for the
+    client-submission rules (SPEC §5.4); returns the files to watch.
+
+    A password map is often readable by root only: one the daemon cannot open is a warning, not
+    a configuration error (it decides submission routes only, and under that doubt nothing is
+    refused); lookups in it then fail with the reason. Values are never logged: only the login
+    (the user part) is used.
+    """
+    settings = [("main.cf: smtp_sasl_password_maps", parameters.get("smtp_sasl_password_maps", ""))]
+    for service in services.values():
+        if "smtp_sasl_password_maps" in service.overrides:
+            where = f"master.cf: {service.name}/unix -o smtp_sasl_password_maps"
+            settings.append((where, service.overrides["smtp_sasl_password_maps"]))
+    files: list[str] = []
+    for where, value in settings:
+        for spec in split_list(value):
+            if not is_table(spec) or spec in opened:
+                continue
+            try:
+                table = open_table(
+                    spec, config_key=where, runner=runner, config_directory=directory
+                )
+            except ConfigError as error:
+                opened[spec] = _UnreadableTable(spec, f"{spec}: {error.problem}")
+                warnings.append(f"{where}: m365-policyd cannot read {spec}: {error.problem}")
+                continue
+            opened[spec] = table.table
+            files.extend(table.files)
+            warnings.extend(table.warnings)
+    return files
 
 
 def _postconf(postconf: str, directory: str, option: str, runner: Runner | None) -> str:

@@ -422,7 +422,8 @@ RELAY_HOSTS = _key(
     example='relay_hosts = ["*.mail.protection.outlook.com"]',
     meaning="relays whose replies count: globs, case-insensitive, against the relay's host name "
         "and bracketed address; the default is every Microsoft 365 endpoint "
-        "(`policyd/rules/endpoints.py`), retired smart hosts included",
+        "(`policyd/rules/endpoints.py`), retired smart hosts and the SMTP AUTH hosts "
+        "(`smtp.office365.com`) included",
     check=v.relay_patterns,
 )
 
@@ -483,15 +484,23 @@ SUBMISSION_SENDER_MUST_BE_LOGIN = _key(
     "assumptions", "submission_sender_must_be_login", BOOLEAN,
     _DEFAULT.submission_sender_must_be_login,
     example="submission_sender_must_be_login = false",
-    meaning="SMTP AUTH routes: without a `send_as` list, a sender other than the "
-        "login is refused; not implemented yet, decides nothing",
+    meaning="SMTP AUTH routes: without a `send_as` list for the login, a sender other than the "
+        "login is refused (`submission-sender-not-login`)",
 )
 SUBMISSION_NULL_SENDER_REFUSED = _key(
     "assumptions", "submission_null_sender_refused", BOOLEAN,
     _DEFAULT.submission_null_sender_refused,
     example="submission_null_sender_refused = false",
-    meaning="SMTP AUTH routes: the null sender is refused; not implemented yet, "
-        "decides nothing",
+    meaning="SMTP AUTH routes: the null sender is refused (`submission-sender-not-login`); one "
+        "public log shows it, no Microsoft text",
+)
+
+# [submission] (SPEC §5.4; policyd/rules/submission.py decides with it)
+SEND_AS = _key(
+    "submission", "send_as", TABLE, {},
+    example='send_as = { "app@contoso.com" = ["*@contoso.com"] }',
+    meaning="SMTP AUTH routes: login mailbox → the addresses (or `*@domain`) it may send as "
+        "(its SendAs rights); the login itself always may",
 )
 # fmt: on
 

@@ -128,6 +128,7 @@ def load_config(path: str) -> Config:
         onprem_keys=file.onprem_keys,
         tenant_endpoints=file.tenant_endpoints,
         tenants=tenants,
+        submission=file.submission,
     )
 
 
@@ -198,6 +199,7 @@ def build_state(config: Config, generation: int) -> State:
         endpoint_globs=tuple(g for t in config.tenants for g in t.endpoints)
         or config.tenant_endpoints,
         uses_subprocess=postfix.tables.uses_subprocess,
+        send_as=dict(config.submission.send_as),
     )
     return State(config, aliases, generation, router, postfix, srs)
 

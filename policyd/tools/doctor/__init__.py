@@ -53,6 +53,7 @@ from policyd.tools.doctor.report import (
     write_json,
     write_text,
 )
+from policyd.tools.doctor.submission import submission_checks
 from policyd.tools.doctor.tenant import (
     mail_classes,
     route_samples,
@@ -108,6 +109,7 @@ def audit(
     disagrees = False
     if postfix is not None:
         found = postfix_checks(config, postfix, classes, resolve)
+        found.extend(submission_checks(postfix, router))
         if srs is not None:
             found.append(srs_check(srs))
         checks.extend(found)
@@ -146,6 +148,7 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
         classes.extend(replace(row, tenant=named.name) for row in rows)
     if postfix is not None:
         found = postfix_checks(config, postfix, tuple(classes), resolve)
+        found.extend(submission_checks(postfix, router))
         if srs is not None:
             found.append(srs_check(srs))
         checks.extend(found)

@@ -544,11 +544,13 @@ def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False)
         )
     labels = ", ".join(c.label for c in refused)
     own_refused = any(c.id in ("own-domain", "into-tenant") for c in refused)
+    replies = "; ".join(dict.fromkeys(f"'{c.reply}' [{c.reason}]" for c in refused if c.reply))
     return Check(
         "summary-mail-classes",
         SUMMARY,
         ERROR if own_refused else WARNING,
-        f"{len(refused)} of {len(classes)} classes of mail will be refused: {labels}.",
+        f"{len(refused)} of {len(classes)} classes of mail will be refused: {labels}"
+        + (f" (Microsoft 365 answers {replies})." if replies else "."),
         refused[0].fix,
     )
 
