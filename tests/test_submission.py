@@ -16,8 +16,9 @@ from policyd.rules.reasons import BY_ID
 from policyd.sources.postfix import read_postfix
 from policyd.sources.state import load_state
 from policyd.tools import doctor
+from policyd.tools.doctor import tenant
 from policyd.tools.doctor.tenant import route_samples
-from tests.test_postfix_source import check_json, first_address, site
+from tests.test_postfix_source import check_json, first_address, settle, site
 
 pytestmark = pytest.mark.postfix
 
@@ -222,6 +223,62 @@ def test_doctor_on_the_first_input(tmp_path: Path) -> None:
     assert "535 5.7.139" in basic.finding and "550 5.7.30" in basic.finding
     assert report.status_of("postfix-submission-tls") is None
     assert SECRET not in str(report.as_json())
+
+
+def test_doctor_on_a_pure_smtp_auth_relay_skips_the_connector_checks(tmp_path: Path) -> None:
+    """The issue's first input routes every class of mail to smtp.office365.com: the certificate
+    and connector checks say they do not apply (notes, no 5.7.64 anywhere), and the bounce check
+    speaks of the SMTP AUTH endpoint and 530 5.7.57, not of a certificate connector."""
+    report = doctor_report(submission_site(tmp_path))
+    scoped = [
+        c for c in report.checks if c.area == "certificate" or c.id in tenant.CONNECTOR_CHECKS
+    ]
+    assert {c.id for c in scoped} >= {
+        "certificate-configured",
+        "tenant-onprem-connector",
+        "tenant-attribution",
+        "tenant-egress-addresses",
+        "postfix-cert-file",
+    }
+    for check in scoped:
+        assert (check.status, check.fix) == ("note", ""), check
+        assert check.finding.startswith("Does not apply: "), check
+    assert not [c for c in report.checks if "5.7.64" in c.finding + c.fix]
+    bounces = check_of(report, "postfix-null-sender-bounces")
+    assert "certificate connector" not in bounces.finding
+    assert "SMTP AUTH client-submission endpoint" in bounces.finding
+    assert "530 5.7.57" in bounces.finding and "[submission-no-credentials]" in bounces.finding
+    assert check_of(report, "tenant-accepted-domains").status == "ok"
+
+
+def test_doctor_with_some_mail_through_a_connector_scopes_the_checks(tmp_path: Path) -> None:
+    """transport_maps sends mail for contoso.com to the tenant's MX endpoint, everything else
+    goes to smtp.office365.com: the connector checks still report (no connector matches: error),
+    naming the mail they apply to and the mail that goes to the SMTP AUTH endpoint."""
+    mx = "[contoso-com.mail.protection.outlook.com]:25"
+    config = submission_site(tmp_path, {"transport_maps": "texthash:@DIR@/transport"})
+    (tmp_path / "postfix" / "transport").write_text(f"contoso.com smtp:{mx}\n")
+    settle(tmp_path / "postfix")
+    report = doctor_report(config)
+    into = next(row for row in report.classes if row.id == "into-tenant")
+    assert into.reason == "recipient-in-tenant"
+    attribution = check_of(report, "tenant-attribution")
+    assert attribution.status == "error"
+    assert attribution.finding.startswith("For mail into the tenant (the mail that reaches a ")
+    assert "own-domain senders, foreign senders" in attribution.finding
+    assert "5.7.64 TenantAttribution" in attribution.finding
+    assert check_of(report, "tenant-accepted-domains").finding.startswith("Accepted domains")
+
+
+def test_doctor_without_submission_routes_is_unchanged(tmp_path: Path) -> None:
+    """A connector relay (the MX endpoint for every route) keeps the checks as they were."""
+    mx = "[contoso-com.mail.protection.outlook.com]:25"
+    report = doctor_report(submission_site(tmp_path, {"relayhost": mx}))
+    attribution = check_of(report, "tenant-attribution")
+    assert attribution.status == "error"
+    assert attribution.finding.startswith("No connector attributes this server")
+    bounces = check_of(report, "postfix-null-sender-bounces")
+    assert "relays only through a certificate connector" in bounces.finding
 
 
 def test_doctor_xoauth2_and_weak_tls(tmp_path: Path) -> None:

@@ -21,6 +21,12 @@ API (also used by the benchmarks)::
         pf.wait_queue_empty(); pf.log()     # mail log text; pf.wait_log(regex)
         pf.postqueue("-p"), pf.postsuper("-d", "ALL")
 
+``create(hosts={"smtp.office365.com": "127.0.0.1"})`` starts Postfix in a private mount
+namespace (``unshare --mount``) whose ``/etc/hosts`` is a copy of the system's with those lines
+added, so its smtp(8) (with ``smtp_host_lookup = native``) reaches a real Microsoft 365 host name
+on loopback while the system's ``/etc/hosts`` stays untouched; ``hosts_unavailable()`` says why
+that cannot run here.
+
 ``create`` picks a free port for smtpd and starts the instance; ``close`` (or leaving the
 ``with`` block) stops it (``postfix -c DIR stop``, then kills any process whose pid file lies
 in the instance's data or queue directory) and removes the directory.
@@ -58,6 +64,11 @@ POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
 POSTSUPER = "/usr/sbin/postsuper"
+UNSHARE = "/usr/bin/unshare"
+#: Bind-mounts $1 on /etc/hosts inside the new mount namespace, then runs the rest.
+_WITH_HOSTS = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
+#: The command line that runs ``HOSTS_FILE COMMAND...`` that way.
+_NAMESPACE = (UNSHARE, "--mount", "--propagation", "private", "sh", "-ec", _WITH_HOSTS, "sh")
 
 #: main.cf of every private instance (before the caller's settings).
 BASE_SETTINGS: dict[str, str] = {
@@ -108,6 +119,20 @@ def postfix_unavailable() -> str | None:
     return None
 
 
+def hosts_unavailable() -> str | None:
+    """Why ``create(hosts=...)`` cannot run here (no unshare, or no right to mount), or None."""
+    if not os.access(UNSHARE, os.X_OK):
+        return f"{UNSHARE} is missing (Debian's util-linux)"
+    proc = subprocess.run(
+        [*_NAMESPACE, "/etc/hosts", "true"], capture_output=True, text=True, timeout=10, check=False
+    )
+    if proc.returncode != 0:
+        return (
+            f"a private mount namespace for /etc/hosts is not allowed here: {proc.stderr.strip()}"
+        )
+    return None
+
+
 def _run(args: Sequence[str], *, check: bool = True, timeout: float = 60) -> str:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
@@ -127,6 +152,8 @@ class PostfixInstance:
         self.host = host
         self.port = port
         self.running = False
+        #: Host name -> address lines of the private /etc/hosts ({} = the system's, no namespace).
+        self.hosts: dict[str, str] = {}
 
     # -- construction ---------------------------------------------------------------------
 
@@ -139,6 +166,7 @@ class PostfixInstance:
         master_extra: Iterable[str] = (),
         port: int | None = None,
         start: bool = True,
+        hosts: Mapping[str, str] | None = None,
     ) -> PostfixInstance:
         """Write a fresh configuration in a new temporary directory and (by default) start it.
 
@@ -149,6 +177,7 @@ class PostfixInstance:
         root = Path(tempfile.mkdtemp(prefix="m365-postfix-"))
         os.chmod(root, 0o755)
         instance = cls(root, port=port or free_port())
+        instance.hosts = dict(hosts or {})
         try:
             instance._write_config(relayhost, settings or {}, list(master_extra))
             if start:
@@ -217,9 +246,21 @@ class PostfixInstance:
     def start(self) -> None:
         """``postfix -c DIR start`` (checks and creates the queue directories first)."""
         _run([POSTFIX, "-c", str(self.config_dir), "check"])
-        _run([POSTFIX, "-c", str(self.config_dir), "start"])
+        _run(self._with_hosts([POSTFIX, "-c", str(self.config_dir), "start"]))
         self.running = True
         self._wait_listening()
+
+    def _with_hosts(self, argv: list[str]) -> list[str]:
+        """``argv`` run in a private mount namespace seeing ``self.hosts`` (when any)."""
+        if not self.hosts:
+            return argv
+        hosts = self.root / "hosts"
+        hosts.write_text(
+            Path("/etc/hosts").read_text()
+            + "".join(f"{address} {name}\n" for name, address in self.hosts.items())
+        )
+        hosts.chmod(0o644)
+        return [*_NAMESPACE, str(hosts), *argv]
 
     def _wait_listening(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -13,6 +13,16 @@ The rule is implemented here, independently of ``policyd.rules.predict``, so the
 and this server's verdict check each other in the end-to-end tests. Every transaction is
 recorded (envelope, per-recipient replies, the message with its headers) for assertions.
 
+With ``submission=SubmissionView(...)`` it also listens on a second loopback port as Microsoft
+365's SMTP AUTH client-submission endpoint (``smtp.office365.com:587``, SPEC §5.4): AUTH PLAIN
+and LOGIN offered only after STARTTLS, a login table (login -> password) and a send-as table
+(login -> addresses and ``*@domain``), judged by ``submission_verdict``: ``530 5.7.57`` to
+``MAIL FROM`` without AUTH, ``535 5.7.3`` to a wrong password, ``550 5.7.60`` for a sender the
+login may not use. Microsoft decides SendAs after DATA; the stand-in answers it at ``RCPT``
+instead, once per recipient: the verdict depends on the login and ``MAIL FROM`` only, so every
+recipient of a transaction is refused wherever it is said, and at RCPT each recipient's reply is
+recorded (and logged by Postfix) like the relay rule's.
+
 Stdlib only (``socketserver`` + ``ssl``): one thread per SMTP connection.
 
 Limits of the stand-in, on purpose: the client certificate's chain is checked by OpenSSL
@@ -24,6 +34,8 @@ Microsoft 365 refuses it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
 import socket
@@ -31,7 +43,7 @@ import socketserver
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -57,6 +69,10 @@ DIRECT_SEND = (
     "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from "
     "unauthorized sources"
 )
+AUTH_REQUIRED = "530 5.7.57 Client not authenticated to send mail"
+AUTH_FAILED = "535 5.7.3 Authentication unsuccessful"
+AUTH_OK = "235 2.7.0 Authentication successful"
+SEND_AS_DENIED = "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
 WRONG_REGION = (
     "451 4.4.62 Mail sent to the wrong Office 365 region. ATTR35. For more information please "
     "go to https://go.microsoft.com/fwlink/?linkid=865268"
@@ -255,6 +271,36 @@ def relay_verdict(
     return ATTR36
 
 
+@dataclass(frozen=True)
+class SubmissionView:
+    """The accounts of the SMTP AUTH endpoint: who may log in, and as whom each may send."""
+
+    logins: Mapping[str, str]  # login mailbox -> password
+    send_as: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # "a@b" or "*@domain"
+    #: Refuse the null sender from a mailbox login (SPEC §5.3 submission_null_sender_refused).
+    null_sender_refused: bool = False
+
+
+def submission_verdict(view: SubmissionView, *, login: str, mail_from: str) -> str:
+    """The reply Microsoft 365's SMTP AUTH endpoint gives to one recipient of mail from
+    ``mail_from`` ("" = null sender) on a session logged in as ``login`` ("" = no AUTH).
+
+    Without a login: 530 5.7.57. With one: the login itself, or an address or ``*@domain`` the
+    send-as table lists for it, is accepted; anything else 550 5.7.60.
+    """
+    if not login:
+        return AUTH_REQUIRED
+    if not mail_from:
+        return SEND_AS_DENIED if view.null_sender_refused else OK
+    sender = mail_from.casefold()
+    if sender == login.casefold():
+        return OK
+    allowed = {entry.casefold() for entry in view.send_as.get(login.casefold(), ())}
+    if sender in allowed or f"*@{_domain(sender)}" in allowed:
+        return OK
+    return SEND_AS_DENIED
+
+
 # -- what was seen --------------------------------------------------------------------------
 
 
@@ -266,6 +312,8 @@ class SessionLog:
     verbs: list[str] = field(default_factory=list)  # "EHLO", "STARTTLS", "MAIL", "RCPT", ...
     certificate: PeerCertificate | None = None
     closed: bool = False
+    submission: bool = False  # on the SMTP AUTH port
+    login: str = ""  # the login that authenticated ("" = none)
 
     @property
     def ended_with_quit(self) -> bool:
@@ -284,6 +332,9 @@ class Transaction:
     replies: dict[str, str] = field(default_factory=dict)  # recipient -> the RCPT reply
     data: bytes = b""  # the message as received (empty when no recipient was accepted)
     finished: bool = False
+    submission: bool = False  # on the SMTP AUTH port
+    login: str = ""  # the SMTP AUTH login of the session ("" = none)
+    mail_reply: str = "250 2.1.0 Sender OK"  # the reply to MAIL FROM
 
     @property
     def accepted(self) -> list[str]:
@@ -307,6 +358,10 @@ class StandIn:
     ``tenant=None`` makes it a plain sink that accepts every recipient (the second relay for
     ``reroute``). Replace ``tenant`` at any time; each RCPT reads the current value.
 
+    ``submission`` (a ``SubmissionView``) opens a second port, ``submission_port`` on the same
+    host, that plays the SMTP AUTH endpoint (the module docstring); it can be replaced at any
+    time too. Its transactions are recorded in ``transactions`` with ``submission`` set.
+
     Use as a context manager, or call ``start()``/``stop()``; ``port`` is chosen by the kernel.
     """
 
@@ -320,8 +375,10 @@ class StandIn:
         host: str = "127.0.0.1",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         hostname: str = "standin.mail.protection.outlook.example",
+        submission: SubmissionView | None = None,
     ) -> None:
         self.tenant = tenant
+        self.submission = submission
         self.clock = clock
         self.hostname = hostname
         self.transactions: list[Transaction] = []
@@ -340,29 +397,42 @@ class StandIn:
             def handle(self) -> None:
                 _Session(standin, self.request).run()
 
+        class SubmissionHandler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                _Session(standin, self.request, submission=True).run()
+
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
 
-        self._server = Server((host, 0), Handler, bind_and_activate=True)
+        self._servers = [Server((host, 0), Handler, bind_and_activate=True)]
+        if submission is not None:
+            self._servers.append(Server((host, 0), SubmissionHandler, bind_and_activate=True))
         self.host = host
-        self.port: int = self._server.server_address[1]
-        self._thread: threading.Thread | None = None
+        self.port: int = self._servers[0].server_address[1]
+        #: The SMTP AUTH port (0 without ``submission``).
+        self.submission_port: int = (
+            self._servers[1].server_address[1] if len(self._servers) > 1 else 0
+        )
+        self._threads: list[threading.Thread] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> StandIn:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        """Serve in background threads (one per port)."""
+        for server in self._servers:
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving and close the listening sockets."""
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
 
     def __enter__(self) -> StandIn:
         return self.start()
@@ -446,8 +516,10 @@ def rcpt_refused_for(token: str) -> Callable[[Transaction], bool]:
 class _Session:
     """One SMTP connection (runs in its own thread)."""
 
-    def __init__(self, standin: StandIn, sock: socket.socket) -> None:
+    def __init__(self, standin: StandIn, sock: socket.socket, *, submission: bool = False) -> None:
         self.standin = standin
+        self.submission = submission
+        self.login = ""
         self.sock: socket.socket = sock
         self.rfile: BinaryIO = sock.makefile("rb")
         self.source_ip = sock.getpeername()[0]
@@ -455,7 +527,7 @@ class _Session:
         self.tls = False
         self.certificate: PeerCertificate | None = None
         self.current: Transaction | None = None
-        self.log = SessionLog(self.source_ip)
+        self.log = SessionLog(self.source_ip, submission=submission)
         with standin._changed:
             standin.sessions.append(self.log)
 
@@ -506,6 +578,8 @@ class _Session:
                 ext = ["SIZE 157286400", "8BITMIME", "ENHANCEDSTATUSCODES"]
                 if not self.tls:
                     ext.append("STARTTLS")
+                elif self.submission:
+                    ext.append("AUTH PLAIN LOGIN")  # like Microsoft 365: only after STARTTLS
                 self.send_multi(250, [f"{self.standin.hostname} Hello [{self.source_ip}]", *ext])
         elif verb == "STARTTLS" and not self.tls and self._tenant_refuses_tls():
             self.send("454 4.7.0 TLS not available due to temporary reason")
@@ -519,21 +593,32 @@ class _Session:
             self.certificate = PeerCertificate.from_der(der) if der else None
             self.log.certificate = self.certificate
             self.helo = ""
+        elif verb == "AUTH":
+            self.send(self._auth(arg))
         elif verb == "MAIL":
             self._finish()
             sender = _path(arg, "FROM:")
-            self.current = Transaction(
-                self.source_ip, self.helo, self.tls, self.certificate, sender
-            )
+            transaction = Transaction(self.source_ip, self.helo, self.tls, self.certificate, sender)
+            transaction.submission, transaction.login = self.submission, self.login
+            if self.submission and not self.login:
+                transaction.mail_reply = AUTH_REQUIRED
+                transaction.finished = True
+                self.standin._record(transaction)
+                self.send(AUTH_REQUIRED)
+                return True
+            self.current = transaction
             self.standin._record(self.current)
-            self.send("250 2.1.0 Sender OK")
+            self.send(transaction.mail_reply)
         elif verb == "RCPT":
             if self.current is None:
                 self.send("503 5.5.1 Need MAIL first")
                 return True
             recipient = _path(arg, "TO:")
             tenant = self.standin.tenant
-            if tenant is None:
+            view = self.standin.submission
+            if self.submission and view is not None:
+                reply = submission_verdict(view, login=self.login, mail_from=self.current.mail_from)
+            elif tenant is None:
                 reply = OK
             else:
                 reply = relay_verdict(
@@ -566,6 +651,36 @@ class _Session:
             self.send("500 5.3.3 Unrecognized command")
         return True
 
+    def _auth(self, arg: str) -> str:
+        """One AUTH command (PLAIN or LOGIN, with or without an initial response): the reply."""
+        view = self.standin.submission
+        mechanism, _, initial = arg.strip().partition(" ")
+        mechanism = mechanism.upper()
+        if not self.submission or view is None or not self.tls:
+            return "504 5.7.4 Unrecognized authentication type"
+        if self.login:
+            return "503 5.5.1 Already authenticated"
+        if mechanism == "PLAIN":
+            response = initial.strip() or self._challenge("")
+            parts = _b64(response).split("\0")
+            if len(parts) != 3:
+                return "501 5.5.2 Cannot decode AUTH parameter"
+            user, password = parts[1], parts[2]
+        elif mechanism == "LOGIN":
+            user = _b64(initial.strip() or self._challenge("VXNlcm5hbWU6"))  # "Username:"
+            password = _b64(self._challenge("UGFzc3dvcmQ6"))  # "Password:"
+        else:
+            return "504 5.7.4 Unrecognized authentication type"
+        if view.logins.get(user.casefold()) != password or not password:
+            return AUTH_FAILED
+        self.login = self.log.login = user.casefold()
+        return AUTH_OK
+
+    def _challenge(self, text: str) -> str:
+        """Send ``334 text`` and read the client's answer line."""
+        self.send(f"334 {text}")
+        return self.rfile.readline(4096).decode("ascii", "replace").strip()
+
     def _tenant_refuses_tls(self) -> bool:
         tenant = self.standin.tenant
         return tenant is not None and tenant.refuse_starttls
@@ -580,6 +695,14 @@ class _Session:
                 raw = raw[1:]
             lines.append(raw)
         return b"".join(lines)
+
+
+def _b64(text: str) -> str:
+    """A base64 AUTH response, decoded ("" for "*", the client's cancel, or bad base64)."""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return ""
 
 
 def _path(arg: str, prefix: str) -> str:

@@ -11,16 +11,21 @@ import pytest
 
 from tests.e2e.standin import (
     ATTR36,
+    AUTH_FAILED,
+    AUTH_REQUIRED,
     DIRECT_SEND,
     NO_CONNECTOR,
     OK,
     PARTNER_RESTRICTED,
+    SEND_AS_DENIED,
     WRONG_REGION,
     Connector,
     PeerCertificate,
     StandIn,
+    SubmissionView,
     TenantView,
     relay_verdict,
+    submission_verdict,
 )
 from tests.pki import TestPKI
 
@@ -225,3 +230,91 @@ def test_smtp_session_records_certificate_and_verdicts(tmp_path: Path) -> None:
     assert tls[1].mail_from == "" and tls[1].accepted == ["ext2@example.net"]
     assert tls[1].message["Subject"] == "x"
     assert [t.refused for t in done if not t.tls] == [["ext@example.net"]]
+
+
+ACCOUNTS = SubmissionView(
+    logins={"app@contoso.com": "app-secret", "relay@contoso.com": "relay-secret"},
+    send_as={"relay@contoso.com": ("*@contoso.com", "partner@fabrikam.example")},
+)
+
+
+@pytest.mark.parametrize(
+    ("login", "sender", "reply"),
+    [
+        ("", "app@contoso.com", AUTH_REQUIRED),
+        ("", "", AUTH_REQUIRED),
+        ("app@contoso.com", "App@Contoso.com", OK),
+        ("app@contoso.com", "alerts@contoso.com", SEND_AS_DENIED),
+        ("relay@contoso.com", "alerts@contoso.com", OK),
+        ("relay@contoso.com", "partner@fabrikam.example", OK),
+        ("relay@contoso.com", "john@fabrikam.example", SEND_AS_DENIED),
+        ("relay@contoso.com", "x@sub.contoso.com", SEND_AS_DENIED),
+        ("relay@contoso.com", "", OK),
+    ],
+)
+def test_submission_verdict(login: str, sender: str, reply: str) -> None:
+    """No AUTH: 530 5.7.57; the login itself or a send-as entry (address or *@domain, exact
+    domain): accepted; anything else 550 5.7.60; the null sender as null_sender_refused says."""
+    assert submission_verdict(ACCOUNTS, login=login, mail_from=sender) == reply
+    assert AUTH_REQUIRED.startswith("530 5.7.57 ") and SEND_AS_DENIED.startswith("550 5.7.60 ")
+
+
+def test_submission_verdict_null_sender_refused() -> None:
+    strict = SubmissionView(ACCOUNTS.logins, ACCOUNTS.send_as, null_sender_refused=True)
+    assert submission_verdict(strict, login="app@contoso.com", mail_from="") == SEND_AS_DENIED
+
+
+def test_smtp_auth_port(tmp_path: Path) -> None:
+    """The second port: AUTH only after STARTTLS; MAIL without AUTH gets 530 5.7.57; a wrong
+    password 535 5.7.3; PLAIN and LOGIN log in; send-as is answered per RCPT with 5.7.60; the
+    relay port next to it knows nothing of AUTH."""
+    pki = TestPKI()
+    server_cert, server_key = pki.write(tmp_path, pki.leaf("standin", ["localhost"]), "server")
+    ca = pki.write_ca_bundle(tmp_path)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    with StandIn(
+        cert_file=server_cert, key_file=server_key, ca_file=ca, submission=ACCOUNTS
+    ) as srv:
+        assert srv.submission_port not in (0, srv.port)
+        with smtplib.SMTP(srv.host, srv.submission_port, timeout=10) as smtp:
+            smtp.ehlo("mta.contoso.com")
+            assert not smtp.has_extn("auth")
+            smtp.starttls(context=context)
+            smtp.ehlo("mta.contoso.com")
+            assert smtp.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+            code, text = smtp.mail("app@contoso.com")
+            assert f"{code} {text.decode()}" == AUTH_REQUIRED
+            with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+                smtp.login("app@contoso.com", "wrong")
+            assert f"{failed.value.smtp_code} {failed.value.smtp_error.decode()}" == AUTH_FAILED
+        with smtplib.SMTP(srv.host, srv.submission_port, timeout=10) as smtp:
+            smtp.starttls(context=context)
+            smtp.ehlo("mta.contoso.com")
+            smtp.user, smtp.password = "relay@contoso.com", "relay-secret"
+            assert smtp.auth("LOGIN", smtp.auth_login)[0] == 235
+            smtp.mail("john@fabrikam.example")
+            code, text = smtp.rcpt("ext@example.net")
+            assert f"{code} {text.decode()}" == f"{SEND_AS_DENIED} [ext@example.net]"
+            smtp.rset()
+            smtp.sendmail("alerts@contoso.com", ["ext@example.net"], b"Subject: y\r\n\r\nz\r\n")
+        with smtplib.SMTP(srv.host, srv.submission_port, timeout=10) as smtp:
+            smtp.starttls(context=context)
+            smtp.ehlo("mta.contoso.com")
+            smtp.user, smtp.password = "app@contoso.com", "app-secret"
+            assert smtp.auth("PLAIN", smtp.auth_plain)[0] == 235
+            smtp.sendmail("app@contoso.com", ["ext@example.net"], b"Subject: w\r\n\r\nz\r\n")
+        with smtplib.SMTP(srv.host, srv.port, timeout=10) as relay:
+            relay.starttls(context=context)
+            relay.ehlo("mta.contoso.com")
+            assert not relay.has_extn("auth")
+        done = srv.wait_for(lambda t: t.submission, count=4, timeout=5)
+    assert [(t.login, t.mail_from, t.mail_reply[:3]) for t in done] == [
+        ("", "app@contoso.com", "530"),
+        ("relay@contoso.com", "john@fabrikam.example", "250"),
+        ("relay@contoso.com", "alerts@contoso.com", "250"),
+        ("app@contoso.com", "app@contoso.com", "250"),
+    ]
+    assert done[1].refused == ["ext@example.net"]
+    assert [t.accepted for t in done[2:]] == [["ext@example.net"], ["ext@example.net"]]
+    assert done[3].message["Subject"] == "w"

@@ -55,6 +55,7 @@ from policyd.tools.doctor.report import (
 )
 from policyd.tools.doctor.submission import submission_checks
 from policyd.tools.doctor.tenant import (
+    connector_scope,
     mail_classes,
     route_samples,
     sender_routes,
@@ -102,13 +103,14 @@ def audit(
         return _several(config, predictor, now, postfix, key, resolve, router, srs)
     tenant, onprem = config.tenant, config.onprem
     attribution = predict.attribute(tenant, onprem, now)
-    checks: list[Check] = []
-    checks.extend(certificate_checks(config, attribution, key, now))
-    checks.extend(tenant_checks(config, attribution))
     classes = mail_classes(config, attribution, sender_routes(router, now))
+    checks = connector_scope(
+        [*certificate_checks(config, attribution, key, now), *tenant_checks(config, attribution)],
+        classes,
+    )
     disagrees = False
     if postfix is not None:
-        found = postfix_checks(config, postfix, classes, resolve)
+        found = connector_scope(postfix_checks(config, postfix, classes, resolve), classes)
         found.extend(submission_checks(postfix, router))
         if srs is not None:
             found.append(srs_check(srs))
@@ -138,16 +140,16 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
     for named in predictor.tenants:
         own = replace(config, tenant=named.tenant, onprem=predictor.onprem_for(named))
         attribution = predictor.attribution(named, now)
-        section = [
-            *certificate_checks(own, attribution, key, now),
-            *tenant_checks(own, attribution),
-        ]
         rows = mail_classes(own, attribution, sender_routes(router, now))
+        section = connector_scope(
+            [*certificate_checks(own, attribution, key, now), *tenant_checks(own, attribution)],
+            rows,
+        )
         section.append(summary_check(rows))
         checks.extend(replace(check, tenant=named.name) for check in section)
         classes.extend(replace(row, tenant=named.name) for row in rows)
     if postfix is not None:
-        found = postfix_checks(config, postfix, tuple(classes), resolve)
+        found = connector_scope(postfix_checks(config, postfix, tuple(classes), resolve), classes)
         found.extend(submission_checks(postfix, router))
         if srs is not None:
             found.append(srs_check(srs))

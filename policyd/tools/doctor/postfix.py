@@ -36,6 +36,7 @@ from policyd.sources.config import Config
 from policyd.sources.postfix import PostfixFacts, RouteSample, split_postfix_list
 from policyd.sources.srs import SrsDomain
 from policyd.tools.doctor.report import ERROR, NOTE, OK, POSTFIX, WARNING, Check, MailClass
+from policyd.tools.doctor.tenant import SUBMISSION_REASONS
 
 #: TLS levels that never fall back to plain text.
 MANDATORY_TLS = MANDATORY_TLS_LEVELS
@@ -1011,6 +1012,8 @@ def _bounce_check(config: Config, postfix: PostfixFacts, classes: Sequence[MailC
         ):
             outside.append(value)
     detail = "; ".join(facts)
+    if bounce.reason in SUBMISSION_REASONS:
+        return _submitted_bounce_check(bounce, detail, outside)
     if bounce.relayed:
         return Check(
             "postfix-null-sender-bounces",
@@ -1026,6 +1029,30 @@ def _bounce_check(config: Config, postfix: PostfixFacts, classes: Sequence[MailC
         NOTE,
         "Postfix sends its own bounces and delay notices with a null sender, which relays only "
         f"through a certificate connector; here they are refused [{bounce.reason}]{extra}. "
+        f"Notices: {detail}.",
+        bounce.fix,
+    )
+
+
+def _submitted_bounce_check(bounce: MailClass, detail: str, outside: Sequence[str]) -> Check:
+    """Bounces routed to the SMTP AUTH endpoint (SPEC §5.4): the login decides, no connector."""
+    where = (
+        "Postfix sends its own bounces and delay notices with a null sender to Microsoft 365's "
+        "SMTP AUTH client-submission endpoint, where the login decides and connectors do not apply"
+    )
+    extra = f"; postmaster notices to {', '.join(outside)} leave the same way" if outside else ""
+    if bounce.relayed:
+        return Check(
+            "postfix-null-sender-bounces",
+            POSTFIX,
+            OK,
+            f"{where}; they are accepted [{bounce.reason}]{extra}. Notices: {detail}.",
+        )
+    return Check(
+        "postfix-null-sender-bounces",
+        POSTFIX,
+        NOTE,
+        f"{where}; they are refused with '{bounce.reply}' [{bounce.reason}]{extra}. "
         f"Notices: {detail}.",
         bounce.fix,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from policyd.constants import ACCEPT
@@ -21,7 +22,17 @@ from policyd.rules.model import InboundConnector, NamedTenant, OnPrem, Tenant
 from policyd.rules.relay import Router
 from policyd.sources.config import Config
 from policyd.tools.doctor.certificate import domain_to_add
-from policyd.tools.doctor.report import ERROR, NOTE, OK, SUMMARY, TENANT, WARNING, Check, MailClass
+from policyd.tools.doctor.report import (
+    CERTIFICATE,
+    ERROR,
+    NOTE,
+    OK,
+    SUMMARY,
+    TENANT,
+    WARNING,
+    Check,
+    MailClass,
+)
 
 #: Envelope addresses of the closing table.
 FOREIGN_SENDER = "john@fabrikam.example"
@@ -31,6 +42,37 @@ OUTSIDE_RECIPIENT = "kate@tailspintoys.example"
 
 
 PLACEHOLDER_DOMAIN = "contoso.example"
+
+
+#: Reasons decided at Microsoft 365's SMTP AUTH client-submission endpoint (SPEC §5.4), where
+#: the login decides and no connector is ever consulted.
+SUBMISSION_REASONS = frozenset(
+    (
+        reasons.SUBMISSION_ACCEPTED,
+        reasons.SUBMISSION_NO_CREDENTIALS,
+        reasons.SUBMISSION_SENDER_NOT_LOGIN,
+    )
+)
+
+
+#: Reasons of mail that does not reach Microsoft 365 at all.
+_NOT_TO_MICROSOFT = frozenset((reasons.LOCAL, reasons.OTHER_ROUTE))
+
+
+#: Checks about connector attribution besides the certificate area: they concern only mail
+#: that reaches a connector endpoint (the tenant's MX).
+CONNECTOR_CHECKS = frozenset(
+    (
+        "tenant-onprem-connector",
+        "tenant-inert-connectors",
+        "tenant-attribution",
+        "tenant-partner-restriction",
+        "tenant-direct-send",
+        "tenant-egress-addresses",
+        "tenant-ipv6-egress",
+        "postfix-cert-file",
+    )
+)
 
 
 def tenant_checks(config: Config, attribution: predict.Attribution) -> list[Check]:
@@ -516,6 +558,52 @@ def mail_classes(
             )
         )
     return tuple(classes)
+
+
+def connector_scope(checks: Sequence[Check], classes: Sequence[MailClass]) -> list[Check]:
+    """``checks`` limited to the mail that uses a connector, when some mail does not.
+
+    A class of mail routed to the SMTP AUTH client-submission endpoint (a ``SUBMISSION_REASONS``
+    reason in ``classes``) never meets a connector, so the certificate checks and
+    ``CONNECTOR_CHECKS`` do not describe it. When no class reaches a connector endpoint (a pure
+    SMTP AUTH relay) each of those checks becomes a note saying it does not apply, whatever it
+    found (no 5.7.64 is reported for mail that never reaches a connector); when some classes do,
+    each names the classes it applies to. Other checks, and every check when no class goes
+    through submission, are returned unchanged.
+    """
+    submitted = [c.label for c in classes if c.reason in SUBMISSION_REASONS]
+    if not submitted:
+        return list(checks)
+    connected = [
+        c.label
+        for c in classes
+        if c.reason not in SUBMISSION_REASONS and c.reason not in _NOT_TO_MICROSOFT
+    ]
+    scoped: list[Check] = []
+    for check in checks:
+        if check.area != CERTIFICATE and check.id not in CONNECTOR_CHECKS:
+            scoped.append(check)
+        elif connected:
+            scoped.append(
+                replace(
+                    check,
+                    finding=f"For {', '.join(connected)} (the mail that reaches a connector "
+                    f"endpoint; {', '.join(submitted)} go to the SMTP AUTH endpoint, where no "
+                    f"connector decides): {check.finding}",
+                )
+            )
+        else:
+            scoped.append(
+                replace(
+                    check,
+                    status=NOTE,
+                    finding="Does not apply: every class of mail that reaches Microsoft 365 goes "
+                    "to its SMTP AUTH client-submission endpoint, where the login decides and "
+                    "no connector, certificate or egress address does (see the table below).",
+                    fix="",
+                )
+            )
+    return scoped
 
 
 def summary_check(classes: Sequence[MailClass], postfix_disagrees: bool = False) -> Check:
