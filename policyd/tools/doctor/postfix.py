@@ -99,11 +99,22 @@ def _relayhost_check(postfix: PostfixFacts) -> Check:
         findings.extend(_route_problems(sample))
     shown = "; ".join(_route_line(sample) for sample in postfix.routes)
     if not findings:
+        submitted = any(
+            sample.route is not None
+            and any(
+                endpoints.classify_host(hop.host) == endpoints.SUBMISSION
+                for hop in endpoints.parse_nexthop(sample.route.nexthop)
+            )
+            for sample in postfix.routes
+        )
+        where = (
+            "Microsoft 365 (routes to the SMTP AUTH submission endpoint are predicted per "
+            "credential and sender: see the postfix-submission checks)"
+            if submitted
+            else "Microsoft 365's MX endpoint"
+        )
         return Check(
-            "postfix-relayhost",
-            POSTFIX,
-            OK,
-            f"Mail to the internet reaches Microsoft 365's MX endpoint: {shown}.",
+            "postfix-relayhost", POSTFIX, OK, f"Mail to the internet reaches {where}: {shown}."
         )
     status = ERROR if any(s == ERROR for s, _ in findings) else WARNING
     problems = "; ".join(dict.fromkeys(text for _, text in findings))
@@ -151,13 +162,17 @@ def _route_problems(sample: RouteSample) -> list[tuple[str, str]]:
                 )
             )
         elif kind == endpoints.SUBMISSION:
-            problems.append(
-                (
-                    ERROR,
-                    f"{hop.host} is Microsoft 365's SMTP AUTH submission endpoint, where "
-                    "connectors do not apply",
+            # SPEC §5.4: a supported way to reach Microsoft 365, predicted per credential and
+            # sender (the postfix-submission-* checks); only the port can be wrong here.
+            if hop.port != "587":
+                problems.append(
+                    (
+                        WARNING,
+                        f"{hop.host} is Microsoft 365's SMTP AUTH submission endpoint, reached on "
+                        f"port {hop.port or '25'}; Microsoft documents port 587 (STARTTLS) for "
+                        "SMTP AUTH submission",
+                    )
                 )
-            )
         elif kind == endpoints.OTHER:
             if route.nexthop.lower() == sample.recipient.rpartition("@")[2].lower():
                 text = (
