@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -745,3 +746,120 @@ def test_an_address_up_to_the_cap_is_answered_and_one_beyond_is_refused(tmp_path
             assert sock.recv(100) == b""
         errors = server.scrape().value("m365_policyd_protocol_errors_total", kind="value-too-long")
         assert errors == 1
+
+
+# --- class 4: the metrics endpoint cannot starve the policy service ----------------------------
+
+#: Runs the daemon with at most 256 file descriptors (soft and hard: it cannot raise them).
+FD_LIMIT_256 = ["prlimit", "--nofile=256:256", "--"]
+
+
+def metrics_closed(server: PolicyServer, reason: str) -> float | None:
+    return server.scrape().value("m365_policyd_metrics_connections_closed_total", reason=reason)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the peer closed ``sock`` (reading and dropping what it sends), or None
+    when it is still open after ``seconds``."""
+    began = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - began < seconds:
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - began
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return time.monotonic() - began
+    return None
+
+
+def test_three_hundred_idle_metrics_connections_leave_policy_connections_their_descriptors(
+    tmp_path: Path,
+) -> None:
+    """With ``ulimit -n 256``, 300 idle connections to the metrics port: the metrics budget
+    (32) holds, the other 268 are closed at accept and counted, and new policy connections
+    keep getting answers (they used to be reset), the steady one within 100 ms."""
+    server = PolicyServer(tmp_path, wrapper=FD_LIMIT_256, server_extra="metrics_timeout = 60")
+    with server.start():
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+256\s+256", limits), limits
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        idle: list[socket.socket] = []
+        try:
+            with Steady(server) as steady:
+                for _ in range(300):
+                    idle.append(socket.create_connection(("127.0.0.1", server.metrics_port)))
+                time.sleep(0.5)  # every accept has happened
+                for _ in range(40):  # fresh policy connections, one after another
+                    assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
+                held = [sock for sock in idle if closed_within(sock, 0.01) is None]
+            steady.check()
+            assert len(held) == 32, len(held)
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        assert metrics_closed(server, "too-many-connections") == 268
+        stop_on_time(server)
+
+
+def test_a_slowloris_metrics_client_is_closed_on_its_own_budget(tmp_path: Path) -> None:
+    """A byte every so often no longer keeps a metrics connection open: with
+    ``metrics_timeout = 2`` a client slower than the 1 s idle timeout is closed by it (the
+    issue's byte every 15 s, scaled), and one sending a header byte every 0.3 s is closed when
+    its 2 s in all are spent; both counted, answers steady throughout."""
+    server = PolicyServer(tmp_path, server_extra="metrics_timeout = 2")
+    with server.start(), Steady(server) as steady:
+        for interval, low, high in ((1.5, 0.8, 1.6), (0.3, 1.8, 3.0)):
+            with socket.create_connection(("127.0.0.1", server.metrics_port)) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                began = time.monotonic()
+                took = None
+                while took is None and time.monotonic() - began < 5:
+                    took = closed_within(sock, interval)
+                    if took is None:
+                        try:
+                            sock.sendall(b"a")
+                        except ConnectionError:
+                            took = time.monotonic() - began
+                elapsed = time.monotonic() - began
+                assert took is not None, "still open after 5 s"
+                assert low <= elapsed <= high, (interval, elapsed)
+        steady.stop()
+        steady.check()
+        assert metrics_closed(server, "timeout") == 2
+        assert server.scrape().value("m365_policyd_connections") == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n40000000\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_metrics_request_body_is_refused_without_being_read(
+    tmp_path: Path, headers: bytes
+) -> None:
+    """A request announcing a 1 GB body (or a chunked one) is answered 413 and closed at once,
+    before any body byte is read; counted, and RSS does not grow."""
+    server = PolicyServer(tmp_path)
+    with server.start(), Steady(server) as steady:
+        assert server.process is not None
+        before = rss_kib(server.process.pid)
+        with socket.create_connection(("127.0.0.1", server.metrics_port), timeout=5) as sock:
+            sock.sendall(headers)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413 "), reply
+        assert b"request bodies are refused" in reply
+        time.sleep(0.3)
+        steady.stop()
+        steady.check()
+        assert metrics_closed(server, "request-body") == 1
+        assert rss_kib(server.process.pid) - before < 4096
+        stop_on_time(server)

@@ -43,7 +43,7 @@ from policyd.daemon.endpoints import (
 )
 from policyd.daemon.followers import OutcomeWatcher
 from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
-from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
+from policyd.daemon.metrics import MetricsSite, PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
 from policyd.daemon.watch import FileWatcher, Stamp, StatFunction, watched_paths
 from policyd.engine.policy import PolicyEngine
@@ -154,6 +154,7 @@ class Server:
         self._load = load or load_state
         self.exit_status = EXIT_OK
         self.ports: list[ListeningPort] = []
+        self.metrics_site: MetricsSite | None = None  # once endpoints() made it
         self.outcomes = OutcomeWatcher(self.stats, reactor)  # follows [outcomes] once started
         self.engine: PolicyEngine = PolicyEngine(
             state,
@@ -206,7 +207,19 @@ class Server:
             endpoint = parse_endpoint(
                 self.reactor, server.metrics, self.config_path, "server.metrics"
             )
-            site = metrics_site(make_registry(self.collector))
+            closed = self.stats.metrics_connections_closed
+
+            def count(reason: str) -> None:
+                closed[reason] += 1
+
+            site = metrics_site(
+                make_registry(self.collector),
+                max_connections=server.metrics_max_connections,
+                total_timeout=server.metrics_timeout,
+                count=count,
+                reactor=self.reactor,
+            )
+            self.metrics_site = site
             found.append(("server.metrics", server.metrics, endpoint, site))
         return found
 
@@ -370,6 +383,10 @@ class Server:
         self.engine.replace_state(state)
         if hasattr(self.factory, "settings"):
             self.factory.settings = config.server
+        if self.metrics_site is not None:  # the budget applies to connections from now on
+            self.metrics_site.set_budget(
+                config.server.metrics_max_connections, config.server.metrics_timeout
+            )
         self.output.configure(config.log.format, config.log.level)
         self.stats.reloads["success"] += 1
         self.stats.last_reload_success = self.reactor.seconds()

@@ -78,6 +78,8 @@ class Stats:
         self.observed_replies: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.prediction_outcomes: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.log_lines_skipped = 0  # outcome watcher: unparseable Postfix log lines
+        # /metrics connections the daemon closed, by reason (policyd.daemon.metrics)
+        self.metrics_connections_closed: defaultdict[str, int] = defaultdict(int)
 
     def observe_duration(self, seconds: float) -> None:
         """Count one request that took ``seconds`` into the duration histogram."""

@@ -69,6 +69,8 @@ class ServerSettings:
     max_connections: int = schema.MAX_CONNECTIONS.default
     max_request_bytes: int = schema.MAX_REQUEST_BYTES.default
     reload_interval: float = schema.RELOAD_INTERVAL.default
+    metrics_max_connections: int = schema.METRICS_MAX_CONNECTIONS.default
+    metrics_timeout: float = schema.METRICS_TIMEOUT.default
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +509,8 @@ def _server(table: _Table) -> ServerSettings:
         max_connections=table.get(schema.MAX_CONNECTIONS),
         max_request_bytes=table.get(schema.MAX_REQUEST_BYTES),
         reload_interval=table.get(schema.RELOAD_INTERVAL),
+        metrics_max_connections=table.get(schema.METRICS_MAX_CONNECTIONS),
+        metrics_timeout=table.get(schema.METRICS_TIMEOUT),
     )
 
 
