@@ -863,3 +863,42 @@ def test_a_metrics_request_body_is_refused_without_being_read(
         assert metrics_closed(server, "request-body") == 1
         assert rss_kib(server.process.pid) - before < 4096
         stop_on_time(server)
+
+
+# --- class 7 (continued): an EMFILE storm is counted, not logged line by line ------------------
+
+
+def test_an_emfile_storm_is_counted_and_logged_at_most_once_a_minute(tmp_path: Path) -> None:
+    """With 128 file descriptors, 150 held connections and then 300 more in a burst: every
+    connection the daemon could not take is counted as accept-failed, the log gets one line
+    about it (Twisted wrote three per connection), the steady connection keeps its 100 ms
+    answers, and once descriptors are free again new connections are answered."""
+    server = PolicyServer(tmp_path, wrapper=["prlimit", "--nofile=128:128", "--"])
+    with server.start():
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        mark = server.log_offset()
+        held: list[socket.socket] = []
+        refused = 0
+        try:
+            with Steady(server) as steady:
+                for _ in range(150):
+                    held.append(socket.create_connection(("127.0.0.1", server.port)))
+                for _ in range(300):
+                    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                        refused += closed_within(sock, 1.0) is not None
+                time.sleep(0.3)
+                refused += sum(closed_within(sock, 0.01) is not None for sock in held)
+            steady.check()
+        finally:
+            for sock in held:
+                sock.close()
+        assert refused >= 300, refused
+        time.sleep(0.3)
+        assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
+        errors = server.scrape().value("m365_policyd_protocol_errors_total", kind="accept-failed")
+        assert errors == refused
+        lines = [line for line in server.log_lines(mark) if "EMFILE" in line]
+        assert len(lines) == 1, lines[:5]
+        assert "cannot accept connections (EMFILE)" in lines[0]
+        assert "LimitNOFILE" in lines[0], lines[0]
+        stop_on_time(server)

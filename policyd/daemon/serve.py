@@ -42,12 +42,12 @@ from policyd.daemon.endpoints import (
     parse_endpoint,
 )
 from policyd.daemon.followers import OutcomeWatcher
-from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
+from policyd.daemon.log import FIELDS, AcceptErrors, LogOutput, default_output, start_logging
 from policyd.daemon.metrics import MetricsSite, PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
 from policyd.daemon.watch import FileWatcher, Stamp, StatFunction, watched_paths
 from policyd.engine.policy import PolicyEngine
-from policyd.engine.stats import Stats
+from policyd.engine.stats import ACCEPT_FAILED, Stats
 from policyd.errors import ConfigError
 from policyd.sources.config import Config
 from policyd.sources.postfix import stop_tools
@@ -565,7 +565,11 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         signal.signal(signal.SIGHUP, previous)
         sys.stderr.write(f"m365-policyd: {error}\n")
         return error.status
-    start_logging(output)
+
+    def accept_failed(connections: int) -> None:
+        stats.protocol_errors[ACCEPT_FAILED] += connections
+
+    start_logging(AcceptErrors(output, accept_failed, reactor.seconds))
     for key, description in [
         *(("server.listen", item) for item in config.server.listen),
         ("server.metrics", config.server.metrics),
