@@ -20,18 +20,33 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.daemon.endpoints import exposed
+from policyd.engine.outcomes import MAX_BYTES as OUTCOME_MAX_BYTES
+from policyd.engine.outcomes import OutcomeJoin
+from policyd.engine.policy import MESSAGE_RECIPIENT_LIMIT, Session
+from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
+from policyd.rules.outcomes import Delivery
+from policyd.sources import tables
 from policyd.sources.config import read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from tests.hostile import Steady, make_fifo
 from tests.pki import TestPKI
-from tests.serverproc import CERT_BODY, ROOT, PolicyServer, rcpt, request_text
+from tests.serverproc import (
+    CERT_BODY,
+    ROOT,
+    PolicyClient,
+    PolicyServer,
+    data,
+    rcpt,
+    request_text,
+)
 from tests.tenants import EGRESS
 
 #: The inbound connector the export tenant relies on: own-domain mail from EGRESS relays.
@@ -902,3 +917,150 @@ def test_an_emfile_storm_is_counted_and_logged_at_most_once_a_minute(tmp_path: P
         assert "cannot accept connections (EMFILE)" in lines[0]
         assert "LimitNOFILE" in lines[0], lines[0]
         stop_on_time(server)
+
+
+# --- class 3 (continued): caches, the message and an incomplete request are bounded in bytes ---
+
+
+def pipelined(client: PolicyClient, requests: list[bytes]) -> list[str]:
+    """Send ``requests`` in one write on ``client``'s connection and read every reply."""
+    client.sock.sendall(b"".join(requests))
+    return [client.read_reply() for _ in requests]
+
+
+@pytest.mark.slow
+def test_unique_addresses_under_the_cap_fill_the_caches_only_to_their_byte_bound(
+    tmp_path: Path,
+) -> None:
+    """Own instance: 10,000 RCPTs, each with a unique 960-character sender domain and
+    recipient (under the 1,024 cap, so answered and cached), grow RSS by under 60 MB: the
+    prediction caches are bounded in bytes (by entries alone, 10,000 such answers took
+    ~120 MB and 65,536 would take ~800 MB); a steady connection keeps its 100 ms answers."""
+    server = PolicyServer(tmp_path)
+    with server.start():
+        assert server.process is not None
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        before = rss_kib(server.process.pid)
+        with Steady(server) as steady, server.client() as client:
+            for start in range(0, 10_000, 500):
+                batch = []
+                for i in range(start, start + 500):
+                    pad = f"{i:07d}" + "y" * 950
+                    batch.append(request_text(rcpt(f"a@{pad}.example", f"{pad}@tailspintoys.com")))
+                assert all(answer.startswith("450 ") for answer in pipelined(client, batch))
+        steady.check()
+        grown = rss_kib(server.process.pid) - before
+        assert grown < 60 * 1024, f"RSS grew by {grown} KiB"
+        assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
+
+
+def test_a_request_sent_a_byte_at_a_time_costs_about_its_own_size(tmp_path: Path) -> None:
+    """Own instance: 50 connections each send 4,000 bytes of one unfinished request, a byte
+    per write, interleaved (so the daemon reads them a few bytes at a time): RSS grows by
+    under 1 MiB for the 200 KB held (each read used to be kept as its own object, ~40 bytes
+    apiece: 2.3 MB here); the steady connection keeps its answers and each request is
+    answered once finished."""
+    server = PolicyServer(tmp_path)
+    text = request_text(rcpt("app@fabrikam.com", GOOD_RECIPIENT, ccert_subject="s" * 4000))
+    head, tail = text[:4000], text[4000:]
+    with server.start():
+        assert server.process is not None
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+        try:
+            for sock in socks:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            before = rss_kib(server.process.pid)
+            with Steady(server) as steady:
+                for offset in range(len(head)):
+                    byte = head[offset : offset + 1]
+                    for sock in socks:
+                        sock.sendall(byte)
+            steady.check()
+            grown = rss_kib(server.process.pid) - before
+            for sock in socks:
+                sock.sendall(tail)
+            for sock in socks:
+                reply = b""
+                while not reply.endswith(b"\n\n"):
+                    reply += sock.recv(1000)
+                assert reply == f"action={expect}\n\n".encode()
+        finally:
+            for sock in socks:
+                sock.close()
+        assert grown < 1024, f"RSS grew by {grown} KiB"
+
+
+def test_a_message_keeps_at_most_smtpd_recipient_limit_predictions(tmp_path: Path) -> None:
+    """3,000 RCPTs in one message (Postfix's smtpd_recipient_limit is 1000): every one is
+    answered, the DATA header still counts all 3,000, and the session remembers only
+    MESSAGE_RECIPIENT_LIMIT of them (what the outcome join is handed)."""
+    server = export_server(tmp_path)
+    with server.start(), Steady(server, sender=GOOD_SENDER, recipient=GOOD_RECIPIENT) as steady:
+        with server.client() as client:
+            requests = [
+                request_text(rcpt(GOOD_SENDER, f"r{i}@tailspintoys.com", instance="big.1"))
+                for i in range(3000)
+            ]
+            assert set(pipelined(client, requests)) == {"DUNNO"}
+            header = client.ask(data("big.1"))
+        steady.stop()
+        steady.check()
+    assert header.startswith("PREPEND X-M365-Relay: verdict=accept;"), header
+    assert header.endswith("refused=0; recipients=3000"), header
+    session = Session()
+    entry = SimpleNamespace(prediction=object(), refused=False, relayed=True)
+    for _ in range(3000):
+        session.add(entry)  # type: ignore[arg-type]
+    assert (session.count, len(session.recipients)) == (3000, MESSAGE_RECIPIENT_LIMIT)
+
+
+def test_the_outcome_join_is_bounded_in_bytes() -> None:
+    """Own instance: 20,000 messages, each with two 1,000-character addresses, stay within
+    the join's byte bound (by entries alone they were 40,000 addresses of ~2 KB: ~80 MB); the
+    oldest messages go first."""
+    join = OutcomeJoin(Stats())
+    for i in range(20_000):
+        address = f"{i:06d}" + "a" * 980 + "@tailspintoys.com"
+        join.expect(f"Q{i}", [(address, address.upper(), "sender-accepted-domain")], now=float(i))
+    assert join.bytes <= OUTCOME_MAX_BYTES
+    assert join.messages() < 20_000
+    assert join.bytes > OUTCOME_MAX_BYTES * 0.9  # it is filled, not emptied
+    last = join.predicted(delivery_to(f"Q{19_999}", f"{19_999:06d}" + "a" * 980))
+    assert last is not None
+    assert join.predicted(delivery_to("Q0", "000000" + "a" * 980)) is None
+
+
+def delivery_to(queue_id: str, local: str) -> Delivery:
+    return Delivery(
+        service="postfix/smtp",
+        queue_id=queue_id,
+        to=f"{local}@tailspintoys.com",
+        orig_to="",
+        relay="x.mail.protection.outlook.com[192.0.2.1]:25",
+        relay_host="x.mail.protection.outlook.com",
+        relay_address="192.0.2.1",
+        dsn="2.0.0",
+        status="sent",
+    )
+
+
+def test_a_postmap_tables_lookup_cache_is_bounded_in_bytes() -> None:
+    """Own instance: an LDAP table answering 100 KB values for 1,000 keys keeps at most
+    CACHE_BYTES of them (by its 10,000 entries alone it held 100 MB); recent keys stay."""
+    calls: list[str] = []
+
+    def runner(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv[-2])
+        return subprocess.CompletedProcess(argv, 0, argv[-2] + "x" * 100_000 + "\n", "")
+
+    table = tables._PostmapTable(
+        "ldap:/x.cf", "ldap", postmap="postmap", timeout=3, cache_size=10_000, runner=runner
+    )
+    for i in range(1000):
+        assert table.lookup(f"k{i}@contoso.com") is not None
+    assert table.cache_bytes <= tables.CACHE_BYTES
+    assert table.cache_bytes > tables.CACHE_BYTES * 0.9
+    asked = len(calls)
+    table.lookup("k999@contoso.com")  # the most recent is still cached
+    assert len(calls) == asked

@@ -55,6 +55,7 @@ from policyd.wire.codec import (
     MalformedRequestError,
     Request,
     RequestDecoder,
+    add_piece,
 )
 from policyd.wire.writer import ReplyWriter
 
@@ -132,7 +133,7 @@ class PolicyProtocol(Protocol):
         self._waiting = False  # an answer is a Deferred that has not fired yet
         self._queued: list[Request] = []  # decoded requests behind the one being waited for
         self._fault: str | None = None  # a malformed request behind them: close once answered
-        self._held: list[bytes] = []  # data received meanwhile, fed in order afterwards
+        self._held: list[bytes | bytearray] = []  # received meanwhile, fed in order afterwards
         self._held_len = 0
         self._close_when_answered = False  # the client half-closed while we were waiting
         self.last_activity = 0.0
@@ -235,7 +236,7 @@ class PolicyProtocol(Protocol):
             return
         self.last_activity = self._seconds()
         if self._waiting:  # Postfix waits for each answer; anyone else waits their turn
-            self._held.append(data)
+            add_piece(self._held, data)
             self._held_len += len(data)
             if self._held_len >= self._factory.settings.max_request_bytes:
                 self.close(TOO_LARGE)
@@ -322,7 +323,7 @@ class PolicyProtocol(Protocol):
                 self._held.append(data)
                 self._held_len += len(data)
             else:
-                self.dataReceived(data)
+                self.dataReceived(bytes(data))
         if self._close_when_answered and not self._waiting:
             self.close()
 
