@@ -1165,3 +1165,88 @@ def test_settling_after_a_reload_walks_the_whole_heap_only_for_a_held_state() ->
     del held
     assert settle_after_reload(replaced) is True  # type: ignore[arg-type]
     assert gone() is None and witness() is None
+
+
+# --- class 8 (continued): doctor warns about exposure and prints names escaped -----------------
+
+
+def doctor_checks(server: PolicyServer) -> dict[str, dict[str, str]]:
+    """``doctor --json`` on the server's configuration: its checks by id."""
+    server.write_config()
+    result = cli("doctor", "-c", str(server.config_path), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return {check["id"]: check for check in json.loads(result.stdout)["checks"]}
+
+
+def test_doctor_warns_for_every_endpoint_that_is_not_loopback_or_unix(tmp_path: Path) -> None:
+    """``listen = ["tcp:10040"]`` (every interface) and a metrics endpoint on 0.0.0.0: doctor
+    warns, naming both; loopback and unix endpoints are fine."""
+    server = PolicyServer(
+        tmp_path,
+        listen=["tcp:10040", f"unix:{tmp_path}/policy.sock"],
+        server_extra="",
+    )
+    server.metrics_port = 9464
+    exposed_check = doctor_checks(server)["listen-exposed"]
+    text = server.config_path.read_text().replace(
+        'metrics = "tcp:9464:interface=127.0.0.1"', 'metrics = "tcp:9464:interface=0.0.0.0"'
+    )
+    server.config_path.write_text(text)
+    result = cli("doctor", "-c", str(server.config_path), "--json")
+    both = {c["id"]: c for c in json.loads(result.stdout)["checks"]}["listen-exposed"]
+    assert exposed_check["status"] == "warning"
+    assert "server.listen tcp:10040 listens on every interface" in exposed_check["finding"]
+    assert "server.metrics" not in exposed_check["finding"]
+    assert both["status"] == "warning"
+    assert (
+        "server.metrics tcp:9464:interface=0.0.0.0 listens on every interface" in (both["finding"])
+    )
+    assert doctor_checks(PolicyServer(tmp_path / "quiet"))["listen-exposed"]["status"] == "ok"
+
+
+def test_doctor_warns_when_the_certificate_file_also_holds_the_private_key(
+    tmp_path: Path,
+) -> None:
+    """A certificate file that also holds the private key (as some make for Postfix's
+    smtp_tls_chain_files): the daemon reads it, so doctor warns, naming the file and how to
+    give the daemon the certificate alone; without the key, the check is ok."""
+    pki = TestPKI(now=datetime.now(UTC))
+    server = PolicyServer(tmp_path, CERT_BODY)
+    pki.write_ca_bundle(tmp_path)
+    leaf = pki.leaf("mail.contoso.com", ["mail.contoso.com"])
+    server.write_file("cert.pem", pki.chain_pem(leaf))
+    assert doctor_checks(server)["certificate-holds-key"]["status"] == "ok"
+    server.write_file("cert.pem", leaf.key_pem() + pki.chain_pem(leaf))
+    check = doctor_checks(server)["certificate-holds-key"]
+    assert check["status"] == "warning"
+    assert str(tmp_path / "cert.pem") in check["finding"]
+    assert "openssl x509" in check["fix"]
+    serving = PolicyServer(tmp_path / "serve", CERT_BODY)  # the daemon reads it all the same
+    pki.write_ca_bundle(tmp_path / "serve")
+    serving.write_file("cert.pem", leaf.key_pem() + pki.chain_pem(leaf))
+    with serving.start():
+        assert serving.ask(rcpt("", GOOD_RECIPIENT)) == "DUNNO"
+        stop_on_time(serving)
+
+
+def test_doctor_prints_certificate_and_connector_names_with_controls_escaped(
+    tmp_path: Path,
+) -> None:
+    """A certificate whose names carry ESC sequences and a newline, and a connector named with
+    a right-to-left override: doctor's text report writes them as \\uXXXX, never raw (a name
+    could otherwise clear the terminal or forge a report line)."""
+    pki = TestPKI(now=datetime.now(UTC))
+    body = CERT_BODY.replace('name = "Certificate connector"', 'name = "Cert\\u202econnector"')
+    server = PolicyServer(tmp_path, body)
+    pki.write_ca_bundle(tmp_path)
+    leaf = pki.leaf("evil\x1b[2J\n[ ok ] forged", ["mail.contoso.com\x1b]0;owned\x07"])
+    server.write_file("cert.pem", pki.chain_pem(leaf))
+    server.write_config()
+    result = cli("doctor", "-c", str(server.config_path))
+    assert result.returncode in (0, 1), result.stderr
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in result.stdout
+    assert "evil\\u001b[2J\\u000a[ ok ] forged" in result.stdout
+    assert "mail.contoso.com\\u001b]0;owned\\u0007" in result.stdout
+    assert "Cert\\u202econnector" in result.stdout
+    assert not any(line.startswith("[ ok ] forged") for line in result.stdout.splitlines())
