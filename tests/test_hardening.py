@@ -8,6 +8,7 @@ every time. Classes are numbered as in the issue.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -1250,3 +1251,58 @@ def test_doctor_prints_certificate_and_connector_names_with_controls_escaped(
     assert "mail.contoso.com\\u001b]0;owned\\u0007" in result.stdout
     assert "Cert\\u202econnector" in result.stdout
     assert not any(line.startswith("[ ok ] forged") for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_connector_name_in_an_export_cannot_forge_reload_log_lines(
+    tmp_path: Path, log_format: str
+) -> None:
+    """Own instance: an export whose connector Name carries U+2028, NEL and a bidi override
+    (a file written by another tool or person) is logged escaped in the reload line of both
+    formats: still one line, no raw separator."""
+    server = export_server(tmp_path, log_format=log_format)
+    forged = "From\u2028time=2026-01-01T00:00:00Z level=error event=forged\u0085x\u202ey"
+    with server.start():
+        mark = server.log_offset()
+        server.write_file(
+            "inbound-connectors.json", json.dumps([{**CONNECTORS[0], "Name": forged}])
+        )
+        server.reload()
+        line = server.wait_for_log("reloaded configuration", after=mark)
+        raw = server.log()
+        stop_on_time(server)
+    for char in "\u2028\u0085\u202e":
+        assert char not in raw
+        assert f"\\u{ord(char):04x}" in line
+    if log_format == "json":
+        assert forged in json.loads(line)["connectors"][0]
+
+
+def test_a_metrics_client_that_pipelines_scrapes_and_never_reads_is_cut_off(
+    tmp_path: Path,
+) -> None:
+    """Own instance: one connection sends 2,000 pipelined ``GET /metrics`` and reads nothing
+    for 2.5 s. Only the first is answered (one request per connection, ``Connection: close``;
+    all 2,000 used to be rendered on the reactor one after the other, and the steady client
+    timed out), the connection is closed within its 2 s budget, RSS stays within a few MB, and
+    policy answers stay within 100 ms."""
+    server = PolicyServer(tmp_path, server_extra="metrics_timeout = 2")
+    with server.start(), Steady(server) as steady:
+        assert server.process is not None
+        before = rss_kib(server.process.pid)
+        with socket.create_connection(("127.0.0.1", server.metrics_port)) as sock:
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):  # the daemon may close before all is sent
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+            time.sleep(2.5)
+            grown = rss_kib(server.process.pid) - before
+            received = b""
+            with contextlib.suppress(OSError):  # closed: EOF, or a reset for unread requests
+                while chunk := sock.recv(65536):
+                    received += chunk
+        steady.stop()
+        steady.check()
+        assert received.count(b"HTTP/1.1 200 ") == 1, received[:200]
+        assert b"Connection: close" in received
+        assert grown < 8 * 1024, f"RSS grew by {grown} KiB"
+        assert server.scrape().value("m365_policyd_connections") is not None

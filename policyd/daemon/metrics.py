@@ -342,10 +342,10 @@ _BODY_REFUSED = (
 
 
 class MetricsChannel(http.HTTPChannel):
-    """One ``/metrics`` connection with its own budget (issue 16, SPEC §6): closed when the
-    site's ``total_timeout`` has passed since it opened, however it behaves, and answered 413
-    then closed, unread, as soon as a request announces a body (``Content-Length`` above 0 or
-    ``Transfer-Encoding``)."""
+    """One ``/metrics`` connection with its own budget (issue 16, SPEC §6): one request, then
+    closed; closed when the site's ``total_timeout`` has passed since it opened, however it
+    behaves; and answered 413 then closed, unread, as soon as a request announces a body
+    (``Content-Length`` above 0 or ``Transfer-Encoding``)."""
 
     site: MetricsSite  # set by Site.buildProtocol
     _deadline: Any = None  # IDelayedCall
@@ -365,6 +365,13 @@ class MetricsChannel(http.HTTPChannel):
         """Idle for ``METRICS_IDLE_TIMEOUT``: counted, then Twisted's own close."""
         self.site.count(METRICS_TIMEOUT)
         super().timeoutConnection()  # type: ignore[no-untyped-call]  # untyped in Twisted
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802 - Twisted name
+        """One request per connection (the answer says ``Connection: close``): a client that
+        pipelines thousands of scrapes and reads none would otherwise have them all rendered
+        on the reactor, one after the other, answers to Postfix waiting meanwhile."""
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
 
     def allHeadersReceived(self) -> None:  # noqa: N802 - Twisted callback name
         if self.length != 0:  # a body is announced (None: chunked); never read it
