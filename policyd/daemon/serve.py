@@ -468,7 +468,7 @@ def raise_open_files_limit() -> int:
 
     Each Postfix connection is a file descriptor. The usual soft limit (1024) is below the
     default ``max_connections`` (4096); past it, Twisted closes new connections at accept time
-    without our counting them.
+    (counted as ``accept-failed``, see ``policyd.daemon.log.AcceptErrors``).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -616,7 +616,8 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     if limit < config.server.max_connections + FD_MARGIN:
         _log.warn(
             "server.max_connections = {wanted} but only {limit} file descriptors are allowed; "
-            "connections beyond about {usable} are closed uncounted: raise LimitNOFILE= (systemd) "
+            "connections beyond about {usable} are closed at accept (accept-failed): raise "
+            "LimitNOFILE= (systemd) "
             "or ulimit -n, or lower server.max_connections",
             wanted=config.server.max_connections,
             limit=limit,
