@@ -1306,3 +1306,82 @@ def test_a_metrics_client_that_pipelines_scrapes_and_never_reads_is_cut_off(
         assert b"Connection: close" in received
         assert grown < 8 * 1024, f"RSS grew by {grown} KiB"
         assert server.scrape().value("m365_policyd_connections") is not None
+
+
+# --- own instances for classes 1, 5 and 6 -------------------------------------------------------
+
+
+def test_a_fifo_in_place_of_a_texthash_alias_map_is_a_failed_reload(tmp_path: Path) -> None:
+    """Own instance (class 1): the texthash alias map replaced by a FIFO, then SIGHUP: a
+    failed, counted reload naming it; the old map keeps expanding within 100 ms; SIGTERM
+    still stops the daemon on time."""
+    server = export_server(tmp_path)
+    aliases = server.write_file("virtual", f"team@contoso.com {GOOD_RECIPIENT}\n")
+    server.body = server.body.replace(
+        "[onprem]\n", f'[onprem]\nalias_maps = ["texthash:{aliases}"]\n', 1
+    )
+    with server.start():
+        with Steady(server, sender=GOOD_SENDER, recipient="team@contoso.com") as steady:
+            mark = server.log_offset()
+            make_fifo(aliases)
+            server.reload()
+            line = failed_reload(server, mark)
+            time.sleep(0.3)
+        steady.check()
+        assert steady.expect == "DUNNO"
+        assert "virtual" in line and "not a regular file (a FIFO)" in line
+        assert reloads(server, "failure") == 1
+        stop_on_time(server)
+
+
+@pytest.mark.slow
+def test_a_hundred_thousand_duplicate_domains_and_twenty_thousand_connectors_load_linearly(
+    tmp_path: Path,
+) -> None:
+    """Own instance (class 5): exports with 100,000 accepted domains plus 100,000 duplicates of
+    one, and 20,000 connectors (under the 32 MiB cap) are read in seconds by ``check`` (a
+    quadratic de-duplication would take hours), with the right answer."""
+    domains = [
+        {"DomainName": f"d{i}.contoso.com", "DomainType": "Authoritative"} for i in range(100_000)
+    ]
+    domains += [{"DomainName": "contoso.com", "DomainType": "Authoritative"}] * 100_000
+    connectors = [
+        {**CONNECTORS[0], "Name": f"c{i}", "TlsSenderCertificateName": f"*.h{i}.contoso.com"}
+        for i in range(20_000)
+    ]
+    server = export_server(tmp_path)
+    server.write_file("inbound-connectors.json", json.dumps(connectors))
+    server.write_file("accepted-domains.json", json.dumps(domains))
+    server.body = server.body.replace(
+        'accepted_domains = ["contoso.com"]', 'accepted_domains_file = "accepted-domains.json"'
+    )
+    server.write_config()
+    began = time.monotonic()
+    result = cli(
+        "check", "-c", str(server.config_path), "--sender", GOOD_SENDER, "--recipient",
+        GOOD_RECIPIENT, timeout=60,
+    )  # fmt: skip
+    took = time.monotonic() - began
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accept" in result.stdout
+    assert took < 30, f"check took {took:.1f} s"
+
+
+def test_a_configuration_the_daemon_cannot_read_is_a_failed_reload(tmp_path: Path) -> None:
+    """Own instance (class 6): the configuration file becomes unreadable to the daemon (mode
+    0000, no root override), then SIGHUP: a failed, counted reload naming the file and the
+    permission fix; answers stay DUNNO from the old state."""
+    server = export_server(tmp_path, wrapper=NO_DAC)
+    with server.start(), good_steady(server) as steady:
+        mark = server.log_offset()
+        server.config_path.chmod(0)
+        server.reload()
+        line = failed_reload(server, mark)
+        time.sleep(0.3)
+        steady.stop()
+        steady.check()
+        assert "m365-policyd.toml" in line and "Permission denied" in line, line
+        assert "chmod g+r" in line, line
+        assert reloads(server, "failure") == 1
+        server.config_path.chmod(0o644)
+        stop_on_time(server)

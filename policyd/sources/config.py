@@ -42,7 +42,7 @@ from policyd.rules.model import (
 from policyd.rules.reasons import REFUSE_REASONS
 from policyd.sources import schema
 from policyd.sources.exports import domain_name, sender_ip_networks
-from policyd.sources.files import MAX_CONFIG_BYTES, read_capped
+from policyd.sources.files import MAX_CONFIG_BYTES, permission_fix, read_capped
 from policyd.sources.schema import Key
 from policyd.sources.validators import FILE_TABLE_TYPES, choices_text
 
@@ -461,6 +461,12 @@ def _read_toml(path: str) -> dict[str, object]:
             "no such file; create it from the example, e.g. "
             f"install -D -m 0644 {schema.EXAMPLE_CONFIG} {path}, "
             f"or name another file with -c or ${schema.CONFIG_ENV}",
+        ) from error
+    except PermissionError as error:
+        raise ConfigError(
+            path,
+            "",
+            f"cannot read the configuration file ({error.strerror}); {permission_fix(path)}",
         ) from error
     except OSError as error:
         reason = error.strerror or str(error)
