@@ -785,6 +785,7 @@ def closed_within(sock: socket.socket, seconds: float) -> float | None:
     return None
 
 
+@pytest.mark.slow
 def test_three_hundred_idle_metrics_connections_leave_policy_connections_their_descriptors(
     tmp_path: Path,
 ) -> None:
@@ -816,6 +817,7 @@ def test_three_hundred_idle_metrics_connections_leave_policy_connections_their_d
         stop_on_time(server)
 
 
+@pytest.mark.slow
 def test_a_slowloris_metrics_client_is_closed_on_its_own_budget(tmp_path: Path) -> None:
     """A byte every so often no longer keeps a metrics connection open: with
     ``metrics_timeout = 2`` a client slower than the 1 s idle timeout is closed by it (the
@@ -880,6 +882,7 @@ def test_a_metrics_request_body_is_refused_without_being_read(
 # --- class 7 (continued): an EMFILE storm is counted, not logged line by line ------------------
 
 
+@pytest.mark.slow
 def test_an_emfile_storm_is_counted_and_logged_at_most_once_a_minute(tmp_path: Path) -> None:
     """With 128 file descriptors, 150 held connections and then 300 more in a burst: every
     connection the daemon could not take is counted as accept-failed, the log gets one line
@@ -951,6 +954,7 @@ def test_unique_addresses_under_the_cap_fill_the_caches_only_to_their_byte_bound
         assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
 
 
+@pytest.mark.slow
 def test_a_request_sent_a_byte_at_a_time_costs_about_its_own_size(tmp_path: Path) -> None:
     """Own instance: 50 connections each send 4,000 bytes of one unfinished request, a byte
     per write, interleaved (so the daemon reads them a few bytes at a time): RSS grows by
@@ -988,6 +992,7 @@ def test_a_request_sent_a_byte_at_a_time_costs_about_its_own_size(tmp_path: Path
         assert grown < 1024, f"RSS grew by {grown} KiB"
 
 
+@pytest.mark.slow
 def test_a_message_keeps_at_most_smtpd_recipient_limit_predictions(tmp_path: Path) -> None:
     """3,000 RCPTs in one message (Postfix's smtpd_recipient_limit is 1000): every one is
     answered, the DATA header still counts all 3,000, and the session remembers only
@@ -1180,6 +1185,7 @@ def doctor_checks(server: PolicyServer) -> dict[str, dict[str, str]]:
     return {check["id"]: check for check in json.loads(result.stdout)["checks"]}
 
 
+@pytest.mark.slow
 def test_doctor_warns_for_every_endpoint_that_is_not_loopback_or_unix(tmp_path: Path) -> None:
     """``listen = ["tcp:10040"]`` (every interface) and a metrics endpoint on 0.0.0.0: doctor
     warns, naming both; loopback and unix endpoints are fine."""
@@ -1206,6 +1212,7 @@ def test_doctor_warns_for_every_endpoint_that_is_not_loopback_or_unix(tmp_path: 
     assert doctor_checks(PolicyServer(tmp_path / "quiet"))["listen-exposed"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_doctor_warns_when_the_certificate_file_also_holds_the_private_key(
     tmp_path: Path,
 ) -> None:
@@ -1279,6 +1286,7 @@ def test_a_connector_name_in_an_export_cannot_forge_reload_log_lines(
         assert forged in json.loads(line)["connectors"][0]
 
 
+@pytest.mark.slow
 def test_a_metrics_client_that_pipelines_scrapes_and_never_reads_is_cut_off(
     tmp_path: Path,
 ) -> None:
