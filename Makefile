@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= contrib/m365-policyd.example.toml
 DEB_SOURCE := m365-policyd
 # What the tests drive for real, and Debian's own libraries the unit tests run on a second time.
-DEBIAN_PACKAGES := postfix libsasl2-modules prometheus swaks postsrsd \
+DEBIAN_PACKAGES := postfix libsasl2-modules prometheus swaks postsrsd systemd \
 	python3-venv python3-twisted python3-cryptography python3-prometheus-client
 # What `make deb` builds with (debian/control Build-Depends), and lintian for the package test.
 DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \

@@ -16,8 +16,10 @@ Rows (each may be selected alone):
   JSON format and ``log.level = "warn"`` beside them. The bare figure is also the generator's
   ceiling: the generator's own CPU use during those runs shows it was not the bottleneck.
 - ``latency``: 2,000 requests/s offered over 100 connections, open loop; target p99 ≤ 1 ms.
-- ``memory``: RSS with 2,000 idle connections (≤ 80 MB), and RSS sampled every 50,000 of
-  1,000,000 requests (flat within ±5 % after the first 200,000).
+- ``memory``: RSS with 2,000 idle connections (≤ 80 MB), RSS sampled every 50,000 of
+  1,000,000 requests (flat within ±5 % after the first 200,000), and RSS after a hostile-value
+  flood (30,000 unique near-cap addresses, 3,000 of 30 KB; ≤ 120 MB: the caches are bounded
+  in bytes).
 - ``aliases``: a 100,000-entry texthash map: load time (≤ 2 s) and throughput with it loaded
   (still ≥ 0.8 x bare).
 - ``tenants``: 1,000 tenants in 1,000 included files, load time and RSS of a fresh process
@@ -394,7 +396,7 @@ def open_idle_connections(server: Server, count: int) -> list[socket.socket]:
 
 
 def row_memory(report: Report, workdir: Path, scale: Scale) -> None:
-    """RSS with 2,000 idle connections, and across 1,000,000 requests."""
+    """RSS with 2,000 idle connections, across 1,000,000 requests, and after a hostile flood."""
     section = "memory"
     mib = 1024 * 1024
     with servers(lambda: start_daemon(workdir, "memory-idle")) as (daemon,):
@@ -452,6 +454,81 @@ def row_memory(report: Report, workdir: Path, scale: Scale) -> None:
             if after
             else "no samples",
             bool(after) and drift <= 0.05 and result.requests == scale.long_requests,
+            f"`{RUN} memory`",
+        )
+    )
+    row_hostile_flood(report, workdir)
+
+
+#: The hostile-value flood: unique sender domains and recipients just under the 1,024-character
+#: cap (answered and cached), then values of 30 KB (refused as value-too-long).
+FLOOD_UNIQUE = 30_000
+FLOOD_HUGE = 3_000
+FLOOD_BATCH = 500
+#: Its bound: the start-up RSS (~46 MB) plus the prediction caches' byte bound (2 x 32 MiB,
+#: estimated high) with room to spare.
+FLOOD_RSS_TARGET = 120e6
+
+
+def flood_request(local: str, domain: str, instance: int) -> bytes:
+    """One RCPT request whose sender domain and recipient are built from ``local``/``domain``."""
+    attrs = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "protocol_name": "ESMTP",
+        "queue_id": "",
+        "sender": f"a@{domain}",
+        "recipient": f"{local}@tailspintoys.com",
+        "client_address": "10.0.0.5",
+        "instance": f"f.{instance:x}",
+    }
+    return "".join(f"{key}={value}\n" for key, value in attrs.items()).encode() + b"\n"
+
+
+def hostile_value_flood(server: Server) -> None:
+    """``FLOOD_UNIQUE`` unique near-cap RCPTs pipelined on one connection (every reply read),
+    then ``FLOOD_HUGE`` RCPTs with 30 KB values, each on its own connection (closed unanswered)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        for start in range(0, FLOOD_UNIQUE, FLOOD_BATCH):
+            batch = []
+            for i in range(start, start + FLOOD_BATCH):
+                pad = f"{i:07d}" + "y" * 950
+                batch.append(flood_request(pad, f"{pad}.example", i))
+            sock.sendall(b"".join(batch))
+            replies = b""
+            while replies.count(b"\n\n") < FLOOD_BATCH:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise RuntimeError("the daemon closed the flood connection")
+                replies += chunk
+    for i in range(FLOOD_HUGE):
+        pad = f"{i:07d}" + "z" * 30_000
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(flood_request(pad, f"{pad}.example", i))
+            if sock.recv(100):
+                raise RuntimeError("a 30 KB value was answered")
+
+
+def row_hostile_flood(report: Report, workdir: Path) -> None:
+    """RSS after a flood of unique near-cap and over-cap values (issue 16)."""
+    with servers(lambda: start_daemon(workdir, "memory-flood")) as (daemon,):
+        before = rss_bytes(daemon.pid)
+        began = time.monotonic()
+        hostile_value_flood(daemon)
+        took = time.monotonic() - began
+        after = rss_bytes(daemon.pid)
+    report.note(
+        "memory",
+        f"hostile-value flood: {FLOOD_UNIQUE:,} RCPTs with unique ~1,000-character sender "
+        f"domains and recipients, then {FLOOD_HUGE:,} with 30 KB values, in {took:.0f} s; RSS "
+        f"{before / 1e6:.1f} MB before, {after / 1e6:.1f} MB after",
+    )
+    report.add(
+        Row(
+            "RSS under a hostile-value flood",
+            f"≤ {FLOOD_RSS_TARGET / 1e6:.0f} MB",
+            f"{after / 1e6:.1f} MB ({before / 1e6:.1f} MB before)",
+            after <= FLOOD_RSS_TARGET,
             f"`{RUN} memory`",
         )
     )

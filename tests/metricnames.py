@@ -30,6 +30,7 @@ SPEC_METRICS = frozenset(
         "m365_policyd_build_info",
         "m365_policyd_observed_replies_total",
         "m365_policyd_prediction_outcomes_total",
+        "m365_policyd_metrics_connections_closed_total",
     }
 )
 

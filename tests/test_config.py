@@ -524,7 +524,8 @@ VALIDATION = [
      "expected a table ([server]), got an integer (1); put its keys under a [server] line"),
     ("[server]\nlisten_on = []\n", "server.listen_on",
      "unknown key (did you mean listen?); allowed keys in [server]: idle_timeout, listen, "
-     "max_connections, max_request_bytes, metrics, reload_interval"),
+     "max_connections, max_request_bytes, metrics, metrics_max_connections, metrics_timeout, "
+     "reload_interval"),
     ("[policy]\nactoin = 'defer'\n", "policy.actoin",
      "unknown key (did you mean action?); allowed keys in [policy]: action, by_reason, header, "
      "on_error, reroute, tag"),

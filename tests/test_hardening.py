@@ -8,8 +8,12 @@ every time. Classes are numbered as in the issue.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import stat
@@ -17,20 +21,39 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.daemon.endpoints import exposed
+from policyd.daemon.serve import settle_after_reload, settle_heap
+from policyd.engine.outcomes import MAX_BYTES as OUTCOME_MAX_BYTES
+from policyd.engine.outcomes import OutcomeJoin
+from policyd.engine.policy import MESSAGE_RECIPIENT_LIMIT, Session
+from policyd.engine.stats import Stats
 from policyd.errors import ConfigError
+from policyd.rules.outcomes import Delivery
+from policyd.sources import tables
 from policyd.sources.config import read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
+from policyd.sources.state import load_state
 from tests.hostile import Steady, make_fifo
+from tests.needs import program, require
 from tests.pki import TestPKI
-from tests.serverproc import CERT_BODY, ROOT, PolicyServer, rcpt, request_text
+from tests.serverproc import (
+    CERT_BODY,
+    ROOT,
+    PolicyClient,
+    PolicyServer,
+    data,
+    rcpt,
+    request_text,
+)
 from tests.tenants import EGRESS
 
 #: The inbound connector the export tenant relies on: own-domain mail from EGRESS relays.
@@ -64,11 +87,6 @@ GOOD_RECIPIENT = "kate@tailspintoys.com"
 #: Runs the daemon as root without the capabilities that bypass file permissions, so a file
 #: with mode 0000 is unreadable to it as it would be to the m365-policyd user.
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
-
-#: A successful reload's swap runs ``settle_heap`` (a full garbage collection, ~60 ms at a load
-#: of 4 on two cores) on the reactor: answers across it are checked against this budget, not
-#: 100 ms. Known, not yet fixed (issue 16 class 2 leaves it; see the report).
-RELOAD_PAUSE = 0.5
 
 #: SPEC §6: the daemon exits within 5 s of SIGTERM.
 STOP_SECONDS = 5.0
@@ -264,7 +282,6 @@ def test_a_configuration_rewritten_in_place_is_loaded_only_once_it_settles(
             sender=GOOD_SENDER,
             recipient=GOOD_RECIPIENT,
             expect="DUNNO",
-            budget=RELOAD_PAUSE,
         ) as after:
             mark = server.log_offset()
             with open(server.config_path, "w") as handle:
@@ -277,11 +294,9 @@ def test_a_configuration_rewritten_in_place_is_loaded_only_once_it_settles(
 
 def test_a_sighup_storm_coalesces_into_few_reloads(tmp_path: Path) -> None:
     """500 SIGHUPs in a burst become at most a few reloads, and answers stay correct and
-    within RELOAD_PAUSE (each successful reload settles the heap on the reactor)."""
+    within 100 ms (a reload's heap settling no longer walks the whole heap)."""
     server = export_server(tmp_path)
-    steady_during = Steady(
-        server, sender=GOOD_SENDER, recipient=GOOD_RECIPIENT, expect="DUNNO", budget=RELOAD_PAUSE
-    )
+    steady_during = Steady(server, sender=GOOD_SENDER, recipient=GOOD_RECIPIENT, expect="DUNNO")
     with server.start(), steady_during as steady:
         assert server.process is not None
         for _ in range(500):
@@ -307,11 +322,8 @@ def test_a_half_written_certificate_is_kept_out_by_the_settle_check(tmp_path: Pa
                 cert.write_bytes(pem)
                 time.sleep(0.25)
         steady.check()
-        # The settled file is then reloaded once; the swap's heap settling pauses answers for
-        # tens of ms (see RELOAD_PAUSE), so that window is checked for correctness only.
-        with Steady(
-            server, sender="", recipient=GOOD_RECIPIENT, expect="DUNNO", budget=RELOAD_PAUSE
-        ) as after:
+        # The settled file is then reloaded once, answers still within 100 ms.
+        with Steady(server, sender="", recipient=GOOD_RECIPIENT, expect="DUNNO") as after:
             time.sleep(2.5)
         after.check()
         assert reloads(server, "failure") == 0
@@ -745,3 +757,640 @@ def test_an_address_up_to_the_cap_is_answered_and_one_beyond_is_refused(tmp_path
             assert sock.recv(100) == b""
         errors = server.scrape().value("m365_policyd_protocol_errors_total", kind="value-too-long")
         assert errors == 1
+
+
+# --- class 4: the metrics endpoint cannot starve the policy service ----------------------------
+
+#: Runs the daemon with at most 256 file descriptors (soft and hard: it cannot raise them).
+FD_LIMIT_256 = ["prlimit", "--nofile=256:256", "--"]
+
+
+def metrics_closed(server: PolicyServer, reason: str) -> float | None:
+    return server.scrape().value("m365_policyd_metrics_connections_closed_total", reason=reason)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the peer closed ``sock`` (reading and dropping what it sends), or None
+    when it is still open after ``seconds``."""
+    began = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - began < seconds:
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - began
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return time.monotonic() - began
+    return None
+
+
+@pytest.mark.slow
+def test_three_hundred_idle_metrics_connections_leave_policy_connections_their_descriptors(
+    tmp_path: Path,
+) -> None:
+    """With ``ulimit -n 256``, 300 idle connections to the metrics port: the metrics budget
+    (32) holds, the other 268 are closed at accept and counted, and new policy connections
+    keep getting answers (they used to be reset), the steady one within 100 ms."""
+    server = PolicyServer(tmp_path, wrapper=FD_LIMIT_256, server_extra="metrics_timeout = 60")
+    with server.start():
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+256\s+256", limits), limits
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        idle: list[socket.socket] = []
+        try:
+            with Steady(server) as steady:
+                for _ in range(300):
+                    idle.append(socket.create_connection(("127.0.0.1", server.metrics_port)))
+                time.sleep(0.5)  # every accept has happened
+                for _ in range(40):  # fresh policy connections, one after another
+                    assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
+                held = [sock for sock in idle if closed_within(sock, 0.01) is None]
+            steady.check()
+            assert len(held) == 32, len(held)
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        assert metrics_closed(server, "too-many-connections") == 268
+        stop_on_time(server)
+
+
+@pytest.mark.slow
+def test_a_slowloris_metrics_client_is_closed_on_its_own_budget(tmp_path: Path) -> None:
+    """A byte every so often no longer keeps a metrics connection open: with
+    ``metrics_timeout = 2`` a client slower than the 1 s idle timeout is closed by it (the
+    issue's byte every 15 s, scaled), and one sending a header byte every 0.3 s is closed when
+    its 2 s in all are spent at the latest (Twisted 22.4 resets the idle timer only per whole
+    line, and closes it after 1 s already); both counted, answers steady throughout."""
+    server = PolicyServer(tmp_path, server_extra="metrics_timeout = 2")
+    with server.start(), Steady(server) as steady:
+        for interval, low, high in ((1.5, 0.8, 1.6), (0.3, 0.8, 3.0)):
+            with socket.create_connection(("127.0.0.1", server.metrics_port)) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                began = time.monotonic()
+                took = None
+                while took is None and time.monotonic() - began < 5:
+                    took = closed_within(sock, interval)
+                    if took is None:
+                        try:
+                            sock.sendall(b"a")
+                        except ConnectionError:
+                            took = time.monotonic() - began
+                elapsed = time.monotonic() - began
+                assert took is not None, "still open after 5 s"
+                assert low <= elapsed <= high, (interval, elapsed)
+        steady.stop()
+        steady.check()
+        assert metrics_closed(server, "timeout") == 2
+        assert server.scrape().value("m365_policyd_connections") == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n40000000\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_metrics_request_body_is_refused_without_being_read(
+    tmp_path: Path, headers: bytes
+) -> None:
+    """A request announcing a 1 GB body (or a chunked one) is answered 413 and closed at once,
+    before any body byte is read; counted, and RSS does not grow."""
+    server = PolicyServer(tmp_path)
+    with server.start(), Steady(server) as steady:
+        assert server.process is not None
+        before = rss_kib(server.process.pid)
+        with socket.create_connection(("127.0.0.1", server.metrics_port), timeout=5) as sock:
+            sock.sendall(headers)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413 "), reply
+        assert b"request bodies are refused" in reply
+        time.sleep(0.3)
+        steady.stop()
+        steady.check()
+        assert metrics_closed(server, "request-body") == 1
+        assert rss_kib(server.process.pid) - before < 4096
+        stop_on_time(server)
+
+
+# --- class 7 (continued): an EMFILE storm is counted, not logged line by line ------------------
+
+
+@pytest.mark.slow
+def test_an_emfile_storm_is_counted_and_logged_at_most_once_a_minute(tmp_path: Path) -> None:
+    """With 128 file descriptors, 150 held connections and then 300 more in a burst: every
+    connection the daemon could not take is counted as accept-failed, the log gets one line
+    about it (Twisted wrote three per connection), the steady connection keeps its 100 ms
+    answers, and once descriptors are free again new connections are answered."""
+    server = PolicyServer(tmp_path, wrapper=["prlimit", "--nofile=128:128", "--"])
+    with server.start():
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        mark = server.log_offset()
+        held: list[socket.socket] = []
+        refused = 0
+        try:
+            with Steady(server) as steady:
+                for _ in range(150):
+                    held.append(socket.create_connection(("127.0.0.1", server.port)))
+                for _ in range(300):
+                    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                        refused += closed_within(sock, 1.0) is not None
+                time.sleep(0.3)
+                refused += sum(closed_within(sock, 0.01) is not None for sock in held)
+            steady.check()
+        finally:
+            for sock in held:
+                sock.close()
+        assert refused >= 300, refused
+        time.sleep(0.3)
+        assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
+        errors = server.scrape().value("m365_policyd_protocol_errors_total", kind="accept-failed")
+        assert errors == refused
+        lines = [line for line in server.log_lines(mark) if "EMFILE" in line]
+        assert len(lines) == 1, lines[:5]
+        assert "cannot accept connections (EMFILE)" in lines[0]
+        assert "LimitNOFILE" in lines[0], lines[0]
+        stop_on_time(server)
+
+
+# --- class 3 (continued): caches, the message and an incomplete request are bounded in bytes ---
+
+
+def pipelined(client: PolicyClient, requests: list[bytes]) -> list[str]:
+    """Send ``requests`` in one write on ``client``'s connection and read every reply."""
+    client.sock.sendall(b"".join(requests))
+    return [client.read_reply() for _ in requests]
+
+
+@pytest.mark.slow
+def test_unique_addresses_under_the_cap_fill_the_caches_only_to_their_byte_bound(
+    tmp_path: Path,
+) -> None:
+    """Own instance: 10,000 RCPTs, each with a unique 960-character sender domain and
+    recipient (under the 1,024 cap, so answered and cached), grow RSS by under 60 MB: the
+    prediction caches are bounded in bytes (by entries alone, 10,000 such answers took
+    ~120 MB and 65,536 would take ~800 MB); a steady connection keeps its 100 ms answers."""
+    server = PolicyServer(tmp_path)
+    with server.start():
+        assert server.process is not None
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        before = rss_kib(server.process.pid)
+        with Steady(server) as steady, server.client() as client:
+            for start in range(0, 10_000, 500):
+                batch = []
+                for i in range(start, start + 500):
+                    pad = f"{i:07d}" + "y" * 950
+                    batch.append(request_text(rcpt(f"a@{pad}.example", f"{pad}@tailspintoys.com")))
+                assert all(answer.startswith("450 ") for answer in pipelined(client, batch))
+        steady.check()
+        grown = rss_kib(server.process.pid) - before
+        assert grown < 60 * 1024, f"RSS grew by {grown} KiB"
+        assert server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT)) == expect
+
+
+@pytest.mark.slow
+def test_a_request_sent_a_byte_at_a_time_costs_about_its_own_size(tmp_path: Path) -> None:
+    """Own instance: 50 connections each send 4,000 bytes of one unfinished request, a byte
+    per write, interleaved (so the daemon reads them a few bytes at a time): RSS grows by
+    under 1 MiB for the 200 KB held (each read used to be kept as its own object, ~40 bytes
+    apiece: 2.3 MB here); the steady connection keeps its answers and each request is
+    answered once finished."""
+    server = PolicyServer(tmp_path)
+    text = request_text(rcpt("app@fabrikam.com", GOOD_RECIPIENT, ccert_subject="s" * 4000))
+    head, tail = text[:4000], text[4000:]
+    with server.start():
+        assert server.process is not None
+        expect = server.ask(rcpt("app@fabrikam.com", GOOD_RECIPIENT))
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+        try:
+            for sock in socks:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            before = rss_kib(server.process.pid)
+            with Steady(server) as steady:
+                for offset in range(len(head)):
+                    byte = head[offset : offset + 1]
+                    for sock in socks:
+                        sock.sendall(byte)
+            steady.check()
+            grown = rss_kib(server.process.pid) - before
+            for sock in socks:
+                sock.sendall(tail)
+            for sock in socks:
+                reply = b""
+                while not reply.endswith(b"\n\n"):
+                    reply += sock.recv(1000)
+                assert reply == f"action={expect}\n\n".encode()
+        finally:
+            for sock in socks:
+                sock.close()
+        assert grown < 1024, f"RSS grew by {grown} KiB"
+
+
+@pytest.mark.slow
+def test_a_message_keeps_at_most_smtpd_recipient_limit_predictions(tmp_path: Path) -> None:
+    """3,000 RCPTs in one message (Postfix's smtpd_recipient_limit is 1000): every one is
+    answered, the DATA header still counts all 3,000, and the session remembers only
+    MESSAGE_RECIPIENT_LIMIT of them (what the outcome join is handed)."""
+    server = export_server(tmp_path)
+    with server.start(), Steady(server, sender=GOOD_SENDER, recipient=GOOD_RECIPIENT) as steady:
+        with server.client() as client:
+            requests = [
+                request_text(rcpt(GOOD_SENDER, f"r{i}@tailspintoys.com", instance="big.1"))
+                for i in range(3000)
+            ]
+            assert set(pipelined(client, requests)) == {"DUNNO"}
+            header = client.ask(data("big.1"))
+        steady.stop()
+        steady.check()
+    assert header.startswith("PREPEND X-M365-Relay: verdict=accept;"), header
+    assert header.endswith("refused=0; recipients=3000"), header
+    session = Session()
+    entry = SimpleNamespace(prediction=object(), refused=False, relayed=True)
+    for _ in range(3000):
+        session.add(entry)  # type: ignore[arg-type]
+    assert (session.count, len(session.recipients)) == (3000, MESSAGE_RECIPIENT_LIMIT)
+
+
+def test_the_outcome_join_is_bounded_in_bytes() -> None:
+    """Own instance: 20,000 messages, each with two 1,000-character addresses, stay within
+    the join's byte bound (by entries alone they were 40,000 addresses of ~2 KB: ~80 MB); the
+    oldest messages go first."""
+    join = OutcomeJoin(Stats())
+    for i in range(20_000):
+        address = f"{i:06d}" + "a" * 980 + "@tailspintoys.com"
+        join.expect(f"Q{i}", [(address, address.upper(), "sender-accepted-domain")], now=float(i))
+    assert join.bytes <= OUTCOME_MAX_BYTES
+    assert join.messages() < 20_000
+    assert join.bytes > OUTCOME_MAX_BYTES * 0.9  # it is filled, not emptied
+    last = join.predicted(delivery_to(f"Q{19_999}", f"{19_999:06d}" + "a" * 980))
+    assert last is not None
+    assert join.predicted(delivery_to("Q0", "000000" + "a" * 980)) is None
+
+
+def delivery_to(queue_id: str, local: str) -> Delivery:
+    return Delivery(
+        service="postfix/smtp",
+        queue_id=queue_id,
+        to=f"{local}@tailspintoys.com",
+        orig_to="",
+        relay="x.mail.protection.outlook.com[192.0.2.1]:25",
+        relay_host="x.mail.protection.outlook.com",
+        relay_address="192.0.2.1",
+        dsn="2.0.0",
+        status="sent",
+    )
+
+
+def test_a_postmap_tables_lookup_cache_is_bounded_in_bytes() -> None:
+    """Own instance: an LDAP table answering 100 KB values for 1,000 keys keeps at most
+    CACHE_BYTES of them (by its 10,000 entries alone it held 100 MB); recent keys stay."""
+    calls: list[str] = []
+
+    def runner(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv[-2])
+        return subprocess.CompletedProcess(argv, 0, argv[-2] + "x" * 100_000 + "\n", "")
+
+    table = tables._PostmapTable(
+        "ldap:/x.cf", "ldap", postmap="postmap", timeout=3, cache_size=10_000, runner=runner
+    )
+    for i in range(1000):
+        assert table.lookup(f"k{i}@contoso.com") is not None
+    assert table.cache_bytes <= tables.CACHE_BYTES
+    assert table.cache_bytes > tables.CACHE_BYTES * 0.9
+    asked = len(calls)
+    table.lookup("k999@contoso.com")  # the most recent is still cached
+    assert len(calls) == asked
+
+
+# --- class 8 (continued): the daemon runs under the hardened unit's restrictions --------------
+
+#: The shipped unit (the Debian package installs the same file).
+UNIT = ROOT / "systemd" / "m365-policyd.service"
+
+
+@pytest.mark.postfix
+def test_the_daemon_lives_under_the_units_system_call_filter(tmp_path: Path) -> None:
+    """systemd is not PID 1 where the tests run, so the unit's SystemCallFilter=,
+    SystemCallErrorNumber=, MemoryDenyWriteExecute=, NoNewPrivileges= and UMask= are rebuilt
+    around the real daemon (``tests/sandbox.py``), run without any capability (as uid 0: the
+    test's interpreter lives under a 0700 /root): it starts, answers (also a recipient that
+    needs ``postmap -q`` on a hash: alias table, in a worker thread, postmap itself under the
+    filter too), reloads on SIGHUP, serves /metrics and stops on time, and no call is refused
+    along the way."""
+    postmap = program("postmap", "postfix")
+    if shutil.which("systemd-analyze") is None:
+        require("systemd-analyze not found (Debian package 'systemd')")
+    aliases = tmp_path / "virtual"
+    aliases.write_text(f"team@contoso.com {GOOD_RECIPIENT}\n")
+    subprocess.run([postmap, f"hash:{aliases}"], check=True, timeout=10)
+    body = EXPORT_BODY.replace("[onprem]\n", f'[onprem]\nalias_maps = ["hash:{aliases}"]\n', 1)
+    wrapper = [
+        "setpriv",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        sys.executable,
+        "-m",
+        "tests.sandbox",
+        str(UNIT),
+        "--",
+    ]
+    server = PolicyServer(tmp_path / "srv", body, wrapper=wrapper)
+    server.write_file("inbound-connectors.json", json.dumps(CONNECTORS))
+    with server.start():
+        assert server.process is not None
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
+        assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE), status
+        with good_steady(server) as steady:
+            assert server.ask(rcpt(GOOD_SENDER, "team@contoso.com")) == "DUNNO"
+            mark = server.log_offset()
+            server.reload()
+            server.wait_for_log("reloaded configuration", after=mark)
+            assert server.ask(rcpt(GOOD_SENDER, "team@contoso.com")) == "DUNNO"
+            samples = server.scrape()
+        steady.check()
+        assert samples.value("m365_policyd_config_reloads_total", result="success") == 1
+        assert samples.value("m365_policyd_internal_errors_total") == 0
+        stop_on_time(server)
+    problems = server.log() + server.stderr()
+    assert "Operation not permitted" not in problems
+    assert "Traceback" not in problems
+
+
+# --- class 2 (continued): a reload's heap settling does not pause the answers ------------------
+
+
+def test_a_dropped_state_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
+    """States (certificate, export, texthash alias map) are freed whole by reference counting:
+    a reload need not walk the whole heap to reclaim the previous one (settle_after_reload)."""
+    cert = cert_server(tmp_path / "cert")
+    export = export_server(tmp_path / "export")
+    aliases = export.write_file("virtual", "a@contoso.com b@contoso.com\n")
+    export.body = export.body.replace(
+        "[onprem]\n", f'[onprem]\nalias_maps = ["texthash:{aliases}"]\n', 1
+    )
+    for server in (cert, export):
+        server.write_config()
+        gc.collect()
+        gc.freeze()
+        try:
+            state = load_state(str(server.config_path), 1)
+            gc.collect()
+            gc.freeze()  # as the daemon holds it
+            del state
+            gc.unfreeze()
+            assert gc.collect() == 0
+        finally:
+            gc.unfreeze()
+
+
+def test_settling_after_a_reload_walks_the_whole_heap_only_for_a_held_state() -> None:
+    """A replaced state nobody else holds: only the unfrozen objects are collected (frozen
+    cyclic garbage stays frozen, untouched); one still held (a cycle): the whole heap is
+    collected and that cycle reclaimed."""
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    frozen_garbage = Node()
+    witness = weakref.ref(frozen_garbage)
+    settle_heap()
+    del frozen_garbage
+    assert settle_after_reload([object()]) is False  # type: ignore[list-item]
+    assert witness() is not None  # the frozen heap was not walked
+    held = Node()
+    gone = weakref.ref(held)
+    replaced = [held]
+    del held
+    assert settle_after_reload(replaced) is True  # type: ignore[arg-type]
+    assert gone() is None and witness() is None
+
+
+# --- class 8 (continued): doctor warns about exposure and prints names escaped -----------------
+
+
+def doctor_checks(server: PolicyServer) -> dict[str, dict[str, str]]:
+    """``doctor --json`` on the server's configuration: its checks by id."""
+    server.write_config()
+    result = cli("doctor", "-c", str(server.config_path), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return {check["id"]: check for check in json.loads(result.stdout)["checks"]}
+
+
+@pytest.mark.slow
+def test_doctor_warns_for_every_endpoint_that_is_not_loopback_or_unix(tmp_path: Path) -> None:
+    """``listen = ["tcp:10040"]`` (every interface) and a metrics endpoint on 0.0.0.0: doctor
+    warns, naming both; loopback and unix endpoints are fine."""
+    server = PolicyServer(
+        tmp_path,
+        listen=["tcp:10040", f"unix:{tmp_path}/policy.sock"],
+        server_extra="",
+    )
+    server.metrics_port = 9464
+    exposed_check = doctor_checks(server)["listen-exposed"]
+    text = server.config_path.read_text().replace(
+        'metrics = "tcp:9464:interface=127.0.0.1"', 'metrics = "tcp:9464:interface=0.0.0.0"'
+    )
+    server.config_path.write_text(text)
+    result = cli("doctor", "-c", str(server.config_path), "--json")
+    both = {c["id"]: c for c in json.loads(result.stdout)["checks"]}["listen-exposed"]
+    assert exposed_check["status"] == "warning"
+    assert "server.listen tcp:10040 listens on every interface" in exposed_check["finding"]
+    assert "server.metrics" not in exposed_check["finding"]
+    assert both["status"] == "warning"
+    assert (
+        "server.metrics tcp:9464:interface=0.0.0.0 listens on every interface" in (both["finding"])
+    )
+    assert doctor_checks(PolicyServer(tmp_path / "quiet"))["listen-exposed"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_doctor_warns_when_the_certificate_file_also_holds_the_private_key(
+    tmp_path: Path,
+) -> None:
+    """A certificate file that also holds the private key (as some make for Postfix's
+    smtp_tls_chain_files): the daemon reads it, so doctor warns, naming the file and how to
+    give the daemon the certificate alone; without the key, the check is ok."""
+    pki = TestPKI(now=datetime.now(UTC))
+    server = PolicyServer(tmp_path, CERT_BODY)
+    pki.write_ca_bundle(tmp_path)
+    leaf = pki.leaf("mail.contoso.com", ["mail.contoso.com"])
+    server.write_file("cert.pem", pki.chain_pem(leaf))
+    assert doctor_checks(server)["certificate-holds-key"]["status"] == "ok"
+    server.write_file("cert.pem", leaf.key_pem() + pki.chain_pem(leaf))
+    check = doctor_checks(server)["certificate-holds-key"]
+    assert check["status"] == "warning"
+    assert str(tmp_path / "cert.pem") in check["finding"]
+    assert "openssl x509" in check["fix"]
+    serving = PolicyServer(tmp_path / "serve", CERT_BODY)  # the daemon reads it all the same
+    pki.write_ca_bundle(tmp_path / "serve")
+    serving.write_file("cert.pem", leaf.key_pem() + pki.chain_pem(leaf))
+    with serving.start():
+        assert serving.ask(rcpt("", GOOD_RECIPIENT)) == "DUNNO"
+        stop_on_time(serving)
+
+
+def test_doctor_prints_certificate_and_connector_names_with_controls_escaped(
+    tmp_path: Path,
+) -> None:
+    """A certificate whose names carry ESC sequences and a newline, and a connector named with
+    a right-to-left override: doctor's text report writes them as \\uXXXX, never raw (a name
+    could otherwise clear the terminal or forge a report line)."""
+    pki = TestPKI(now=datetime.now(UTC))
+    body = CERT_BODY.replace('name = "Certificate connector"', 'name = "Cert\\u202econnector"')
+    server = PolicyServer(tmp_path, body)
+    pki.write_ca_bundle(tmp_path)
+    leaf = pki.leaf("evil\x1b[2J\n[ ok ] forged", ["mail.contoso.com\x1b]0;owned\x07"])
+    server.write_file("cert.pem", pki.chain_pem(leaf))
+    server.write_config()
+    result = cli("doctor", "-c", str(server.config_path))
+    assert result.returncode in (0, 1), result.stderr
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in result.stdout
+    assert "evil\\u001b[2J\\u000a[ ok ] forged" in result.stdout
+    assert "mail.contoso.com\\u001b]0;owned\\u0007" in result.stdout
+    assert "Cert\\u202econnector" in result.stdout
+    assert not any(line.startswith("[ ok ] forged") for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_connector_name_in_an_export_cannot_forge_reload_log_lines(
+    tmp_path: Path, log_format: str
+) -> None:
+    """Own instance: an export whose connector Name carries U+2028, NEL and a bidi override
+    (a file written by another tool or person) is logged escaped in the reload line of both
+    formats: still one line, no raw separator."""
+    server = export_server(tmp_path, log_format=log_format)
+    forged = "From\u2028time=2026-01-01T00:00:00Z level=error event=forged\u0085x\u202ey"
+    with server.start():
+        mark = server.log_offset()
+        server.write_file(
+            "inbound-connectors.json", json.dumps([{**CONNECTORS[0], "Name": forged}])
+        )
+        server.reload()
+        line = server.wait_for_log("reloaded configuration", after=mark)
+        raw = server.log()
+        stop_on_time(server)
+    for char in "\u2028\u0085\u202e":
+        assert char not in raw
+        assert f"\\u{ord(char):04x}" in line
+    if log_format == "json":
+        assert forged in json.loads(line)["connectors"][0]
+
+
+@pytest.mark.slow
+def test_a_metrics_client_that_pipelines_scrapes_and_never_reads_is_cut_off(
+    tmp_path: Path,
+) -> None:
+    """Own instance: one connection sends 2,000 pipelined ``GET /metrics`` and reads nothing
+    for 2.5 s. Only the first is answered (one request per connection, ``Connection: close``;
+    all 2,000 used to be rendered on the reactor one after the other, and the steady client
+    timed out), the connection is closed within its 2 s budget, RSS stays within a few MB, and
+    policy answers stay within 100 ms."""
+    server = PolicyServer(tmp_path, server_extra="metrics_timeout = 2")
+    with server.start(), Steady(server) as steady:
+        assert server.process is not None
+        before = rss_kib(server.process.pid)
+        with socket.create_connection(("127.0.0.1", server.metrics_port)) as sock:
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):  # the daemon may close before all is sent
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+            time.sleep(2.5)
+            grown = rss_kib(server.process.pid) - before
+            received = b""
+            with contextlib.suppress(OSError):  # closed: EOF, or a reset for unread requests
+                while chunk := sock.recv(65536):
+                    received += chunk
+        steady.stop()
+        steady.check()
+        assert received.count(b"HTTP/1.1 200 ") == 1, received[:200]
+        assert b"Connection: close" in received
+        assert grown < 8 * 1024, f"RSS grew by {grown} KiB"
+        assert server.scrape().value("m365_policyd_connections") is not None
+
+
+# --- own instances for classes 1, 5 and 6 -------------------------------------------------------
+
+
+def test_a_fifo_in_place_of_a_texthash_alias_map_is_a_failed_reload(tmp_path: Path) -> None:
+    """Own instance (class 1): the texthash alias map replaced by a FIFO, then SIGHUP: a
+    failed, counted reload naming it; the old map keeps expanding within 100 ms; SIGTERM
+    still stops the daemon on time."""
+    server = export_server(tmp_path)
+    aliases = server.write_file("virtual", f"team@contoso.com {GOOD_RECIPIENT}\n")
+    server.body = server.body.replace(
+        "[onprem]\n", f'[onprem]\nalias_maps = ["texthash:{aliases}"]\n', 1
+    )
+    with server.start():
+        with Steady(server, sender=GOOD_SENDER, recipient="team@contoso.com") as steady:
+            mark = server.log_offset()
+            make_fifo(aliases)
+            server.reload()
+            line = failed_reload(server, mark)
+            time.sleep(0.3)
+        steady.check()
+        assert steady.expect == "DUNNO"
+        assert "virtual" in line and "not a regular file (a FIFO)" in line
+        assert reloads(server, "failure") == 1
+        stop_on_time(server)
+
+
+@pytest.mark.slow
+def test_a_hundred_thousand_duplicate_domains_and_twenty_thousand_connectors_load_linearly(
+    tmp_path: Path,
+) -> None:
+    """Own instance (class 5): exports with 100,000 accepted domains plus 100,000 duplicates of
+    one, and 20,000 connectors (under the 32 MiB cap) are read in seconds by ``check`` (a
+    quadratic de-duplication would take hours), with the right answer."""
+    domains = [
+        {"DomainName": f"d{i}.contoso.com", "DomainType": "Authoritative"} for i in range(100_000)
+    ]
+    domains += [{"DomainName": "contoso.com", "DomainType": "Authoritative"}] * 100_000
+    connectors = [
+        {**CONNECTORS[0], "Name": f"c{i}", "TlsSenderCertificateName": f"*.h{i}.contoso.com"}
+        for i in range(20_000)
+    ]
+    server = export_server(tmp_path)
+    server.write_file("inbound-connectors.json", json.dumps(connectors))
+    server.write_file("accepted-domains.json", json.dumps(domains))
+    server.body = server.body.replace(
+        'accepted_domains = ["contoso.com"]', 'accepted_domains_file = "accepted-domains.json"'
+    )
+    server.write_config()
+    began = time.monotonic()
+    result = cli(
+        "check", "-c", str(server.config_path), "--sender", GOOD_SENDER, "--recipient",
+        GOOD_RECIPIENT, timeout=60,
+    )  # fmt: skip
+    took = time.monotonic() - began
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accept" in result.stdout
+    assert took < 30, f"check took {took:.1f} s"
+
+
+def test_a_configuration_the_daemon_cannot_read_is_a_failed_reload(tmp_path: Path) -> None:
+    """Own instance (class 6): the configuration file becomes unreadable to the daemon (mode
+    0000, no root override), then SIGHUP: a failed, counted reload naming the file and the
+    permission fix; answers stay DUNNO from the old state."""
+    server = export_server(tmp_path, wrapper=NO_DAC)
+    with server.start(), good_steady(server) as steady:
+        mark = server.log_offset()
+        server.config_path.chmod(0)
+        server.reload()
+        line = failed_reload(server, mark)
+        time.sleep(0.3)
+        steady.stop()
+        steady.check()
+        assert "m365-policyd.toml" in line and "Permission denied" in line, line
+        assert "chmod g+r" in line, line
+        assert reloads(server, "failure") == 1
+        server.config_path.chmod(0o644)
+        stop_on_time(server)

@@ -50,6 +50,7 @@ from policyd.constants import (
     LOG_TEXT,
     LOG_WARN,
 )
+from policyd.engine.stats import LogThrottle
 
 if TYPE_CHECKING:
     from policyd.engine.cache import PredictionLine
@@ -461,8 +462,80 @@ def _descriptor(stream: TextIO) -> int | None:
     return fd
 
 
-def start_logging(output: LogOutput) -> None:
-    """Send every twisted.logger event to ``output`` from now on (once per process)."""
+#: Twisted's own lines when accept(2) fails (``twisted.internet.tcp``): one per failed accept, and
+#: three for each connection its EMFILE recovery accepts only to close at once, so a storm of
+#: connections to a process out of file descriptors writes thousands of lines a second.
+_ACCEPT_FAILED = "Could not accept new connection ({acceptError})"
+_EMFILE_CLOSED = "EMFILE recovery: Closed socket from {address}"
+_EMFILE_STEPS = frozenset(
+    {
+        "EMFILE encountered; releasing reserved file descriptor.",
+        "Re-reserving EMFILE recovery file descriptor.",
+    }
+)
+
+#: What to do about an accept error, by errno name.
+_ACCEPT_FIXES = {
+    "EMFILE": "the process is out of file descriptors: raise LimitNOFILE= (systemd) or "
+    "ulimit -n, or lower server.max_connections",
+    "ENFILE": "the system is out of file descriptors (fs.file-max)",
+}
+
+
+class AcceptErrors:
+    """A log observer in front of another: accept failures are counted, and logged rate-limited.
+
+    Twisted's lines for a failed accept(2) (and for its EMFILE recovery, which accepts and
+    closes at once) are not passed on one by one: ``count(1)`` is called per connection not
+    taken (``m365_policyd_protocol_errors_total{kind="accept-failed"}``), and one warning is
+    written at most once per ``LOG_INTERVAL`` with how many there were since the last (issue
+    16: an EMFILE storm wrote thousands of lines in seconds). Every other event passes through.
+    """
+
+    def __init__(
+        self,
+        observer: Callable[[Mapping[str, Any]], None],
+        count: Callable[[int], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._observer = observer
+        self._count = count
+        self._throttle = LogThrottle(clock)
+        self._since = 0  # connections not taken since the last warning
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        text = event.get("log_format")
+        if text in _EMFILE_STEPS:
+            return
+        if text == _ACCEPT_FAILED:
+            error = str(event.get("acceptError", "unknown error"))
+        elif text == _EMFILE_CLOSED:
+            error = "EMFILE"
+        else:
+            self._observer(event)
+            return
+        self._count(1)
+        self._since += 1
+        if self._throttle.allow("accept") is None:
+            return
+        since, self._since = self._since, 0
+        self._observer(
+            {
+                "log_level": LogLevel.warn,
+                "log_namespace": event.get("log_namespace", __name__),
+                "log_format": "cannot accept connections ({error}): {since} connection(s) "
+                "closed unanswered since the last such line (at most one a minute); {fix}",
+                "error": error,
+                "since": since,
+                "fix": _ACCEPT_FIXES.get(error, "see accept(2)"),
+                "log_time": event.get("log_time"),
+            }
+        )
+
+
+def start_logging(output: Callable[[Mapping[str, Any]], None]) -> None:
+    """Send every twisted.logger event to ``output`` (a ``LogOutput``, or ``AcceptErrors``
+    in front of one) from now on (once per process)."""
     # Twisted calls observers as plain callables; declaring the zope interface would only add
     # an untyped dependency, so the cast states the protocol instead.
     observer = cast(ILogObserver, output)

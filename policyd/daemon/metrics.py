@@ -233,6 +233,15 @@ class PolicydCollector:
             value=stats.log_lines_skipped,
         )
 
+        yield _labelled(
+            "metrics_connections_closed_total",
+            "/metrics connections the daemon closed: too many open, time budget spent, or a "
+            "request body announced.",
+            ["reason"],
+            stats.metrics_connections_closed,
+            METRICS_CLOSE_REASONS,
+        )
+
         info = GaugeMetricFamily(
             PREFIX + "build_info", "The running m365-policyd version.", labels=["version"]
         )
@@ -304,15 +313,159 @@ class MetricsResource(Resource):
         return b"not found; metrics are at /metrics\n"
 
 
+#: Seconds a ``/metrics`` connection may send nothing at all before it is closed (within the
+#: total ``server.metrics_timeout``, which a client sending a byte now and then also meets).
+METRICS_IDLE_TIMEOUT = 5.0
+
+
+def idle_timeout(total_timeout: float) -> float:
+    """The idle timeout of a ``/metrics`` connection: ``METRICS_IDLE_TIMEOUT``, or half the
+    total budget when that is shorter."""
+    return min(METRICS_IDLE_TIMEOUT, total_timeout / 2)
+
+
+#: ``m365_policyd_metrics_connections_closed_total{reason}``: a ``/metrics`` connection closed
+#: by the daemon because the budget was full, its time was up, or it sent a request body.
+METRICS_TOO_MANY = "too-many-connections"
+METRICS_TIMEOUT = "timeout"
+METRICS_REQUEST_BODY = "request-body"
+METRICS_CLOSE_REASONS = (METRICS_TOO_MANY, METRICS_TIMEOUT, METRICS_REQUEST_BODY)
+
+#: The whole answer to a request that announces a body: Prometheus never sends one.
+_BODY_REFUSED = (
+    b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 42\r\n"
+    b"Connection: close\r\n\r\n"
+    b"request bodies are refused; GET /metrics\n\n"
+)
+
+
+class MetricsChannel(http.HTTPChannel):
+    """One ``/metrics`` connection with its own budget (issue 16, SPEC §6): one request, then
+    closed; closed when the site's ``total_timeout`` has passed since it opened, however it
+    behaves; and answered 413 then closed, unread, as soon as a request announces a body
+    (``Content-Length`` above 0 or ``Transfer-Encoding``)."""
+
+    site: MetricsSite  # set by Site.buildProtocol
+    _deadline: Any = None  # IDelayedCall
+    _refused = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted callback name
+        super().connectionMade()  # type: ignore[no-untyped-call]  # untyped in Twisted
+        call_later: Any = self.callLater  # the site's reactor's (HTTPFactory.buildProtocol)
+        self._deadline = call_later(self.site.total_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self.site.count(METRICS_TIMEOUT)
+        self._transport().abortConnection()
+
+    def timeoutConnection(self) -> None:  # noqa: N802 - Twisted callback name
+        """Idle for ``METRICS_IDLE_TIMEOUT``: counted, then Twisted's own close."""
+        self.site.count(METRICS_TIMEOUT)
+        super().timeoutConnection()  # type: ignore[no-untyped-call]  # untyped in Twisted
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802 - Twisted name
+        """One request per connection (the answer says ``Connection: close``): a client that
+        pipelines thousands of scrapes and reads none would otherwise have them all rendered
+        on the reactor, one after the other, answers to Postfix waiting meanwhile."""
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+    def allHeadersReceived(self) -> None:  # noqa: N802 - Twisted callback name
+        if self.length != 0:  # a body is announced (None: chunked); never read it
+            self._refused = True
+            self.site.count(METRICS_REQUEST_BODY)
+            transport = self._transport()
+            transport.write(_BODY_REFUSED)
+            self.loseConnection()  # type: ignore[no-untyped-call]  # stops reading at once
+            return
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]  # untyped in Twisted
+
+    def rawDataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted callback name
+        if not self._refused:  # the rest of a read that carried a refused request's headers
+            super().rawDataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted callback name
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        self.site.closed()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # untyped in Twisted
+
+    def _transport(self) -> Any:
+        """The transport, typed loosely (mypy misreads zope interface methods)."""
+        return self.transport
+
+
 class MetricsSite(Site):
-    """A ``Site`` that does not log every scrape (Prometheus scrapes every few seconds)."""
+    """The ``/metrics`` HTTP factory: scrapes are not logged, and connections have their own
+    budget so that no scraper (or anyone else who can reach the port) can take the file
+    descriptors and the reactor time policy connections need: at most ``max_connections``
+    open (more are closed at accept, before any byte is read), each closed after
+    ``total_timeout`` seconds in all or ``METRICS_IDLE_TIMEOUT`` without a byte, and no
+    request bodies. ``count(reason)`` is told of every connection closed for one of
+    ``METRICS_CLOSE_REASONS``."""
 
     noisy = False
+    protocol = MetricsChannel  # type: ignore[assignment]  # a plain HTTP/1.1 channel: no TLS, so no HTTP/2 negotiation
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        max_connections: int = 32,
+        total_timeout: float = 10.0,
+        count: Callable[[str], None] = lambda reason: None,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]  # Site.__init__ is untyped
+            resource, timeout=idle_timeout(total_timeout), reactor=reactor
+        )
+        self.max_connections = max_connections
+        self.total_timeout = total_timeout
+        self.count = count
+        self.open_count = 0
+
+    def set_budget(self, max_connections: int, total_timeout: float) -> None:
+        """New limits (a reload); they apply to connections opened from now on."""
+        self.max_connections = max_connections
+        self.total_timeout = total_timeout
+        self.timeOut = idle_timeout(total_timeout)
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted method name
+        """A channel, or None past ``max_connections`` (the listener then closes the socket
+        at once: the descriptor is free again before the next accept)."""
+        if self.open_count >= self.max_connections:
+            self.count(METRICS_TOO_MANY)
+            return None
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # untyped
+        self.open_count += 1
+        return channel
+
+    def closed(self) -> None:
+        """A channel built here was lost."""
+        self.open_count -= 1
 
     def log(self, request: http.Request) -> None:
         """Scrapes are not logged."""
 
 
-def metrics_site(registry: CollectorRegistry) -> MetricsSite:
-    """The HTTP factory to listen with on ``server.metrics``."""
-    return MetricsSite(MetricsResource(registry))  # type: ignore[no-untyped-call]  # Site.__init__ is untyped
+def metrics_site(
+    registry: CollectorRegistry,
+    *,
+    max_connections: int = 32,
+    total_timeout: float = 10.0,
+    count: Callable[[str], None] = lambda reason: None,
+    reactor: Any = None,
+) -> MetricsSite:
+    """The HTTP factory to listen with on ``server.metrics`` (``server.metrics_max_connections``,
+    ``server.metrics_timeout``; ``count`` as ``MetricsSite``'s)."""
+    return MetricsSite(
+        MetricsResource(registry),
+        max_connections=max_connections,
+        total_timeout=total_timeout,
+        count=count,
+        reactor=reactor,
+    )

@@ -42,12 +42,12 @@ from policyd.daemon.endpoints import (
     parse_endpoint,
 )
 from policyd.daemon.followers import OutcomeWatcher
-from policyd.daemon.log import FIELDS, LogOutput, default_output, start_logging
-from policyd.daemon.metrics import PolicydCollector, make_registry, metrics_site
+from policyd.daemon.log import FIELDS, AcceptErrors, LogOutput, default_output, start_logging
+from policyd.daemon.metrics import MetricsSite, PolicydCollector, make_registry, metrics_site
 from policyd.daemon.systemd import Notifier
 from policyd.daemon.watch import FileWatcher, Stamp, StatFunction, watched_paths
 from policyd.engine.policy import PolicyEngine
-from policyd.engine.stats import Stats
+from policyd.engine.stats import ACCEPT_FAILED, Stats
 from policyd.errors import ConfigError
 from policyd.sources.config import Config
 from policyd.sources.postfix import stop_tools
@@ -154,6 +154,7 @@ class Server:
         self._load = load or load_state
         self.exit_status = EXIT_OK
         self.ports: list[ListeningPort] = []
+        self.metrics_site: MetricsSite | None = None  # once endpoints() made it
         self.outcomes = OutcomeWatcher(self.stats, reactor)  # follows [outcomes] once started
         self.engine: PolicyEngine = PolicyEngine(
             state,
@@ -206,7 +207,19 @@ class Server:
             endpoint = parse_endpoint(
                 self.reactor, server.metrics, self.config_path, "server.metrics"
             )
-            site = metrics_site(make_registry(self.collector))
+            closed = self.stats.metrics_connections_closed
+
+            def count(reason: str) -> None:
+                closed[reason] += 1
+
+            site = metrics_site(
+                make_registry(self.collector),
+                max_connections=server.metrics_max_connections,
+                total_timeout=server.metrics_timeout,
+                count=count,
+                reactor=self.reactor,
+            )
+            self.metrics_site = site
             found.append(("server.metrics", server.metrics, endpoint, site))
         return found
 
@@ -370,6 +383,10 @@ class Server:
         self.engine.replace_state(state)
         if hasattr(self.factory, "settings"):
             self.factory.settings = config.server
+        if self.metrics_site is not None:  # the budget applies to connections from now on
+            self.metrics_site.set_budget(
+                config.server.metrics_max_connections, config.server.metrics_timeout
+            )
         self.output.configure(config.log.format, config.log.level)
         self.stats.reloads["success"] += 1
         self.stats.last_reload_success = self.reactor.seconds()
@@ -391,7 +408,10 @@ class Server:
             )
         self._schedule_checks(config.server.reload_interval)
         self.configure_outcomes()
-        settle_heap()
+        replaced = [old]
+        del old
+        if settle_after_reload(replaced):
+            _log.debug("reload: the replaced state was still referenced; collected the whole heap")
         return True
 
     # --- shutdown ---------------------------------------------------------------------------
@@ -448,7 +468,7 @@ def raise_open_files_limit() -> int:
 
     Each Postfix connection is a file descriptor. The usual soft limit (1024) is below the
     default ``max_connections`` (4096); past it, Twisted closes new connections at accept time
-    without our counting them.
+    (counted as ``accept-failed``, see ``policyd.daemon.log.AcceptErrors``).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -479,12 +499,36 @@ def settle_heap() -> None:
     The loaded state (tenant, alias maps: up to hundreds of thousands of objects) lives until the
     next reload; without ``gc.freeze()`` every full collection walks it and pauses request
     handling for milliseconds (measured: 17 ms at start-up, ~1 ms eleven times per 10 s).
-    Frozen objects are still freed by reference counting; unfreezing first lets the collection
-    at each reload also reclaim any cycles left over from the previous state.
+    Frozen objects are still freed by reference counting; unfreezing first lets this collection
+    also reclaim any cycles left over from a previous state. It walks the whole heap: at
+    start-up, and after a reload only when needed (``settle_after_reload``).
     """
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def settle_after_reload(replaced: list[State]) -> bool:
+    """After a reload's swap: collect and freeze what is not frozen yet (the new state, what
+    the load left behind); True when the whole heap had to be collected too.
+
+    ``replaced`` holds the one reference left to the old state; it is emptied here. Walking
+    the whole heap (``settle_heap``) paused answers for 55-75 ms at every reload, so it runs
+    only when the old state is still held by something else once that reference is dropped:
+    a reference cycle (which only a full collection of the unfrozen heap reclaims) or a lookup
+    still in flight. A state holds no cycles below its root (``tests/test_hardening.py``
+    checks that a dropped state leaves no cyclic garbage), so normally reference counting
+    frees it whole, at once.
+    """
+    old = replaced.pop()
+    held = sys.getrefcount(old) > 2  # this name and getrefcount's argument
+    del old
+    if held:
+        settle_heap()
+        return True
+    gc.collect()  # what is not frozen: the new state; frozen objects are not walked
+    gc.freeze()
+    return False
 
 
 def _why(error: BaseException) -> str:
@@ -542,13 +586,18 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
         dropped,
     )
     server = Server(config_path, state, reactor, output, stats=stats, handle_sighup=True)
+    del state  # the server owns it now: a reload frees it whole (settle_after_reload)
     try:
         endpoints = server.endpoints()
     except ListenError as error:
         signal.signal(signal.SIGHUP, previous)
         sys.stderr.write(f"m365-policyd: {error}\n")
         return error.status
-    start_logging(output)
+
+    def accept_failed(connections: int) -> None:
+        stats.protocol_errors[ACCEPT_FAILED] += connections
+
+    start_logging(AcceptErrors(output, accept_failed, reactor.seconds))
     for key, description in [
         *(("server.listen", item) for item in config.server.listen),
         ("server.metrics", config.server.metrics),
@@ -567,7 +616,8 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     if limit < config.server.max_connections + FD_MARGIN:
         _log.warn(
             "server.max_connections = {wanted} but only {limit} file descriptors are allowed; "
-            "connections beyond about {usable} are closed uncounted: raise LimitNOFILE= (systemd) "
+            "connections beyond about {usable} are closed at accept (accept-failed): raise "
+            "LimitNOFILE= (systemd) "
             "or ulimit -n, or lower server.max_connections",
             wanted=config.server.max_connections,
             limit=limit,

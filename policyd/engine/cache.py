@@ -13,7 +13,10 @@ always the same. ``PredictionCache`` keeps two bounded maps and drops both toget
 Both are dropped whole when the state is replaced (a reload), when a certificate validity
 boundary passes (the attribution may change: the clock is injected; every tenant's and every
 smtp service's certificate counts), and each map on its own when it reaches ``CACHE_LIMIT``
-entries (cheap, and entries are cheap to redo).
+entries or ``CACHE_BYTES`` estimated bytes (cheap, and entries are cheap to redo). The bytes
+bound matters, not the entries (issue 16): an answer's size grows with its addresses' lengths
+and with the alias expansion (up to 1,000 final addresses), so 65,536 entries could be
+gigabytes; ``answer_bytes`` estimates one answer from its strings.
 """
 
 from __future__ import annotations
@@ -33,6 +36,25 @@ if TYPE_CHECKING:
 
 #: Entries kept per map before it is cleared whole.
 CACHE_LIMIT = 65536
+
+#: Estimated bytes kept per map before it is cleared whole (see ``answer_bytes``).
+CACHE_BYTES = 32 << 20
+
+#: Estimated bytes of the objects around one answer (the entry, its log line's fields and
+#: rendered tails, the dict slot and key tuple), and around each final address's prediction.
+ANSWER_OVERHEAD = 1200
+ADDRESS_OVERHEAD = 400
+
+
+def answer_bytes(sender: str, recipient: str, prediction: RecipientPrediction) -> int:
+    """Estimated memory of one cached answer: fixed overheads plus its strings, which the
+    log line keeps again rendered in each format (hence the factor for sender and recipient).
+    An estimate: CPython's exact sizes differ by version; it errs high."""
+    size = ANSWER_OVERHEAD + 3 * (len(sender) + len(recipient))
+    for address in prediction.addresses:
+        size += ADDRESS_OVERHEAD + 2 * (len(address.address) + len(address.explanation))
+    return size
+
 
 #: ``(action, prediction, policy) -> Postfix action text`` (``policyd.engine.policy``).
 AnswerText = Callable[[str, RecipientPrediction, "PolicySettings"], str]
@@ -144,6 +166,8 @@ class PredictionCache:
         self._valid_until = -math.inf  # recompute the attribution from this instant on
         self._predictions: dict[tuple[str, str], tuple[RecipientPrediction, bool]] = {}
         self._entries: dict[tuple[str, str], Entry] = {}
+        self._predictions_bytes = 0  # answer_bytes of what each map holds
+        self._entries_bytes = 0
 
     @property
     def state(self) -> State:
@@ -160,6 +184,13 @@ class PredictionCache:
     def _forget(self) -> None:
         self._predictions = {}
         self._entries = {}
+        self._predictions_bytes = 0
+        self._entries_bytes = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Estimated bytes held: (predictions, entries)."""
+        return self._predictions_bytes, self._entries_bytes
 
     def attribution(self) -> Attribution:
         """The current attribution, recomputed (and the answers dropped) at a validity boundary."""
@@ -210,9 +241,12 @@ class PredictionCache:
         self, sender: str, recipient: str, cached: tuple[RecipientPrediction, bool]
     ) -> None:
         """Keep a prediction computed elsewhere (a worker thread) for this state."""
-        if len(self._predictions) >= CACHE_LIMIT:
+        cost = answer_bytes(sender, recipient, cached[0])
+        if len(self._predictions) >= CACHE_LIMIT or self._predictions_bytes + cost > CACHE_BYTES:
             self._predictions = {}
+            self._predictions_bytes = 0
         self._predictions[self.key(sender, recipient)] = cached
+        self._predictions_bytes += cost
         # A tenant's or a service's certificate boundary ends this prediction's validity too.
         self._valid_until = min(self._valid_until, self._state.predictor.valid_until())
 
@@ -237,7 +271,10 @@ class PredictionCache:
         entry = Entry(
             prediction, sender, sender_accepted, self._state.config.policy, self._answer_text
         )
-        if len(self._entries) >= CACHE_LIMIT:
+        cost = answer_bytes(sender, recipient, prediction)
+        if len(self._entries) >= CACHE_LIMIT or self._entries_bytes + cost > CACHE_BYTES:
             self._entries = {}
+            self._entries_bytes = 0
         self._entries[(sender, recipient)] = entry
+        self._entries_bytes += cost
         return entry

@@ -9,8 +9,9 @@ when the queue ID and the recipient (``to=``, else ``orig_to=``) match a predict
 the kinds are equal, so a refusal predicted for the wrong reason is a disagreement. Postfix's
 own failures (``relay=none``, a lost connection, its own TLS failure) are no reply of
 Microsoft's and are not counted. The join state is bounded in size (``MAX_ENTRIES``
-addresses, oldest message dropped first) and age (``MAX_AGE``, measured with the ``now`` its
-callers pass in). Reactor-free.
+addresses and ``MAX_BYTES`` estimated bytes, oldest message dropped first: addresses of up to
+1,024 characters make the entry count alone no bound on memory) and age (``MAX_AGE``, measured
+with the ``now`` its callers pass in). Reactor-free.
 
 Each delivery attempt counts once: a recipient deferred with ``4.4.62`` and delivered later
 counts ``wrong-region`` and then ``accepted``.
@@ -43,6 +44,13 @@ DEFAULT_RELAY_HOSTS: tuple[str, ...] = RELAY_HOSTS.default
 #: (longer than Postfix's default maximal_queue_lifetime of 5 days, so late retries still join).
 MAX_ENTRIES = 100_000
 
+#: Estimated bytes of the join state (see ``_Message.cost``) before the oldest messages go.
+MAX_BYTES = 32 << 20
+
+#: Estimated bytes around one remembered address (dict slot, key string, kind tuple) and one
+#: message (its object, dicts and queue ID), besides the strings' own characters.
+ADDRESS_BYTES = 150
+MESSAGE_BYTES = 600
 
 MAX_AGE = 7 * 86400.0
 
@@ -71,6 +79,11 @@ class _Message:
     def size(self) -> int:
         return len(self.finals) + len(self.originals)
 
+    def cost(self, queue_id: str) -> int:
+        """Estimated bytes this message takes in the join."""
+        keys = (*self.finals, *self.originals)
+        return MESSAGE_BYTES + len(queue_id) + sum(ADDRESS_BYTES + len(key) for key in keys)
+
 
 class OutcomeJoin:
     """Predictions at DATA joined with the replies Postfix logged (see the module docstring).
@@ -84,13 +97,17 @@ class OutcomeJoin:
         relay_hosts: Iterable[str] = DEFAULT_RELAY_HOSTS,
         *,
         max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
         max_age: float = MAX_AGE,
     ) -> None:
         self._stats = stats
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.max_age = max_age
         self._messages: OrderedDict[str, _Message] = OrderedDict()  # oldest first
+        self._costs: dict[str, int] = {}  # queue ID -> its message's cost when remembered
         self._size = 0
+        self._bytes = 0
         self.relay_hosts = tuple(relay_hosts)
 
     @property
@@ -110,6 +127,15 @@ class OutcomeJoin:
         """How many messages (queue IDs) are remembered."""
         return len(self._messages)
 
+    @property
+    def bytes(self) -> int:
+        """Estimated bytes remembered (bounded by ``max_bytes``)."""
+        return self._bytes
+
+    def _forget(self, queue_id: str, message: _Message) -> None:
+        self._size -= message.size()
+        self._bytes -= self._costs.pop(queue_id, 0)
+
     def expect(self, queue_id: str, entries: Iterable[Expected], now: float) -> None:
         """Remember a message's predictions: ``(final address, original recipient, reason)``."""
         if not queue_id:
@@ -119,7 +145,7 @@ class OutcomeJoin:
         if message is None:
             message = _Message(now)
         else:
-            self._size -= message.size()
+            self._forget(queue_id, message)
             message.time = now
         for entry in entries:
             final, original, reason = entry[:3]
@@ -130,10 +156,12 @@ class OutcomeJoin:
                 original_key = original.lower()
                 message.originals[original_key] = _worse(message.originals.get(original_key), kind)
         self._messages[queue_id] = message
+        cost = message.cost(queue_id)
+        self._costs[queue_id] = cost
         self._size += message.size()
-        while self._size > self.max_entries and self._messages:
-            _, dropped = self._messages.popitem(last=False)
-            self._size -= dropped.size()
+        self._bytes += cost
+        while (self._size > self.max_entries or self._bytes > self.max_bytes) and self._messages:
+            self._forget(*self._messages.popitem(last=False))
 
     def prune(self, now: float) -> None:
         """Forget messages whose predictions are older than ``max_age``."""
@@ -144,7 +172,7 @@ class OutcomeJoin:
             if oldest.time >= limit:
                 return
             del messages[queue_id]
-            self._size -= oldest.size()
+            self._forget(queue_id, oldest)
 
     def predicted(self, delivery: Delivery) -> tuple[str, str] | None:
         """(predicted kind, tenant) for this delivery's recipient, or None when unknown."""

@@ -52,19 +52,36 @@ DUNNO = "DUNNO"
 REPLY_TEXT_LIMIT = 400
 
 
+#: Recipients of one message whose predictions a connection keeps for the outcome join, as
+#: Postfix's ``smtpd_recipient_limit`` (default 1000) caps a message's recipients: a client
+#: that sends RCPT after RCPT in one instance cannot grow the session without bound (issue 16).
+#: Recipients past it are still answered and counted in the header, not remembered.
+MESSAGE_RECIPIENT_LIMIT = 1000
+
+
 class Session:
     """Per-connection memory: the current message's RCPT predictions (one Postfix instance).
 
     Besides the predictions, it keeps what the ``X-M365-Relay`` header needs as they arrive
-    (the first refused and the first relayed recipient, the number refused), so the header at
-    DATA costs one format; ``tag_value(recipients)`` is the same header from the list.
+    (the first refused and the first relayed recipient, the numbers of recipients and refused),
+    so the header at DATA costs one format; ``tag_value(recipients)`` is the same header from
+    the list. At most ``MESSAGE_RECIPIENT_LIMIT`` predictions are kept.
     """
 
-    __slots__ = ("first_refused", "first_relayed", "instance", "recipients", "refused", "tagged")
+    __slots__ = (
+        "count",
+        "first_refused",
+        "first_relayed",
+        "instance",
+        "recipients",
+        "refused",
+        "tagged",
+    )
 
     def __init__(self) -> None:
         self.instance = ""
         self.recipients: list[RecipientPrediction] = []  # part of the message (not refused at RCPT)
+        self.count = 0  # recipients part of the message, also those past the limit
         self.tagged = False
         self.refused = 0
         self.first_refused: Entry | None = None
@@ -74,6 +91,7 @@ class Session:
         """A new instance means the previous message was delivered or aborted: forget it."""
         self.instance = instance
         self.recipients = []
+        self.count = 0
         self.tagged = False
         self.refused = 0
         self.first_refused = None
@@ -81,7 +99,9 @@ class Session:
 
     def add(self, entry: Entry) -> None:
         """One more recipient that is part of the message."""
-        self.recipients.append(entry.prediction)
+        self.count += 1
+        if self.count <= MESSAGE_RECIPIENT_LIMIT:
+            self.recipients.append(entry.prediction)
         if entry.refused:
             self.refused += 1
             if self.first_refused is None:
@@ -101,7 +121,7 @@ class Session:
             verdict, code, reason = ACCEPT, "none", relayed.counted[2]
         return (
             f"verdict={verdict}; code={code}; reason={reason}; "
-            f"refused={self.refused}; recipients={len(self.recipients)}"
+            f"refused={self.refused}; recipients={self.count}"
         )
 
 

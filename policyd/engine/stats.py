@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable
 
 #: Upper bounds (seconds) of the request-duration histogram buckets; +Inf is implicit.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -36,6 +37,9 @@ TOO_MANY_CONNECTIONS = "too-many-connections"
 IDLE_TIMEOUT = "idle-timeout"
 #: A sender or recipient longer than ``MAX_ADDRESS_CHARS``: no real address is (issue 16).
 VALUE_TOO_LONG = "value-too-long"
+#: A connection the listener could not take (accept(2) failed: EMFILE, ENFILE, ENOBUFS, ENOMEM),
+#: or took only to close it at once to get out of EMFILE (Twisted's recovery).
+ACCEPT_FAILED = "accept-failed"
 PROTOCOL_ERROR_KINDS = (
     TOO_LARGE,
     NO_EQUALS,
@@ -44,6 +48,7 @@ PROTOCOL_ERROR_KINDS = (
     TOO_MANY_CONNECTIONS,
     IDLE_TIMEOUT,
     VALUE_TOO_LONG,
+    ACCEPT_FAILED,
 )
 
 #: The longest ``sender``/``recipient`` value a request may carry, in characters. RFC 5321
@@ -78,9 +83,37 @@ class Stats:
         self.observed_replies: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.prediction_outcomes: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.log_lines_skipped = 0  # outcome watcher: unparseable Postfix log lines
+        # /metrics connections the daemon closed, by reason (policyd.daemon.metrics)
+        self.metrics_connections_closed: defaultdict[str, int] = defaultdict(int)
 
     def observe_duration(self, seconds: float) -> None:
         """Count one request that took ``seconds`` into the duration histogram."""
         self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
         self.duration_count += 1
+
+
+#: A kind of error is logged at most once per this many seconds (the rest are counted).
+LOG_INTERVAL = 60.0
+
+
+class LogThrottle:
+    """At most one log line per key every ``interval`` seconds, with a count of the rest.
+
+    ``clock()`` is the time in seconds. ``allow(key)`` is None when the key was logged within
+    the interval (counted as suppressed), else how many were suppressed since its last line.
+    """
+
+    def __init__(self, clock: Callable[[], float], interval: float = LOG_INTERVAL) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._state: dict[str, tuple[float, int]] = {}  # key -> (last logged, suppressed)
+
+    def allow(self, key: str) -> int | None:
+        now = self._clock()
+        last, suppressed = self._state.get(key, (-self._interval, 0))
+        if key in self._state and now - last < self._interval:
+            self._state[key] = (last, suppressed + 1)
+            return None
+        self._state[key] = (now, 0)
+        return suppressed

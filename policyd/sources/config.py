@@ -42,7 +42,7 @@ from policyd.rules.model import (
 from policyd.rules.reasons import REFUSE_REASONS
 from policyd.sources import schema
 from policyd.sources.exports import domain_name, sender_ip_networks
-from policyd.sources.files import MAX_CONFIG_BYTES, read_capped
+from policyd.sources.files import MAX_CONFIG_BYTES, permission_fix, read_capped
 from policyd.sources.schema import Key
 from policyd.sources.validators import FILE_TABLE_TYPES, choices_text
 
@@ -69,6 +69,8 @@ class ServerSettings:
     max_connections: int = schema.MAX_CONNECTIONS.default
     max_request_bytes: int = schema.MAX_REQUEST_BYTES.default
     reload_interval: float = schema.RELOAD_INTERVAL.default
+    metrics_max_connections: int = schema.METRICS_MAX_CONNECTIONS.default
+    metrics_timeout: float = schema.METRICS_TIMEOUT.default
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +474,12 @@ def _read_toml(path: str) -> dict[str, object]:
             f"install -D -m 0644 {schema.EXAMPLE_CONFIG} {path}, "
             f"or name another file with -c or ${schema.CONFIG_ENV}",
         ) from error
+    except PermissionError as error:
+        raise ConfigError(
+            path,
+            "",
+            f"cannot read the configuration file ({error.strerror}); {permission_fix(path)}",
+        ) from error
     except OSError as error:
         reason = error.strerror or str(error)
         raise ConfigError(
@@ -519,6 +527,8 @@ def _server(table: _Table) -> ServerSettings:
         max_connections=table.get(schema.MAX_CONNECTIONS),
         max_request_bytes=table.get(schema.MAX_REQUEST_BYTES),
         reload_interval=table.get(schema.RELOAD_INTERVAL),
+        metrics_max_connections=table.get(schema.METRICS_MAX_CONNECTIONS),
+        metrics_timeout=table.get(schema.METRICS_TIMEOUT),
     )
 
 

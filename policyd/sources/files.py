@@ -96,6 +96,11 @@ def _size(cap: int) -> str:
     return f"{cap} bytes"
 
 
+def permission_fix(path: str) -> str:
+    """The fix for a file the daemon may not read (its user is m365-policyd under systemd)."""
+    return f"give the daemon's user read access, e.g. chgrp m365-policyd {path} && chmod g+r {path}"
+
+
 def require_readable(path: str, config_file: str, key: str, what: str) -> None:
     """Raise ``ConfigError`` when the daemon itself cannot read ``path`` (issue 16, class 6).
 
@@ -112,8 +117,7 @@ def require_readable(path: str, config_file: str, key: str, what: str) -> None:
         raise ConfigError(
             config_file,
             key,
-            f"cannot read the {what} {path} ({error.strerror}); give the daemon's user read "
-            f"access, e.g. chgrp m365-policyd {path} && chmod g+r {path}",
+            f"cannot read the {what} {path} ({error.strerror}); {permission_fix(path)}",
         ) from None
     except OSError as error:
         raise ConfigError(

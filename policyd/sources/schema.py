@@ -178,6 +178,20 @@ MAX_REQUEST_BYTES = _key(
         "unanswered, counted (1024 to 1048576)",
     check=v.request_bytes,
 )
+METRICS_MAX_CONNECTIONS = _key(
+    "server", "metrics_max_connections", INTEGER, 32,
+    example="metrics_max_connections = 32",
+    meaning="`/metrics` connections open at once; more are closed at once and counted, so a "
+        "flood of scrapes cannot take the file descriptors policy connections need",
+    check=v.positive,
+)
+METRICS_TIMEOUT = _key(
+    "server", "metrics_timeout", SECONDS, 10.0,
+    example="metrics_timeout = 10",
+    meaning="seconds a `/metrics` connection may stay open in all, busy or idle (a client "
+        "sending a byte now and then is closed too); counted",
+    check=v.positive_seconds,
+)
 RELOAD_INTERVAL = _key(
     "server", "reload_interval", SECONDS, 30.0,
     example="reload_interval = 30",

@@ -58,8 +58,21 @@ _TYPE_NAME = re.compile(r"([a-z][a-z0-9_]*):(.+)", re.DOTALL)
 _PROBE_KEY = "m365-policyd-probe@example.invalid"
 
 
+#: Estimated bytes a table's lookup cache may hold (keys and values, see ``_cache_cost``),
+#: besides its entry count: an LDAP or SQL table may answer with long lists (issue 16).
+CACHE_BYTES = 16 << 20
+
+#: Estimated bytes around one cached lookup (the OrderedDict node and the two strings).
+CACHE_ENTRY_BYTES = 200
+
+
+def _cache_cost(key: str, value: str | None) -> int:
+    return CACHE_ENTRY_BYTES + len(key) + (len(value) if value is not None else 0)
+
+
 class _PostmapTable:
-    """A table queried with ``postmap -q KEY TYPE:NAME``, with a bounded LRU cache."""
+    """A table queried with ``postmap -q KEY TYPE:NAME``, with an LRU cache bounded in entries
+    (``cache_size``) and in estimated bytes (``CACHE_BYTES``)."""
 
     def __init__(
         self,
@@ -81,6 +94,7 @@ class _PostmapTable:
         self._cache_size = cache_size
         self._runner = runner
         self._cache: OrderedDict[str, str | None] = OrderedDict()
+        self._cache_bytes = 0
         # serve runs these lookups in worker threads (they block on postmap): the cache is
         # shared, so its updates are serialised; the postmap runs themselves are not.
         self._lock = threading.Lock()
@@ -142,10 +156,18 @@ class _PostmapTable:
         result = value if found else None
         if self._cache_size > 0:
             with self._lock:
+                if cache_key in cache:  # another thread asked meanwhile
+                    self._cache_bytes -= _cache_cost(cache_key, cache[cache_key])
                 cache[cache_key] = result
-                if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
+                self._cache_bytes += _cache_cost(cache_key, result)
+                while cache and (len(cache) > self._cache_size or self._cache_bytes > CACHE_BYTES):
+                    self._cache_bytes -= _cache_cost(*cache.popitem(last=False))
         return result
+
+    @property
+    def cache_bytes(self) -> int:
+        """Estimated bytes of the lookup cache (at most ``CACHE_BYTES``)."""
+        return self._cache_bytes
 
 
 class _LookupTimeoutError(AliasLookupError):

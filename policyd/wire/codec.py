@@ -73,6 +73,25 @@ _EQUALS = 61  # b"="[0]
 _ALL_BUT_EQUALS_AND_NEWLINE = bytes(sorted(set(range(256)) - {_EQUALS, _NL}))
 
 
+#: An incomplete request is kept as the reads that brought it; past this many pieces the rest
+#: go into one growing buffer, so a request sent a byte at a time costs about its own size, not
+#: an object per byte (issue 16: ~40 bytes each).
+PENDING_PIECES = 16
+
+
+def add_piece(pieces: list[bytes | bytearray], data: bytes) -> None:
+    """Append ``data`` to ``pieces`` (joined later with ``b"".join``): a list entry each up to
+    ``PENDING_PIECES``, then into one ``bytearray`` at the end (amortised, no per-read object)."""
+    if len(pieces) < PENDING_PIECES:
+        pieces.append(data)
+    else:
+        last = pieces[-1]
+        if type(last) is bytearray:
+            last += data
+        else:
+            pieces.append(bytearray(data))
+
+
 class MalformedRequestError(Exception):
     """A request broke the protocol: close the connection without a reply.
 
@@ -154,7 +173,7 @@ class RequestDecoder:
 
     def __init__(self, max_request_bytes: int) -> None:
         self.max_request_bytes = max_request_bytes
-        self._pending: list[bytes] = []  # an incomplete request, as received
+        self._pending: list[bytes | bytearray] = []  # an incomplete request (see add_piece)
         self._pending_len = 0
         self._cr = False  # the last read ended in "\r" (held back: it may start a "\r\n")
         self._failed: MalformedRequestError | None = None
@@ -224,7 +243,7 @@ class RequestDecoder:
         pending = self._pending
         if pending:
             if nul < 0 and b"\n\n" not in data and not (data[0] == _NL and pending[-1][-1] == _NL):
-                pending.append(data)  # still no end of request: no join, no copy
+                add_piece(pending, data)  # still no end of request: no join, no copy
                 self._pending_len += len(data)
                 if self._pending_len >= self.max_request_bytes:
                     self._fail(TOO_LARGE, requests)

@@ -47,6 +47,7 @@ from policyd.engine.stats import (
     TOO_LARGE,
     TOO_MANY_CONNECTIONS,
     VALUE_TOO_LONG,
+    LogThrottle,
     Stats,
 )
 from policyd.wire.codec import (
@@ -54,6 +55,7 @@ from policyd.wire.codec import (
     MalformedRequestError,
     Request,
     RequestDecoder,
+    add_piece,
 )
 from policyd.wire.writer import ReplyWriter
 
@@ -79,9 +81,6 @@ MAX_ACTION_BYTES = 8000
 
 #: Distinct encoded replies kept; answers repeat ("DUNNO" above all), so this is plenty.
 REPLY_CACHE_LIMIT = 4096
-
-#: A protocol or internal error of one kind is logged at most once per this many seconds.
-LOG_INTERVAL = 60.0
 
 #: Shortest delay between two idle sweeps (guards against float rounding at the deadline).
 MIN_SWEEP_DELAY = 0.001
@@ -134,7 +133,7 @@ class PolicyProtocol(Protocol):
         self._waiting = False  # an answer is a Deferred that has not fired yet
         self._queued: list[Request] = []  # decoded requests behind the one being waited for
         self._fault: str | None = None  # a malformed request behind them: close once answered
-        self._held: list[bytes] = []  # data received meanwhile, fed in order afterwards
+        self._held: list[bytes | bytearray] = []  # received meanwhile, fed in order afterwards
         self._held_len = 0
         self._close_when_answered = False  # the client half-closed while we were waiting
         self.last_activity = 0.0
@@ -237,7 +236,7 @@ class PolicyProtocol(Protocol):
             return
         self.last_activity = self._seconds()
         if self._waiting:  # Postfix waits for each answer; anyone else waits their turn
-            self._held.append(data)
+            add_piece(self._held, data)
             self._held_len += len(data)
             if self._held_len >= self._factory.settings.max_request_bytes:
                 self.close(TOO_LARGE)
@@ -324,7 +323,7 @@ class PolicyProtocol(Protocol):
                 self._held.append(data)
                 self._held_len += len(data)
             else:
-                self.dataReceived(data)
+                self.dataReceived(bytes(data))
         if self._close_when_answered and not self._waiting:
             self.close()
 
@@ -360,7 +359,7 @@ class PolicyFactory(ServerFactory):
         self._open: set[PolicyProtocol] = set()
         self._sweep_call: Any = None  # IDelayedCall
         self.replies: dict[str, bytes] = {}
-        self._log_state: dict[str, tuple[float, int]] = {}  # key -> (last logged, suppressed)
+        self._throttle = LogThrottle(self.seconds)  # one line per error kind per minute
 
     # --- settings and connections -----------------------------------------------------------
 
@@ -479,7 +478,7 @@ class PolicyFactory(ServerFactory):
     ) -> None:
         """Count and log (rate-limited) one of our own failures; the caller answers DUNNO."""
         self.stats.internal_errors += 1
-        suppressed = self._may_log("internal")
+        suppressed = self._throttle.allow("internal")
         if suppressed is None:
             return
         text = (
@@ -501,23 +500,13 @@ class PolicyFactory(ServerFactory):
     def protocol_error(self, kind: str, protocol: PolicyProtocol) -> None:
         """Count (and log, rate-limited per kind) a connection closed for ``kind``."""
         self.stats.protocol_errors[kind] += 1
-        suppressed = self._may_log(kind)
+        suppressed = self._throttle.allow(kind)
         if suppressed is None:
             return
         text = "closed policy connection from {peer} without a reply: {kind}"
         if suppressed:
             text += " ({suppressed} more of this kind not logged since the last)"
         self.log.warn(text, peer=describe_peer(protocol), kind=kind, suppressed=suppressed)
-
-    def _may_log(self, key: str) -> int | None:
-        """None when ``key`` was logged within LOG_INTERVAL, else how many were suppressed."""
-        now = self.seconds()
-        last, suppressed = self._log_state.get(key, (-LOG_INTERVAL, 0))
-        if key in self._log_state and now - last < LOG_INTERVAL:
-            self._log_state[key] = (last, suppressed + 1)
-            return None
-        self._log_state[key] = (now, 0)
-        return suppressed
 
 
 def describe_peer(protocol: PolicyProtocol) -> str:

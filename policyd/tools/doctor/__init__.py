@@ -41,6 +41,7 @@ from policyd.sources.state import State, build_state, load_config
 from policyd.tools.doctor import live
 from policyd.tools.doctor.assumptions import assumption_checks
 from policyd.tools.doctor.certificate import certificate_checks
+from policyd.tools.doctor.exposure import certificate_paths, exposure_checks, files_with_keys
 from policyd.tools.doctor.postfix import postfix_checks, srs_check
 from policyd.tools.doctor.report import (
     AREAS,
@@ -213,6 +214,8 @@ def main(
         srs=state.srs,
         predictor=state.predictor,
     )
+    keyed = files_with_keys(certificate_paths(state))
+    report = replace(report, checks=(*report.checks, *exposure_checks(config, keyed)))
     rows = None
     if probe:
         probed = _probe(state, report, moment, endpoint, key or "", as_json, stream)

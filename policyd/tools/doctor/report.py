@@ -9,6 +9,7 @@ when ok). ``Report.exit_code`` is 0 without errors and 1 with errors.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -46,6 +47,21 @@ SUMMARY = "summary"
 
 
 AREAS = (CERTIFICATE, TENANT, POSTFIX, ASSUMPTIONS, SUMMARY)
+
+
+#: Characters written escaped (``\\uXXXX``) in the text report: C0 and C1 controls (a
+#: certificate name or connector name with ESC or a newline could redraw the terminal or fake a
+#: line), DEL, line and paragraph separators, and the bidi marks, overrides and isolates.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, separator and bidi character as ``\\uXXXX``."""
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 #: Text markers of the checklist.
@@ -167,20 +183,20 @@ class Report:
 def write_text(report: Report, out: TextIO, *, title: str = "") -> None:
     """The checklist grouped by area, then the closing table and the totals."""
     if title:
-        out.write(f"{title}\n")
+        out.write(f"{printable(title)}\n")
     tenants = list(dict.fromkeys(c.tenant for c in report.checks if c.tenant))
     for tenant in ["", *tenants]:
         if tenant:
-            out.write(f"\n== Tenant {tenant} ==\n")
+            out.write(f"\n== Tenant {printable(tenant)} ==\n")
         for area in AREAS:
             checks = [c for c in report.checks if c.area == area and c.tenant == tenant]
             if not checks:
                 continue
             out.write(f"\n{AREA_TITLES[area]}\n")
             for check in checks:
-                out.write(f"  {MARKERS[check.status]} {check.id}: {check.finding}\n")
+                out.write(f"  {MARKERS[check.status]} {check.id}: {printable(check.finding)}\n")
                 if check.fix:
-                    out.write(f"         fix: {check.fix}\n")
+                    out.write(f"         fix: {printable(check.fix)}\n")
         _table(report, out, tenant)
     out.write(f"\n{report.errors} errors, {report.warnings} warnings\n")
 
@@ -189,15 +205,19 @@ def _table(report: Report, out: TextIO, tenant: str) -> None:
     rows = [c for c in report.classes if c.tenant == tenant]
     if not rows:
         return
-    out.write("\nWill Microsoft 365 relay it?" + (f" (tenant {tenant})" if tenant else "") + "\n")
+    out.write(
+        "\nWill Microsoft 365 relay it?"
+        + (f" (tenant {printable(tenant)})" if tenant else "")
+        + "\n"
+    )
     width = max(len(c.label) for c in rows)
     for row in rows:
         envelope = f"<{row.sender}> -> {', '.join(row.final)}"
         answer = "yes" if row.relayed else "NO "
         reason = f"[{row.reason}]"
-        out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {envelope}\n")
+        out.write(f"  {row.label:<{width}}  {answer}  {reason:<24}  {printable(envelope)}\n")
         if row.fix:
-            out.write(f"  {'':<{width}}       fix: {row.fix}\n")
+            out.write(f"  {'':<{width}}       fix: {printable(row.fix)}\n")
         if row.assumptions:
             out.write(f"  {'':<{width}}       assumes: {', '.join(row.assumptions)}\n")
 
