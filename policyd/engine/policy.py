@@ -24,7 +24,7 @@ from policyd.constants import (
 )
 from policyd.engine.cache import Entry, PredictionCache, PredictionLine
 from policyd.engine.stats import Stats
-from policyd.errors import AliasLookupError, LookupFailureError
+from policyd.errors import AliasLookupError, LookupFailureError, RewriteLookupError
 from policyd.rules import predict
 from policyd.rules.model import CertificateFacts
 from policyd.rules.predict import RecipientPrediction
@@ -400,7 +400,10 @@ def reply_text(prediction: RecipientPrediction) -> str:
 
 def _lookup_problem(error: LookupFailureError) -> str:
     """The log line's problem for a failed table: which kind of lookup, and Postfix's words."""
-    kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
+    if isinstance(error, RewriteLookupError):
+        kind = "sender rewriting"
+    else:
+        kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
     return f"{kind} failed: {error}"
 
 
