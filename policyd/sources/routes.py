@@ -252,16 +252,23 @@ _SMTP_PORTS = ("smtp", "25")
 
 
 def _smtpd_listener(fields: Mapping[str, str], overrides: Mapping[str, str]) -> Listener | None:
-    """The ``inet`` smtpd service on port 25 (``smtp``, ``ADDRESS:smtp``, ``25``...) with its
-    ``-o`` overrides, or None. The policy request does not say which listener asked, so the
-    daemon judges mail as this listener receives it (README: sender rewriting)."""
+    """The ``inet`` smtpd service on port 25 (``smtp``, ``ADDRESS:smtp``, ``25``...), else the
+    only ``inet`` smtpd service, with its ``-o`` overrides; None when there is no such one.
+
+    The policy request does not say which listener asked, so the daemon judges mail as this
+    listener receives it (README: "What Microsoft 365 sees: sender rewriting and SRS")."""
+    listeners: list[str] = []
     for key, value in fields.items():
         name, _, rest = key.partition("/")
-        if rest != "inet/command" or not value.split() or value.split()[0] != "smtpd":
-            continue
-        if name.rpartition(":")[2].lower() not in _SMTP_PORTS:
-            continue
-        prefix = f"{name}/inet/"
-        options = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
-        return Listener(f"{name}/inet", options)
-    return None
+        words = value.split()
+        if rest == "inet/command" and words and words[0] == "smtpd":
+            listeners.append(name)
+    chosen = next(
+        (name for name in listeners if name.rpartition(":")[2].lower() in _SMTP_PORTS),
+        listeners[0] if len(listeners) == 1 else None,
+    )
+    if chosen is None:
+        return None
+    prefix = f"{chosen}/inet/"
+    options = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
+    return Listener(f"{chosen}/inet", options)

@@ -19,7 +19,7 @@ from policyd.rules import predict
 from policyd.rules.assumptions import Assumptions
 from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
 from policyd.rules.predictor import by_sender
-from policyd.rules.rewrite import SenderRewrite
+from policyd.rules.rewrite import GENERIC_PARAMETER, SenderRewrite
 from policyd.sources.instances import describe as describe_instance
 
 if TYPE_CHECKING:
@@ -345,7 +345,13 @@ def route_lines(context: RouteContext) -> list[str]:
     if not context.reaches_microsoft:
         return lines
     if context.sender is not None:
-        lines.extend(rewrite_lines(context.sender, "sender"))
+        # cleanup's steps are shown once under Sender; this route adds its smtp_generic_maps.
+        lines.append(f"sender       MAIL FROM:<{context.sender.after}>")
+        lines.extend(
+            f"             {step}"
+            for step in context.sender.steps
+            if step.parameter == GENERIC_PARAMETER
+        )
     certificate = context.onprem.certificate
     if certificate is not None:
         lines.append(f"certificate  {certificate.path} ({context.certificate_from})")
