@@ -32,12 +32,12 @@ import pytest
 from policyd.rules.rewrite import cleanup_sender, generic_sender
 from policyd.rules.routing import resolve
 from policyd.sources.routes import read_postfix_view
-from tests.e2e.postfix import PostfixInstance, free_port, postfix_unavailable
+from tests.e2e.postfix import PostfixInstance, free_port
+from tests.e2e.test_routing_agreement import SMTP_SINK, _as_logged, _settle, need_postfix_and_sink
 
 pytestmark = pytest.mark.postfix
 
 SENDMAIL = "/usr/sbin/sendmail"
-SMTP_SINK = "/usr/sbin/smtp-sink"
 POSTCONF = "/usr/sbin/postconf"
 
 HOPS = ("relayhost", "app", "null", "generic")
@@ -89,12 +89,6 @@ class Run:
     seen: dict[str, Delivered]
 
 
-def _settle(directory: Path) -> None:
-    past = time.time() - 10
-    for path in directory.iterdir():
-        os.utime(path, (past, past))
-
-
 def _sink_envelopes(dumps: Path) -> dict[str, str]:
     """Recipient -> MAIL FROM, from smtp-sink's dump files (X-Mail-Args, X-Rcpt-Args)."""
     found: dict[str, str] = {}
@@ -110,11 +104,7 @@ def _sink_envelopes(dumps: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run() -> Iterator[Run]:
     """Start the sinks and the instance, send every pair once, read the log and the dumps."""
-    reason = postfix_unavailable()
-    if reason or not os.access(SMTP_SINK, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail(reason or "smtp-sink is missing")
-        pytest.skip(reason or "smtp-sink is missing")
+    need_postfix_and_sink()
     dumps = Path(tempfile.mkdtemp(prefix="m365-sink-"))
     os.chmod(dumps, 0o1777)  # smtp-sink writes as nobody
     ports = {hop: free_port() for hop in HOPS}
@@ -198,11 +188,6 @@ def run() -> Iterator[Run]:
             sink.terminate()
             sink.wait(timeout=10)
         shutil.rmtree(dumps, ignore_errors=True)
-
-
-def _as_logged(nexthop: str) -> str:
-    match = re.fullmatch(r"\[([\d.]+)\]:(\d+)", nexthop)
-    return f"{match.group(1)}[{match.group(1)}]:{match.group(2)}" if match else nexthop
 
 
 @pytest.mark.parametrize(
