@@ -313,6 +313,10 @@ def test_postsrsd_down_answers_on_error_and_counts(tmp_path: Path) -> None:
     assert answer == "DUNNO"
     assert stats.internal_errors == 1
     assert str(records[-1]["problem"]).startswith("sender rewriting failed: ")
+    status, result = check_json(config, "alerts@contoso.com", "kate@tailspintoys.example")
+    recipient = result["recipients"][0]
+    assert (status, recipient["verdict"]) == (1, "error")
+    assert "sender rewriting failed: " in recipient["explanation"]
 
 
 @pytest.mark.parametrize(

@@ -212,7 +212,7 @@ class PolicyEngine:
             self._stats.requests["other"] += 1
             return DUNNO
         except LookupFailureError as error:
-            return self._failed(attrs, _lookup_problem(error))
+            return self._failed(attrs, lookup_problem(error))
         except Exception as error:  # fail open on our own bugs, by design
             return self._failed(attrs, f"internal error: {error!r}")
 
@@ -282,7 +282,7 @@ class PolicyEngine:
         def failed(failure: Failure) -> str:
             error = failure.value
             if isinstance(error, LookupFailureError):
-                return self._failed(attrs, _lookup_problem(error))
+                return self._failed(attrs, lookup_problem(error))
             return self._failed(attrs, f"internal error: {error!r}")
 
         # cache.compute touches no cache: it may run in the worker thread.
@@ -398,7 +398,7 @@ def reply_text(prediction: RecipientPrediction) -> str:
     return text.replace("\r", " ").replace("\n", " ")[:REPLY_TEXT_LIMIT]
 
 
-def _lookup_problem(error: LookupFailureError) -> str:
+def lookup_problem(error: LookupFailureError) -> str:
     """The log line's problem for a failed table: which kind of lookup, and Postfix's words."""
     if isinstance(error, RewriteLookupError):
         kind = "sender rewriting"

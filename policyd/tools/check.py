@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from policyd.constants import ACCEPT, REJECT
+from policyd.engine.policy import lookup_problem
 from policyd.errors import LookupFailureError
 from policyd.rules import predict
 from policyd.rules.assumptions import Assumptions
@@ -68,8 +69,7 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
         try:
             queued = router.queued(sender)
         except LookupFailureError as error:
-            problem = f"sender rewriting: {error}"
-            failed = tuple((recipient, problem) for recipient in recipients)
+            failed = tuple((recipient, lookup_problem(error)) for recipient in recipients)
             view = predict.sender_view(sender, tenant.tenant, onprem)
             return CheckResult(view, attribution, failed, {}, tenant.tenant.assumptions)
     view = predict.sender_view(sender, tenant.tenant, onprem, queued)
@@ -84,7 +84,7 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
                     routes[address] = router.context(sender, address, now, queued)
             results.append(prediction)
         except LookupFailureError as error:
-            results.append((recipient, str(error)))
+            results.append((recipient, lookup_problem(error)))
     instance = ""
     detours: tuple[str, ...] = ()
     if state.postfix is not None:
@@ -227,7 +227,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     for entry in result.recipients:
         if not isinstance(entry, RecipientPrediction):
             recipient, problem = entry
-            out.write(f"\nRecipient {recipient}\n  ERROR  alias expansion failed: {problem}\n")
+            out.write(f"\nRecipient {recipient}\n  ERROR  {problem}\n")
             continue
         out.write(f"\nRecipient {entry.recipient}\n")
         for address in entry.addresses:
