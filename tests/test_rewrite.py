@@ -303,7 +303,8 @@ def test_postsrsd_rewrites_a_foreign_sender(
 def test_postsrsd_down_answers_on_error_and_counts(tmp_path: Path) -> None:
     """A rewriting service that does not answer is a lookup failure: the engine answers
     on_error (DUNNO), counts an internal error and logs "sender rewriting failed"; the
-    daemon still starts (the service is not asked at load time)."""
+    daemon still starts (the service is not asked at load time), check reports an error for
+    the recipient and doctor FAILs postfix-sender-rewriting instead of crashing."""
     config = srs_site(tmp_path, f"tcp:127.0.0.1:{free_port()}")
     state = build_state(load_config(str(config)), 1)
     stats = Stats()
@@ -317,6 +318,8 @@ def test_postsrsd_down_answers_on_error_and_counts(tmp_path: Path) -> None:
     recipient = result["recipients"][0]
     assert (status, recipient["verdict"]) == (1, "error")
     assert "sender rewriting failed: " in recipient["explanation"]
+    report = doctor.audit(state.config, now=TestPKI().now, router=state.router)
+    assert report.status_of("postfix-sender-rewriting") == "error"
 
 
 @pytest.mark.parametrize(

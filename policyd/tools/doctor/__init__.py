@@ -56,6 +56,7 @@ from policyd.tools.doctor.report import (
 from policyd.tools.doctor.submission import submission_checks
 from policyd.tools.doctor.tenant import (
     mail_classes,
+    rewriting_check,
     route_samples,
     sender_routes,
     shared_certificate_check,
@@ -105,7 +106,8 @@ def audit(
     checks: list[Check] = []
     checks.extend(certificate_checks(config, attribution, key, now))
     checks.extend(tenant_checks(config, attribution))
-    classes = mail_classes(config, attribution, sender_routes(router, now))
+    problems: list[str] = []
+    classes = mail_classes(config, attribution, sender_routes(router, now, problems))
     disagrees = False
     if postfix is not None:
         found = postfix_checks(config, postfix, classes, resolve)
@@ -116,6 +118,8 @@ def audit(
         disagrees = router is None and any(
             c.status == ERROR and c.id in ("postfix-cert-file", "postfix-relayhost") for c in found
         )
+    if problems:
+        checks.append(rewriting_check(problems))
     checks.extend(assumption_checks(config, classes))
     checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
@@ -135,6 +139,7 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
     cross-tenant warnings and the summary over every tenant's table."""
     checks: list[Check] = []
     classes: list[MailClass] = []
+    problems: list[str] = []
     for named in predictor.tenants:
         own = replace(config, tenant=named.tenant, onprem=predictor.onprem_for(named))
         attribution = predictor.attribution(named, now)
@@ -142,7 +147,7 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
             *certificate_checks(own, attribution, key, now),
             *tenant_checks(own, attribution),
         ]
-        rows = mail_classes(own, attribution, sender_routes(router, now))
+        rows = mail_classes(own, attribution, sender_routes(router, now, problems))
         section.append(summary_check(rows))
         checks.extend(replace(check, tenant=named.name) for check in section)
         classes.extend(replace(row, tenant=named.name) for row in rows)
@@ -152,6 +157,8 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
         if srs is not None:
             found.append(srs_check(srs))
         checks.extend(found)
+    if problems:
+        checks.append(rewriting_check(problems))
     pictures = (
         [p.onprem for p in router.services.values()]
         if router is not None
