@@ -34,6 +34,7 @@ from tests.test_postfix_source import (
     run_check,
     site,
 )
+from tests.test_submission import submission_site
 
 pytestmark = pytest.mark.postfix
 
@@ -354,3 +355,19 @@ def test_postsrsd_configuration_and_what_it_writes(
         state.config, now=TestPKI().now, postfix=facts, router=state.router, srs=state.srs
     )
     assert report.status_of("postfix-srs-domain") == doctor_status
+
+
+def test_rewriting_to_the_login_fixes_a_submission_relay(tmp_path: Path) -> None:
+    """The issue's usual fix on an SMTP AUTH relay: sender_canonical_maps rewrites every sender
+    to the login mailbox, so root@app01.contoso.local finds app@contoso.com's credential
+    (smtp_sender_dependent_authentication) and sends as the login: submission-accepted, where
+    the sender as given gets no credential (530 5.7.57)."""
+    plain = submission_site(tmp_path / "plain")
+    _, result = check_json(plain, "root@app01.contoso.local", "kate@fabrikam.example")
+    assert first_address(result)["reason"] == "submission-no-credentials"
+    etc = tmp_path / "fixed"
+    config = submission_site(etc, {"sender_canonical_maps": f"regexp:{etc}/sender_canonical"})
+    (etc / "sender_canonical").write_text(LOGIN)
+    status, result = check_json(config, "root@app01.contoso.local", "kate@fabrikam.example")
+    assert (status, first_address(result)["reason"]) == (0, "submission-accepted")
+    assert result["sender"]["after"] == "app@contoso.com"
