@@ -43,3 +43,9 @@ class AliasLookupError(LookupFailureError):
 class RouteLookupError(LookupFailureError):
     """A table that decides the route (``transport_maps``, ``sender_dependent_*``, a domain
     list) failed: trivial-rewrite(8) itself defers such mail ("lookup failure")."""
+
+
+class RewriteLookupError(LookupFailureError):
+    """A table that rewrites the envelope sender (``sender_canonical_maps``, ``canonical_maps``,
+    ``smtp_generic_maps``, a rewriting service such as postsrsd) failed: cleanup(8) does not
+    accept such mail ("map lookup problem") and smtp(8) defers it."""

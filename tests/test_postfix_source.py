@@ -17,10 +17,8 @@ from twisted.internet.task import Clock
 from policyd.engine.policy import PolicyEngine, Session
 from policyd.engine.stats import Stats
 from policyd.sources.config import load_config
-from policyd.sources.postfix import read_postfix
 from policyd.sources.state import build_state
 from policyd.tools import cli, doctor
-from policyd.tools.doctor.tenant import route_samples
 from tests.pki import TestPKI
 
 pytestmark = pytest.mark.postfix
@@ -87,13 +85,21 @@ IP_TENANT = CERT_TENANT.replace(
 
 
 def check_json(config: Path, sender: str, *recipients: str) -> tuple[int, dict[str, object]]:
+    done = run_check(config, sender, recipients, "--json")
+    return done.returncode, json.loads(done.stdout)
+
+
+def run_check(
+    config: Path, sender: str, recipients: tuple[str, ...], *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``m365-policyd check`` as a user runs it; asserts it wrote nothing to stderr."""
     done = subprocess.run(
         [
             os.path.join(os.path.dirname(sys.executable), "m365-policyd"),
             "check",
             "-c",
             str(config),
-            "--json",
+            *options,
             "--sender",
             sender,
             "--recipient",
@@ -105,7 +111,18 @@ def check_json(config: Path, sender: str, *recipients: str) -> tuple[int, dict[s
         check=False,
     )
     assert done.stderr == ""
-    return done.returncode, json.loads(done.stdout)
+    return done
+
+
+def rcpt(sender: str, recipient: str) -> dict[str, str]:
+    """A policy request at RCPT, as smtpd sends it."""
+    return {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "sender": sender,
+        "recipient": recipient,
+        "instance": "a.1",
+    }
 
 
 def first_address(result: dict[str, object]) -> dict[str, object]:
@@ -162,16 +179,7 @@ def test_transport_maps_route_around_microsoft_365_is_never_deferred(tmp_path: P
     engine = PolicyEngine(state, stats, Clock().seconds, lambda record: None)
 
     def ask(recipient: str) -> object:
-        return engine.handle(
-            {
-                "request": "smtpd_access_policy",
-                "protocol_state": "RCPT",
-                "sender": "john@fabrikam.example",
-                "recipient": recipient,
-                "instance": "a.1",
-            },
-            Session(),
-        )
+        return engine.handle(rcpt("john@fabrikam.example", recipient), Session())
 
     assert ask("kate@partner.example") == "DUNNO"
     assert stats.predictions[("", "accept", "other-route")] == 1
@@ -194,16 +202,7 @@ def test_unreadable_routing_table_answers_on_error_and_counts(tmp_path: Path) ->
     (etc / "transport.db").write_bytes(b"not a database")
     stats = Stats()
     engine = PolicyEngine(state, stats, Clock().seconds, lambda record: None)
-    answer = engine.handle(
-        {
-            "request": "smtpd_access_policy",
-            "protocol_state": "RCPT",
-            "sender": "",
-            "recipient": "kate@tailspintoys.example",
-            "instance": "a.1",
-        },
-        Session(),
-    )
+    answer = engine.handle(rcpt("", "kate@tailspintoys.example"), Session())
     assert answer == "DUNNO"
     assert stats.internal_errors == 1
 
@@ -284,35 +283,3 @@ def test_alias_maps_and_delimiter_come_from_main_cf(tmp_path: Path) -> None:
     assert address["address"] == "kate+news@tailspintoys.example"
     assert address["reason"] == "forwarded"
     assert status == 1
-
-
-@pytest.mark.parametrize(
-    ("srs_domain", "reason", "doctor_status"),
-    [
-        ("SRS_DOMAIN=contoso.com\n", "srs-rewritten", "ok"),
-        ("SRS_DOMAIN='$myhostname'\n", "sender-not-accepted", "error"),
-    ],
-)
-def test_srs_domain_from_postsrsd(
-    tmp_path: Path, srs_domain: str, reason: str, doctor_status: str
-) -> None:
-    """postsrsd's configuration decides the SRS domain: an accepted one makes a foreign
-    sender relay, a literal it did not expand does not, and doctor FAILs it."""
-    (tmp_path / "postsrsd").write_text(srs_domain)
-    config = site(
-        tmp_path,
-        {"sender_canonical_maps": "tcp:127.0.0.1:10001", "smtp_bind_address": "203.0.113.10"},
-        IP_TENANT,
-    )
-    text = config.read_text().replace(
-        "[postfix]\n", f'[postfix]\npostsrsd_config = "{tmp_path / "postsrsd"}"\n', 1
-    )
-    config.write_text(text)
-    _, result = check_json(config, "john@fabrikam.example", "kate@tailspintoys.example")
-    assert first_address(result)["reason"] == reason
-    state = build_state(load_config(str(config)), 0)
-    facts = read_postfix(state.config.postfix.config_directory, route_samples(state.config))
-    report = doctor.audit(
-        state.config, now=TestPKI().now, postfix=facts, router=state.router, srs=state.srs
-    )
-    assert report.status_of("postfix-srs-domain") == doctor_status

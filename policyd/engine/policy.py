@@ -24,7 +24,7 @@ from policyd.constants import (
 )
 from policyd.engine.cache import Entry, PredictionCache, PredictionLine
 from policyd.engine.stats import Stats
-from policyd.errors import AliasLookupError, LookupFailureError
+from policyd.errors import AliasLookupError, LookupFailureError, RewriteLookupError
 from policyd.rules import predict
 from policyd.rules.model import CertificateFacts
 from policyd.rules.predict import RecipientPrediction
@@ -232,7 +232,7 @@ class PolicyEngine:
             self._stats.requests["other"] += 1
             return DUNNO
         except LookupFailureError as error:
-            return self._failed(attrs, _lookup_problem(error))
+            return self._failed(attrs, lookup_problem(error))
         except Exception as error:  # fail open on our own bugs, by design
             return self._failed(attrs, f"internal error: {error!r}")
 
@@ -302,7 +302,7 @@ class PolicyEngine:
         def failed(failure: Failure) -> str:
             error = failure.value
             if isinstance(error, LookupFailureError):
-                return self._failed(attrs, _lookup_problem(error))
+                return self._failed(attrs, lookup_problem(error))
             return self._failed(attrs, f"internal error: {error!r}")
 
         # cache.compute touches no cache: it may run in the worker thread.
@@ -418,9 +418,12 @@ def reply_text(prediction: RecipientPrediction) -> str:
     return text.replace("\r", " ").replace("\n", " ")[:REPLY_TEXT_LIMIT]
 
 
-def _lookup_problem(error: LookupFailureError) -> str:
+def lookup_problem(error: LookupFailureError) -> str:
     """The log line's problem for a failed table: which kind of lookup, and Postfix's words."""
-    kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
+    if isinstance(error, RewriteLookupError):
+        kind = "sender rewriting"
+    else:
+        kind = "alias expansion" if isinstance(error, AliasLookupError) else "route lookup"
     return f"{kind} failed: {error}"
 
 

@@ -59,6 +59,7 @@ from policyd.rules.reasons import (
     SUBMISSION_SENDER_NOT_LOGIN,
     predicted_kind,
 )
+from policyd.rules.rewrite import SenderRewrite
 from policyd.rules.routing import Route
 
 __all__ = [
@@ -110,6 +111,9 @@ class RouteContext:
     tenant: NamedTenant | None = None
     #: For a client-submission next hop (SMTP AUTH): what deciding it needs (SPEC §5.4).
     submission: submission.SubmissionRoute | None = None
+    #: The envelope sender as this route's service writes it, after cleanup(8) and smtp(8)
+    #: rewrote it (``policyd.rules.rewrite``); None when not computed.
+    sender: SenderRewrite | None = None
 
     @property
     def reaches_microsoft(self) -> bool:
@@ -120,18 +124,25 @@ class RouteContext:
 class Sender:
     """The envelope sender as Microsoft 365 will see it (P1 MAIL FROM)."""
 
-    address: str  # as given; "" is the null sender
-    domain: str  # normalised domain of ``address``, "" for the null sender or a bare local part
-    p1_domain: str  # the domain Microsoft 365 sees, after SRS rewriting
+    address: str  # as Postfix sends it (``rewrite.after``; as given without it); "" is null
+    domain: str  # normalised domain of the sender as given, "" for null or a bare local part
+    p1_domain: str  # the domain Microsoft 365 sees, after Postfix's and SRS rewriting
     accepted_domain: str  # the accepted domain covering p1_domain, or ""
-    srs_rewritten: bool  # SRS replaced the domain with ``srs_domain``
+    srs_rewritten: bool  # SRS replaced the domain (postsrsd asked, or ``srs_domain`` guessed)
     #: Whether p1_domain counts as accepted is decided by a MatchSubDomains parent, i.e. by the
     #: assumption ``match_subdomains_covers_senders`` (either setting).
     doubtful: bool = False
+    #: With ``[postfix]``: how cleanup(8) and smtp(8) rewrote the sender given at MAIL FROM.
+    rewrite: SenderRewrite | None = None
 
     @property
     def null(self) -> bool:
         return not self.address
+
+    @property
+    def given(self) -> str:
+        """The sender as the client gave it at MAIL FROM (what the policy request says)."""
+        return self.rewrite.before if self.rewrite is not None else self.address
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,21 +219,28 @@ class RecipientPrediction:
 # --- the sender ----------------------------------------------------------------------------
 
 
-def sender_view(sender: str, tenant: Tenant, onprem: OnPrem) -> Sender:
-    """What Microsoft 365 sees as P1 MAIL FROM, SRS included (relay-rules.md step 5).
+def sender_view(
+    sender: str, tenant: Tenant, onprem: OnPrem, rewrite: SenderRewrite | None = None
+) -> Sender:
+    """What Microsoft 365 sees as P1 MAIL FROM (relay-rules.md step 5).
 
-    Without ``[postfix]`` the SRS rewriter is assumed to leave senders of accepted domains
-    alone (postsrsd's excluded domains, the usual setup) and to rewrite any other non-null
-    sender into ``srs_domain``; with ``[postfix]`` the domain postsrsd really writes is read
-    from its configuration (``policyd.sources.srs``).
+    ``rewrite`` (with ``[postfix]``, ``policyd.rules.rewrite``) is how Postfix rewrites
+    ``sender``: its result is judged. Where a rewriting service (postsrsd) was asked, its answer
+    is the SRS result. Otherwise ``onprem.srs_domain`` is a guess: the SRS rewriter is assumed to
+    leave senders of accepted domains alone (postsrsd's excluded domains) and to rewrite any
+    other non-null sender into ``srs_domain``.
     """
-    _, domain = split_address(sender) if sender else ("", "")
+    _, given_domain = split_address(sender) if sender else ("", "")
+    seen = rewrite.after if rewrite is not None else sender
+    _, domain = split_address(seen) if seen else ("", "")
     accepted, doubtful = tenant.domain_for_sender(domain) if domain else ("", False)
-    if accepted or not sender or not onprem.srs_domain:
-        return Sender(sender, domain, domain, accepted, False, doubtful)
+    if rewrite is not None and rewrite.asked_service:
+        return Sender(seen, given_domain, domain, accepted, rewrite.srs, doubtful, rewrite)
+    if accepted or not seen or not onprem.srs_domain:
+        return Sender(seen, given_domain, domain, accepted, False, doubtful, rewrite)
     srs = onprem.srs_domain
     srs_accepted, srs_doubtful = tenant.domain_for_sender(srs)
-    return Sender(sender, domain, srs, srs_accepted, True, doubtful or srs_doubtful)
+    return Sender(seen, given_domain, srs, srs_accepted, True, doubtful or srs_doubtful, rewrite)
 
 
 # --- steps 1 to 6 for one address -----------------------------------------------------------
@@ -262,6 +280,9 @@ def predict_address(
         )
 
     if route is not None:
+        if route.sender is not None:
+            # MAIL FROM as this route's service writes it (its smtp_generic_maps included).
+            sender = sender_view(sender.given, tenant, onprem, route.sender)
         if route.submission is not None and route.kind == endpoints.SUBMISSION:
             return _submitted(
                 address, forwarded, route, route.submission, sender, (tenant, tenant_name)
@@ -273,7 +294,7 @@ def predict_address(
         if chosen is None:
             return _unknown_endpoint(address, forwarded, route)
         tenant, onprem, attribution = chosen.tenant, route.onprem, route.attribution
-        sender = sender_view(sender.address, tenant, onprem)
+        sender = sender_view(sender.given, tenant, onprem, route.sender or sender.rewrite)
         tenant_name = chosen.name
 
     decided, noted = _decide(
@@ -297,7 +318,7 @@ def predict_address(
     for key in ordered(candidates):
         other_tenant = tenant.flipped(key)
         other_sender = (
-            sender_view(sender.address, other_tenant, onprem)
+            sender_view(sender.given, other_tenant, onprem, sender.rewrite)
             if key == MATCH_SUBDOMAINS_COVERS_SENDERS
             else sender
         )
@@ -397,7 +418,8 @@ def _decide(
                 forwarded,
                 SRS_REWRITTEN,
                 f"Connector '{connector}' matches {matched}, and SRS rewrites the sender "
-                f"domain {sender.domain} into {sender.p1_domain}, an accepted domain.",
+                f"domain {sender.domain} into {sender.p1_domain}, an accepted domain"
+                f"{_rewrite_text(sender)}.",
                 relayed=True,
             ), ()
         return _accepted(
@@ -405,7 +427,7 @@ def _decide(
             forwarded,
             SENDER_ACCEPTED_DOMAIN,
             f"Connector '{connector}' matches {matched}, and the sender's domain "
-            f"{sender.p1_domain} is an accepted domain.",
+            f"{sender.p1_domain} is an accepted domain{_rewrite_text(sender)}.",
             relayed=True,
         ), ()
 
@@ -427,17 +449,17 @@ def _decide(
     elif forwarded:
         reason = FORWARDED
         why = (
-            f"{address} is a forward and the original sender's domain {_p1_text(sender)} is "
-            f"not accepted, while {cert_problem}; present a certificate named under an accepted "
-            "domain, or rewrite forwarded senders with SRS into an accepted domain "
-            "(onprem.srs_domain)."
+            f"{address} is a forward and the original sender's domain "
+            f"{_p1_text(sender, tenant)} is not accepted, while {cert_problem}; present a "
+            "certificate named under an accepted domain, or rewrite forwarded senders with SRS "
+            "into an accepted domain (onprem.srs_domain)."
         )
     else:
         reason = SENDER_NOT_ACCEPTED
         why = (
             f"Connector '{connector}' matches {matched}, but the sender's domain "
-            f"{_p1_text(sender)} is not an accepted domain, while {cert_problem}; send as an "
-            "accepted domain, add the domain to the tenant, or present a certificate named "
+            f"{_p1_text(sender, tenant)} is not an accepted domain, while {cert_problem}; send "
+            "as an accepted domain, add the domain to the tenant, or present a certificate named "
             "under an accepted domain."
         )
     return _refused(address, forwarded, reason, why, relayed=True), ()
@@ -547,10 +569,32 @@ def _matched_by(attribution: Attribution) -> str:
     return f"the egress address {attribution.egress_address}"
 
 
-def _p1_text(sender: Sender) -> str:
+def _p1_text(sender: Sender, tenant: Tenant) -> str:
+    rewrite = sender.rewrite
+    if rewrite is not None and rewrite.rewritten:
+        text = sender.p1_domain or f"of <{sender.address}>"
+        if sender.srs_rewritten and not rewrite.asked_service:
+            text += f" (SRS rewrite of {sender.domain})"
+        text += _rewrite_text(sender)
+        _, given_domain = split_address(rewrite.before)
+        if rewrite.srs and given_domain and tenant.domain_for_sender(given_domain)[0]:
+            text += (
+                f": postsrsd rewrites {given_domain} senders too, unless its configuration "
+                "excludes that domain (postsrsd 1.x SRS_EXCLUDE_DOMAINS, 2.x domains)"
+            )
+        return text
     if sender.srs_rewritten:
         return f"{sender.p1_domain} (SRS rewrite of {sender.domain})"
     return sender.p1_domain or f"of <{sender.address}>"
+
+
+def _rewrite_text(sender: Sender) -> str:
+    """`` (Postfix rewrites <a> into <b>: TABLES)`` when Postfix rewrote the sender, else ""."""
+    rewrite = sender.rewrite
+    if rewrite is None or not rewrite.rewritten:
+        return ""
+    tables = "; ".join(rewrite.tables) or "cleanup(8)"
+    return f" (Postfix rewrites <{rewrite.before}> into <{rewrite.after}>: {tables})"
 
 
 # --- a whole recipient ------------------------------------------------------------------------
@@ -573,12 +617,14 @@ def _unknown_endpoint(address: str, forwarded: bool, context: RouteContext) -> A
 def seen_sender(sender: Sender) -> str:
     """The P1 MAIL FROM address Microsoft 365 sees, for the SMTP AUTH rules (SPEC §5.4).
 
-    Today: the address as given, or its SRS form when SRS rewrites it (postsrsd writes
-    ``SRS0=HASH=TT=domain=local@srs_domain``; the hash and timestamp are not known here, so they
-    are shown as ``HHHH`` and ``TT``: such an address is never a login and matches only
-    ``*@srs_domain`` in ``send_as``). This is the one place to switch to the rewritten sender.
+    The address after Postfix's rewriting (with ``[postfix]``: cleanup's maps, postsrsd's
+    answer and the route's ``smtp_generic_maps``, ``policyd.rules.rewrite``). Only where the SRS
+    domain is a guess (``onprem.srs_domain``, no rewriting service asked) is the SRS form made up
+    (postsrsd writes ``SRS0=HASH=TT=domain=local@srs_domain``; the hash and timestamp are not
+    known, so they are shown as ``HHHH`` and ``TT``: such an address is never a login and
+    matches only ``*@srs_domain`` in ``send_as``).
     """
-    if not sender.srs_rewritten:
+    if not sender.srs_rewritten or (sender.rewrite is not None and sender.rewrite.asked_service):
         return sender.address
     local, _ = split_address(sender.address)
     return f"SRS0=HHHH=TT={sender.domain}={local}@{sender.p1_domain}"
@@ -598,7 +644,7 @@ def _submitted(  # noqa: PLR0917 - predict_address's own arguments, passed on
     tenant, tenant_name = fallback
     chosen = context.tenant.tenant if context.tenant is not None else tenant
     if context.tenant is not None:
-        sender = sender_view(sender.address, chosen, context.onprem)
+        sender = sender_view(sender.given, chosen, context.onprem, sender.rewrite)
     decided = route.decide(seen_sender(sender), chosen.assumptions)
     _, domain = split_address(address)
     relayed = not chosen.accepted_domain_for(domain)

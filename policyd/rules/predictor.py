@@ -111,7 +111,8 @@ class Predictor:
     ) -> tuple[RecipientPrediction, bool]:
         """(prediction, sender accepted or null) for one RCPT whose expansion is ``final``.
 
-        Raises ``RouteLookupError`` when a routing table fails.
+        Raises ``RouteLookupError`` when a routing table fails, ``RewriteLookupError`` when a
+        table that rewrites the sender does.
         """
         tenant = by_sender(self.tenants, sender)
         if tenant is None and self.router is not None:
@@ -119,8 +120,12 @@ class Predictor:
         if tenant is None:
             return _unclaimed(recipient, final, sender), True
         onprem = self.onprem_for(tenant)
-        view = predict.sender_view(sender, tenant.tenant, onprem)
         router = self.router
+        # With [postfix]: cleanup(8)'s rewrite of the sender, once per request (routes and the
+        # relay rule use the queued sender; each route adds its service's smtp_generic_maps).
+        queued = router.queued(sender) if router is not None else None
+        routed = router.for_queued(sender, queued, now) if router and queued else None
+        view = predict.sender_view(sender, tenant.tenant, onprem, queued)
         prediction = predict.predict_recipient(
             recipient,
             final,
@@ -128,7 +133,7 @@ class Predictor:
             tenant=tenant.tenant,
             onprem=onprem,
             attribution=self.attribution(tenant, now),
-            router=router.for_sender(sender, now) if router is not None else None,
+            router=routed,
             tenant_name=tenant.name,
         )
         return prediction, view.null or bool(view.accepted_domain)

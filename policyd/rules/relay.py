@@ -1,11 +1,13 @@
 """Step 1 with ``[postfix]``: from a final address to its route and the attribution of the
 service that carries it. Pure (the ``now`` is injected); memoises per service.
 
-``Router.context(sender, address, now)`` resolves the route (``policyd.rules.routing``),
-classifies its next hop (``policyd.rules.endpoints``) and, for a route to Microsoft 365, attaches
-the on-premises picture of the delivering master.cf service (its certificate and egress
-addresses, built by ``policyd.sources.state``) with that service's connector attribution. The
-TLS level for the route's next hop (``smtp_tls_policy_maps``, else the service's
+``Router.context(sender, address, now)`` rewrites the sender as cleanup(8) queues it
+(``policyd.rules.rewrite``), resolves the route with that queued sender
+(``policyd.rules.routing``), classifies its next hop (``policyd.rules.endpoints``) and, for a
+route to Microsoft 365, attaches the on-premises picture of the delivering master.cf service (its
+certificate and egress addresses, built by ``policyd.sources.state``) with that service's
+connector attribution, and the sender that service writes in MAIL FROM (``smtp_generic_maps``).
+The TLS level for the route's next hop (``smtp_tls_policy_maps``, else the service's
 ``smtp_tls_security_level``) decides whether that certificate is presented at all.
 """
 
@@ -18,6 +20,7 @@ from datetime import datetime
 
 from policyd.rules import endpoints, predict, submission
 from policyd.rules.model import DEFAULT_TENANT, NamedTenant, OnPrem, Tenant
+from policyd.rules.rewrite import Listener, SenderRewrite, cleanup_sender, generic_sender
 from policyd.rules.routing import NO_TLS_LEVELS, ClientTls, PostfixView, client_tls, resolve
 
 #: Next hops whose TLS level a Router remembers before it starts over (a bound, not a tuning).
@@ -44,7 +47,8 @@ class Router:
     """Routes final addresses of one state generation; see the module docstring.
 
     ``services`` maps master.cf service names to their picture; a service that is missing
-    (not an smtp service at load time) is predicted with ``fallback``.
+    (not an smtp service at load time) is predicted with ``fallback``. ``listener`` is the smtpd
+    listener whose cleanup settings rewrite the sender (None: main.cf's).
     """
 
     def __init__(
@@ -57,10 +61,12 @@ class Router:
         endpoint_globs: tuple[str, ...] = (),
         uses_subprocess: bool = False,
         send_as: submission.SendAs | None = None,
+        listener: Listener | None = None,
     ) -> None:
         self.view = view
         #: ``[submission] send_as`` for client-submission routes (SPEC §5.4).
         self.send_as: submission.SendAs = send_as or {}
+        self.listener = listener
         self.services = dict(services)
         self.fallback = fallback
         self.tenant = tenant
@@ -85,6 +91,7 @@ class Router:
             endpoint_globs=self.endpoint_globs,
             uses_subprocess=self.uses_subprocess,
             send_as=self.send_as,
+            listener=self.listener,
         )
         select = self.select
 
@@ -147,12 +154,22 @@ class Router:
         """The earliest instant a memoised attribution expires (Unix time; inf when none)."""
         return min((until for _, until in self._attributions.values()), default=math.inf)
 
-    def context(self, sender: str, address: str, now: datetime) -> predict.RouteContext:
-        """The route of ``address`` for mail from ``sender`` with its service's attribution.
+    def queued(self, sender: str) -> SenderRewrite:
+        """The sender as cleanup(8) queues it; raises ``RewriteLookupError``."""
+        return cleanup_sender(self.view, sender, self.listener)
 
-        Raises ``RouteLookupError`` when a routing table fails.
+    def context(
+        self, sender: str, address: str, now: datetime, queued: SenderRewrite | None = None
+    ) -> predict.RouteContext:
+        """The route of ``address`` for mail from ``sender`` with its service's attribution and
+        the sender that service writes. ``queued``: ``self.queued(sender)`` when known.
+
+        Raises ``RouteLookupError`` when a routing table fails, ``RewriteLookupError`` when a
+        rewriting table does.
         """
-        route = resolve(self.view, sender, address)
+        if queued is None:
+            queued = self.queued(sender)
+        route = resolve(self.view, queued.after, address)
         kind = (
             endpoints.classify_nexthop(route.nexthop, self.endpoint_globs)
             if route.relays
@@ -163,6 +180,7 @@ class Router:
         # The TLS level matters only towards Microsoft 365: other next hops are not asked.
         nexthop = route.nexthop if kind != endpoints.OTHER else ""
         picture, _ = self.route_picture(route.transport, nexthop)
+        seen = queued.then(generic_sender(self.view, route.transport, queued.after))
         return predict.RouteContext(
             route,
             kind,
@@ -174,6 +192,7 @@ class Router:
             self._submission(route.transport, route.nexthop)
             if kind == endpoints.SUBMISSION
             else None,
+            seen,
         )
 
     def _submission(self, service: str, nexthop: str) -> submission.SubmissionRoute:
@@ -183,8 +202,14 @@ class Router:
 
     def for_sender(self, sender: str, now: datetime) -> Callable[[str], predict.RouteContext]:
         """``predict.predict_recipient``'s ``router`` argument for one sender."""
+        return self.for_queued(sender, self.queued(sender), now)
+
+    def for_queued(
+        self, sender: str, queued: SenderRewrite, now: datetime
+    ) -> Callable[[str], predict.RouteContext]:
+        """``for_sender`` with cleanup's rewrite of ``sender`` already made (``queued``)."""
 
         def route(address: str) -> predict.RouteContext:
-            return self.context(sender, address, now)
+            return self.context(sender, address, now, queued)
 
         return route

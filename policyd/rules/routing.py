@@ -332,27 +332,12 @@ def _sender_dependent(
 
 
 def _mail_addr_find(view: PostfixView, maps: str, address: str) -> tuple[str, str] | None:
-    """mail_addr_find() with its default strategy: full address, without extension, the
-    local part alone when the domain is local (or $myorigin), then ``@domain``.
+    """mail_addr_find() with its default strategy (``mail_addr_keys``).
 
     Returns (table, value) for the first table and key that has an entry, else None.
     """
     tables = _split(maps)
-    at = address.rfind("@")
-    keys: list[tuple[str, bool]] = [(address, False)]
-    bare, _ = _strip_extension(view, address)
-    if bare is not None:
-        keys.append((bare, True))
-    if at >= 0:
-        domain = _domain(address[at + 1 :])
-        if domain == _domain(view.parameter("myorigin")) or _is_local(view, domain):
-            local = address[:at]
-            keys.append((local, True))
-            bare_local, _ = _strip_extension(view, local)
-            if bare_local is not None:
-                keys.append((bare_local, True))
-        keys.append((address[at:], True))
-    for key, partial in keys:
+    for key, partial, _ in mail_addr_keys(view, address):
         for table in tables:
             value = view.tables.find(table, key, partial=partial)
             if value is not None:
@@ -362,9 +347,38 @@ def _mail_addr_find(view: PostfixView, maps: str, address: str) -> tuple[str, st
 
 def mail_addr_find(view: PostfixView, maps: str, address: str) -> tuple[str, str] | None:
     """mail_addr_find() over the tables of ``maps`` (a list parameter's value): (table, value)
-    of the first key that has an entry, in the order ``_mail_addr_find`` describes, else None.
+    of the first key that has an entry, in the order ``mail_addr_keys`` gives, else None.
     Sender-dependent SASL lookups (``policyd.rules.submission``) use it too."""
     return _mail_addr_find(view, maps, address)
+
+
+def mail_addr_keys(view: PostfixView, address: str) -> list[tuple[str, bool, str]]:
+    """mail_addr_find()'s keys with its default strategy (Postfix ``mail_addr_find.c``): the full
+    address, without its extension, the local part alone (with and without extension) when the
+    domain is local or ``$myorigin``, then ``@domain``.
+
+    Each key is (key, partial, unmatched extension): ``partial`` keys skip pattern tables, and the
+    extension is what the key dropped ("" when it dropped none), for
+    ``propagate_unmatched_extensions``. The null address has no keys (maps_find() never looks
+    up an empty key).
+    """
+    if not address:
+        return []
+    at = address.rfind("@")
+    keys: list[tuple[str, bool, str]] = [(address, False, "")]
+    bare, extension = _strip_extension(view, address)
+    if bare is not None:
+        keys.append((bare, True, extension))
+    if at >= 0:
+        domain = _domain(address[at + 1 :])
+        if domain == _domain(view.parameter("myorigin")) or _is_local(view, domain):
+            local = address[:at]
+            keys.append((local, True, ""))
+            bare_local, local_extension = _strip_extension(view, local)
+            if bare_local is not None:
+                keys.append((bare_local, True, local_extension))
+        keys.append((address[at:], True, ""))
+    return keys
 
 
 def _strip_extension(view: PostfixView, address: str) -> tuple[str | None, str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from policyd.errors import AliasLookupError, ConfigError, RouteLookupError
 from policyd.rules.aliases import DictTable, Table
+from policyd.rules.rewrite import CLEANUP_PARAMETERS, GENERIC_PARAMETER, Listener
 from policyd.rules.routing import PostfixView, Service, is_table, split_list
 from policyd.sources.detours import Detour, find_detours
 from policyd.sources.postfix import (
@@ -52,6 +53,10 @@ ROUTING_TABLE_PARAMETERS = (
 #: Of those, the ones a master.cf ``-o`` of a delivery service may override.
 SERVICE_TABLE_PARAMETERS = ("smtp_tls_policy_maps", "lmtp_tls_policy_maps")
 
+#: main.cf parameters (also as master.cf ``-o`` overrides) holding tables that rewrite the
+#: envelope sender (``policyd.rules.rewrite``).
+REWRITING_TABLE_PARAMETERS = (*CLEANUP_PARAMETERS, GENERIC_PARAMETER)
+
 
 class PostfixTables:
     """``policyd.rules.routing.Tables`` over opened tables (see ``sources.tables.open_table``)."""
@@ -82,6 +87,9 @@ class LoadedPostfix:
     warnings: tuple[str, ...]
     #: content_filter / FILTER detours (reported, not followed: ``policyd.sources.detours``).
     detours: tuple[Detour, ...] = ()
+    #: The smtpd listener on port 25 whose cleanup settings the sender rewriting uses (None:
+    #: master.cf has none; main.cf's settings apply).
+    listener: Listener | None = None
 
 
 def read_postfix_view(
@@ -127,20 +135,30 @@ def read_postfix_view(
     tables = PostfixTables(opened)
     view = PostfixView(parameters, services, tables, config_directory=directory)
     detours = find_detours(parameters, fields, overrides, services)
-    return LoadedPostfix(view, tables, tuple(dict.fromkeys(files)), tuple(warnings), detours)
+    return LoadedPostfix(
+        view,
+        tables,
+        tuple(dict.fromkeys(files)),
+        tuple(warnings),
+        detours,
+        _smtpd_listener(fields, overrides),
+    )
 
 
 def _table_settings(
     parameters: Mapping[str, str], services: Mapping[str, Service]
 ) -> list[tuple[str, str, str]]:
-    """(where, parameter, value) for every routing table setting: main.cf's, then the ``-o``
-    overrides of master.cf services (a service may name its own ``smtp_tls_policy_maps``)."""
-    found = [("main.cf", p, parameters.get(p, "")) for p in ROUTING_TABLE_PARAMETERS]
+    """(where, parameter, value) for every routing and sender-rewriting table setting: main.cf's,
+    then the ``-o`` overrides of master.cf services (a service may name its own
+    ``smtp_tls_policy_maps``, a cleanup its ``sender_canonical_maps``, an smtp service its
+    ``smtp_generic_maps``)."""
+    main_cf = (*ROUTING_TABLE_PARAMETERS, *REWRITING_TABLE_PARAMETERS)
+    found = [("main.cf", p, parameters.get(p, "")) for p in main_cf]
     for name, service in services.items():
         found.extend(
             (f"master.cf: {name}/unix -o", p, value)
             for p, value in service.overrides.items()
-            if p in SERVICE_TABLE_PARAMETERS
+            if p in SERVICE_TABLE_PARAMETERS or p in REWRITING_TABLE_PARAMETERS
         )
     return found
 
@@ -227,3 +245,30 @@ def _services(fields: Mapping[str, str], overrides: Mapping[str, str]) -> dict[s
         if service_type == "unix" and name in options and parameter:
             options[name][parameter] = value
     return {name: Service(name, commands[name], options[name]) for name in commands}
+
+
+#: master.cf inet service names (the port part) of the SMTP listener on port 25.
+_SMTP_PORTS = ("smtp", "25")
+
+
+def _smtpd_listener(fields: Mapping[str, str], overrides: Mapping[str, str]) -> Listener | None:
+    """The ``inet`` smtpd service on port 25 (``smtp``, ``ADDRESS:smtp``, ``25``...), else the
+    only ``inet`` smtpd service, with its ``-o`` overrides; None when there is no such one.
+
+    The policy request does not say which listener asked, so the daemon judges mail as this
+    listener receives it (README: "What Microsoft 365 sees: sender rewriting and SRS")."""
+    listeners: list[str] = []
+    for key, value in fields.items():
+        name, _, rest = key.partition("/")
+        words = value.split()
+        if rest == "inet/command" and words and words[0] == "smtpd":
+            listeners.append(name)
+    chosen = next(
+        (name for name in listeners if name.rpartition(":")[2].lower() in _SMTP_PORTS),
+        listeners[0] if len(listeners) == 1 else None,
+    )
+    if chosen is None:
+        return None
+    prefix = f"{chosen}/inet/"
+    options = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
+    return Listener(f"{chosen}/inet", options)

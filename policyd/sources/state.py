@@ -165,10 +165,9 @@ def build_state(config: Config, generation: int) -> State:
     postfix = read_postfix_view(directory)
     view = postfix.view
     keys = config.onprem_keys
+    # doctor judges the domain postsrsd's configuration names; predictions ask postsrsd itself
+    # (policyd.rules.rewrite), so only an explicit onprem.srs_domain is still a guess.
     srs = read_srs_domain(view.parameters, config.postfix.postsrsd_config)
-    if srs is not None and "srs_domain" not in keys:
-        # The effective configuration: predictions use the domain postsrsd really writes.
-        config = replace(config, onprem=replace(config.onprem, srs_domain=srs.domain))
     alias_specs = (
         config.alias_maps
         if "alias_maps" in keys
@@ -200,6 +199,7 @@ def build_state(config: Config, generation: int) -> State:
         or config.tenant_endpoints,
         uses_subprocess=postfix.tables.uses_subprocess,
         send_as=dict(config.submission.send_as),
+        listener=postfix.listener,
     )
     return State(config, aliases, generation, router, postfix, srs)
 

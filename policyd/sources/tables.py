@@ -30,6 +30,7 @@ from policyd.rules.aliases import (
     Table,
     fold,
 )
+from policyd.rules.rewrite import SERVICE_TYPES
 from policyd.sources.files import MAX_TABLE_SOURCE_BYTES, read_capped
 from policyd.sources.postfix import Runner, find_tool, run_tool
 
@@ -88,7 +89,10 @@ class _PostmapTable:
     ) -> None:
         self.spec = spec
         self._config_args = ["-c", config_directory] if config_directory else []
-        self.pattern = table_type in PATTERN_TYPES
+        self.pattern = table_type in PATTERN_TYPES or table_type in SERVICE_TYPES
+        #: A service answering over a socket (postsrsd): only whole addresses are asked, and
+        #: not at load time (a service that is down fails lookups later, answered on_error).
+        self.service = table_type in SERVICE_TYPES
         self._postmap = postmap
         self._timeout = timeout
         self._cache_size = cache_size
@@ -373,9 +377,9 @@ def open_table(
 
     ``texthash:/path`` and a bare ``/path`` are parsed here; other ``type:name`` tables are
     checked once with ``postmap -q`` (an unsupported type or an unopenable file is a
-    ConfigError now, not a lookup error later) and queried through it afterwards, with
-    ``postmap -c config_directory`` when one is given (so the table sees that instance's
-    main.cf, as Postfix's own lookups do).
+    ConfigError now, not a lookup error later; a ``SERVICE_TYPES`` table is not asked until
+    used) and queried through it afterwards, with ``postmap -c config_directory`` when one is
+    given (so the table sees that instance's main.cf, as Postfix's own lookups do).
     """
     text = spec.strip() if isinstance(spec, str) else ""
     if not text:
@@ -421,6 +425,8 @@ def open_table(
         runner=runner,
         config_directory=config_directory,
     )
+    if table.service:
+        return OpenedTable(table, tuple(files), ())
     try:
         table.query(_PROBE_KEY)
     except _LookupTimeoutError:

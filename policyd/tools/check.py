@@ -14,11 +14,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from policyd.constants import ACCEPT, REJECT
+from policyd.engine.policy import lookup_problem
 from policyd.errors import LookupFailureError
 from policyd.rules import predict
 from policyd.rules.assumptions import Assumptions
 from policyd.rules.predict import Attribution, RecipientPrediction, RouteContext, Sender
 from policyd.rules.predictor import by_sender
+from policyd.rules.rewrite import GENERIC_PARAMETER, SenderRewrite
 from policyd.sources.instances import describe as describe_instance
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ class CheckResult:
     #: With ``[postfix]``: the instance read, and the content-filter detours it reports.
     instance: str = ""
     detours: tuple[str, ...] = ()
+    #: With ``[postfix]``: the sender as cleanup(8) queues it (each route adds its service's
+    #: ``smtp_generic_maps``); None without ``[postfix]`` or when a rewriting table failed.
+    queued: SenderRewrite | None = None
 
     @property
     def verdict(self) -> str:
@@ -58,19 +63,28 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
     tenant = by_sender(predictor.tenants, sender) or predictor.tenants[0]
     onprem = predictor.onprem_for(tenant)
     attribution = predictor.attribution(tenant, now)
-    view = predict.sender_view(sender, tenant.tenant, onprem)
+    queued: SenderRewrite | None = None
+    router = state.router
+    if router is not None:
+        try:
+            queued = router.queued(sender)
+        except LookupFailureError as error:
+            failed = tuple((recipient, lookup_problem(error)) for recipient in recipients)
+            view = predict.sender_view(sender, tenant.tenant, onprem)
+            return CheckResult(view, attribution, failed, {}, tenant.tenant.assumptions)
+    view = predict.sender_view(sender, tenant.tenant, onprem, queued)
     results: list[RecipientPrediction | tuple[str, str]] = []
     routes: dict[str, RouteContext] = {}
     for recipient in recipients:
         try:
             final = state.aliases.expand(recipient)
             prediction, _ = predictor.predict(sender, recipient, final, now)
-            if state.router is not None:
+            if router is not None:
                 for address in prediction.final:
-                    routes[address] = state.router.context(sender, address, now)
+                    routes[address] = router.context(sender, address, now, queued)
             results.append(prediction)
         except LookupFailureError as error:
-            results.append((recipient, str(error)))
+            results.append((recipient, lookup_problem(error)))
     instance = ""
     detours: tuple[str, ...] = ()
     if state.postfix is not None:
@@ -78,7 +92,14 @@ def run_check(state: State, sender: str, recipients: Sequence[str], now: datetim
         instance = str(describe_instance(loaded.view.config_directory, loaded.view.parameters))
         detours = tuple(str(detour) for detour in loaded.detours)
     return CheckResult(
-        view, attribution, tuple(results), routes, tenant.tenant.assumptions, instance, detours
+        view,
+        attribution,
+        tuple(results),
+        routes,
+        tenant.tenant.assumptions,
+        instance,
+        detours,
+        queued,
     )
 
 
@@ -133,7 +154,29 @@ def as_json(result: CheckResult) -> dict[str, object]:
     found: dict[str, object] = {"verdict": result.verdict, "recipients": recipients}
     if result.instance:
         found["postfix"] = {"instance": result.instance, "detours": list(result.detours)}
+    if result.queued is not None:
+        found["sender"] = rewrite_json(result.queued)
     return found
+
+
+def rewrite_json(rewrite: SenderRewrite) -> dict[str, object]:
+    """The sender before and after Postfix's rewriting, and each table that rewrote it."""
+    return {
+        "before": rewrite.before,
+        "after": rewrite.after,
+        "rewritten_by": [
+            {
+                "parameter": step.parameter,
+                "table": step.table,
+                "source": step.source,
+                "before": step.before,
+                "after": step.after,
+            }
+            for step in rewrite.steps
+        ],
+        "services_asked": list(rewrite.services),
+        "notes": list(rewrite.notes),
+    }
 
 
 def _route_json(context: RouteContext | None) -> dict[str, object] | None:
@@ -150,6 +193,7 @@ def _route_json(context: RouteContext | None) -> dict[str, object] | None:
         "certificate_from": context.certificate_from,
         "egress_addresses": [str(a) for a in context.onprem.egress_addresses],
         "egress_from": context.egress_from,
+        "sender": rewrite_json(context.sender) if context.sender is not None else None,
     }
 
 
@@ -169,6 +213,9 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     """The human explanation: sender, attribution, then each recipient's chain of reasoning."""
     sender = result.sender
     out.write(f"Sender    {_sender_line(sender)}\n")
+    if result.queued is not None:
+        for line in rewrite_lines(result.queued, "cleanup"):
+            out.write(f"  {line}\n")
     if result.instance:
         out.write(f"Postfix   {result.instance}\n")
     for detour in result.detours:
@@ -180,7 +227,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     for entry in result.recipients:
         if not isinstance(entry, RecipientPrediction):
             recipient, problem = entry
-            out.write(f"\nRecipient {recipient}\n  ERROR  alias expansion failed: {problem}\n")
+            out.write(f"\nRecipient {recipient}\n  ERROR  {problem}\n")
             continue
         out.write(f"\nRecipient {entry.recipient}\n")
         for address in entry.addresses:
@@ -206,10 +253,32 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     out.write(f"\nVerdict   {result.verdict} ({refused} of {total} recipients refused)\n")
 
 
+def rewrite_lines(rewrite: SenderRewrite, stage: str) -> list[str]:
+    """The sender before and after Postfix's rewriting (``stage``: cleanup, or the route), and
+    the table of each step."""
+    if not rewrite.rewritten:
+        lines = [f"{stage:<12} <{rewrite.before}> is not rewritten"]
+    else:
+        lines = [f"{stage:<12} <{rewrite.before}> -> <{rewrite.after}>"]
+    lines += [f"{'':<12} {step}" for step in rewrite.steps]
+    rewriters = {step.table for step in rewrite.steps}
+    lines += [
+        f"{'':<12} asked {table}: no rewrite"
+        for table in dict.fromkeys(rewrite.services)
+        if table not in rewriters
+    ]
+    lines += [f"{'':<12} {note}" for note in rewrite.notes]
+    return lines
+
+
 def _sender_line(sender: Sender) -> str:
     if sender.null:
+        if sender.given:
+            return f"<{sender.given}>, which cleanup(8) queues as <> (null sender)"
         return "<> (null sender: bounces and auto-replies)"
-    text = f"<{sender.address}>"
+    text = f"<{sender.given}>"
+    if sender.address != sender.given:
+        text += f", rewritten by Postfix into <{sender.address}>"
     if sender.srs_rewritten:
         text += f", rewritten by SRS into {sender.p1_domain}"
     if not sender.p1_domain:
@@ -275,6 +344,14 @@ def route_lines(context: RouteContext) -> list[str]:
     lines.extend(f"             {step}" for step in route.steps)
     if not context.reaches_microsoft:
         return lines
+    if context.sender is not None:
+        # cleanup's steps are shown once under Sender; this route adds its smtp_generic_maps.
+        lines.append(f"sender       MAIL FROM:<{context.sender.after}>")
+        lines.extend(
+            f"             {step}"
+            for step in context.sender.steps
+            if step.parameter == GENERIC_PARAMETER
+        )
     certificate = context.onprem.certificate
     if certificate is not None:
         lines.append(f"certificate  {certificate.path} ({context.certificate_from})")

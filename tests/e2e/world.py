@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -333,18 +334,29 @@ def write_certs(pki: TestPKI, directory: Path) -> dict[str, tuple[Path, Path, Is
     return out
 
 
-def start_postsrsd(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A postsrsd for contoso.com on loopback, polled until it listens; (process, forward port)."""
-    secret = root / "postsrsd.secret"
+def start_postsrsd(
+    root: Path,
+    domain: str = "contoso.com",
+    excludes: Sequence[str] = (),
+    *,
+    listen: str = "127.0.0.1",
+    forward: int = 0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's postsrsd (1.x) started directly with a private secret: SRS domain ``domain``,
+    ``excludes`` as its ``-X`` list (what ``SRS_EXCLUDE_DOMAINS`` sets), listening on ``listen``
+    (forward port ``forward``, else a free one); polled until it listens. (process, forward
+    port); the caller stops it."""
+    secret = root / f"postsrsd-{os.urandom(4).hex()}.secret"
     secret.write_bytes(os.urandom(24).hex().encode() + b"\n")
     os.chmod(secret, 0o600)
-    forward, reverse = free_port(), free_port()
+    forward, reverse = forward or free_port(), free_port()
     proc = subprocess.Popen(
         [
             shutil.which("postsrsd") or "/usr/sbin/postsrsd",
             f"-s{secret}",
-            "-dcontoso.com",
-            "-l127.0.0.1",
+            f"-d{domain}",
+            *([f"-X{','.join(excludes)}"] if excludes else []),
+            f"-l{listen}",
             f"-f{forward}",
             f"-r{reverse}",
             "-4",
@@ -355,7 +367,7 @@ def start_postsrsd(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", forward), timeout=1).close()
+            socket.create_connection((listen, forward), timeout=1).close()
             return proc, forward
         except OSError:
             time.sleep(0.05)

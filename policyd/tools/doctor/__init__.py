@@ -58,6 +58,7 @@ from policyd.tools.doctor.submission import submission_checks
 from policyd.tools.doctor.tenant import (
     connector_scope,
     mail_classes,
+    rewriting_check,
     route_samples,
     sender_routes,
     shared_certificate_check,
@@ -104,7 +105,8 @@ def audit(
         return _several(config, predictor, now, postfix, key, resolve, router, srs)
     tenant, onprem = config.tenant, config.onprem
     attribution = predict.attribute(tenant, onprem, now)
-    classes = mail_classes(config, attribution, sender_routes(router, now))
+    problems: list[str] = []
+    classes = mail_classes(config, attribution, sender_routes(router, now, problems))
     checks = connector_scope(
         [*certificate_checks(config, attribution, key, now), *tenant_checks(config, attribution)],
         classes,
@@ -119,6 +121,8 @@ def audit(
         disagrees = router is None and any(
             c.status == ERROR and c.id in ("postfix-cert-file", "postfix-relayhost") for c in found
         )
+    if problems:
+        checks.append(rewriting_check(problems))
     checks.extend(assumption_checks(config, classes))
     checks.append(summary_check(classes, disagrees))
     return Report(tuple(checks), classes)
@@ -138,10 +142,11 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
     cross-tenant warnings and the summary over every tenant's table."""
     checks: list[Check] = []
     classes: list[MailClass] = []
+    problems: list[str] = []
     for named in predictor.tenants:
         own = replace(config, tenant=named.tenant, onprem=predictor.onprem_for(named))
         attribution = predictor.attribution(named, now)
-        rows = mail_classes(own, attribution, sender_routes(router, now))
+        rows = mail_classes(own, attribution, sender_routes(router, now, problems))
         section = connector_scope(
             [*certificate_checks(own, attribution, key, now), *tenant_checks(own, attribution)],
             rows,
@@ -155,6 +160,8 @@ def _several(  # noqa: PLR0917 - audit()'s inputs, passed on
         if srs is not None:
             found.append(srs_check(srs))
         checks.extend(found)
+    if problems:
+        checks.append(rewriting_check(problems))
     pictures = (
         [p.onprem for p in router.services.values()]
         if router is not None

@@ -1089,5 +1089,6 @@ def srs_check(srs: SrsDomain) -> Check:
         "postfix-srs-domain",
         POSTFIX,
         OK,
-        f"postsrsd ({srs.table}) rewrites forwarded senders into {srs.domain} ({srs.source}).",
+        f"postsrsd ({srs.table}) rewrites senders outside its excluded domains into "
+        f"{srs.domain} ({srs.source}).",
     )

@@ -16,10 +16,13 @@ from dataclasses import replace
 from datetime import datetime
 
 from policyd.constants import ACCEPT
+from policyd.engine.policy import lookup_problem
+from policyd.errors import LookupFailureError
 from policyd.rules import predict, reasons
 from policyd.rules.certnames import connector_name_matches
 from policyd.rules.model import InboundConnector, NamedTenant, OnPrem, Tenant
 from policyd.rules.relay import Router
+from policyd.rules.rewrite import SenderRewrite
 from policyd.sources.config import Config
 from policyd.tools.doctor.certificate import domain_to_add
 from policyd.tools.doctor.report import (
@@ -27,6 +30,7 @@ from policyd.tools.doctor.report import (
     ERROR,
     NOTE,
     OK,
+    POSTFIX,
     SUMMARY,
     TENANT,
     WARNING,
@@ -476,18 +480,39 @@ def route_samples(config: Config) -> tuple[tuple[str, str, str], ...]:
 
 
 def sender_routes(
-    router: Router | None, now: datetime
+    router: Router | None, now: datetime, problems: list[str] | None = None
 ) -> Callable[[str], Callable[[str], predict.RouteContext]] | None:
     """Per sender, the route function the daemon uses at ``now`` (None without [postfix]):
-    the ``router`` argument of ``mail_classes``."""
+    the ``router`` argument of ``mail_classes``. A table that rewrites the sender and fails
+    (postsrsd not answering) is added to ``problems``, and that sender is routed unrewritten."""
     if router is None:
         return None
     active = router
 
     def routes(sender: str) -> Callable[[str], predict.RouteContext]:
-        return active.for_sender(sender, now)
+        try:
+            return active.for_sender(sender, now)
+        except LookupFailureError as error:
+            said = f"<{sender}>: "
+            if problems is not None and not any(p.startswith(said) for p in problems):
+                problems.append(said + lookup_problem(error))
+            return active.for_queued(sender, SenderRewrite(sender, sender), now)
 
     return routes
+
+
+def rewriting_check(problems: Sequence[str]) -> Check:
+    """Tables that rewrite the sender (canonical maps, postsrsd) could not be asked."""
+    return Check(
+        "postfix-sender-rewriting",
+        POSTFIX,
+        ERROR,
+        "The sender Microsoft 365 sees could not be computed: "
+        + "; ".join(dict.fromkeys(problems))
+        + ". The table below judges these senders as given; the daemon answers on_error for them.",
+        "Start the rewriting service (postsrsd) or fix the table; Postfix itself does not accept "
+        "mail while a canonical map fails.",
+    )
 
 
 def mail_classes(
