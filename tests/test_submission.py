@@ -398,3 +398,24 @@ def test_assumption_defaults_never_refuse() -> None:
     defaults = Assumptions()
     assert not defaults.submission_sender_must_be_login
     assert not defaults.submission_null_sender_refused
+
+
+def test_doctor_reads_the_tls_level_for_the_submission_next_hop(tmp_path: Path) -> None:
+    """smtp_tls_security_level = may, but smtp_tls_policy_maps makes TLS mandatory for
+    [smtp.office365.com]:587: the session is encrypted, so no postfix-submission-tls warning;
+    the same map with `may` for that next hop is warned about, naming the map."""
+    for level, warned in (("encrypt", False), ("may", True)):
+        directory = tmp_path / level
+        policy = directory / "postfix" / "tls_policy"
+        main = {
+            "smtp_sasl_mechanism_filter": "xoauth2",
+            "smtp_tls_security_level": "may",
+            "smtp_tls_policy_maps": f"texthash:{policy}",
+        }
+        config = submission_site(directory, main)
+        policy.write_text(f"{SUBMISSION} {level}\n")
+        report = doctor_report(config)
+        tls = report.status_of("postfix-submission-tls")
+        assert (tls == "warning") is warned, (level, tls)
+        if warned:
+            assert "smtp_tls_policy_maps" in check_of(report, "postfix-submission-tls").finding

@@ -10,8 +10,8 @@ where it applies:
   ``550 5.7.30``; Exchange Team blog 4114750; the date has moved, see docs/relay-rules.md).
 - ``postfix-submission-tls``: such a route whose service's ``smtp_tls_security_level`` is below
   ``encrypt``: Microsoft 365 offers AUTH only after STARTTLS, so a session without TLS goes out
-  unauthenticated (``530 5.7.57``). The level of ``smtp_tls_policy_maps`` entries is not read
-  here.
+  unauthenticated (``530 5.7.57``). The level is the one for that next hop: its
+  ``smtp_tls_policy_maps`` entry, else the service's ``smtp_tls_security_level``.
 - ``postfix-sasl-unused``: ``smtp_sasl_password_maps`` has an entry for a port-25 MX endpoint
   (``*.mail.protection.outlook.com``): that endpoint offers no AUTH, the credentials are never
   used and the connector decides alone.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from policyd.errors import RouteLookupError
 from policyd.rules import endpoints, submission
 from policyd.rules.relay import Router
 from policyd.rules.routing import PostfixView, client_tls
@@ -74,7 +75,11 @@ def submission_checks(postfix: PostfixFacts, router: Router | None) -> list[Chec
         )
     weak = []
     for service, nexthop in submitted:
-        tls = client_tls(view, service)
+        try:
+            tls = client_tls(view, service, nexthop)
+        except RouteLookupError as error:
+            weak.append(f"{nexthop} via {service} (smtp_tls_policy_maps lookup failed: {error})")
+            continue
         if tls.level not in MANDATORY_TLS:
             weak.append(f"{nexthop} via {service} ({tls.level_from} = {tls.level or '(empty)'})")
     if weak:
