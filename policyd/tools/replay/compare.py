@@ -43,6 +43,8 @@ MAX_MESSAGES = 200_000
 #: Predictions remembered, shared among the configurations compared (memory stays bounded
 #: with --sweep-assumptions too).
 CACHE_SIZE = 100_000
+#: Distinct relay= values whose test is remembered.
+MAX_RELAYS = 10_000
 #: Statuses of an attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
@@ -83,8 +85,13 @@ class Tally:
         self.compared += 1
         self.agreed += agrees
         self.disagreements += not agrees
-        self.table.setdefault(predicted, Counter())[observed] += 1
-        counts = self.reasons.setdefault(reason, [0, 0])
+        row = self.table.get(predicted)
+        if row is None:
+            row = self.table[predicted] = Counter()
+        row[observed] += 1
+        counts = self.reasons.get(reason)
+        if counts is None:
+            counts = self.reasons[reason] = [0, 0]
         counts[0] += 1
         counts[1] += agrees
         return agrees
@@ -171,6 +178,8 @@ class Comparison:
         for variant in self.variants:
             variant.cache_size = max(1_000, CACHE_SIZE // len(self.variants))
         self.is_microsoft = relay_matcher(relay_hosts)
+        #: relay= value → is_microsoft (a log names few relays; bounded all the same)
+        self.relays: dict[str, bool] = {}
         self.since = since
         self.until = until
         self.limit = limit
@@ -206,7 +215,15 @@ class Comparison:
 
     def _attempt(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
-        if delivery.status not in COUNTED_STATUSES or not self.is_microsoft(delivery):
+        if delivery.status not in COUNTED_STATUSES:
+            return
+        microsoft = self.relays.get(delivery.relay)
+        if microsoft is None:
+            microsoft = self.is_microsoft(delivery)
+            if len(self.relays) >= MAX_RELAYS:
+                self.relays.clear()
+            self.relays[delivery.relay] = microsoft
+        if not microsoft:
             return
         time = attempt.time
         if (self.since is not None and time < self.since) or (
