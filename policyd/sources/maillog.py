@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, NamedTuple
@@ -54,7 +54,7 @@ _SYSLOG_TIME = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(
 _ISO_TIME = re.compile(
     r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:?\d\d)?(?=\s)"
 )
-# After "<syslog name>/qmgr[": the rest of a qmgr line (the name is the word before).
+# After "/qmgr[": the rest of a qmgr line (the syslog name is the word before, _instance).
 _QMGR_FROM = re.compile(
     r"\d+\]: (?P<queue_id>[0-9A-Za-z]+): from=<(?P<sender>[^>]*)>, "
     r"size=(?P<size>\d+)(?:, nrcpt=(?P<nrcpt>\d+))?"
@@ -64,16 +64,10 @@ _QMGR = "/qmgr["
 _NAME = re.compile(r"[^\s\[\]/:]+(?:/[^\s\[\]/:]+)*")
 
 
-def _qmgr(line: str, pattern: re.Pattern[str]) -> tuple[str, re.Match[str]] | None:
-    """(instance, match of ``pattern`` after "/qmgr[") for a qmgr line, else None."""
-    at = line.find(_QMGR)
-    start = line.rfind(" ", 0, at) + 1
-    if at < 0 or _NAME.fullmatch(line, start, at) is None:
-        return None
-    match = pattern.match(line, at + len(_QMGR))
-    if match is None:
-        return None
-    return line[start:at].split("/", 1)[0], match
+def _instance(name: str) -> str:
+    """The instance of a syslog name (``postfix-out/x`` → ``postfix-out``); "" when the name
+    is not one (empty, or with white space, brackets, a colon or an empty part)."""
+    return name.split("/", 1)[0] if _NAME.fullmatch(name) is not None else ""
 
 
 class LogError(Exception):
@@ -178,20 +172,62 @@ def _first_time(path: str, reference: datetime) -> datetime | None:
     return None
 
 
-def _open_text(path: str, stdin: IO[bytes] | None = None) -> IO[str]:
-    """A text stream over a plain file, a ``.gz`` file (by magic bytes) or standard input."""
+def _open_binary(path: str, stdin: IO[bytes] | None = None) -> IO[bytes] | gzip.GzipFile:
+    """The bytes of a plain file, a ``.gz`` file (by magic bytes) or standard input."""
     if path == STDIN:
-        raw = stdin if stdin is not None else sys.stdin.buffer
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
+        return stdin if stdin is not None else sys.stdin.buffer
     with open(path, "rb") as probe:
         magic = probe.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(
-            gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline=None
-        )
+        return gzip.GzipFile(path, "rb")
     if path.endswith(".gz"):
         raise LogError(path, "named .gz but not gzip data")
-    return open(path, encoding="utf-8", errors="replace", newline=None)
+    return open(path, "rb")
+
+
+def _open_text(path: str, stdin: IO[bytes] | None = None) -> IO[str]:
+    """A text stream over ``_open_binary``: UTF-8 with bad bytes replaced, universal newlines."""
+    return io.TextIOWrapper(
+        _open_binary(path, stdin), encoding="utf-8", errors="replace", newline=None
+    )
+
+
+#: Bytes asked for at a time; each block is cut after its last line break and decoded at once.
+BLOCK = 1 << 20
+
+
+def _blocks(raw: IO[bytes] | gzip.GzipFile, size: int = BLOCK) -> Iterator[str]:
+    """The text of ``raw`` in blocks of whole lines, as ``_open_text`` would read it.
+
+    Bytes that are not UTF-8 are replaced and ``\r\n`` and a lone ``\r`` become ``\n``
+    (universal newlines); every block but the last ends with ``\n``. A block is cut only
+    after a line break, which is never inside a UTF-8 sequence nor between ``\r`` and
+    ``\n``, so decoding block by block gives the same text as decoding the whole. An error
+    while reading (a damaged ``.gz``) propagates; the unfinished line before it is dropped.
+    """
+    read = getattr(raw, "read1", raw.read)
+    carry = b""
+    while True:
+        chunk = read(size)
+        if not chunk:
+            break
+        data = carry + chunk if carry else chunk
+        # never cut at a final "\r": the "\n" of its "\r\n" may come in the next chunk
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        if cut == 0:
+            carry = data
+            continue
+        carry = data[cut:]
+        yield _decode(data[:cut] if carry else data)
+    if carry:
+        yield _decode(carry)
+
+
+def _decode(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 def parse_time(line: str, reference: datetime) -> datetime | None:
@@ -266,7 +302,7 @@ def read_records(
     for log in logs:
         counts.files.append(log.path)
         try:
-            stream = _open_text(log.path, stdin)
+            raw = _open_binary(log.path, stdin)
         except LogError as error:
             counts.damaged.append(str(error))
             continue
@@ -274,24 +310,26 @@ def read_records(
             counts.damaged.append(f"{log.path}: {error.strerror or error}")
             continue
         try:
-            with stream:
-                yield from _records(
-                    stream,
-                    reference=log.reference,
-                    counts=counts,
-                    progress=progress,
-                    every=every,
-                    wanted=relays,
-                )
+            yield from _records(
+                _blocks(raw),
+                reference=log.reference,
+                counts=counts,
+                progress=progress,
+                every=every,
+                wanted=relays,
+            )
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
             reason = str(error) or type(error).__name__
             counts.damaged.append(f"{log.path}: {reason} (read up to line {counts.lines})")
+        finally:
+            if log.path != STDIN:
+                raw.close()
         if progress is not None:
             progress(counts)
 
 
 def _records(
-    stream: IO[str],
+    blocks: Iterable[str],
     *,
     reference: datetime,
     counts: LogCounts,
@@ -299,76 +337,152 @@ def _records(
     every: int,
     wanted: Callable[[str], bool] | None,
 ) -> Iterator[Record]:
-    # The hot loop: local names, and one parsed time reused while the time text repeats
-    # (every line of the same second).
-    last_text = ""
-    last_time: datetime | None = None
-
-    def time_of(line: str) -> datetime | None:
-        nonlocal last_text, last_time
-        text = line[: line.find(" ", 16) if line[:1].isdigit() else 16]
-        if text != last_text:
-            last_text, last_time = text, parse_time(line, reference)
-        return last_time
-
+    # The hot loop. Most lines are neither delivery nor qmgr lines and cost two substring
+    # tests; a record line is read by one regex (parse_delivery for a delivery line), and its
+    # time is parsed only when its time text differs from the line before's (_Clock).
     months = _MONTHS
+    time_of = _Clock(reference).time_of
+    names: dict[str, str] = {}  # syslog name → its instance ("": not a name)
     lines = counts.lines
     size = counts.bytes
     skipped = 0
     next_progress = lines + every
     try:
-        for line in stream:
-            lines += 1
-            size += len(line)
+        for text in blocks:
+            found = text.split("\n")
+            if not found[-1]:
+                found.pop()  # after the block's last line break
+            lines += len(found)
+            size += len(text)
+            for line in found:
+                if line[:3] not in months and not (line[:4].isdigit() and line[4:5] == "-"):
+                    if not line.startswith("-- ") and line.strip():
+                        skipped += 1
+                    continue
+                if ": to=<" in line:
+                    if wanted is not None:
+                        at = line.find(", relay=")
+                        if at >= 0 and not wanted(line[at + 8 : line.find(",", at + 8)].lower()):
+                            continue
+                    delivery = parse_delivery(line)
+                    if delivery is None:
+                        continue
+                    time = time_of(line)
+                    if isinstance(delivery, Unparseable) or time is None:
+                        skipped += 1
+                        continue
+                    yield Attempt(time, delivery.service.split("/", 1)[0], delivery)
+                elif _QMGR in line:
+                    if ": from=<" in line:
+                        if ", size=" not in line:
+                            continue  # "from=<...>, status=expired, returned to sender"
+                        pattern = _QMGR_FROM
+                    elif line.rstrip().endswith(": removed"):
+                        pattern = _REMOVED
+                    else:
+                        continue
+                    # the syslog name is the word before the first "/qmgr["; names repeat
+                    at = line.find(_QMGR)
+                    name = line[line.rfind(" ", 0, at) + 1 : at]
+                    instance = names.get(name)
+                    if instance is None:
+                        instance = _instance(name)
+                        if len(names) < _NAMES:
+                            names[name] = instance
+                    match = pattern.match(line, at + 6) if instance else None
+                    if match is None:
+                        skipped += 1
+                        continue
+                    if pattern is _REMOVED:
+                        yield Removed(instance, match.group(1))
+                        continue
+                    time = time_of(line)
+                    if time is None:
+                        skipped += 1
+                        continue
+                    queue_id, sender, octets, nrcpt = match.groups()
+                    yield Envelope(time, instance, queue_id, sender, int(octets), int(nrcpt or 0))
             if lines >= next_progress:
-                next_progress += every
+                next_progress = lines - lines % every + every
                 if progress is not None:
                     counts.lines, counts.bytes = lines, size
                     progress(counts)
-            if line[:3] not in months and not (line[:4].isdigit() and line[4:5] == "-"):
-                if not line.startswith("-- ") and line.strip():
-                    skipped += 1
-                continue
-            if ": to=<" in line:
-                if wanted is not None:
-                    at = line.find(", relay=")
-                    if at >= 0 and not wanted(line[at + 8 : line.find(",", at + 8)].lower()):
-                        continue
-                delivery = parse_delivery(line)
-                if delivery is None:
-                    continue
-                time = time_of(line)
-                if isinstance(delivery, Unparseable) or time is None:
-                    skipped += 1
-                    continue
-                yield Attempt(time, delivery.service.split("/", 1)[0], delivery)
-            elif "/qmgr[" in line:
-                if ": from=<" in line:
-                    if ", size=" not in line:
-                        continue  # "from=<...>, status=expired, returned to sender"
-                    found = _qmgr(line, _QMGR_FROM)
-                    time = time_of(line)
-                    if found is None or time is None:
-                        skipped += 1
-                        continue
-                    instance, match = found
-                    yield Envelope(
-                        time,
-                        instance,
-                        match.group("queue_id"),
-                        match.group("sender"),
-                        int(match.group("size")),
-                        int(match.group("nrcpt") or 0),
-                    )
-                elif line.rstrip().endswith(": removed"):
-                    found = _qmgr(line, _REMOVED)
-                    if found is None:
-                        skipped += 1
-                        continue
-                    yield Removed(found[0], found[1].group("queue_id"))
     finally:
         counts.lines, counts.bytes = lines, size
         counts.skipped += skipped
+
+
+#: Syslog names remembered by the reading loop (a log has a handful).
+_NAMES = 1_000
+_SECONDS = tuple(timedelta(seconds=n) for n in range(60))
+_SECOND_TEXTS = {f"{n:02d}": _SECONDS[n] for n in range(60)}
+
+
+class _Clock:
+    """The times of one file's record lines, as ``parse_time`` gives them, but cheaply.
+
+    A classic syslog time in the usual layout (``Nov 27 00:05:43 ``, ``Nov  7 00:05:43 ``) is
+    the start of its minute, parsed once and kept (at most ``MINUTES``), plus its seconds. Any
+    other time is parsed again only when its text differs from the previous line's (every line
+    of one second has the same), by ``parse_time`` itself for anything unusual.
+    """
+
+    MINUTES = 4096
+
+    def __init__(self, reference: datetime) -> None:
+        self.reference = reference
+        self.limit = reference + timedelta(days=1)  # parse_time's "a day after the reference"
+        self.zone = reference.tzinfo or UTC
+        #: "Nov 27 00:05" → the start of that minute in the year parse_time gives every second
+        #: of it (minutes with a second on each side of the limit are not kept).
+        self.minutes: dict[str, datetime] = {}
+        self.last_text = ""
+        self.last_time: datetime | None = None
+
+    def time_of(self, line: str) -> datetime | None:
+        """``parse_time(line, reference)``."""
+        start = self.minutes.get(line[:12])
+        if start is not None and line[12:13] == ":" and line[15:16] == " ":
+            second = _SECOND_TEXTS.get(line[13:15])
+            if second is not None:
+                return start + second
+        # The time text with the space after it: no time format has a space from index 14
+        # on (classic "Nov  7 00:05:43 ", "Nov 7 00:05:43 ", RFC 3339, "2026-11-30 02:57:55").
+        stop = line.find(" ", 14)
+        text = line[: stop + 1] if stop >= 0 else line
+        if text != self.last_text:
+            self.last_text = text
+            self.last_time = (
+                self._syslog(line) if line[:1].isalpha() else parse_time(line, self.reference)
+            )
+        return self.last_time
+
+    def _syslog(self, line: str) -> datetime | None:
+        parsed = parse_time(line, self.reference)
+        match = _SYSLOG_TIME.match(line)
+        if parsed is None or match is None or match.end(4) != 12:
+            return parsed
+        # Keep this minute's start for time_of, in the year parse_time gives each of its
+        # seconds: unless the limit falls inside the minute, all get the same year.
+        try:
+            start = datetime(
+                self.reference.year,
+                _MONTHS[match.group(1)],
+                int(match.group(2)),
+                int(match.group(3)),
+                int(match.group(4)),
+                tzinfo=self.zone,
+            )
+            if start > self.limit:
+                start = start.replace(year=start.year - 1)
+            elif start + _SECONDS[59] > self.limit:
+                return parsed
+        except (KeyError, ValueError):
+            return parsed
+        if len(self.minutes) >= self.MINUTES:
+            self.minutes.clear()
+        self.minutes[line[:12]] = start
+        return parsed
 
 
 def relay_prefilter(globs: Sequence[str]) -> Callable[[str], bool] | None:
@@ -384,9 +498,11 @@ def relay_prefilter(globs: Sequence[str]) -> Callable[[str], bool] | None:
         if not tail or any(char in tail for char in "*?[]"):
             return None
         tails.append(tail)
-    found = tuple(tails)
+    if not tails:
+        return lambda relay: False
+    search = re.compile("|".join(re.escape(tail) for tail in tails)).search
 
     def wanted(relay: str) -> bool:
-        return any(tail in relay for tail in found)
+        return search(relay) is not None
 
     return wanted

@@ -23,7 +23,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from policyd.errors import LookupFailureError
 from policyd.rules.outcomes import (
@@ -43,6 +43,8 @@ MAX_MESSAGES = 200_000
 #: Predictions remembered, shared among the configurations compared (memory stays bounded
 #: with --sweep-assumptions too).
 CACHE_SIZE = 100_000
+#: Distinct relay= values whose test is remembered.
+MAX_RELAYS = 10_000
 #: Statuses of an attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
@@ -83,8 +85,13 @@ class Tally:
         self.compared += 1
         self.agreed += agrees
         self.disagreements += not agrees
-        self.table.setdefault(predicted, Counter())[observed] += 1
-        counts = self.reasons.setdefault(reason, [0, 0])
+        row = self.table.get(predicted)
+        if row is None:
+            row = self.table[predicted] = Counter()
+        row[observed] += 1
+        counts = self.reasons.get(reason)
+        if counts is None:
+            counts = self.reasons[reason] = [0, 0]
         counts[0] += 1
         counts[1] += agrees
         return agrees
@@ -120,30 +127,43 @@ class Variant:
     removed_examples: list[str] = field(default_factory=list)  # "queue id recipient"
     added_examples: list[str] = field(default_factory=list)
     #: Predictions by (sender, recipient, final), valid from cache_from until cache_until
-    #: (the predictor's next certificate boundary): a log repeats envelopes.
+    #: (the predictor's next certificate boundary; None: no end): a log repeats envelopes.
+    #: Times, not timestamps: comparing two times of one zone is much cheaper.
     cache: dict[tuple[str, str, str], AddressPrediction] = field(default_factory=dict)
-    cache_from: float = math.inf
-    cache_until: float = -math.inf
+    cache_from: datetime | None = None
+    cache_until: datetime | None = None
     cache_size: int = 0  # set by Comparison: CACHE_SIZE shared among the variants
 
     def predict(self, sender: str, recipient: str, final: str, time: datetime) -> AddressPrediction:
         """The prediction for one final address at ``time``, through ``state.predictor``;
         raises ``LookupFailureError`` when a table fails."""
-        stamp = time.timestamp()
-        if not self.cache_from <= stamp < self.cache_until:
+        since, until = self.cache_from, self.cache_until
+        if since is None or time < since or (until is not None and time >= until):
             self.cache.clear()
-            self.cache_from, self.cache_until = stamp, math.inf
+            self.cache_from, self.cache_until = time, None
         key = (sender, recipient, final)
         found = self.cache.get(key)
         if found is None:
             predictor = self.state.predictor
             prediction, _ = predictor.predict(sender, recipient, (final,), time)
             found = prediction.addresses[0]
-            self.cache_until = min(self.cache_until, predictor.valid_until())
+            ends = _time(predictor.valid_until(), time)
+            if ends is not None and (self.cache_until is None or ends < self.cache_until):
+                self.cache_until = ends
             if len(self.cache) >= self.cache_size:
                 self.cache.clear()
             self.cache[key] = found
         return found
+
+
+def _time(stamp: float, like: datetime) -> datetime | None:
+    """The Unix time ``stamp`` in ``like``'s zone; None for infinity or past year 9999."""
+    if stamp == math.inf:
+        return None
+    try:
+        return datetime.fromtimestamp(stamp, like.tzinfo)
+    except (OverflowError, OSError, ValueError):
+        return None if stamp > 0 else datetime.min.replace(tzinfo=UTC)
 
 
 class _Message:
@@ -171,6 +191,8 @@ class Comparison:
         for variant in self.variants:
             variant.cache_size = max(1_000, CACHE_SIZE // len(self.variants))
         self.is_microsoft = relay_matcher(relay_hosts)
+        #: relay= value → is_microsoft (a log names few relays; bounded all the same)
+        self.relays: dict[str, bool] = {}
         self.since = since
         self.until = until
         self.limit = limit
@@ -206,7 +228,15 @@ class Comparison:
 
     def _attempt(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
-        if delivery.status not in COUNTED_STATUSES or not self.is_microsoft(delivery):
+        if delivery.status not in COUNTED_STATUSES:
+            return
+        microsoft = self.relays.get(delivery.relay)
+        if microsoft is None:
+            microsoft = self.is_microsoft(delivery)
+            if len(self.relays) >= MAX_RELAYS:
+                self.relays.clear()
+            self.relays[delivery.relay] = microsoft
+        if not microsoft:
             return
         time = attempt.time
         if (self.since is not None and time < self.since) or (
