@@ -419,3 +419,26 @@ def test_doctor_reads_the_tls_level_for_the_submission_next_hop(tmp_path: Path) 
         assert (tls == "warning") is warned, (level, tls)
         if warned:
             assert "smtp_tls_policy_maps" in check_of(report, "postfix-submission-tls").finding
+
+
+def test_probe_does_not_ask_the_smtp_auth_endpoint(tmp_path: Path) -> None:
+    """probe never logs in (it reads no password), so on an SMTP AUTH route Microsoft 365 could
+    only answer 530 5.7.57: such addresses are listed as not probed, with the reason, and no
+    question is planned (no session is opened)."""
+    import io
+
+    from policyd.tools import probe
+
+    state = load_state(str(submission_site(tmp_path)), 0)
+    questions, skipped = probe.plan(
+        state, "app@contoso.com", ["kate@fabrikam.example", "joe@fabrikam.example"], NOW
+    )
+    assert questions == []
+    assert [(a.address, a.reason) for a in skipped] == [
+        ("kate@fabrikam.example", "submission-accepted"),
+        ("joe@fabrikam.example", "submission-accepted"),
+    ]
+    out = io.StringIO()
+    probe.write_text([], skipped, out)
+    assert "kate@fabrikam.example: sent to the SMTP AUTH endpoint" in out.getvalue()
+    assert "a probe never logs in (submission-accepted), not probed" in out.getvalue()

@@ -37,6 +37,11 @@ PARTNER_RESTRICTED = "partner-restricted"
 SUBMISSION_ACCEPTED = "submission-accepted"
 SUBMISSION_NO_CREDENTIALS = "submission-no-credentials"
 SUBMISSION_SENDER_NOT_LOGIN = "submission-sender-not-login"
+#: Reasons decided at Microsoft 365's SMTP AUTH client-submission endpoint (SPEC §5.4), where
+#: the login decides and no connector is ever consulted.
+SUBMISSION_REASONS = frozenset(
+    (SUBMISSION_ACCEPTED, SUBMISSION_NO_CREDENTIALS, SUBMISSION_SENDER_NOT_LOGIN)
+)
 
 # The enhanced status codes Microsoft 365 refuses with.
 CODE_5764 = "5.7.64"

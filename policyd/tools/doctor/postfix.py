@@ -31,12 +31,12 @@ from dataclasses import dataclass
 
 from policyd.rules import endpoints
 from policyd.rules.model import normalize_domain
+from policyd.rules.reasons import SUBMISSION_REASONS
 from policyd.rules.routing import MANDATORY_TLS_LEVELS, NO_TLS_LEVELS, TLS_LEVELS, ClientTls
 from policyd.sources.config import Config
 from policyd.sources.postfix import PostfixFacts, RouteSample, split_postfix_list
 from policyd.sources.srs import SrsDomain
 from policyd.tools.doctor.report import ERROR, NOTE, OK, POSTFIX, WARNING, Check, MailClass
-from policyd.tools.doctor.tenant import SUBMISSION_REASONS
 
 #: TLS levels that never fall back to plain text.
 MANDATORY_TLS = MANDATORY_TLS_LEVELS

@@ -48,17 +48,6 @@ OUTSIDE_RECIPIENT = "kate@tailspintoys.example"
 PLACEHOLDER_DOMAIN = "contoso.example"
 
 
-#: Reasons decided at Microsoft 365's SMTP AUTH client-submission endpoint (SPEC §5.4), where
-#: the login decides and no connector is ever consulted.
-SUBMISSION_REASONS = frozenset(
-    (
-        reasons.SUBMISSION_ACCEPTED,
-        reasons.SUBMISSION_NO_CREDENTIALS,
-        reasons.SUBMISSION_SENDER_NOT_LOGIN,
-    )
-)
-
-
 #: Reasons of mail that does not reach Microsoft 365 at all.
 _NOT_TO_MICROSOFT = frozenset((reasons.LOCAL, reasons.OTHER_ROUTE))
 
@@ -596,13 +585,13 @@ def connector_scope(checks: Sequence[Check], classes: Sequence[MailClass]) -> li
     each names the classes it applies to. Other checks, and every check when no class goes
     through submission, are returned unchanged.
     """
-    submitted = [c.label for c in classes if c.reason in SUBMISSION_REASONS]
+    submitted = [c.label for c in classes if c.reason in reasons.SUBMISSION_REASONS]
     if not submitted:
         return list(checks)
     connected = [
         c.label
         for c in classes
-        if c.reason not in SUBMISSION_REASONS and c.reason not in _NOT_TO_MICROSOFT
+        if c.reason not in reasons.SUBMISSION_REASONS and c.reason not in _NOT_TO_MICROSOFT
     ]
     scoped: list[Check] = []
     for check in checks:

@@ -35,7 +35,7 @@ from policyd.constants import (
 from policyd.rules import endpoints
 from policyd.rules.outcomes import classify_reply
 from policyd.rules.predict import AddressPrediction, RecipientPrediction, RouteContext
-from policyd.rules.reasons import LOCAL, OTHER_ROUTE, predicted_kind
+from policyd.rules.reasons import LOCAL, OTHER_ROUTE, SUBMISSION_REASONS, predicted_kind
 from policyd.tools.check import run_check
 from policyd.tools.probe.client import ProbeError, Target, Transcript, client_context, session
 
@@ -149,6 +149,11 @@ def plan(
             raise ProbeUsageError(f"{recipient}: alias expansion failed: {problem}")
         for address in entry.addresses:
             if address.reason in (LOCAL, OTHER_ROUTE):  # Microsoft 365 never sees it
+                skipped.append(address)
+                continue
+            if address.reason in SUBMISSION_REASONS:
+                # The SMTP AUTH endpoint answers per login: a probe never logs in (it reads no
+                # password), so it would only ever hear 530 5.7.57.
                 skipped.append(address)
                 continue
             context = result.routes.get(address.address)
@@ -298,10 +303,12 @@ def write_text(
         out.write(f"  predicted      {q.predicted} [{q.reason}{where}]\n")
         out.write(f"  {'agrees' if answer.agrees else 'DISAGREES'}\n")
     for address in skipped:
-        out.write(
-            f"\n{address.address}: not relayed through Microsoft 365 "
-            f"({address.reason}), not probed\n"
+        why = (
+            "sent to the SMTP AUTH endpoint, where the login decides and a probe never logs in"
+            if address.reason in SUBMISSION_REASONS
+            else "not relayed through Microsoft 365"
         )
+        out.write(f"\n{address.address}: {why} ({address.reason}), not probed\n")
     agreed = sum(1 for a in answers if a.agrees)
     out.write(f"\nAgreement  {agreed} of {len(answers)} probed addresses\n")
 
