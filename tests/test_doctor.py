@@ -21,7 +21,7 @@ import pytest
 from policyd.sources import postfix as postfix_source
 from policyd.sources.config import load_config
 from policyd.tools import cli, doctor
-from policyd.tools.doctor import postfix as doctor_postfix
+from policyd.tools.doctor import wiring as doctor_wiring
 from policyd.tools.doctor.tenant import route_samples
 from tests import needs
 from tests.pki import Issued, TestPKI
@@ -1150,9 +1150,9 @@ def test_postfix_list_keeps_brace_groups() -> None:
         "check_policy_service",
         "{ a:b, { x = 1 2 } }",
     ]
-    names, checks = doctor_postfix.policy_checks(text)
+    names, checks = doctor_wiring.policy_checks(text)
     assert names == ["permit_mynetworks", "reject_unauth_destination", "check_policy_service"]
-    assert checks == [doctor_postfix.PolicyCheck(2, "a:b", {"x": "1 2"})]
+    assert checks == [doctor_wiring.PolicyCheck(2, "a:b", {"x": "1 2"})]
 
 
 @pytest.mark.parametrize(
@@ -1171,9 +1171,9 @@ def test_postfix_list_keeps_brace_groups() -> None:
 )
 def test_endpoint_matching(listen: str, server: str, matches: bool) -> None:
     """A check_policy_service server names our listener exactly when address and port agree."""
-    ours = doctor_postfix.listen_endpoints([listen])
-    theirs = doctor_postfix.postfix_endpoint(server, "/q")
-    assert any(doctor_postfix._same_endpoint(o, theirs, os.path.normpath) for o in ours) is matches
+    ours = doctor_wiring.listen_endpoints([listen])
+    theirs = doctor_wiring.postfix_endpoint(server, "/q")
+    assert any(doctor_wiring._same_endpoint(o, theirs, os.path.normpath) for o in ours) is matches
 
 
 def test_tls_policy_keys() -> None:

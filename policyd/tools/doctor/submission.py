@@ -28,7 +28,7 @@ from policyd.rules import endpoints, submission
 from policyd.rules.relay import Router
 from policyd.rules.routing import PostfixView, client_tls
 from policyd.sources.postfix import PostfixFacts, RouteSample
-from policyd.tools.doctor.postfix import MANDATORY_TLS
+from policyd.tools.doctor.relay_tls import MANDATORY_TLS
 from policyd.tools.doctor.report import POSTFIX, WARNING, Check
 
 #: The mechanism filter value that selects OAuth (the sasl-xoauth2 plugin).
