@@ -136,6 +136,33 @@ def test_a_failed_decoder_stays_failed() -> None:
     assert (again.value.kind, again.value.requests) == (kinds.NO_EQUALS, [])
 
 
+def with_value(name: str, value: str) -> bytes:
+    """``GOOD`` with the value of ``name`` replaced."""
+    lines = [
+        f"{name}={value}".encode() if line.startswith(name.encode() + b"=") else line
+        for line in GOOD[:-2].split(b"\n")
+    ]
+    return b"\n".join(lines) + b"\n\n"
+
+
+@pytest.mark.parametrize("name", ["sender", "recipient"])
+def test_an_address_beyond_the_cap_fails_as_value_too_long_at_every_read_size(name: str) -> None:
+    """A sender or recipient of MAX_ADDRESS_CHARS characters is read; one more fails the request
+    as value-too-long after the requests before it, in Postfix's order and in another one."""
+    at_cap = with_value(name, "k" * (kinds.MAX_ADDRESS_CHARS - 12) + "@contoso.com")
+    beyond = with_value(name, "k" * (kinds.MAX_ADDRESS_CHARS - 11) + "@contoso.com")
+    for good, long in (
+        (GOOD + at_cap, beyond),
+        (reordered(GOOD + at_cap, 3), reordered(beyond, 3)),
+    ):
+        for size in range(len(good + long), 0, -7):
+            forget_layouts()
+            requests, found = decode_error(good + long + GOOD, size, LIMIT)
+            assert found == kinds.VALUE_TOO_LONG, size
+            assert requests == reference(good), size
+            assert len(requests[1][name]) == kinds.MAX_ADDRESS_CHARS
+
+
 def test_the_limit_counts_the_blank_line_and_applies_from_the_next_feed() -> None:
     """A request of exactly max_request_bytes is read, one byte more is too large; a new limit
     set between reads applies to the next read."""

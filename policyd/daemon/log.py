@@ -226,8 +226,8 @@ class LogOutput:
         self._lines: list[str] = []  # whole lines, each with its newline, not yet written
         self._chars = 0
         self._unsent = b""  # what a non-blocking descriptor refused, written before the rest
-        self._millis = -1  # the millisecond of ``_stamp``
-        self._stamp = ""
+        self._millis = -1  # the millisecond of ``_prediction_head``
+        self._prediction_head = ""  # see _prediction_line
         self.lines_dropped = 0  # prediction lines not written because stdout stalled
         #: Called with the number of lines dropped (serve counts them in a metric).
         self.on_drop: Callable[[int], None] = lambda lines: None
@@ -242,6 +242,8 @@ class LogOutput:
         self._format = fmt if fmt in FORMATS else TEXT
         self._level = level_for(level)
         self._info = self._level <= LogLevel.info
+        self._millis = -1  # the next prediction line builds its head in the new format
+        self._prediction_head = self._head_for("")
 
     @property
     def format(self) -> str:
@@ -308,38 +310,59 @@ class LogOutput:
     ) -> str | None:
         """``render_record(line.record(queue_id, instance, client_address))``, byte for byte,
         with the fixed part of the line rendered once per format and kept in ``line``."""
+        text = self._prediction_line(line, queue_id, instance, client_address)
+        return None if text is None else text[:-1]
+
+    def _prediction_line(
+        self, line: PredictionLine, queue_id: str, instance: str, client_address: str
+    ) -> str | None:
+        """``render_prediction``'s line with its newline, from three kept parts: the head (time
+        stamp, level, event, up to the queue ID's key) rebuilt once per millisecond, the
+        line's fixed part rendered once per format (with the newline), and between them only
+        the queue ID, instance and client address of this request."""
         if not self._info:
             return None
         if self._timestamps:
             now = self._clock()
             millis = int(now * 1000)
-            if millis != self._millis:  # lines within one millisecond share the stamp
+            if millis != self._millis:  # lines within one millisecond share the head
                 self._millis = millis
-                self._stamp = timestamp(now)
+                self._prediction_head = self._head_for(timestamp(now))
         fmt = self._format
         tail = line.rendered.get(fmt)
-        if fmt == JSON:
-            if tail is None:
-                tail = line.rendered[fmt] = "".join(
-                    f", {_encode_string(key)}: {_encode_json(value)}" for key, value in line.fields
-                )
-            stamp = f'"time": "{self._stamp}", ' if self._timestamps else ""
-            return _escape_unsafe(
-                f'{{{stamp}"level": "info", "event": "prediction", "queue_id": '
-                f'{_encode_string(queue_id)}, "instance": {_encode_string(instance)}, '
-                f'"client_address": {_encode_string(client_address)}{tail}}}'
-            )
         if tail is None:
-            tail = line.rendered[fmt] = "".join(
-                f" {key}={text_value(value)}" for key, value in line.fields
+            tail = line.rendered[fmt] = self._tail_for(line)
+        if fmt == JSON:
+            middle = (
+                f"{_encode_string(queue_id)}, "
+                f'"instance": {_encode_string(instance)}, '
+                f'"client_address": {_encode_string(client_address)}'
             )
+            return f"{self._prediction_head}{_escape_unsafe(middle)}{tail}"
         rendered = _RENDERED.get  # text_value's memo, looked up here to save three calls
         return (
-            f"{f'time={self._stamp} ' if self._timestamps else ''}level=info event=prediction "
-            f"queue_id={rendered(queue_id) or text_value(queue_id)} "
+            f"{self._prediction_head}{rendered(queue_id) or text_value(queue_id)} "
             f"instance={rendered(instance) or text_value(instance)} "
             f"client_address={rendered(client_address) or text_value(client_address)}{tail}"
         )
+
+    def _head_for(self, stamp: str) -> str:
+        """A prediction line up to the queue ID's value, in the current format."""
+        if self._format == JSON:
+            time_field = f'"time": "{stamp}", ' if self._timestamps else ""
+            return f'{{{time_field}"level": "info", "event": "prediction", "queue_id": '
+        time_field = f"time={stamp} " if self._timestamps else ""
+        return f"{time_field}level=info event=prediction queue_id="
+
+    def _tail_for(self, line: PredictionLine) -> str:
+        """A prediction line's fields after the client address, and its end, in the current
+        format (JSON escapes compose character by character, so the part is escaped alone)."""
+        if self._format == JSON:
+            fields = "".join(
+                f", {_encode_string(key)}: {_encode_json(value)}" for key, value in line.fields
+            )
+            return _escape_unsafe(fields) + "}\n"
+        return "".join(f" {key}={text_value(value)}" for key, value in line.fields) + "\n"
 
     # --- output -------------------------------------------------------------------------------
 
@@ -355,14 +378,13 @@ class LogOutput:
         self, line: PredictionLine, queue_id: str, instance: str, client_address: str
     ) -> None:
         """The engine's fast path: one prediction line, written with the rest of the turn's."""
-        text = self.render_prediction(line, queue_id, instance, client_address)
+        text = self._prediction_line(line, queue_id, instance, client_address)
         if text is None:
             return
         if self._unsent and len(self._unsent) > MAX_UNSENT:  # see _add
             self.lines_dropped += 1
             self.on_drop(1)
             return
-        text += "\n"
         self._lines.append(text)
         self._chars += len(text)
         if self._chars >= FLUSH_CHARS or self._schedule is None:

@@ -14,7 +14,10 @@ decoder then stays failed. What is malformed:
   that many bytes without the end of a request;
 * ``line-without-equals``: any line without ``=``;
 * ``nul-byte``: a NUL byte anywhere;
-* ``invalid-utf8``: a request that is not UTF-8.
+* ``invalid-utf8``: a request that is not UTF-8;
+* ``value-too-long``: a ``sender`` or ``recipient`` longer than ``MAX_ADDRESS_CHARS`` characters
+  (no real address is; checked only for requests longer than that, so it costs nothing in the
+  common case).
 
 A line that starts a request empty is an empty request (zero attributes), as Postfix's
 line-oriented grammar reads it. A ``\\r\\n`` pair is read as ``\\n`` (hand-typed requests); a
@@ -39,7 +42,14 @@ import re
 from typing import NoReturn
 
 from policyd.constants import POSTFIX_ATTRIBUTE_ORDER
-from policyd.engine.stats import INVALID_UTF8, NO_EQUALS, NUL_BYTE, TOO_LARGE
+from policyd.engine.stats import (
+    INVALID_UTF8,
+    MAX_ADDRESS_CHARS,
+    NO_EQUALS,
+    NUL_BYTE,
+    TOO_LARGE,
+    VALUE_TOO_LONG,
+)
 
 #: The attributes handed on; every line is validated, but only these are copied into the
 #: mapping (building a dict of all ~30 attributes costs more than the engine does).
@@ -54,7 +64,7 @@ WANTED_ATTRIBUTES = (
 )
 #: A line of a wanted attribute (after a newline), in one scan of the request.
 _WANTED_LINE = re.compile(
-    "\n(" + "|".join(re.escape(name) for name in WANTED_ATTRIBUTES) + ")=([^\n]*)"
+    "\n(" + "|".join(re.escape(name) for name in WANTED_ATTRIBUTES) + ")=([^\n]*+)"
 )
 
 #: One request as handed on: wanted attribute name -> value (absent names are absent).
@@ -122,9 +132,9 @@ class Layout:
         for name in names:
             if name in wanted:  # the first line of a wanted name carries its value
                 wanted.discard(name)
-                lines.append(f"{re.escape(name)}=(?P<{name}>[^\\n]*)")
+                lines.append(f"{re.escape(name)}=(?P<{name}>[^\\n]*+)")
             else:
-                lines.append(f"{re.escape(name)}=[^\\n]*")
+                lines.append(f"{re.escape(name)}=[^\\n]*+")
         self.pattern = re.compile("\n".join(lines) + "\n\n")
 
 
@@ -223,7 +233,10 @@ class RequestDecoder:
                     end = found.end()
                     if end - start > limit:
                         break
-                    requests.append(found.groupdict())
+                    attrs: Request = found.groupdict()
+                    if end - start > MAX_ADDRESS_CHARS:
+                        self._check_addresses(attrs, requests)
+                    requests.append(attrs)
                     start = end
                     if start == size:
                         return requests
@@ -285,24 +298,27 @@ class RequestDecoder:
             except UnicodeDecodeError:
                 self._fail(INVALID_UTF8, requests)
             found = self._layout.pattern.fullmatch(text)
+            attrs: Request
             if found is not None:
-                requests.append(found.groupdict())
+                attrs = found.groupdict()
             else:
                 if not lines_have_equals(buf[start:end]):
                     self._fail(NO_EQUALS, requests)
                 body = text[:-2]
                 pairs = _WANTED_LINE.findall("\n" + body)
-                attrs: Request = {}
+                attrs = {}
                 for name, value in pairs:
                     if name not in attrs:
                         attrs[name] = value
-                requests.append(attrs)
                 # A cheap sign of a fixed order: the wanted names in the same order, as many
                 # lines; only then is the whole order worth working out.
                 signature = (*(name for name, _ in pairs), body.count("\n"))
                 if signature == self._signature:
                     self._learn(body)
                 self._signature = signature
+            if after - start > MAX_ADDRESS_CHARS:
+                self._check_addresses(attrs, requests)
+            requests.append(attrs)
             start = after
         rest = size - start
         if fault is not None:
@@ -326,6 +342,16 @@ class RequestDecoder:
             if layout is None:
                 return
         self._layout = layout
+
+    def _check_addresses(self, attrs: Request, requests: list[Request]) -> None:
+        """Fail with ``value-too-long`` when the sender or the recipient is longer than
+        ``MAX_ADDRESS_CHARS``: no real address is (RFC 5321 caps a path at 256 octets), and a
+        flood of huge unique values would otherwise fill the engine's caches."""
+        if (
+            len(attrs.get("sender", "")) > MAX_ADDRESS_CHARS
+            or len(attrs.get("recipient", "")) > MAX_ADDRESS_CHARS
+        ):
+            self._fail(VALUE_TOO_LONG, requests)
 
     def _without_crlf(self, data: bytes) -> bytes:
         """Read ``\\r\\n`` as ``\\n``, also when the pair is split across two reads."""

@@ -43,10 +43,8 @@ from zope.interface import classImplements  # type: ignore[import-untyped]  # no
 
 from policyd.engine.stats import (
     IDLE_TIMEOUT,
-    MAX_ADDRESS_CHARS,
     TOO_LARGE,
     TOO_MANY_CONNECTIONS,
-    VALUE_TOO_LONG,
     LogThrottle,
     Stats,
 )
@@ -127,7 +125,9 @@ class PolicyProtocol(Protocol):
         self._handle = factory.handler.handle
         self._session: object = None
         self.decoder = RequestDecoder(factory.settings.max_request_bytes)
-        self._writer: ReplyWriter | None = None
+        # Replies go through a ReplyWriter once connected; before that (a test double answering
+        # inside makeConnection) straight to the transport.
+        self._write: Callable[[bytes], None] = self._write_to_transport
         self._closing = False
         self._counted = False  # in factory's open set and stats.connections
         self._waiting = False  # an answer is a Deferred that has not fired yet
@@ -150,7 +150,7 @@ class PolicyProtocol(Protocol):
             return
         factory.opened(self)
         self._counted = True
-        self._writer = ReplyWriter(self.transport)
+        self._write = ReplyWriter(self.transport).write
         # Back-pressure: when a client sends requests faster than it reads the replies, the
         # transport's write buffer fills and pauses us, and we stop reading from it.
         self._transport().registerProducer(self, True)
@@ -261,17 +261,7 @@ class PolicyProtocol(Protocol):
         cache = factory.replies
         replies: list[bytes] = []
         began = perf_counter()
-        for index, attrs in enumerate(requests):
-            if (
-                len(attrs.get("recipient", "")) > MAX_ADDRESS_CHARS
-                or len(attrs.get("sender", "")) > MAX_ADDRESS_CHARS
-            ):
-                # No real address is this long (RFC 5321 caps a path at 256 octets): a flood of
-                # huge unique values would otherwise fill the caches. Closed, counted.
-                if replies:
-                    self._send(b"".join(replies))
-                self.close(VALUE_TOO_LONG)
-                return
+        for attrs in requests:
             try:
                 answer = handle(attrs, session)
             except Exception:  # fail open: a bug must never refuse mail
@@ -281,9 +271,9 @@ class PolicyProtocol(Protocol):
                 # The handler waits on something slow (a postmap lookup): send what is
                 # answered, hold the rest of this connection until the answer comes.
                 if replies:
-                    self._send(b"".join(replies))
+                    self._write(b"".join(replies))
                 self._waiting = True
-                self._queued = requests[index + 1 :]
+                self._queued = requests[len(replies) + 1 :]  # one reply per request before it
                 self._fault = fault
                 answer.addBoth(self._answered, attrs, began)
                 return
@@ -295,7 +285,7 @@ class PolicyProtocol(Protocol):
             except (KeyError, TypeError):
                 replies.append(factory.encode_reply(answer, attrs))
         if replies:
-            self._send(replies[0] if len(replies) == 1 else b"".join(replies))
+            self._write(replies[0] if len(replies) == 1 else b"".join(replies))
         if fault is not None:
             self.close(fault)
 
@@ -312,7 +302,7 @@ class PolicyProtocol(Protocol):
         if self._closing:  # the connection went away meanwhile: nobody to answer
             return
         reply = factory.replies.get(answer) if isinstance(answer, str) else None
-        self._send(reply or factory.encode_reply(answer, attrs))
+        self._write(reply or factory.encode_reply(answer, attrs))
         queued, self._queued = self._queued, []
         fault, self._fault = self._fault, None
         held, self._held, self._held_len = self._held, [], 0
@@ -327,12 +317,8 @@ class PolicyProtocol(Protocol):
         if self._close_when_answered and not self._waiting:
             self.close()
 
-    def _send(self, data: bytes) -> None:
-        writer = self._writer
-        if writer is None:  # answered before connectionMade finished (a test double)
-            self._transport().write(data)
-        else:
-            writer.write(data)
+    def _write_to_transport(self, data: bytes) -> None:
+        self._transport().write(data)
 
 
 # A call rather than @implementer, whose untyped decorator strict mypy refuses.
