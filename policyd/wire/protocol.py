@@ -77,6 +77,11 @@ FALLBACK_ACTION = "DUNNO"
 #: (8192 bytes by default); a longer reply would make Postfix drop the connection and retry.
 MAX_ACTION_BYTES = 8000
 
+#: Longest stretch, in seconds, one connection's pipelined requests are answered in a row before
+#: the reactor serves the others: a flood on one connection (issue 16) must not hold back
+#: Postfix's answers on another. Postfix itself sends one request at a time, so it never waits.
+TURN_BUDGET = 0.005
+
 #: Distinct encoded replies kept; answers repeat ("DUNNO" above all), so this is plenty.
 REPLY_CACHE_LIMIT = 4096
 
@@ -261,6 +266,7 @@ class PolicyProtocol(Protocol):
         cache = factory.replies
         replies: list[bytes] = []
         began = perf_counter()
+        turn_ends = began + factory.turn_budget
         for attrs in requests:
             try:
                 answer = handle(attrs, session)
@@ -284,6 +290,11 @@ class PolicyProtocol(Protocol):
                 replies.append(cache[answer])
             except (KeyError, TypeError):
                 replies.append(factory.encode_reply(answer, attrs))
+            if answered > turn_ends and len(replies) < len(requests):
+                # Give the other connections their turn; read on where this one stopped.
+                self._write(b"".join(replies))
+                self._pause_turn(requests[len(replies) :], fault)
+                return
         if replies:
             self._write(replies[0] if len(replies) == 1 else b"".join(replies))
         if fault is not None:
@@ -303,6 +314,25 @@ class PolicyProtocol(Protocol):
             return
         reply = factory.replies.get(answer) if isinstance(answer, str) else None
         self._write(reply or factory.encode_reply(answer, attrs))
+        self._read_on()
+
+    def _pause_turn(self, rest: list[Request], fault: str | None) -> None:
+        """Stop reading this connection until the reactor's next turn, then answer ``rest``."""
+        self._waiting = True
+        self._queued = rest
+        self._fault = fault
+        self._transport().pauseProducing()
+        self._factory.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._waiting = False
+        if self._closing:
+            return
+        self._transport().resumeProducing()
+        self._read_on()
+
+    def _read_on(self) -> None:
+        """Answer what queued up behind a wait, then the data held meanwhile, in order."""
         queued, self._queued = self._queued, []
         fault, self._fault = self._fault, None
         held, self._held, self._held_len = self._held, [], 0
@@ -340,6 +370,8 @@ class PolicyFactory(ServerFactory):
         # Without the mypy-zope plugin mypy misreads zope interface methods (no ``self``), so
         # the reactor is called through an untyped alias.
         self._reactor: Any = clock
+        #: Seconds of answering one connection's pipelined requests per reactor turn.
+        self.turn_budget = TURN_BUDGET
         self.seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]  # see above
         self._settings = settings
         self._open: set[PolicyProtocol] = set()
@@ -373,6 +405,10 @@ class PolicyFactory(ServerFactory):
         protocol = PolicyProtocol(self)
         protocol.factory = self
         return protocol
+
+    def call_soon(self, call: Callable[[], None]) -> None:
+        """Run ``call`` in the reactor's next turn, after the I/O that is ready now."""
+        self._reactor.callLater(0, call)
 
     def opened(self, protocol: PolicyProtocol) -> None:
         """Count a connection accepted under the limit and make sure the idle sweep runs."""
