@@ -343,6 +343,8 @@ def _records(
     months = _MONTHS
     time_of = _Clock(reference).time_of
     names: dict[str, str] = {}  # syslog name → its instance ("": not a name)
+    services: dict[str, str] = {}  # a delivery's service → its instance
+    new = tuple.__new__  # a record without the Python-level __new__ of a named tuple
     lines = counts.lines
     size = counts.bytes
     skipped = 0
@@ -371,7 +373,13 @@ def _records(
                     if isinstance(delivery, Unparseable) or time is None:
                         skipped += 1
                         continue
-                    yield Attempt(time, delivery.service.split("/", 1)[0], delivery)
+                    service = delivery.service
+                    instance = services.get(service)
+                    if instance is None:
+                        instance = service.split("/", 1)[0]
+                        if len(services) < _NAMES:
+                            services[service] = instance
+                    yield new(Attempt, (time, instance, delivery))
                 elif _QMGR in line:
                     if ": from=<" in line:
                         if ", size=" not in line:
@@ -394,14 +402,16 @@ def _records(
                         skipped += 1
                         continue
                     if pattern is _REMOVED:
-                        yield Removed(instance, match.group(1))
+                        yield new(Removed, (instance, match.group(1)))
                         continue
                     time = time_of(line)
                     if time is None:
                         skipped += 1
                         continue
                     queue_id, sender, octets, nrcpt = match.groups()
-                    yield Envelope(time, instance, queue_id, sender, int(octets), int(nrcpt or 0))
+                    yield new(
+                        Envelope, (time, instance, queue_id, sender, int(octets), int(nrcpt or 0))
+                    )
             if lines >= next_progress:
                 next_progress = lines - lines % every + every
                 if progress is not None:
