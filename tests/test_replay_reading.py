@@ -371,7 +371,7 @@ def test_remembered_minutes_give_the_times_parse_time_gives(
 ) -> None:
     """Classic syslog times read with the remembered minute equal parse_time's, line after
     line, across the reference's limit, New Year, Feb 29, fractions and leap seconds (the day
-    zero-padded as "Nov 07" or space-padded as "Nov  7")."""
+    zero-padded as "Nov 07" or space-padded as "Nov  7"), each second twice."""
     clock = maillog._Clock(reference)
     for n, (day, style) in enumerate(days):
         stamp = day.strftime("%b ") + (f"{day.day:02d}" if style == "Nov 07" else f"{day.day:>2}")
@@ -383,6 +383,9 @@ def test_remembered_minutes_give_the_times_parse_time_gives(
             clock_text += extra
         line = f"{stamp}{clock_text} mx1 postfix/qmgr[1]: Q: removed"
         assert clock.time_of(line) == parse_time(line, reference), line
+        # the next line of the same second (its time remembered with the first 16 characters)
+        again = f"{stamp}{clock_text} mx1 postfix/qmgr[1]: Q2: removed"
+        assert clock.time_of(again) == parse_time(again, reference), again
 
 
 @PROFILE
