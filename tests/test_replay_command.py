@@ -333,6 +333,24 @@ def test_removed_forgets_the_message_and_memory_is_capped(tmp_path: Path) -> Non
     assert len(capped.messages) == 3
 
 
+def test_the_attempts_remembered_per_message_go_with_the_message(tmp_path: Path) -> None:
+    """What an attempt is told apart by (to count a duplicate once) is kept only for messages
+    still remembered: forgotten at ``removed`` and when the oldest message makes room."""
+    state = _state(tmp_path)
+    comparison = Comparison([Variant("today", state)], ["127.0.0.1"])
+    comparison.feed(read_records(open_logs([str(STANDIN_LOG)], _utc()), LogCounts()))
+    assert comparison.today.tally.compared > 0 and comparison.seen == {}
+    log = tmp_path / "no-removed.log"
+    log.write_text("".join(line for line in STANDIN_LOG.open() if ": removed" not in line))
+    capped = Comparison([Variant("today", state)], ["127.0.0.1"], max_messages=3)
+    capped.feed(read_records(open_logs([str(log)], _utc()), LogCounts()))
+    assert capped.seen and set(capped.seen) <= set(capped.messages)
+    uncapped = Comparison([Variant("today", state)], ["127.0.0.1"])
+    uncapped.feed(read_records(open_logs([str(log)], _utc()), LogCounts()))
+    assert set(uncapped.seen) <= set(uncapped.messages)
+    assert sum(map(len, uncapped.seen.values())) == uncapped.today.tally.compared
+
+
 def test_a_log_that_starts_mid_queue_counts_deliveries_without_sender_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

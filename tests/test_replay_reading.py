@@ -15,6 +15,7 @@ import io
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from unittest import mock
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,7 @@ from policyd.sources.maillog import (
     read_records,
     relay_prefilter,
 )
+from policyd.tools.replay import compare
 
 DATA = Path(__file__).parent / "data" / "maillog"
 REAL_LINES = [
@@ -369,7 +371,7 @@ def test_remembered_minutes_give_the_times_parse_time_gives(
 ) -> None:
     """Classic syslog times read with the remembered minute equal parse_time's, line after
     line, across the reference's limit, New Year, Feb 29, fractions and leap seconds (the day
-    zero-padded as "Nov 07" or space-padded as "Nov  7")."""
+    zero-padded as "Nov 07" or space-padded as "Nov  7"), each second twice."""
     clock = maillog._Clock(reference)
     for n, (day, style) in enumerate(days):
         stamp = day.strftime("%b ") + (f"{day.day:02d}" if style == "Nov 07" else f"{day.day:>2}")
@@ -381,6 +383,9 @@ def test_remembered_minutes_give_the_times_parse_time_gives(
             clock_text += extra
         line = f"{stamp}{clock_text} mx1 postfix/qmgr[1]: Q: removed"
         assert clock.time_of(line) == parse_time(line, reference), line
+        # the next line of the same second (its time remembered with the first 16 characters)
+        again = f"{stamp}{clock_text} mx1 postfix/qmgr[1]: Q2: removed"
+        assert clock.time_of(again) == parse_time(again, reference), again
 
 
 @PROFILE
@@ -430,3 +435,65 @@ def test_a_gz_log_in_blocks_and_a_damaged_one(tmp_path: Path) -> None:
     counts = LogCounts()
     list(read_records([LogFile(str(cut), REFERENCE, None)], counts))
     assert len(counts.damaged) == 1 and 0 < counts.lines < text.count("\n")
+
+
+# -- the comparison's remembered observed kinds ----------------------------------------------
+
+REAL_DELIVERIES = [d for d in map(parse_delivery, REAL_LINES) if isinstance(d, Delivery)]
+DELIVERIES = st.one_of(
+    st.sampled_from(REAL_DELIVERIES),
+    st.builds(
+        Delivery,
+        st.sampled_from(["postfix/smtp", "postfix-out/smtp", "postfix/lmtp"]),
+        st.sampled_from(["4F1A2B3C11", "4dBvXq1Ssqz9tB7"]),
+        st.sampled_from(["kate@tailspintoys.com", "x@example.net"]),
+        st.sampled_from(["", "kate@contoso.com"]),
+        st.sampled_from(["contoso-com.mail.protection.outlook.com[52.101.68.10]:25", "none", ""]),
+        st.just("h"),
+        st.just(""),
+        st.sampled_from(["2.6.0", "5.7.64", "4.4.62", "5.7.68", "4.7.0", "5.0.0"]),
+        st.sampled_from(["sent", "bounced", "deferred", "softbounce"]),
+        st.sampled_from([d.detail for d in REAL_DELIVERIES] + ["", "250 ok", "454 4.7.0 TLS"]),
+    ),
+)
+
+
+@PROFILE
+@given(st.lists(DELIVERIES, max_size=40), st.integers(1, 8))
+def test_the_remembered_observed_kind_is_always_observed_kind(
+    deliveries: list[Delivery], size: int
+) -> None:
+    """Replay remembers each reply's observed kind (bounded, cleared when full): over real and
+    generated attempts, repeated and with a small memory, the answer is observed_kind's."""
+    comparison = compare.Comparison([], ["*"])
+    with mock.patch.object(compare, "MAX_REPLIES", size):
+        for delivery in deliveries * 2:
+            assert comparison._observed_kind(delivery) == outcomes.observed_kind(delivery)
+            assert len(comparison.kinds) <= size
+
+
+@PROFILE
+@given(DELIVERIES, DELIVERIES)
+def test_observed_kind_reads_only_the_fields_replay_remembers_it_by(
+    delivery: Delivery, other: Delivery
+) -> None:
+    """The memory's key is (relay, status, dsn, detail): the other fields (service, queue ID,
+    recipients; the relay's parts follow the relay) never change the kind."""
+    mixed = delivery._replace(
+        service=other.service, queue_id=other.queue_id, to=other.to, orig_to=other.orig_to
+    )
+    assert outcomes.observed_kind(mixed) == outcomes.observed_kind(delivery)
+
+
+def test_records_are_their_named_tuples() -> None:
+    """The reader makes its records without the named tuples' __new__: same types, fields."""
+    data = "\n".join(REAL_LINES).encode()
+    records, _ = fast_records(data, REFERENCE, ["*"])
+    kinds = {type(record) for record in records}
+    assert kinds == {Envelope, Attempt, Removed}
+    for record in records:
+        assert record == type(record)(*record)
+        assert record._fields == type(record)._fields
+        if type(record) is Attempt:
+            assert type(record.delivery) is Delivery
+            assert record.delivery == Delivery(*record.delivery)

@@ -141,18 +141,25 @@ def parse_delivery(line: str) -> Delivery | Unparseable | None:
     if parts is None:
         return UNPARSEABLE
     host, address = parts.groups()
-    return Delivery(
-        service,
-        queue_id,
-        to,
-        orig_to or "",
-        relay,
-        host,
-        address or "",
-        dsn,
-        status.lower(),
-        detail or "",
+    # (tuple.__new__: the named tuple without its Python-level __new__; it is made per line)
+    return _new(
+        Delivery,
+        (
+            service,
+            queue_id,
+            to,
+            orig_to or "",
+            relay,
+            host,
+            address or "",
+            dsn,
+            status.lower(),
+            detail or "",
+        ),
     )
+
+
+_new = tuple.__new__
 
 
 def relay_matcher(patterns: Iterable[str]) -> Callable[[Delivery], bool]:

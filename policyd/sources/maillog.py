@@ -343,6 +343,9 @@ def _records(
     months = _MONTHS
     time_of = _Clock(reference).time_of
     names: dict[str, str] = {}  # syslog name → its instance ("": not a name)
+    services: dict[str, str] = {}  # a delivery's service → its instance
+    relays: dict[str, bool] = {}  # relay= text → wanted(its lower case)
+    new = tuple.__new__  # a record without the Python-level __new__ of a named tuple
     lines = counts.lines
     size = counts.bytes
     skipped = 0
@@ -362,8 +365,16 @@ def _records(
                 if ": to=<" in line:
                     if wanted is not None:
                         at = line.find(", relay=")
-                        if at >= 0 and not wanted(line[at + 8 : line.find(",", at + 8)].lower()):
-                            continue
+                        if at >= 0:
+                            relay = line[at + 8 : line.find(",", at + 8)]
+                            keep = relays.get(relay)
+                            if keep is None:
+                                keep = wanted(relay.lower())
+                                if len(relays) >= _RELAYS:
+                                    relays.clear()
+                                relays[relay] = keep
+                            if not keep:
+                                continue
                     delivery = parse_delivery(line)
                     if delivery is None:
                         continue
@@ -371,7 +382,13 @@ def _records(
                     if isinstance(delivery, Unparseable) or time is None:
                         skipped += 1
                         continue
-                    yield Attempt(time, delivery.service.split("/", 1)[0], delivery)
+                    service = delivery.service
+                    instance = services.get(service)
+                    if instance is None:
+                        instance = service.split("/", 1)[0]
+                        if len(services) < _NAMES:
+                            services[service] = instance
+                    yield new(Attempt, (time, instance, delivery))
                 elif _QMGR in line:
                     if ": from=<" in line:
                         if ", size=" not in line:
@@ -394,14 +411,16 @@ def _records(
                         skipped += 1
                         continue
                     if pattern is _REMOVED:
-                        yield Removed(instance, match.group(1))
+                        yield new(Removed, (instance, match.group(1)))
                         continue
                     time = time_of(line)
                     if time is None:
                         skipped += 1
                         continue
                     queue_id, sender, octets, nrcpt = match.groups()
-                    yield Envelope(time, instance, queue_id, sender, int(octets), int(nrcpt or 0))
+                    yield new(
+                        Envelope, (time, instance, queue_id, sender, int(octets), int(nrcpt or 0))
+                    )
             if lines >= next_progress:
                 next_progress = lines - lines % every + every
                 if progress is not None:
@@ -414,6 +433,8 @@ def _records(
 
 #: Syslog names remembered by the reading loop (a log has a handful).
 _NAMES = 1_000
+#: relay= values whose pre-filter answer the reading loop remembers (cleared when full).
+_RELAYS = 10_000
 _SECONDS = tuple(timedelta(seconds=n) for n in range(60))
 _SECOND_TEXTS = {f"{n:02d}": _SECONDS[n] for n in range(60)}
 
@@ -438,14 +459,21 @@ class _Clock:
         self.minutes: dict[str, datetime] = {}
         self.last_text = ""
         self.last_time: datetime | None = None
+        self.last_head = ""  # the first 16 characters of the last line timed by the minutes
+        self.last_second = reference
 
     def time_of(self, line: str) -> datetime | None:
         """``parse_time(line, reference)``."""
+        head = line[:16]
+        if head == self.last_head:  # the same second as the line before, in the usual layout
+            return self.last_second
         start = self.minutes.get(line[:12])
         if start is not None and line[12:13] == ":" and line[15:16] == " ":
             second = _SECOND_TEXTS.get(line[13:15])
             if second is not None:
-                return start + second
+                # every part read here is in head: a line with the same head has this time
+                self.last_head, self.last_second = head, start + second
+                return self.last_second
         # The time text with the space after it: no time format has a space from index 14
         # on (classic "Nov  7 00:05:43 ", "Nov 7 00:05:43 ", RFC 3339, "2026-11-30 02:57:55").
         stop = line.find(" ", 14)

@@ -29,6 +29,7 @@ from policyd.errors import LookupFailureError
 from policyd.rules.outcomes import (
     OBSERVED_KINDS,
     PREDICTED_KINDS,
+    Delivery,
     microsoft_reply,
     observed_kind,
     relay_matcher,
@@ -45,6 +46,9 @@ MAX_MESSAGES = 200_000
 CACHE_SIZE = 100_000
 #: Distinct relay= values whose test is remembered.
 MAX_RELAYS = 10_000
+#: Distinct replies whose observed kind is remembered (Microsoft's texts repeat; accepted
+#: replies that quote a queue ID do not, so the memory is cleared when full).
+MAX_REPLIES = 4_096
 #: Statuses of an attempt that got (or failed to get) an answer from the relay.
 COUNTED_STATUSES = frozenset({"sent", "deferred", "bounced", "softbounce"})
 
@@ -166,12 +170,8 @@ def _time(stamp: float, like: datetime) -> datetime | None:
         return None if stamp > 0 else datetime.min.replace(tzinfo=UTC)
 
 
-class _Message:
-    __slots__ = ("seen", "sender")
-
-    def __init__(self, sender: str) -> None:
-        self.sender = sender
-        self.seen: set[tuple[str, datetime, str, str]] = set()
+#: What an attempt is told apart by, to count one logged twice once: (to, time, dsn, status).
+_Seen = tuple[str, datetime, str, str]
 
 
 class Comparison:
@@ -197,7 +197,12 @@ class Comparison:
         self.until = until
         self.limit = limit
         self.max_messages = max_messages
-        self.messages: dict[tuple[str, str], _Message] = {}
+        #: (instance, queue ID) → envelope sender, oldest first
+        self.messages: dict[tuple[str, str], str] = {}
+        #: (instance, queue ID) → the attempts compared, for the messages that have some
+        self.seen: dict[tuple[str, str], set[_Seen]] = {}
+        #: (relay, status, dsn, detail) → observed_kind (every field it reads)
+        self.kinds: dict[tuple[str, str, str, str], str | None] = {}
         self.without_sender = 0
         self.own_failures = 0
         self.duplicates = 0
@@ -212,19 +217,22 @@ class Comparison:
     def feed(self, records: Iterable[Record]) -> None:
         """Take records in log order."""
         messages = self.messages
+        seen = self.seen
         for record in records:
             if type(record) is Attempt:
                 self._attempt(record)
             elif type(record) is Envelope:
                 key = (record.instance, record.queue_id)
-                if key not in messages:
-                    messages[key] = _Message(record.sender)
-                    if len(messages) > self.max_messages:
-                        del messages[next(iter(messages))]
-                else:
-                    messages[key].sender = record.sender
+                new = key not in messages
+                messages[key] = record.sender  # a message seen again keeps its place
+                if new and len(messages) > self.max_messages:
+                    oldest = next(iter(messages))
+                    del messages[oldest]
+                    seen.pop(oldest, None)
             elif type(record) is Removed:
-                messages.pop((record.instance, record.queue_id), None)
+                key = (record.instance, record.queue_id)
+                if messages.pop(key, None) is not None:
+                    seen.pop(key, None)
 
     def _attempt(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
@@ -243,25 +251,30 @@ class Comparison:
             self.until is not None and time >= self.until
         ):
             return
-        observed = observed_kind(delivery)
+        observed = self._observed_kind(delivery)
         if observed is None:
             self.own_failures += 1
             return
-        message = self.messages.get((attempt.instance, delivery.queue_id))
-        if message is None:
+        key = (attempt.instance, delivery.queue_id)
+        sender = self.messages.get(key)
+        if sender is None:
             self.without_sender += 1
             return
-        seen = (delivery.to.lower(), time, delivery.dsn, delivery.status)
-        if seen in message.seen:
+        this = (delivery.to.lower(), time, delivery.dsn, delivery.status)
+        compared = self.seen.get(key)
+        if compared is None:
+            self.seen[key] = {this}
+        elif this in compared:
             self.duplicates += 1
             return
-        message.seen.add(seen)
+        else:
+            compared.add(this)
         self.observed[observed] += 1
         recipient = delivery.orig_to or delivery.to
         base_agrees = True
         for index, variant in enumerate(self.variants):
             try:
-                address = variant.predict(message.sender, recipient, delivery.to, time)
+                address = variant.predict(sender, recipient, delivery.to, time)
             except LookupFailureError:
                 if index == 0:
                     self.unpredictable += 1
@@ -273,7 +286,7 @@ class Comparison:
                 base_agrees = agrees
                 if not agrees and len(self.disagreements) < self.limit:
                     self.disagreements.append(
-                        _disagreement(attempt, message.sender, address, predicted, observed)
+                        _disagreement(attempt, sender, address, predicted, observed)
                     )
                 continue
             example = f"{delivery.queue_id} {delivery.to}"
@@ -285,6 +298,18 @@ class Comparison:
                 variant.adds += 1
                 if len(variant.added_examples) < self.limit:
                     variant.added_examples.append(example)
+
+    def _observed_kind(self, delivery: Delivery) -> str | None:
+        """``observed_kind(delivery)``, remembered by the fields it reads (at most
+        ``MAX_REPLIES``)."""
+        key = (delivery.relay, delivery.status, delivery.dsn, delivery.detail)
+        kinds = self.kinds
+        if key in kinds:
+            return kinds[key]
+        found = kinds[key] = observed_kind(delivery)
+        if len(kinds) > MAX_REPLIES:
+            kinds.clear()
+        return found
 
 
 def _disagreement(
