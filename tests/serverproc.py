@@ -63,6 +63,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.tenants import ip_tenant_toml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """``m365-policyd ARGS`` as a process from this tree, with a timeout (a hang fails the
+    test) and without an inherited ``M365_POLICYD_CONFIG``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "M365_POLICYD_CONFIG": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "policyd.tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+
+
 LOOPBACK = "127.0.0.1"
 
 #: The IP-connector tenant (``tests/tenants.py``), deferring predicted refusals.

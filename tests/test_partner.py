@@ -268,7 +268,7 @@ def test_a_cached_5751_explanation_names_no_other_senders_address(tmp_path: Path
     from policyd.sources.state import build_state
 
     config = filtering_setup(tmp_path, "relay.contoso.net", FILTERING_EXPORT)
-    engine = PolicyEngine(build_state(load_config(config), 1), Stats(), lambda: 0.0, print)
+    engine = PolicyEngine(build_state(load_config(config), 1), Stats(), lambda: 0.0, lambda r: None)
     first = engine.predict("alice@contoso.com", "kate@contoso.com")
     second = engine.predict("bob@contoso.com", "kate@contoso.com")
     assert (first.reason, second.reason) == ("partner-restricted", "partner-restricted")

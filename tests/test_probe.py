@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from policyd.rules.outcomes import classify_reply
 from policyd.tools.probe import ProbeUsageError, parse_endpoint
 from tests.e2e.standin import Connector, StandIn, TenantView
 from tests.pki import TestPKI
+from tests.serverproc import cli
 
 IP_EGRESS = "127.0.0.10"  # inside the IP connector
 OTHER_EGRESS = "127.0.0.20"  # in no connector: only the certificate can attribute it
@@ -113,13 +113,7 @@ def view(*connectors: Connector, **switches: bool) -> TenantView:
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd.tools.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return cli(*args, timeout=timeout)
 
 
 def probe(

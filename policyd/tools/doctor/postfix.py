@@ -80,14 +80,7 @@ def _relayhost_check(postfix: PostfixFacts) -> Check:
         findings.extend(_route_problems(sample))
     shown = "; ".join(_route_line(sample) for sample in postfix.routes)
     if not findings:
-        submitted = any(
-            sample.route is not None
-            and any(
-                endpoints.classify_host(hop.host) == endpoints.SUBMISSION
-                for hop in endpoints.parse_nexthop(sample.route.nexthop)
-            )
-            for sample in postfix.routes
-        )
+        submitted = any(sample.kind == endpoints.SUBMISSION for sample in postfix.routes)
         where = (
             "Microsoft 365 (routes to the SMTP AUTH submission endpoint are predicted per "
             "credential and sender: see the postfix-submission checks)"

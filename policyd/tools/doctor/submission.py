@@ -50,11 +50,8 @@ def submission_checks(postfix: PostfixFacts, router: Router | None) -> list[Chec
     routes = _distinct(postfix.routes)
     submitted = [(s, n) for (s, n), kind in routes.items() if kind == endpoints.SUBMISSION]
     checks: list[Check] = []
-    basic = [
-        submission.sasl_settings(view, service)
-        for service, _ in submitted
-        if _uses_basic(submission.sasl_settings(view, service))
-    ]
+    settings = [submission.sasl_settings(view, service) for service, _ in submitted]
+    basic = [sasl for sasl in settings if _uses_basic(sasl)]
     if basic:
         where = ", ".join(
             f"{s.mechanism_filter_from} = {s.mechanism_filter or '(empty)'}" for s in basic
