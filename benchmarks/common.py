@@ -65,20 +65,28 @@ class Report:
 
 @dataclass(frozen=True)
 class Scale:
-    """Run lengths; ``--quick`` shrinks them for a smoke test."""
+    """Run lengths; ``--quick`` shrinks them for a smoke test.
 
-    rounds: int = 3
-    seconds: float = 4.0
+    Throughput is compared in many short alternating runs (``rounds`` x ``seconds`` each): on
+    a shared or virtual machine the CPU's speed changes every second or two, by up to a factor
+    of two (a pure-Python loop measured 55 and 103 units per 100 ms back to back on the 2-core
+    machine of BENCHMARKS.md), so long runs of one server and then the other measure the
+    machine's mood as much as the servers. Short runs in turn give every contender the same
+    share of fast and slow moments.
+    """
+
+    rounds: int = 20
+    seconds: float = 0.5
     latency_seconds: float = 10.0
     latency_rounds: int = 3
     long_requests: int = 1_000_000
     sample_every: int = 50_000
     warmup_requests: int = 200_000
     postfix_messages: int = 4000
-    postfix_rounds: int = 3
+    postfix_rounds: int = 8
 
 
-QUICK = Scale(1, 1.5, 3.0, 1, 100_000, 10_000, 20_000, 300, 1)
+QUICK = Scale(2, 0.5, 3.0, 1, 100_000, 10_000, 20_000, 300, 1)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -358,28 +366,59 @@ def alternate(
     scale: Scale,
     connections: int = 50,
 ) -> dict[str, list[Measured]]:
-    """Alternating closed-loop runs of every contender (by label); a 1 s warm-up each first."""
+    """Alternating closed-loop runs of every contender (by label); a 1 s warm-up each first.
+
+    Each contender gets ``scale.rounds`` runs of ``scale.seconds``, in turn; the details get
+    one summary line per contender (``summarize``).
+    """
     entrants = [c if isinstance(c, Contender) else Contender(c.name, c) for c in contenders]
     runs: dict[str, list[Measured]] = {entrant.label: [] for entrant in entrants}
     for entrant in entrants:
         with attribute_order(entrant.order):
             measure(entrant.server, connections, 1.0)
-    for round_number in range(scale.rounds):
+    for _ in range(scale.rounds):
         for entrant in entrants:
             with attribute_order(entrant.order):
                 run = measure(entrant.server, connections, scale.seconds)
             runs[entrant.label].append(run)
-            report.note(section, f"round {round_number + 1}, {entrant.label}: {describe(run)}")
+    for entrant in entrants:
+        report.note(section, f"{entrant.label}: {summarize(runs[entrant.label], scale)}")
     return runs
 
 
-def median_rate(runs: Sequence[Measured]) -> float:
-    """Median requests/s of some runs."""
-    return statistics.median(run.rate for run in runs)
+def summarize(runs: Sequence[Measured], scale: Scale) -> str:
+    """One contender's alternating runs in one line: mean rate (the ratios' basis), the spread
+    of the runs, CPU on both sides and the server's CPU time per request."""
+    rates = [run.rate for run in runs]
+    server_cpu = statistics.median(run.server_cpu for run in runs)
+    per_request = [run.server_cpu / run.rate * 1e6 for run in runs if run.rate]
+    errors = sum(run.result.error_total for run in runs)
+    return (
+        f"{len(runs)} runs of {scale.seconds:g} s: mean {mean_rate(runs):,.0f} req/s (runs "
+        f"{min(rates):,.0f} to {max(rates):,.0f}, median {statistics.median(rates):,.0f}); "
+        f"median p99 {statistics.median(run.result.latencies_ms['p99'] for run in runs):.3f} ms; "
+        f"generator CPU ≤ {max(run.generator_cpu for run in runs):.0%}, server CPU "
+        f"{server_cpu:.0%} (median {statistics.median(per_request) if per_request else 0:.1f} µs "
+        f"per request); {errors} errors"
+    )
 
 
-def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
-    """Median of the per-round ratios: runs next to each other in time share the machine's
-    mood, so pairing them cancels slow drift (other load, frequency changes)."""
-    ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d]
-    return statistics.median(ratios) if ratios else 0.0
+def mean_rate(runs: Sequence[Measured]) -> float:
+    """Mean requests/s of runs of equal length: the requests answered in all of them over the
+    time they took together."""
+    return statistics.fmean(run.rate for run in runs) if runs else 0.0
+
+
+def rate_ratio(runs: Sequence[Measured], reference: Sequence[Measured]) -> float:
+    """``runs``' mean rate over ``reference``'s: of runs alternating with each other, the
+    requests one answered for each request the other answered in the same share of time."""
+    base = mean_rate(reference)
+    return mean_rate(runs) / base if base else 0.0
+
+
+def versus(runs: Sequence[Measured], reference: Sequence[Measured], scale: Scale) -> str:
+    """``0.83 x (20 alternating 0.5 s runs each; mean rates 28,000 vs 33,700 req/s)``."""
+    return (
+        f"{rate_ratio(runs, reference):.2f} × ({len(runs)} alternating {scale.seconds:g} s runs "
+        f"each; mean rates {mean_rate(runs):,.0f} vs {mean_rate(reference):,.0f} req/s)"
+    )

@@ -23,11 +23,11 @@ from benchmarks.common import (
     alternate,
     free_port,
     fresh_process_json,
-    median_rate,
-    paired_ratio,
+    rate_ratio,
     serve,
     servers,
     start_bare,
+    versus,
 )
 
 LOAD_TIMER = """
@@ -155,18 +155,13 @@ def row_routing(report: Any, workdir: Path, scale: Any) -> None:
         daemon,
     ):
         runs = alternate(report, "routing", [bare, daemon], scale)
-    bare_rate = median_rate(runs[bare.name])
-    daemon_rate = median_rate(runs[daemon.name])
-    ratio = paired_ratio(
-        [run.rate for run in runs[daemon.name]], [run.rate for run in runs[bare.name]]
-    )
+    ratio = rate_ratio(runs[daemon.name], runs[bare.name])
     report.add(
         Row(
             "throughput with `[postfix]` routing, three tenants and a 10,000-entry "
             "`transport_maps`, 50 connections",
             "≥ 0.8 × bare",
-            f"{ratio:.2f} × (median of {scale.rounds} paired rounds; median rates "
-            f"{daemon_rate:,.0f} vs {bare_rate:,.0f} req/s)",
+            versus(runs[daemon.name], runs[bare.name], scale),
             ratio >= 0.8,
             f"`{RUN} routing`",
         )

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.testing import StringTransport
@@ -521,12 +522,72 @@ def test_benchmark_config_is_a_valid_daemon_config(tmp_path: Path) -> None:
     }
 
 
-def test_paired_ratio_is_the_median_of_round_ratios() -> None:
-    """Ratios pair rounds in order, so drift shared by a round cancels out."""
-    from benchmarks import run
+def measured(rate: float, seconds: float = 0.5) -> Any:
+    """A ``benchmarks.common.Measured`` of a run that answered at ``rate`` for ``seconds``."""
+    from benchmarks.common import Measured
 
-    assert run.paired_ratio([50, 40, 30], [100, 50, 60]) == 0.5
-    assert run.paired_ratio([], []) == 0.0
+    result = bench.BenchResult(
+        endpoint="127.0.0.1:1",
+        connections=1,
+        processes=1,
+        duration=seconds,
+        offered_rate=0.0,
+        requests=int(rate * seconds),
+        errors={},
+        latencies_ms={"p50": 1.0, "p99": 2.0, "p99.9": 3.0, "max": 4.0},
+        send_lag_ms={},
+        connected=1,
+    )
+    return Measured(result, generator_cpu=0.5, server_cpu=0.9)
+
+
+def test_rate_ratio_compares_all_the_requests_of_alternating_runs() -> None:
+    """Runs of equal length taken in turn: the ratio is the requests one server answered for
+    each request of the other, so a slow moment weighs the same in both."""
+    from benchmarks.common import Scale, mean_rate, rate_ratio, versus
+
+    daemon = [measured(rate) for rate in (30_000, 10_000, 20_000)]
+    bare = [measured(rate) for rate in (40_000, 12_000, 28_000)]
+    assert mean_rate(daemon) == pytest.approx(20_000)
+    assert rate_ratio(daemon, bare) == pytest.approx(60_000 / 80_000)
+    assert rate_ratio(daemon, []) == 0.0
+    text = versus(daemon, bare, Scale(rounds=3, seconds=0.5))
+    assert text == "0.75 × (3 alternating 0.5 s runs each; mean rates 20,000 vs 26,667 req/s)"
+
+
+def test_the_postfix_rows_sent_counter_reads_only_new_whole_lines(tmp_path: Path) -> None:
+    """The Postfix row counts deliveries from where it stopped reading, and a line still being
+    written is counted once it is whole."""
+    from benchmarks.postfix import SentCounter
+
+    log = tmp_path / "maillog"
+    counter = SentCounter(log)
+    assert counter.update() == 0  # no log yet
+    sent = "postfix/smtp[1]: 4Q: to=<a@b>, relay=x, delay=0, dsn=2.0.0, status=sent (250 ok)\n"
+    log.write_text(sent * 2 + "postfix/qmgr[2]: 4Q: removed\n" + sent[:40])
+    assert counter.update() == 2
+    with log.open("a") as out:
+        out.write(sent[40:] + sent)
+    assert counter.update() == 4
+    assert counter.update() == 4
+
+
+def test_the_postfix_rows_variants_differ_only_in_their_smtpd_options() -> None:
+    """Each variant is an smtpd with ``-o`` overrides of the contrib snippet's main.cf."""
+    from benchmarks.postfix import WIRINGS, master_options
+
+    assert master_options(None, "") == [
+        "  -o smtpd_recipient_restrictions=",
+        "  -o smtpd_data_restrictions=",
+    ]
+    tcp_both, tcp_rcpt = WIRINGS[0], WIRINGS[1]
+    assert master_options(tcp_both, "inet:127.0.0.1:10040") == [
+        "  -o m365_policyd_service=inet:127.0.0.1:10040"
+    ]
+    assert master_options(tcp_rcpt, "unix:private/bare") == [
+        "  -o m365_policyd_service=unix:private/bare",
+        "  -o smtpd_data_restrictions=",
+    ]
 
 
 def test_benchmarks_markdown_marks_missed_targets() -> None:

