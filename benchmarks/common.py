@@ -83,7 +83,7 @@ class Scale:
     sample_every: int = 50_000
     warmup_requests: int = 200_000
     postfix_messages: int = 4000
-    postfix_rounds: int = 8
+    postfix_rounds: int = 12
 
 
 QUICK = Scale(2, 0.5, 3.0, 1, 100_000, 10_000, 20_000, 300, 1)
@@ -368,16 +368,18 @@ def alternate(
 ) -> dict[str, list[Measured]]:
     """Alternating closed-loop runs of every contender (by label); a 1 s warm-up each first.
 
-    Each contender gets ``scale.rounds`` runs of ``scale.seconds``, in turn; the details get
-    one summary line per contender (``summarize``).
+    Each contender gets ``scale.rounds`` runs of ``scale.seconds``, in turn, every other round
+    in reverse order; the details get one summary line per contender (``summarize``).
     """
     entrants = [c if isinstance(c, Contender) else Contender(c.name, c) for c in contenders]
     runs: dict[str, list[Measured]] = {entrant.label: [] for entrant in entrants}
     for entrant in entrants:
         with attribute_order(entrant.order):
             measure(entrant.server, connections, 1.0)
-    for _ in range(scale.rounds):
-        for entrant in entrants:
+    for round_number in range(scale.rounds):
+        # Every other round in reverse (A B C, C B A, ...): a drift of the machine's speed
+        # within a round then favours no contender.
+        for entrant in entrants if round_number % 2 == 0 else entrants[::-1]:
             with attribute_order(entrant.order):
                 run = measure(entrant.server, connections, scale.seconds)
             runs[entrant.label].append(run)

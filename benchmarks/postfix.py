@@ -12,7 +12,8 @@ default configuration) and once by the bare responder, the protocol's own floor:
 Plus Postfix without any policy check. Every variant is its own smtpd service of the same
 Postfix (a ``master.cf`` line on its own port, the wiring set with ``-o``), so switching from one
 variant to the next needs no reload: the variants take turns in many short runs, which gives
-each the same share of the machine's fast and slow moments (see ``benchmarks.common.Scale``).
+each the same share of the machine's fast and slow moments (see ``benchmarks.common.Scale``;
+every other round runs in reverse order).
 A run's rate is messages per second until Postfix logged every ``status=sent``; a variant's
 rate is all its messages over all its runs' time. Target: the daemon reaches 0.97 times the
 bare responder in the same wiring; the ratio to no check is reported beside it, and the wiring
@@ -48,7 +49,7 @@ SENT = re.compile(r" status=sent ")
 #: Messages sent before measuring; their rate sizes the runs.
 WARM_UP = 200
 #: A run lasts about this long at the warm-up's rate (so a slow machine does not take an hour)...
-RUN_SECONDS = 1.5
+RUN_SECONDS = 1.2
 #: ... but has at least this many messages.
 MIN_MESSAGES = 200
 
@@ -248,8 +249,10 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                 runs = {key: [] for key in ports}
                 for port in ports.values():  # every smtpd and policy connection warmed up
                     send(port, counter, MIN_MESSAGES // 4)
-                for _ in range(scale.postfix_rounds):
-                    for key, port in ports.items():
+                order = list(ports.items())
+                for round_number in range(scale.postfix_rounds):
+                    # every other round in reverse, as benchmarks.common.alternate does
+                    for key, port in order if round_number % 2 == 0 else order[::-1]:
                         runs[key].append(send(port, counter, messages))
                 for key, variant_runs in runs.items():
                     delivered = [run.messages / run.delivered for run in variant_runs]
@@ -310,5 +313,6 @@ def add_rows(report: Report, rates: dict[str, float], scale: Scale, command: str
         "postfix",
         "one run: `smtp-source -s 20 -m N -l 2048 -f app@contoso.com -t rcpt@fabrikam.com "
         "127.0.0.1:PORT` to the variant's own smtpd, timed until Postfix logged every "
-        f"`status=sent`; {scale.postfix_rounds} runs per variant, taken in turn",
+        f"`status=sent`; {scale.postfix_rounds} runs per variant, taken in turn (every other "
+        "round in reverse order)",
     )
