@@ -87,6 +87,7 @@ class Connection:
     def __init__(self, config: Config, max_request_bytes: int | None = None) -> None:
         clock = Clock()
         clock.advance(NOW)
+        self.clock = clock
         self.stats = Stats()
         self.engine = PolicyEngine(
             build_state(config, 1), self.stats, clock.seconds, lambda record: None
@@ -104,6 +105,9 @@ class Connection:
         points = sorted({0, len(stream), *(cut % (len(stream) + 1) for cut in cuts)})
         for start, end in pairwise(points):
             self.protocol.dataReceived(stream[start:end])
+            # The reactor's next turns: a connection that used up its turn budget (slow first
+            # predictions on a loaded machine) goes on there, as it would in ``serve``.
+            self.clock.advance(0)
 
     @property
     def output(self) -> bytes:
