@@ -273,3 +273,62 @@ def test_a_close_sends_the_turns_replies_before_the_end_of_file(loopback: Loopba
     good.close()
     bad.close()
     port.stopListening()
+
+
+def test_end_of_turn_runs_everything_given_in_a_turn_with_one_timed_call() -> None:
+    """The log's flush and the replies' sender share one ``callLater(0)`` per turn; they run in
+    the order given, and what is given while they run waits for the next turn."""
+    from twisted.internet.task import Clock
+
+    from policyd.wire.writer import EndOfTurn
+
+    clock = Clock()
+    end_of_turn = EndOfTurn(clock.callLater)
+    ran: list[str] = []
+    end_of_turn(lambda: ran.append("log"))
+    end_of_turn(lambda: ran.append("replies"))
+    end_of_turn(lambda: end_of_turn(lambda: ran.append("next turn")))
+    assert len(clock.getDelayedCalls()) == 1
+    one_turn(clock)
+    assert ran == ["log", "replies"]
+    assert len(clock.getDelayedCalls()) == 1
+    one_turn(clock)
+    assert ran == ["log", "replies", "next turn"]
+    assert clock.getDelayedCalls() == []
+
+
+def one_turn(clock: Any) -> None:
+    """Run the timed calls due now, not the ones they add (``Clock.advance`` would run those
+    too, where a reactor leaves them for its next turn)."""
+    due = list(clock.calls)
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_the_factory_sends_its_replies_at_the_end_of_turn_it_is_given() -> None:
+    """``serve`` hands the policy factory the log output's EndOfTurn: one timed call per turn
+    does both."""
+    from twisted.internet.task import Clock
+
+    from policyd.engine.stats import Stats
+    from policyd.wire.protocol import PolicyFactory
+    from policyd.wire.writer import EndOfTurn
+    from tests.test_protocol import Limits, RecordingHandler
+
+    clock = Clock()
+    end_of_turn = EndOfTurn(clock.callLater)
+    factory = PolicyFactory(RecordingHandler(), Stats(), Limits(), clock, end_of_turn)  # type: ignore[arg-type]
+    flushed: list[bool] = []
+
+    class Held:
+        """Stands in for a connection's ReplyWriter with replies waiting."""
+
+        def flush(self) -> None:
+            flushed.append(True)
+
+    factory.turn.hold(Held())  # type: ignore[arg-type]
+    end_of_turn(lambda: flushed.append(False))
+    assert len(clock.getDelayedCalls()) == 1
+    one_turn(clock)
+    assert flushed == [True, False]

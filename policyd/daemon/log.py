@@ -12,7 +12,8 @@ Two sources feed one stream:
   callers without the fast path) and writes the very same bytes.
 
 Lines are collected and written together: one ``write`` per reactor turn (``serve`` schedules
-the flush with ``callLater(0)``), at once for errors and Twisted events (which keeps the order),
+the flush at the end of the turn with the ``EndOfTurn`` that also sends the turn's replies,
+``policyd.wire.writer``), at once for errors and Twisted events (which keeps the order),
 when 64 KiB are waiting, and on stop. A batch is whole lines, written to stdout's file descriptor
 until every byte is out (``PYTHONUNBUFFERED`` or not), so no line is ever split between two
 writers or cut short by a signal; a descriptor that refuses bytes (non-blocking, reader stalled)
@@ -213,7 +214,8 @@ class LogOutput:
         clock: Callable[[], float] = time.time,
         schedule: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """``schedule(f)`` arranges for ``f`` to run soon (``lambda f: reactor.callLater(0, f)``);
+        """``schedule(f)`` arranges for ``f`` to run at the end of the reactor turn (an
+        ``EndOfTurn``, or ``lambda f: reactor.callLater(0, f)``);
         without it every prediction line is written at once. A ``stream`` with a file
         descriptor (stdout, a file) is written through the descriptor; any other (a StringIO)
         through ``write`` and ``flush``."""

@@ -49,11 +49,11 @@ from policyd.daemon.watch import FileWatcher, Stamp, StatFunction, watched_paths
 from policyd.engine.policy import PolicyEngine
 from policyd.engine.stats import ACCEPT_FAILED, Stats
 from policyd.errors import ConfigError
-from policyd.sources.config import Config
 from policyd.sources.postfix import stop_tools
 from policyd.sources.schema import CONFIG_ENV, CONFIG_PATH
 from policyd.sources.state import State, load_state
 from policyd.wire.protocol import PolicyFactory
+from policyd.wire.writer import EndOfTurn
 
 #: After the listeners stop, how long connections may still deliver what Postfix already sent.
 SHUTDOWN_GRACE = 0.1
@@ -142,10 +142,13 @@ class Server:
         load: Callable[[str, int], State] | None = None,
         factory: ProtocolFactory | None = None,
         handle_sighup: bool = False,
+        end_of_turn: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """``load(path, generation)`` builds a new state (default: ``load_state``, as ``check``
         does); ``factory`` replaces the policy protocol factory (tests only);
-        ``handle_sighup`` installs the process-wide SIGHUP handler (``run`` only)."""
+        ``handle_sighup`` installs the process-wide SIGHUP handler (``run`` only);
+        ``end_of_turn`` is the ``EndOfTurn`` the log output flushes with, which the replies
+        then share (``run``)."""
         self.config_path = config_path
         self.reactor = reactor
         self.output = output
@@ -165,8 +168,8 @@ class Server:
             in_thread=_in_thread(reactor),
             predictions=output.prediction,
         )
-        self.factory: ProtocolFactory = factory or _policy_factory(
-            self.engine, self.stats, state.config, reactor
+        self.factory: ProtocolFactory = factory or PolicyFactory(
+            self.engine, self.stats, state.config.server, reactor, end_of_turn
         )
         if hasattr(self.factory, "noisy"):
             self.factory.noisy = False  # no "Starting factory <object at 0x...>" lines
@@ -451,10 +454,6 @@ class Server:
         self.output.flush()
 
 
-#: Prediction lines are written this long (seconds) after the first of them: 0 is the end of
-#: the reactor turn, so each turn's lines go out in one write (``policyd.daemon.log``).
-LOG_FLUSH_DELAY = 0.0
-
 #: At exit, how long a stalled stdout may take to accept the last log lines.
 LOG_DRAIN_SECONDS = 1.0
 
@@ -549,12 +548,6 @@ def _global_reactor() -> Any:
     return reactor
 
 
-def _policy_factory(
-    engine: PolicyEngine, stats: Stats, config: Config, reactor: Reactor
-) -> PolicyFactory:
-    return PolicyFactory(engine, stats, config.server, reactor)
-
-
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -579,13 +572,18 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     def dropped(lines: int) -> None:
         stats.log_lines_dropped += lines
 
-    output = default_output(
-        config.log.format,
-        config.log.level,
-        lambda flush: reactor.callLater(LOG_FLUSH_DELAY, flush),
-        dropped,
+    # One call at the end of each reactor turn writes its log lines and sends its replies.
+    end_of_turn = EndOfTurn(reactor.callLater)
+    output = default_output(config.log.format, config.log.level, end_of_turn, dropped)
+    server = Server(
+        config_path,
+        state,
+        reactor,
+        output,
+        stats=stats,
+        handle_sighup=True,
+        end_of_turn=end_of_turn,
     )
-    server = Server(config_path, state, reactor, output, stats=stats, handle_sighup=True)
     del state  # the server owns it now: a reload frees it whole (settle_after_reload)
     try:
         endpoints = server.endpoints()

@@ -56,7 +56,7 @@ from policyd.wire.codec import (
     RequestDecoder,
     add_piece,
 )
-from policyd.wire.writer import ReplyWriter, TurnSender
+from policyd.wire.writer import EndOfTurn, ReplyWriter, TurnSender
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime
@@ -371,8 +371,15 @@ class PolicyFactory(ServerFactory):
     noisy = False  # no "Starting factory" line per listening port
 
     def __init__(
-        self, handler: Handler, stats: Stats, settings: ServerLimits, clock: IReactorTime
+        self,
+        handler: Handler,
+        stats: Stats,
+        settings: ServerLimits,
+        clock: IReactorTime,
+        end_of_turn: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
+        """``end_of_turn(f)`` runs ``f`` when the reactor turn's I/O is done (an ``EndOfTurn``
+        shared with the log output; by default one of this factory's own)."""
         self.handler = handler
         self.stats = stats
         self.clock = clock
@@ -382,7 +389,7 @@ class PolicyFactory(ServerFactory):
         #: Seconds of answering one connection's pipelined requests per reactor turn.
         self.turn_budget = TURN_BUDGET
         #: Holds every connection's replies until the end of the reactor turn.
-        self.turn = TurnSender(self.call_soon)
+        self.turn = TurnSender(end_of_turn or EndOfTurn(self._reactor.callLater))
         self.seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]  # see above
         self._settings = settings
         self._open: set[PolicyProtocol] = set()

@@ -39,6 +39,32 @@ def direct_socket(transport: object) -> Any:
     return transport.socket
 
 
+class EndOfTurn:
+    """Runs callables when the reactor's current turn has done its I/O, all of them in one
+    ``callLater(0)`` per turn (the replies' ``TurnSender`` and the log's flush share it).
+
+    ``call_later`` is the reactor's ``callLater``; callables run in the order they were given,
+    and one given while they run goes to the next turn.
+    """
+
+    __slots__ = ("_call_later", "_calls")
+
+    def __init__(self, call_later: Callable[..., object]) -> None:
+        self._call_later = call_later
+        self._calls: list[Callable[[], None]] = []
+
+    def __call__(self, call: Callable[[], None]) -> None:
+        """Run ``call`` at the end of this turn."""
+        if not self._calls:
+            self._call_later(0, self._run)
+        self._calls.append(call)
+
+    def _run(self) -> None:
+        calls, self._calls = self._calls, []
+        for call in calls:
+            call()
+
+
 class TurnSender:
     """Sends the replies held during one reactor turn when the turn's reads are done.
 
