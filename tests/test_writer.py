@@ -332,3 +332,24 @@ def test_the_factory_sends_its_replies_at_the_end_of_turn_it_is_given() -> None:
     assert len(clock.getDelayedCalls()) == 1
     one_turn(clock)
     assert flushed == [True, False]
+
+
+def test_end_of_turn_runs_the_others_when_one_fails() -> None:
+    """A failing callable (a bug) does not cost the turn's other replies; its error is raised
+    afterwards for Twisted to log."""
+    from twisted.internet.task import Clock
+
+    from policyd.wire.writer import EndOfTurn
+
+    clock = Clock()
+    end_of_turn = EndOfTurn(clock.callLater)
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    end_of_turn(broken)
+    end_of_turn(lambda: ran.append("replies"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        one_turn(clock)
+    assert ran == ["replies"]

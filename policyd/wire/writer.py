@@ -61,8 +61,14 @@ class EndOfTurn:
 
     def _run(self) -> None:
         calls, self._calls = self._calls, []
+        error: Exception | None = None
         for call in calls:
-            call()
+            try:
+                call()
+            except Exception as raised:  # the others still run: one failure loses no replies
+                error = error or raised
+        if error is not None:
+            raise error  # Twisted logs it as an unhandled error in a timed call
 
 
 class TurnSender:
