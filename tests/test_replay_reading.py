@@ -497,3 +497,85 @@ def test_records_are_their_named_tuples() -> None:
         if type(record) is Attempt:
             assert type(record.delivery) is Delivery
             assert record.delivery == Delivery(*record.delivery)
+
+
+# -- delivery lines read from the line's start; replies that say 2xx ------------------------
+
+
+def test_the_written_out_white_space_is_python_s() -> None:
+    """The regexes' written-out white space class matches exactly the characters ``\\s`` and
+    ``str.isspace`` do, over every code point."""
+    written = re.compile(f"[{outcomes._SPACE}]")
+    for point in range(0x110000):
+        char = chr(point)
+        assert (written.match(char) is not None) == char.isspace(), hex(point)
+
+
+ODD_DELIVERY_LINES = [
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=a b[1.2.3.4]:25, delay=1, "
+    "dsn=2.0.0, status=sent (250 ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=ab\t[1.2.3.4]:25, delay=1, "
+    "dsn=2.0.0, status=sent (250 ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h[1.2.3.4]:25, dsn=2.0.0, "
+    "status=Sent (250 ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[\u0664]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx1 p\u00f6stfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx:1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 x: to=<y> postfix/smtp[1]: Q: to=<a>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)\t",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, delay=1 2, dsn=2.0.0, "
+    "status=sent (ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=Sent, "
+    "dsn=5.0.0, status=bounced (x)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent\t(ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h[1.2.3.4:25, dsn=2.0.0, "
+    "status=sent (ok)",
+    "Nov 27 10:01:05.250 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (x)",
+    "2026-11-27T10:01:05.123456+01:00 mx1 postfix/smtp[1]: Q: to=<a@b>, orig_to=<c@d>, "
+    "relay=h[1.2.3.4]:25, conn_use=2, delay=1, delays=0/0/0/1, dsn=5.7.64, status=bounced "
+    "(host h[1.2.3.4] said: 550 5.7.64 TenantAttribution; Relay Access Denied (in reply to "
+    "RCPT TO command))",
+    "2026-11-27T10:01:05Z mx1 postfix-out/smtp[1]: Q: to=<a@b>, relay=h, dsn=4.4.62, "
+    "status=deferred (x)",
+    "2026-11-27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (x)",
+]
+
+
+def test_odd_delivery_lines_parse_as_the_tag_search_does() -> None:
+    """Delivery lines the whole-line match refuses or could misread (white space in the relay=
+    value or after the status, a status in capitals, digits other than ASCII, a host with a
+    colon, an earlier ": to=<", odd fields, other times) parse as the general reading does."""
+    for line in ODD_DELIVERY_LINES:
+        assert parse_delivery(line) == plain_delivery(line), line
+
+
+def test_the_remembered_relay_parts_are_bounded() -> None:
+    """The split of each relay= value is remembered at most _RELAY_PARTS at once (cleared when
+    full), and a line parses the same whether its relay was remembered or not."""
+    lines = [
+        f"Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h{n}[1.2.3.{n}]:25, "
+        "dsn=2.0.0, status=sent (250 ok)"
+        for n in range(10)
+    ]
+    with mock.patch.object(outcomes, "_RELAY_PARTS", 3), mock.patch.dict(outcomes._relay_parts):
+        outcomes._relay_parts.clear()
+        for line in lines * 2:
+            assert parse_delivery(line) == plain_delivery(line)
+            assert len(outcomes._relay_parts) <= 3
+
+
+@PROFILE
+@given(DELIVERIES)
+def test_observed_kind_reads_a_2xx_reply_as_classify_reply_does(delivery: Delivery) -> None:
+    """observed_kind answers "accepted" for a reply starting with 2 without reading it, as
+    classify_reply would."""
+    reply = outcomes.microsoft_reply(delivery)
+    expected = None if reply is None else outcomes.classify_reply(reply, delivery.dsn)
+    assert outcomes.observed_kind(delivery) == expected
+    if reply is not None:
+        assert outcomes.observed_kind(delivery._replace(detail="250 " + reply)) in (
+            outcomes.ACCEPTED,
+            None,
+        )
