@@ -628,3 +628,23 @@ def test_a_message_with_many_attempts_counts_each_once(tmp_path: Path) -> None:
     assert comparison.today.tally.compared == 43 and comparison.duplicates == 43
     assert len(comparison.seen[("postfix", "AB12")]) == 40
     assert len(comparison.seen[("postfix", "CD34")]) == 3
+
+
+def test_replay_without_a_certificate_does_not_load_cryptography(tmp_path: Path) -> None:
+    """The certificate reader (and the large cryptography package) is imported only when a
+    configuration names a certificate: replay with one that does not starts without it."""
+    import subprocess
+
+    log = tmp_path / "mail.log"
+    log.write_text(STANDIN_LOG.read_text())
+    code = (
+        "import sys\n"
+        "from policyd.tools.cli import main\n"
+        f"main(['replay', '-c', {config(tmp_path)!r}, {str(log)!r}, '--json'])\n"
+        "sys.stderr.write(str(sorted(m for m in sys.modules if m.startswith('crypto'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert json.loads(done.stdout)["compared"] == 18
+    assert done.stderr.strip() == "[]"
