@@ -549,3 +549,102 @@ def test_a_certificate_expiring_mid_log_changes_the_prediction_at_that_moment(
         "no-connector": {"compared": 1, "agreed": 0},
     }
     assert [d["queue_id"] for d in data["disagreements"]] == ["ABC2"]
+
+
+def _compared(comparison: Comparison, counts: LogCounts) -> dict[str, Any]:
+    from policyd.tools.replay import report
+
+    return report.result(comparison, counts, "config")
+
+
+@pytest.mark.parametrize("max_messages", [3, 200_000])
+def test_the_reader_keeps_the_messages_as_the_records_would(
+    tmp_path: Path, max_messages: int
+) -> None:
+    """The command lets the reader apply qmgr's from= and removed lines to the comparison's
+    messages itself (only attempts come through); fed the records instead, the comparison
+    gives the same result in every field, on the harness log (with and without its removed
+    lines), the kinds log and a generated log like the benchmark's."""
+    from benchmarks.replay_bench import CONFIG, generate
+
+    no_removed = tmp_path / "no-removed.log"
+    no_removed.write_text("".join(line for line in STANDIN_LOG.open() if ": removed" not in line))
+    generated = tmp_path / "generated.log"
+    generate(generated, 3_000)
+    cases = [
+        (STANDIN_LOG, HARNESS_TOML, ["127.0.0.1"]),
+        (no_removed, HARNESS_TOML, ["127.0.0.1"]),
+        (KINDS_LOG, HARNESS_TOML, ["127.0.0.1"]),
+        (generated, CONFIG, ["*.mail.protection.outlook.com"]),
+    ]
+    from policyd.sources.maillog import relay_prefilter
+    from policyd.sources.state import load_state
+
+    for log, text, hosts in cases:
+        state = load_state(config(tmp_path, text), generation=0)
+        results = []
+        for messages in (False, True):
+            comparison = Comparison(
+                [Variant("today", state)], hosts, limit=50, max_messages=max_messages
+            )
+            counts = LogCounts()
+            comparison.feed(
+                read_records(
+                    open_logs([str(log)], _utc()),
+                    counts,
+                    relays=relay_prefilter(hosts),
+                    messages=comparison.queue if messages else None,
+                )
+            )
+            results.append((_compared(comparison, counts), dict(comparison.messages)))
+            assert set(comparison.seen) <= set(comparison.messages)
+        assert results[0] == results[1], log
+        assert results[0][0]["compared"] > 0
+
+
+def test_a_message_with_many_attempts_counts_each_once(tmp_path: Path) -> None:
+    """The attempts of one message are told apart in a list and, past a few, in a set: a
+    message to 40 recipients and one to 3, each attempt logged twice, are compared 43 times,
+    with 43 duplicates."""
+    relay = "relay=127.0.0.1[127.0.0.1]:2525, delay=1"
+    lines = []
+    for queue_id, recipients in (("AB12", 40), ("CD34", 3)):
+        lines.append(
+            f"Nov 27 10:00:00 mx postfix/qmgr[1]: {queue_id}: from=<app@contoso.com>, size=1, "
+            f"nrcpt={recipients} (queue active)\n"
+        )
+        attempts = [
+            f"Nov 27 10:00:{n:02d} mx postfix/smtp[2]: {queue_id}: to=<u{n}@example.net>, "
+            f"{relay}, dsn=2.0.0, status=sent (250 2.0.0 Ok)\n"
+            for n in range(recipients)
+        ]
+        lines += attempts + attempts
+    log = tmp_path / "mail.log"
+    log.write_text("".join(lines))
+    comparison = Comparison([Variant("today", _state(tmp_path))], ["127.0.0.1"])
+    comparison.feed(
+        read_records(open_logs([str(log)], _utc()), LogCounts(), messages=comparison.queue)
+    )
+    assert comparison.today.tally.compared == 43 and comparison.duplicates == 43
+    assert len(comparison.seen[("postfix", "AB12")]) == 40
+    assert len(comparison.seen[("postfix", "CD34")]) == 3
+
+
+def test_replay_without_a_certificate_does_not_load_cryptography(tmp_path: Path) -> None:
+    """The certificate reader (and the large cryptography package) is imported only when a
+    configuration names a certificate: replay with one that does not starts without it."""
+    import subprocess
+
+    log = tmp_path / "mail.log"
+    log.write_text(STANDIN_LOG.read_text())
+    code = (
+        "import sys\n"
+        "from policyd.tools.cli import main\n"
+        f"main(['replay', '-c', {config(tmp_path)!r}, {str(log)!r}, '--json'])\n"
+        "sys.stderr.write(str(sorted(m for m in sys.modules if m.startswith('crypto'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert json.loads(done.stdout)["compared"] == 18
+    assert done.stderr.strip() == "[]"

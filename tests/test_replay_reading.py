@@ -30,6 +30,7 @@ from policyd.sources.maillog import (
     Envelope,
     LogCounts,
     LogFile,
+    Messages,
     Record,
     Removed,
     parse_time,
@@ -497,3 +498,241 @@ def test_records_are_their_named_tuples() -> None:
         if type(record) is Attempt:
             assert type(record.delivery) is Delivery
             assert record.delivery == Delivery(*record.delivery)
+
+
+# -- delivery lines read from the line's start; replies that say 2xx ------------------------
+
+
+def test_the_written_out_white_space_is_python_s() -> None:
+    """The regexes' written-out white space class matches exactly the characters ``\\s`` and
+    ``str.isspace`` do, over every code point."""
+    written = re.compile(f"[{outcomes._SPACE}]")
+    for point in range(0x110000):
+        char = chr(point)
+        assert (written.match(char) is not None) == char.isspace(), hex(point)
+
+
+ODD_DELIVERY_LINES = [
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=a b[1.2.3.4]:25, delay=1, "
+    "dsn=2.0.0, status=sent (250 ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=ab\t[1.2.3.4]:25, delay=1, "
+    "dsn=2.0.0, status=sent (250 ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h[1.2.3.4]:25, dsn=2.0.0, "
+    "status=Sent (250 ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[\u0664]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx1 p\u00f6stfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx:1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 x: to=<y> postfix/smtp[1]: Q: to=<a>, relay=h, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (ok)\t",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, delay=1 2, dsn=2.0.0, "
+    "status=sent (ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=Sent, "
+    "dsn=5.0.0, status=bounced (x)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent\t(ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=, dsn=2.0.0, status=sent (ok)",
+    "Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h[1.2.3.4:25, dsn=2.0.0, "
+    "status=sent (ok)",
+    "Nov 27 10:01:05.250 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (x)",
+    "2026-11-27T10:01:05.123456+01:00 mx1 postfix/smtp[1]: Q: to=<a@b>, orig_to=<c@d>, "
+    "relay=h[1.2.3.4]:25, conn_use=2, delay=1, delays=0/0/0/1, dsn=5.7.64, status=bounced "
+    "(host h[1.2.3.4] said: 550 5.7.64 TenantAttribution; Relay Access Denied (in reply to "
+    "RCPT TO command))",
+    "2026-11-27T10:01:05Z mx1 postfix-out/smtp[1]: Q: to=<a@b>, relay=h, dsn=4.4.62, "
+    "status=deferred (x)",
+    "2026-11-27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h, dsn=2.0.0, status=sent (x)",
+]
+
+
+def test_odd_delivery_lines_parse_as_the_tag_search_does() -> None:
+    """Delivery lines the whole-line match refuses or could misread (white space in the relay=
+    value or after the status, a status in capitals, digits other than ASCII, a host with a
+    colon, an earlier ": to=<", odd fields, other times) parse as the general reading does."""
+    for line in ODD_DELIVERY_LINES:
+        assert parse_delivery(line) == plain_delivery(line), line
+
+
+def test_the_remembered_relay_parts_are_bounded() -> None:
+    """The split of each relay= value is remembered at most _RELAY_PARTS at once (cleared when
+    full), and a line parses the same whether its relay was remembered or not."""
+    lines = [
+        f"Nov 27 10:01:05 mx1 postfix/smtp[1]: Q: to=<a@b>, relay=h{n}[1.2.3.{n}]:25, "
+        "dsn=2.0.0, status=sent (250 ok)"
+        for n in range(10)
+    ]
+    with mock.patch.object(outcomes, "_RELAY_PARTS", 3), mock.patch.dict(outcomes._relay_parts):
+        outcomes._relay_parts.clear()
+        for line in lines * 2:
+            assert parse_delivery(line) == plain_delivery(line)
+            assert len(outcomes._relay_parts) <= 3
+
+
+@PROFILE
+@given(DELIVERIES)
+def test_observed_kind_reads_a_2xx_reply_as_classify_reply_does(delivery: Delivery) -> None:
+    """observed_kind answers "accepted" for a reply starting with 2 without reading it, as
+    classify_reply would."""
+    reply = outcomes.microsoft_reply(delivery)
+    expected = None if reply is None else outcomes.classify_reply(reply, delivery.dsn)
+    assert outcomes.observed_kind(delivery) == expected
+    if reply is not None:
+        assert outcomes.observed_kind(delivery._replace(detail="250 " + reply)) in (
+            outcomes.ACCEPTED,
+            None,
+        )
+
+
+# -- whole blocks, whole qmgr lines, the messages kept by the reader, tallies ---------------
+
+
+@PROFILE
+@given(LINES, st.sampled_from(["", "Nov 27 10:01:05 ", "2026-11-27T10:01:05+00:00 "]))
+@example(["Nov 27 10:01:05 a", "Nov 27 10:01:06 b"], "")
+@example(["Nov 27 10:01:05 a", "Dec  1 10:01:06 b"], "")
+@example(["2026-11-27T10:01:05 a", "2026-11-27T10:01:06 b", ""], "")
+@example(["\uff12\uff10\uff12\uff16-11-27 a", "\uff12\uff10\uff12\uff16-11-27 b"], "")
+@example(["Nov 27 10:01:05 a", "-- Boot 1", "Nov 27 10:01:06 b"], "")
+def test_a_block_is_passed_whole_only_when_every_line_starts_with_a_time(
+    lines: list[str], lead: str
+) -> None:
+    """_timed lets a block skip the look at each line's start only when every line passes it
+    (its lines all start with the first line's month or ASCII "YYYY-")."""
+    lines = [lead + line.replace("\r", "").replace("\n", "") for line in lines]
+    for text in ("\n".join(lines), "".join(f"{line}\n" for line in lines)):
+        found = text.split("\n")
+        if not found[-1]:
+            found.pop()
+        if maillog._timed(text, found):
+            assert all(maillog._has_time(line) for line in found)
+        elif found and lead and all(line.startswith(lead) for line in found):
+            assert lead[:1].isdigit() or not all(maillog._has_time(line) for line in found)
+
+
+ODD_QMGR_LINES = [
+    # the first "/qmgr[" inside the first 16 characters: that one is the one read
+    "Nov/qmgr[1]: Q: x postfix/qmgr[2]: Q2: removed",
+    "Nov/qmgr[1]: Q: x postfix/qmgr[2]: Q2: from=<a@b>, size=1, nrcpt=1 (queue active)",
+    "Nov 27 10:01:05 mx 1 postfix/qmgr[2]: Q2: removed",  # a host with a space
+    "Nov 27 10:01:05 mx1 postfix/x/qmgr[2]: Q2: removed",  # a syslog name of two parts
+    "Nov 27 10:01:05 mx1 p\u00f6stfix/qmgr[2]: Q2: removed",  # not ASCII
+    "Nov 27 10:01:05 mx1 postfix/qmgr[\u0664\u0662]: Q2: removed",  # other digits
+    "Nov 27 10:01:05 mx1 postfix/qmgr[42]: Q2: from=<a@b>, size=1\u0662, nrcpt=1 (x)",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[42]: Q2: from=<a@b>, size=12, nrcpt=\u0663 (x)",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[42]: Q2: from=<a@b>, size=12 (no nrcpt)",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[42]: Q2: removed\t",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[42]: Q2: removed\u2003",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[42]: Q2: removed later",
+    "Nov 27 10:01:05 h: from=<x>, size=1 postfix/qmgr[1]: Q: removed",  # a from= before
+    "Nov 27 10:01:05 h: from=<x> postfix/qmgr[1]: Q: removed",
+    "Nov 27 10:01:05.250 mx1 postfix/qmgr[1]: Q: from=<a>, size=1 (queue active)",
+    "Nov 27 10:01:05\tmx1 postfix/qmgr[1]: Q: removed",
+    "Nov 27 10:01:05 mx1\tpostfix/qmgr[1]: Q: removed",
+    "Nov 31 10:01:05 mx1 postfix/qmgr[1]: Q: from=<a>, size=1, nrcpt=1 (queue active)",
+    "Nov 27 10:01:60 mx1 postfix/qmgr[1]: Q: from=<a>, size=1, nrcpt=1 (queue active)",
+    "Nov 27 1:01:05 mx1 postfix/qmgr[1]: Q: from=<a>, size=1, nrcpt=1 (queue active)",
+    "2026-11-27T10:01:05+00:00 mx1 postfix/qmgr[1]: Q: from=<a>, size=1, nrcpt=1 (x)",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[1]: : removed",
+    "Nov 27 10:01:05 mx1 postfix/qmgr[1]: Q: from=<a>, size=1, nrcpt=1 (queue active)",
+]
+
+
+def test_odd_qmgr_lines_read_as_the_plain_reading_does() -> None:
+    """qmgr lines the whole-line match refuses or could misread (a "/qmgr[" in the time, a
+    host with a space, a name of two parts, digits other than ASCII, trailing white space, a
+    from= before "removed", unusual times) give the plain reading's records and counts, alone
+    and among the usual lines."""
+    usual = "Nov 27 10:01:04 mx1 postfix/qmgr[1]: Q0: from=<a>, size=1, nrcpt=1 (queue active)"
+    for line in ODD_QMGR_LINES:
+        for data in (f"{line}\n", f"{usual}\n{line}\n{usual}\n"):
+            fast, counts = fast_records(data.encode(), REFERENCE, ["*"])
+            plain, expected = plain_records(data.encode(), REFERENCE)
+            assert fast == plain, line
+            assert counts.skipped == expected.skipped, line
+
+
+@PROFILE
+@given(
+    LINES,
+    ENDINGS,
+    st.sampled_from([list(RELAY_HOST_GLOBS), ["127.0.0.1"], ["*"]]),
+    st.sampled_from([1, 2, 1000]),
+)
+def test_reading_into_messages_gives_the_senders_the_records_give(
+    lines: list[str], ending: str, globs: list[str], limit: int
+) -> None:
+    """Read with ``messages``, the reader yields only attempts, and at each one the messages
+    hold exactly the senders that applying the plain reading's Envelope and Removed records in
+    order gives (the oldest forgotten past ``limit``); notes go with their message; the counts
+    are those of reading without it."""
+    data = "".join(line + ending for line in lines).encode()
+    messages = Messages(limit)
+    counts = LogCounts()
+    fast = []
+    for record in read_records(
+        [LogFile("-", REFERENCE, None)],
+        counts,
+        stdin=io.BytesIO(data),
+        relays=relay_prefilter(globs),
+        messages=messages,
+    ):
+        assert type(record) is Attempt
+        key = (record.instance, record.delivery.queue_id)
+        if key in messages.senders:
+            messages.notes[key] = {record.delivery.to}
+        if is_microsoft(record, globs):
+            fast.append((record, dict(messages.senders)))
+        assert set(messages.notes) <= set(messages.senders)
+    senders: dict[tuple[str, str], str] = {}
+    plain = []
+    for record in plain_records(data, REFERENCE)[0]:
+        if type(record) is Envelope:
+            senders[(record.instance, record.queue_id)] = record.sender
+            if len(senders) > limit:
+                del senders[next(iter(senders))]
+        elif type(record) is Removed:
+            senders.pop((record.instance, record.queue_id), None)
+        elif is_microsoft(record, globs):
+            plain.append((record, dict(senders)))
+    assert fast == plain
+    _, without = fast_records(data, REFERENCE, globs)
+    assert (counts.lines, counts.bytes, counts.skipped) == (
+        without.lines,
+        without.bytes,
+        without.skipped,
+    )
+
+
+@PROFILE
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["forwarded", "null-sender", "sender-accepted-domain"]),
+            st.sampled_from(["accepted", "attr36"]),
+            st.sampled_from(["accepted", "attr36", "wrong-region"]),
+        ),
+        max_size=30,
+    )
+)
+def test_a_tally_counts_as_counting_each_attempt_does(
+    attempts: list[tuple[str, str, str]],
+) -> None:
+    """A Tally's totals, kind table and per-reason counts (read from its cells) are those of
+    counting each attempt as it comes."""
+    tally = compare.Tally()
+    table: dict[str, dict[str, int]] = {}
+    reasons: dict[str, list[int]] = {}
+    for reason, predicted, observed in attempts:
+        assert tally.add(reason, predicted, observed) == (predicted == observed)
+        row = table.setdefault(predicted, {})
+        row[observed] = row.get(observed, 0) + 1
+        counts = reasons.setdefault(reason, [0, 0])
+        counts[0] += 1
+        counts[1] += predicted == observed
+    agreed = sum(p == o for _, p, o in attempts)
+    assert (tally.compared, tally.agreed, tally.disagreements) == (
+        len(attempts),
+        agreed,
+        len(attempts) - agreed,
+    )
+    assert {p: dict(row) for p, row in tally.table.items()} == table
+    assert tally.reasons == reasons

@@ -92,33 +92,75 @@ class Unparseable:
 UNPARSEABLE: Final = Unparseable()
 
 
+#: Python's ``\s`` (every character ``str.isspace`` is true for) written out: the regex engine
+#: checks a class of plain characters several times faster than one holding ``\s`` (a test
+#: checks that the two are the same).
+_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # "<tag>[pid]: <queue id>: to=<" anywhere in the line: syslog, ISO-8601 and journalctl
 # prefixes all come before it; the tag is syslog_name/service ("postfix/smtp",
-# "postfix-out/smtp", "postfix/relay/smtp").
-_TAG = r"(?P<service>[^\s\[\]/:]+(?:/[^\s\[\]/:]+)+)\[\d+\]: (?P<queue_id>[0-9A-Za-z]+): to=<"
-_DELIVERY_START = re.compile(r"(?:^|\s)" + _TAG)
-
-_REST = (
-    r"(?P<to>[^>]*)>"
-    r"(?:, orig_to=<(?P<orig_to>[^>]*)>)?"
-    r", relay=(?P<relay>[^\s,]+)"
-    r"(?:, [a-z_]+=[^\s,]*)*?"  # conn_use=, delay=, delays=
-    r", dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3})"
-    r", status=(?P<status>[A-Za-z]+)(?:\s|$)"
-    r"(?:\((?P<detail>.*)\)\s*$)?"
+# "postfix-out/smtp", "postfix/relay/smtp"). (Possessive "++" where the next character can
+# never be one of the run's: the same matches, without the engine's bookkeeping.)
+_TAG = (
+    rf"(?P<service>[^{_SPACE}\[\]/:]++(?:/[^{_SPACE}\[\]/:]++)+)\[\d++\]: "
+    r"(?P<queue_id>[0-9A-Za-z]++): to=<"
 )
-_DELIVERY_REST = re.compile(_REST)
+_DELIVERY_START = re.compile(rf"(?:^|[{_SPACE}])" + _TAG)
+
+
+def _rest(relay: str, status: str) -> str:
+    """What follows "to=<", with ``relay`` and ``status`` as the patterns of those values."""
+    return (
+        r"(?P<to>[^>]*+)>"
+        r"(?:, orig_to=<(?P<orig_to>[^>]*+)>)?"
+        rf", relay=(?P<relay>{relay})"
+        rf"(?:, [a-z_]++=[^{_SPACE},]*+)*?"  # conn_use=, delay=, delays=
+        r", dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3})"
+        rf", status=(?P<status>{status})(?:[{_SPACE}]|$)"
+        rf"(?:\((?P<detail>.*)\)[{_SPACE}]*$)?"
+    )
+
+
+_RELAY_VALUE = rf"[^{_SPACE},]++"
+_STATUS = r"[A-Za-z]++"
+_DELIVERY_REST = re.compile(_rest(_RELAY_VALUE, _STATUS))
 # Both in one match from the tag's first character: the common case, where the tag is the
 # word before the space before the queue ID.
-_DELIVERY = re.compile(_TAG + _REST)
+_DELIVERY = re.compile(_TAG + _rest(_RELAY_VALUE, _STATUS))
+# The usual whole line, read from its start: a syslog or RFC 3339 time, a host name, the tag.
+# Neither the time nor the host can hold ": to=<", so the tag is the word before the queue ID
+# of the first ": to=<", as _DELIVERY reads it. The tag's classes and the status's are
+# narrower (a fixed character follows each: a line they refuse is read the general way, never
+# differently; the status is then lower case already), and the relay= value is read up to
+# the next comma, far more cheaply than by its class; _split_relay refuses one with white
+# space in it (the line is then read the general way).
+_LOGGED = re.compile(
+    r"(?:[A-Z][a-z][a-z] [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:\.[0-9]+)?"
+    r"|[0-9]{4}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:\.[0-9]+)?"
+    r"(?:Z|[+-][0-9][0-9]:?[0-9][0-9])?)"
+    r" [^ :]++ (?P<service>[-.0-9A-Z_a-z]++(?:/[-.0-9A-Z_a-z]++)+)\[[0-9]++\]: "
+    r"(?P<queue_id>[0-9A-Za-z]++): to=<" + _rest(r"[^,]++", r"[a-z]++")
+)
 
 
 _RELAY = re.compile(r"(?P<host>[^\[\]]*)(?:\[(?P<address>[^\[\]]*)\](?::\d+)?)?")
+_RELAY_TEXT = re.compile(_RELAY_VALUE)
 
 
 def parse_delivery(line: str) -> Delivery | Unparseable | None:
     """Read one Postfix log line: a ``Delivery``, ``None`` (not a delivery line) or
     ``UNPARSEABLE`` (starts like a delivery line, but the rest does not parse)."""
+    logged = _LOGGED.match(line)
+    if logged is not None:
+        service, queue_id, to, orig_to, relay, dsn, status, detail = logged.groups("")
+        parts = _relay_parts.get(relay)
+        if parts is None:
+            parts = _split_relay(relay)
+        if parts:
+            host, address = parts
+            return _new(
+                Delivery,
+                (service, queue_id, to, orig_to, relay, host, address, dsn, status, detail),
+            )
     at = line.find(": to=<")
     if at < 0:
         return None
@@ -127,7 +169,7 @@ def parse_delivery(line: str) -> Delivery | Unparseable | None:
     gap = line.rfind(" ", 0, at)
     whole = _DELIVERY.match(line, line.rfind(" ", 0, gap) + 1) if gap > 0 else None
     if whole is not None:
-        service, queue_id, to, orig_to, relay, dsn, status, detail = whole.groups()
+        service, queue_id, to, orig_to, relay, dsn, status, detail = whole.groups("")
     else:
         start = _DELIVERY_START.search(line)
         if start is None:
@@ -136,30 +178,39 @@ def parse_delivery(line: str) -> Delivery | Unparseable | None:
         if rest is None:
             return UNPARSEABLE
         service, queue_id = start.groups()
-        to, orig_to, relay, dsn, status, detail = rest.groups()
-    parts = _RELAY.fullmatch(relay)
+        to, orig_to, relay, dsn, status, detail = rest.groups("")
+    parts = _relay_parts.get(relay)
     if parts is None:
+        parts = _split_relay(relay)
+    if not parts:
         return UNPARSEABLE
-    host, address = parts.groups()
+    host, address = parts
     # (tuple.__new__: the named tuple without its Python-level __new__; it is made per line)
     return _new(
         Delivery,
-        (
-            service,
-            queue_id,
-            to,
-            orig_to or "",
-            relay,
-            host,
-            address or "",
-            dsn,
-            status.lower(),
-            detail or "",
-        ),
+        (service, queue_id, to, orig_to, relay, host, address, dsn, status.lower(), detail),
     )
 
 
 _new = tuple.__new__
+
+#: relay= text → (host, address), or () when it does not parse: a log names few relays, and
+#: splitting one again costs more than the rest of the line (cleared when full).
+_relay_parts: dict[str, tuple[str, str] | tuple[()]] = {}
+_RELAY_PARTS = 4_096
+
+
+def _split_relay(relay: str) -> tuple[str, str] | tuple[()]:
+    """``relay`` split by ``_RELAY`` into (host, address) (remembered), () when it does not
+    parse or holds white space or a comma (which _LOGGED's cheap reading lets through)."""
+    match = _RELAY.fullmatch(relay) if _RELAY_TEXT.fullmatch(relay) else None
+    parts: tuple[str, str] | tuple[()] = (
+        () if match is None else (match.group("host"), match.group("address") or "")
+    )
+    if len(_relay_parts) >= _RELAY_PARTS:
+        _relay_parts.clear()
+    _relay_parts[relay] = parts
+    return parts
 
 
 def relay_matcher(patterns: Iterable[str]) -> Callable[[Delivery], bool]:
@@ -199,14 +250,14 @@ def microsoft_reply(delivery: Delivery) -> str | None:
     start TLS", "TLS is required, but was not offered"). A delivered message (``status=sent``)
     gives the final ``250`` reply Postfix quotes.
     """
-    if delivery.relay in ("none", "") or not delivery.detail:
+    _, _, _, _, relay, _, _, _, status, detail = delivery
+    if relay in ("none", "") or not detail:
         return None
-    detail = delivery.detail
     # (every quote has "said: " or "refused to ...: "; most details have neither)
     quoted = _QUOTED_REPLY.search(detail) if "said: " in detail or "refused to " in detail else None
     if quoted is not None:
         return quoted.group("reply")
-    if delivery.status == "sent" and _SENT_REPLY.match(detail):
+    if status == "sent" and _SENT_REPLY.match(detail):
         return detail
     return None
 
@@ -221,12 +272,14 @@ def classify_reply(reply: str, dsn: str = "") -> str:
     is ``other``, as is any reply this vocabulary has no kind for.
     """
     text = reply.strip()
-    upper = text.upper()
     basic = text[:3]
+    if basic.startswith("2"):  # (before the costlier reading below: most replies say 250)
+        return ACCEPTED
     found = _ENHANCED.search(text)
     code = found.group("code") if found is not None else dsn
-    if basic.startswith("2") or code.startswith("2."):
+    if code.startswith("2."):
         return ACCEPTED
+    upper = text.upper()
     if code == "5.7.64":
         if "ATTR36" in upper:
             return ATTR36
@@ -273,4 +326,6 @@ def observed_kind(delivery: Delivery) -> str | None:
     reply = microsoft_reply(delivery)
     if reply is None:
         return None
+    if reply[:1] == "2":  # classify_reply's first answer, without its reading
+        return ACCEPTED
     return classify_reply(reply, delivery.dsn)

@@ -22,8 +22,14 @@ are counted in ``LogCounts.skipped``; journal headers (``-- Boot ...``) are igno
 truncated or damaged ``.gz`` ends that file: the lines read so far count, and the file is
 named in ``LogCounts.damaged``. Bytes that are not UTF-8 are replaced, never fatal.
 
-Only the lines that look like records (a cheap substring test) have their time parsed, so the
-reading stays fast on logs that are mostly other traffic (BENCHMARKS.md: ≥ 200,000 lines/s).
+With ``messages`` (a ``Messages``), ``read_records`` applies each ``Envelope`` and
+``Removed`` to it as it reads them and yields only the attempts: ``replay`` keeps the senders
+of the messages in the queue that way, without a record per qmgr line.
+
+Only the lines that look like records (two substring tests) are read further, a block of lines
+that all start with the same month is not looked at line by line, the usual qmgr line is read
+by one match from its start, and a time is parsed once per minute, so the reading stays fast
+on logs that are mostly other traffic (BENCHMARKS.md: ≥ 200,000 lines/s).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from policyd.rules.outcomes import Delivery, Unparseable, parse_delivery
 
@@ -54,12 +60,23 @@ _SYSLOG_TIME = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(
 _ISO_TIME = re.compile(
     r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:?\d\d)?(?=\s)"
 )
-# After "/qmgr[": the rest of a qmgr line (the syslog name is the word before, _instance).
-_QMGR_FROM = re.compile(
-    r"\d+\]: (?P<queue_id>[0-9A-Za-z]+): from=<(?P<sender>[^>]*)>, "
-    r"size=(?P<size>\d+)(?:, nrcpt=(?P<nrcpt>\d+))?"
+# After "/qmgr[": the rest of either qmgr line in one match (the syslog name is the word
+# before, _instance): "PID]: QUEUEID: from=<SENDER>, size=N[, nrcpt=N]" (four groups) or
+# "PID]: QUEUEID: removed" (only the queue ID).
+_QMGR_REST = (
+    r"\d+\]: ([0-9A-Za-z]+): "
+    r"(?:from=<([^>]*)>, size=(\d+)(?:, nrcpt=(\d+))?|removed\s*$)"
 )
-_REMOVED = re.compile(r"\d+\]: (?P<queue_id>[0-9A-Za-z]+): removed\s*$")
+_QMGR_LINE = re.compile(_QMGR_REST)
+# A whole qmgr line in the usual shape, read from its start: 16 characters without "/" (the
+# time), a host name, one space, a one-part syslog name (its own instance), "/qmgr[" (the
+# first "/" of the line, so the first "/qmgr[", as _records reads it), then _QMGR_REST. Its
+# classes are narrower than the general reading's wherever a fixed character must follow (a
+# line they refuse is read the general way, never read differently).
+_QMGR_WHOLE = re.compile(
+    r"([^/]{16})[^/ ]*+ ([-.0-9A-Z_a-z]++)/qmgr\[[0-9]++\]: ([0-9A-Za-z]++): "
+    r"(?:from=<([^>]*+)>, size=(\d++)(?:, nrcpt=(\d++))?|removed[ \t]*$)"
+)
 _QMGR = "/qmgr["
 _NAME = re.compile(r"[^\s\[\]/:]+(?:/[^\s\[\]/:]+)*")
 
@@ -105,6 +122,46 @@ class Removed(NamedTuple):
 
 
 Record = Envelope | Attempt | Removed
+#: A message's key: its instance (two instances have separate queues) and its queue ID.
+MessageKey = tuple[str, str]
+
+
+class Messages:
+    """The messages the log shows in the queue: each one's envelope sender, by instance and
+    queue ID, from ``qmgr``'s ``from=`` line (``Envelope``) until its ``removed`` line.
+
+    At most ``limit`` are remembered (the oldest is forgotten first), so a log without
+    ``removed`` lines cannot grow memory. ``notes`` holds what a reader keeps about a message
+    (``replay``: the attempts it compared), forgotten with the message. ``read_records`` can
+    apply a log's ``Envelope`` and ``Removed`` records here itself instead of yielding them.
+    """
+
+    __slots__ = ("limit", "notes", "senders")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: (instance, queue ID) → envelope sender ("": null), oldest first
+        self.senders: dict[MessageKey, str] = {}
+        #: (instance, queue ID) → notes, for the messages that have some
+        self.notes: dict[MessageKey, Any] = {}
+
+    def add(self, instance: str, queue_id: str, sender: str) -> None:
+        """``qmgr`` took the message into the active queue (again: it keeps its place)."""
+        self.senders[(instance, queue_id)] = sender
+        if len(self.senders) > self.limit:
+            self.forget_oldest()
+
+    def forget_oldest(self) -> None:
+        """Make room: forget the message remembered longest, and its notes."""
+        oldest = next(iter(self.senders))
+        del self.senders[oldest]
+        self.notes.pop(oldest, None)
+
+    def remove(self, instance: str, queue_id: str) -> None:
+        """``qmgr`` removed the message: forget it and its notes."""
+        key = (instance, queue_id)
+        if self.senders.pop(key, None) is not None:
+            self.notes.pop(key, None)
 
 
 @dataclass(slots=True)
@@ -289,8 +346,13 @@ def read_records(
     progress: Callable[[LogCounts], None] | None = None,
     every: int = 200_000,
     relays: Callable[[str], bool] | None = None,
+    messages: Messages | None = None,
 ) -> Iterator[Record]:
     """Every record of ``logs`` in order, counting lines, bytes and skipped lines in ``counts``.
+
+    ``messages``, when given, takes every ``Envelope`` and ``Removed`` record (``add``,
+    ``remove``) as it is read, and only the ``Attempt`` records are yielded: when one is, the
+    messages are as the log stands at its line.
 
     ``relays``, when given, is a cheap test on a delivery line's ``relay=`` value (lower case,
     as logged: ``host[address]:port``): delivery lines it refuses are not parsed at all. It must
@@ -317,6 +379,7 @@ def read_records(
                 progress=progress,
                 every=every,
                 wanted=relays,
+                messages=messages,
             )
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
             reason = str(error) or type(error).__name__
@@ -336,16 +399,30 @@ def _records(
     progress: Callable[[LogCounts], None] | None,
     every: int,
     wanted: Callable[[str], bool] | None,
+    messages: Messages | None,
 ) -> Iterator[Record]:
-    # The hot loop. Most lines are neither delivery nor qmgr lines and cost two substring
-    # tests; a record line is read by one regex (parse_delivery for a delivery line), and its
-    # time is parsed only when its time text differs from the line before's (_Clock).
-    months = _MONTHS
-    time_of = _Clock(reference).time_of
+    # The hot loop. A block whose lines all start with the first line's month (or "YYYY-")
+    # needs no look at each line's start (_timed). Most lines are neither delivery nor qmgr
+    # lines and cost two substring tests; a qmgr line in the usual shape is read by one match
+    # from its start (_QMGR_WHOLE), a delivery line by parse_delivery; a record's time is
+    # looked up only when its first 16 characters differ from those of the last line timed
+    # from a remembered minute (_Clock).
+    clock = _Clock(reference)
+    time_of = clock.time_of
+    minutes = clock.minutes
+    seconds = _SECOND_SUFFIXES
+    last_head = "\n"  # no line's head: the first is looked up
+    last_time: datetime | None = None
+    qmgr_whole = _QMGR_WHOLE.match
+    qmgr_rest = _QMGR_LINE.match
     names: dict[str, str] = {}  # syslog name → its instance ("": not a name)
     services: dict[str, str] = {}  # a delivery's service → its instance
     relays: dict[str, bool] = {}  # relay= text → wanted(its lower case)
     new = tuple.__new__  # a record without the Python-level __new__ of a named tuple
+    # with messages: Messages.add and Messages.remove, written out here (they run per line)
+    applying = messages is not None
+    queue = messages if messages is not None else Messages(0)
+    senders, notes, limit = queue.senders, queue.notes, queue.limit
     lines = counts.lines
     size = counts.bytes
     skipped = 0
@@ -357,11 +434,15 @@ def _records(
                 found.pop()  # after the block's last line break
             lines += len(found)
             size += len(text)
-            for line in found:
-                if line[:3] not in months and not (line[:4].isdigit() and line[4:5] == "-"):
-                    if not line.startswith("-- ") and line.strip():
+            if not _timed(text, found):
+                kept = []
+                for line in found:
+                    if _has_time(line):
+                        kept.append(line)
+                    elif not line.startswith("-- ") and line.strip():
                         skipped += 1
-                    continue
+                found = kept
+            for line in found:
                 if ": to=<" in line:
                     if wanted is not None:
                         at = line.find(", relay=")
@@ -378,46 +459,82 @@ def _records(
                     delivery = parse_delivery(line)
                     if delivery is None:
                         continue
-                    time = time_of(line)
-                    if isinstance(delivery, Unparseable) or time is None:
+                    if isinstance(delivery, Unparseable):
                         skipped += 1
                         continue
                     service = delivery.service
-                    instance = services.get(service)
-                    if instance is None:
+                    instance = services.get(service, "")
+                    if not instance:  # (never "": the service has a part before "/")
                         instance = service.split("/", 1)[0]
                         if len(services) < _NAMES:
                             services[service] = instance
-                    yield new(Attempt, (time, instance, delivery))
+                    head = line[:16]
                 elif _QMGR in line:
-                    if ": from=<" in line:
-                        if ", size=" not in line:
-                            continue  # "from=<...>, status=expired, returned to sender"
-                        pattern = _QMGR_FROM
-                    elif line.rstrip().endswith(": removed"):
-                        pattern = _REMOVED
-                    else:
+                    delivery = None
+                    whole = qmgr_whole(line)
+                    if whole is not None:
+                        head, instance, queue_id, sender, octets, nrcpt = whole.groups("")
+                        if not octets and ": from=<" in line:
+                            whole = None  # a "from=<" before "removed": read the general way
+                    if whole is None:
+                        at = line.find(_QMGR)
+                        match = qmgr_rest(line, at + 6)
+                        if match is None:
+                            # as the two patterns apart: a "from=<" line with a size, or a
+                            # "removed" line, that does not read is skipped; others are not
+                            if ": from=<" in line:
+                                skipped += ", size=" in line
+                            else:
+                                skipped += line.rstrip().endswith(": removed")
+                            continue
+                        queue_id, sender, octets, nrcpt = match.groups("")
+                        if not octets and ": from=<" in line:
+                            # "removed", but a "from=<" earlier on: read as a from= line
+                            skipped += ", size=" in line
+                            continue
+                        # the syslog name is the word before the first "/qmgr["; names repeat
+                        name = line[line.rfind(" ", 0, at) + 1 : at]
+                        known = names.get(name)
+                        if known is None:
+                            known = _instance(name)
+                            if len(names) < _NAMES:
+                                names[name] = known
+                        instance = known
+                        if not instance:
+                            skipped += 1
+                            continue
+                        head = line[:16]
+                    if not octets:  # "removed"
+                        if not applying:
+                            yield new(Removed, (instance, queue_id))
+                        elif senders.pop((instance, queue_id), None) is not None and notes:
+                            notes.pop((instance, queue_id), None)
                         continue
-                    # the syslog name is the word before the first "/qmgr["; names repeat
-                    at = line.find(_QMGR)
-                    name = line[line.rfind(" ", 0, at) + 1 : at]
-                    instance = names.get(name)
-                    if instance is None:
-                        instance = _instance(name)
-                        if len(names) < _NAMES:
-                            names[name] = instance
-                    match = pattern.match(line, at + 6) if instance else None
-                    if match is None:
-                        skipped += 1
-                        continue
-                    if pattern is _REMOVED:
-                        yield new(Removed, (instance, match.group(1)))
-                        continue
-                    time = time_of(line)
+                else:
+                    continue
+                # the time, as _Clock.time_of gives it: the same head, the same second; else
+                # a remembered minute and the seconds; else time_of itself
+                if head == last_head:
+                    time = last_time
+                else:
+                    time = None
+                    start = minutes.get(head[:12])
+                    if start is not None:
+                        second = seconds.get(head[12:])
+                        if second is not None:
+                            time = last_time = start + second
+                            last_head = head
                     if time is None:
-                        skipped += 1
-                        continue
-                    queue_id, sender, octets, nrcpt = match.groups()
+                        time = time_of(line)
+                if time is None:
+                    skipped += 1
+                elif delivery is not None:
+                    yield new(Attempt, (time, instance, delivery))
+                elif applying:
+                    senders[(instance, queue_id)] = sender
+                    if len(senders) > limit:
+                        queue.forget_oldest()
+                else:
                     yield new(
                         Envelope, (time, instance, queue_id, sender, int(octets), int(nrcpt or 0))
                     )
@@ -431,12 +548,35 @@ def _records(
         counts.skipped += skipped
 
 
+def _has_time(line: str) -> bool:
+    """Whether ``line`` starts as a time does (a month name, or four digits and "-"): the
+    lines records are read from; others are counted as skipped (or ignored, if blank or a
+    journal header)."""
+    return line[:3] in _MONTHS or (line[:4].isdigit() and line[4:5] == "-")
+
+
+def _timed(text: str, found: list[str]) -> bool:
+    """Whether every line of a block (``text`` split into ``found``) passes ``_has_time``,
+    told cheaply: the first line's month (or "YYYY-" in ASCII digits) starts every other line.
+    False means "look at each line"."""
+    if not found:
+        return True
+    lead = text[:3]
+    if lead not in _MONTHS:
+        lead = text[:5]
+        if not (lead[:4].isdigit() and lead[:4].isascii() and lead[4:] == "-"):
+            return False
+    return text.count("\n" + lead) == len(found) - 1
+
+
 #: Syslog names remembered by the reading loop (a log has a handful).
 _NAMES = 1_000
 #: relay= values whose pre-filter answer the reading loop remembers (cleared when full).
 _RELAYS = 10_000
 _SECONDS = tuple(timedelta(seconds=n) for n in range(60))
-_SECOND_TEXTS = {f"{n:02d}": _SECONDS[n] for n in range(60)}
+#: The last four characters of a usual-layout time with the space after it (":05 " in
+#: "Nov 27 00:05:43 " is ":43 ") → its seconds: one lookup checks the layout and reads them.
+_SECOND_SUFFIXES = {f":{n:02d} ": _SECONDS[n] for n in range(60)}
 
 
 class _Clock:
@@ -467,9 +607,9 @@ class _Clock:
         head = line[:16]
         if head == self.last_head:  # the same second as the line before, in the usual layout
             return self.last_second
-        start = self.minutes.get(line[:12])
-        if start is not None and line[12:13] == ":" and line[15:16] == " ":
-            second = _SECOND_TEXTS.get(line[13:15])
+        start = self.minutes.get(head[:12])
+        if start is not None:
+            second = _SECOND_SUFFIXES.get(head[12:])
             if second is not None:
                 # every part read here is in head: a line with the same head has this time
                 self.last_head, self.last_second = head, start + second

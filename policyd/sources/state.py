@@ -31,10 +31,19 @@ from policyd.rules.routing import PostfixView, client_tls, split_list
 from policyd.sources.config import Config, TenantFile, read_config_file
 from policyd.sources.exports import load_accepted_domains, load_inbound_connectors
 from policyd.sources.files import require_readable
-from policyd.sources.pem import read_certificate
 from policyd.sources.routes import CONFIG_KEY, LoadedPostfix, read_postfix_view
 from policyd.sources.srs import SrsDomain, read_srs_domain
 from policyd.sources.tables import load_alias_maps
+
+
+def read_certificate(path: str, *, ca_bundle: str = "") -> CertificateFacts:
+    """``policyd.sources.pem.read_certificate``, imported when first needed: the cryptography
+    package it uses is large, and a configuration without a certificate never reads one
+    (``replay`` starts faster)."""
+    from policyd.sources.pem import read_certificate as read
+
+    return read(path, ca_bundle=ca_bundle)
+
 
 #: Where a value came from when the configuration file gave it.
 FROM_TOML = "m365-policyd.toml"

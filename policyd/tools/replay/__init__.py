@@ -129,7 +129,12 @@ def command(
     counts = LogCounts()
     progress = _Progress(err) if _is_terminal(err) else None
     records = read_records(
-        logs, counts, stdin=stdin, progress=progress, relays=relay_prefilter(relay_hosts)
+        logs,
+        counts,
+        stdin=stdin,
+        progress=progress,
+        relays=relay_prefilter(relay_hosts),
+        messages=comparison.queue,
     )
     comparison.feed(records)
     if progress is not None:

@@ -1,8 +1,10 @@
 """The comparison ``replay`` makes: each logged attempt predicted again and judged by kind.
 
 ``Comparison`` takes the records of ``policyd.sources.maillog`` in log order. It remembers each
-message's envelope sender from ``qmgr``'s ``from=`` line (by instance and queue ID, forgotten
-at ``removed``, at most ``MAX_MESSAGES`` at once), and for every delivery attempt to a
+message's envelope sender from ``qmgr``'s ``from=`` line in ``queue`` (a ``Messages``: by
+instance and queue ID, forgotten at ``removed``, at most ``MAX_MESSAGES`` at once; the
+command has ``read_records(..., messages=comparison.queue)`` fill it as it reads, so only the
+attempts come through as records), and for every delivery attempt to a
 Microsoft 365 endpoint that holds a reply of Microsoft's (``policyd.rules.outcomes``) it
 predicts the recipient again through ``state.predictor.predict`` — the function ``serve`` and
 ``check`` call — with the attempt's time as ``now``: the original recipient is ``orig_to``
@@ -36,7 +38,7 @@ from policyd.rules.outcomes import (
 )
 from policyd.rules.predict import AddressPrediction
 from policyd.rules.reasons import predicted_kind
-from policyd.sources.maillog import Attempt, Envelope, Record, Removed
+from policyd.sources.maillog import Attempt, Envelope, MessageKey, Messages, Record, Removed
 from policyd.sources.state import State
 
 #: Messages remembered at once (a log without ``removed`` lines cannot grow memory past this).
@@ -74,31 +76,49 @@ class Disagreement:
 
 @dataclass(slots=True)
 class Tally:
-    """The counts of one configuration: agreement, the kind table, per-reason counts."""
+    """The counts of one configuration: agreement, the kind table, per-reason counts.
 
-    compared: int = 0
-    agreed: int = 0
-    #: predicted kind → observed kind → attempts
-    table: dict[str, Counter[str]] = field(default_factory=dict)
-    #: reason id → [compared, agreed]
-    reasons: dict[str, list[int]] = field(default_factory=dict)
-    disagreements: int = 0
+    Each compared attempt adds one to its cell, (reason, predicted kind, observed kind); the
+    totals, the table and the per-reason counts are read from the cells (a handful).
+    """
+
+    cells: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def add(self, reason: str, predicted: str, observed: str) -> bool:
-        agrees = predicted == observed
-        self.compared += 1
-        self.agreed += agrees
-        self.disagreements += not agrees
-        row = self.table.get(predicted)
-        if row is None:
-            row = self.table[predicted] = Counter()
-        row[observed] += 1
-        counts = self.reasons.get(reason)
-        if counts is None:
-            counts = self.reasons[reason] = [0, 0]
-        counts[0] += 1
-        counts[1] += agrees
-        return agrees
+        """Count one attempt; whether it agrees."""
+        cell = (reason, predicted, observed)
+        self.cells[cell] = self.cells.get(cell, 0) + 1
+        return predicted == observed
+
+    @property
+    def compared(self) -> int:
+        return sum(self.cells.values())
+
+    @property
+    def agreed(self) -> int:
+        return sum(n for (_, predicted, observed), n in self.cells.items() if predicted == observed)
+
+    @property
+    def disagreements(self) -> int:
+        return self.compared - self.agreed
+
+    @property
+    def table(self) -> dict[str, Counter[str]]:
+        """predicted kind → observed kind → attempts"""
+        table: dict[str, Counter[str]] = {}
+        for (_, predicted, observed), n in self.cells.items():
+            table.setdefault(predicted, Counter())[observed] += n
+        return table
+
+    @property
+    def reasons(self) -> dict[str, list[int]]:
+        """reason id → [compared, agreed]"""
+        reasons: dict[str, list[int]] = {}
+        for (reason, predicted, observed), n in self.cells.items():
+            counts = reasons.setdefault(reason, [0, 0])
+            counts[0] += n
+            counts[1] += n if predicted == observed else 0
+        return reasons
 
     @property
     def agreement(self) -> float:
@@ -108,14 +128,15 @@ class Tally:
     def table_dict(self) -> dict[str, dict[str, int]]:
         """``{predicted: {observed: count}}``, kinds in docs/postfix.md's order, no zero cells."""
         order = {kind: i for i, kind in enumerate(OBSERVED_KINDS)}
+        table = self.table
         return {
             predicted: {
                 observed: count
                 for observed, count in sorted(
-                    self.table[predicted].items(), key=lambda item: order.get(item[0], 99)
+                    table[predicted].items(), key=lambda item: order.get(item[0], 99)
                 )
             }
-            for predicted in sorted(self.table, key=lambda k: order.get(k, 99))
+            for predicted in sorted(table, key=lambda k: order.get(k, 99))
         }
 
 
@@ -130,17 +151,20 @@ class Variant:
     adds: int = 0  # today's agreements this one disagrees with
     removed_examples: list[str] = field(default_factory=list)  # "queue id recipient"
     added_examples: list[str] = field(default_factory=list)
-    #: Predictions by (sender, recipient, final), valid from cache_from until cache_until
-    #: (the predictor's next certificate boundary; None: no end): a log repeats envelopes.
-    #: Times, not timestamps: comparing two times of one zone is much cheaper.
-    cache: dict[tuple[str, str, str], AddressPrediction] = field(default_factory=dict)
+    #: Predictions and their predicted kinds by (sender, recipient, final), valid from
+    #: cache_from until cache_until (the predictor's next certificate boundary; None: no
+    #: end): a log repeats envelopes. Times, not timestamps: comparing two times of one zone
+    #: is much cheaper.
+    cache: dict[tuple[str, str, str], tuple[AddressPrediction, str]] = field(default_factory=dict)
     cache_from: datetime | None = None
     cache_until: datetime | None = None
     cache_size: int = 0  # set by Comparison: CACHE_SIZE shared among the variants
 
-    def predict(self, sender: str, recipient: str, final: str, time: datetime) -> AddressPrediction:
-        """The prediction for one final address at ``time``, through ``state.predictor``;
-        raises ``LookupFailureError`` when a table fails."""
+    def predict(
+        self, sender: str, recipient: str, final: str, time: datetime
+    ) -> tuple[AddressPrediction, str]:
+        """The prediction for one final address at ``time``, through ``state.predictor``, and
+        its predicted kind; raises ``LookupFailureError`` when a table fails."""
         since, until = self.cache_from, self.cache_until
         if since is None or time < since or (until is not None and time >= until):
             self.cache.clear()
@@ -150,7 +174,8 @@ class Variant:
         if found is None:
             predictor = self.state.predictor
             prediction, _ = predictor.predict(sender, recipient, (final,), time)
-            found = prediction.addresses[0]
+            address = prediction.addresses[0]
+            found = (address, predicted_kind(address.reason))
             ends = _time(predictor.valid_until(), time)
             if ends is not None and (self.cache_until is None or ends < self.cache_until):
                 self.cache_until = ends
@@ -172,6 +197,10 @@ def _time(stamp: float, like: datetime) -> datetime | None:
 
 #: What an attempt is told apart by, to count one logged twice once: (to, time, dsn, status).
 _Seen = tuple[str, datetime, str, str]
+#: Not in Comparison.kinds (where None means "no reply of Microsoft's").
+_UNKNOWN = "?"
+#: Attempts of one message told apart in a list; more in a set.
+_FEW_SEEN = 16
 
 
 class Comparison:
@@ -197,10 +226,12 @@ class Comparison:
         self.until = until
         self.limit = limit
         self.max_messages = max_messages
+        #: The messages in the queue (read_records can fill it itself: see feed).
+        self.queue = Messages(max_messages)
         #: (instance, queue ID) → envelope sender, oldest first
-        self.messages: dict[tuple[str, str], str] = {}
+        self.messages: dict[MessageKey, str] = self.queue.senders
         #: (instance, queue ID) → the attempts compared, for the messages that have some
-        self.seen: dict[tuple[str, str], set[_Seen]] = {}
+        self.seen: dict[MessageKey, list[_Seen] | set[_Seen]] = self.queue.notes
         #: (relay, status, dsn, detail) → observed_kind (every field it reads)
         self.kinds: dict[tuple[str, str, str, str], str | None] = {}
         self.without_sender = 0
@@ -215,73 +246,89 @@ class Comparison:
         return self.variants[0]
 
     def feed(self, records: Iterable[Record]) -> None:
-        """Take records in log order."""
-        messages = self.messages
-        seen = self.seen
+        """Take records in log order: those of ``read_records``, with or without
+        ``messages=self.queue`` (then they are only attempts, and the reader has applied each
+        ``Envelope`` and ``Removed`` to ``queue`` itself)."""
+        queue = self.queue
+        attempt = self._attempt
         for record in records:
             if type(record) is Attempt:
-                self._attempt(record)
+                attempt(record)
             elif type(record) is Envelope:
-                key = (record.instance, record.queue_id)
-                new = key not in messages
-                messages[key] = record.sender  # a message seen again keeps its place
-                if new and len(messages) > self.max_messages:
-                    oldest = next(iter(messages))
-                    del messages[oldest]
-                    seen.pop(oldest, None)
+                queue.add(record.instance, record.queue_id, record.sender)
             elif type(record) is Removed:
-                key = (record.instance, record.queue_id)
-                if messages.pop(key, None) is not None:
-                    seen.pop(key, None)
+                queue.remove(record.instance, record.queue_id)
 
     def _attempt(self, attempt: Attempt) -> None:
-        delivery = attempt.delivery
-        if delivery.status not in COUNTED_STATUSES:
+        # Once per delivery line to Microsoft 365: fields unpacked once, the memories read
+        # inline (the methods only on a miss).
+        time, instance, delivery = attempt
+        _, queue_id, to, orig_to, relay, _, _, dsn, status, detail = delivery
+        if status not in COUNTED_STATUSES:
             return
-        microsoft = self.relays.get(delivery.relay)
+        microsoft = self.relays.get(relay)
         if microsoft is None:
             microsoft = self.is_microsoft(delivery)
             if len(self.relays) >= MAX_RELAYS:
                 self.relays.clear()
-            self.relays[delivery.relay] = microsoft
+            self.relays[relay] = microsoft
         if not microsoft:
             return
-        time = attempt.time
         if (self.since is not None and time < self.since) or (
             self.until is not None and time >= self.until
         ):
             return
-        observed = self._observed_kind(delivery)
+        if status == "sent":  # an accepted reply quotes a queue ID: not worth remembering
+            observed = observed_kind(delivery)
+        else:
+            observed = self.kinds.get((relay, status, dsn, detail), _UNKNOWN)
+            if observed is _UNKNOWN:
+                observed = self._observed_kind(delivery)
         if observed is None:
             self.own_failures += 1
             return
-        key = (attempt.instance, delivery.queue_id)
+        key = (instance, queue_id)
         sender = self.messages.get(key)
         if sender is None:
             self.without_sender += 1
             return
-        this = (delivery.to.lower(), time, delivery.dsn, delivery.status)
+        this = (to.lower(), time, dsn, status)
         compared = self.seen.get(key)
         if compared is None:
-            self.seen[key] = {this}
+            self.seen[key] = [this]  # (a list: hashing an aware time costs more than a few ==)
         elif this in compared:
             self.duplicates += 1
             return
-        else:
+        elif isinstance(compared, set):
             compared.add(this)
-        self.observed[observed] += 1
-        recipient = delivery.orig_to or delivery.to
+        elif len(compared) < _FEW_SEEN:
+            compared.append(this)
+        else:  # a message with many attempts: a set from here on
+            self.seen[key] = {*compared, this}
+        counted = self.observed
+        counted[observed] = counted.get(observed, 0) + 1
+        recipient = orig_to or to
         base_agrees = True
         for index, variant in enumerate(self.variants):
-            try:
-                address = variant.predict(sender, recipient, delivery.to, time)
-            except LookupFailureError:
-                if index == 0:
-                    self.unpredictable += 1
-                    return
-                continue
-            predicted = predicted_kind(address.reason)
-            agrees = variant.tally.add(address.reason, predicted, observed)
+            # Variant.predict's remembered prediction, read here while its time window holds
+            since, until = variant.cache_from, variant.cache_until
+            if since is not None and since <= time and (until is None or time < until):
+                found = variant.cache.get((sender, recipient, to))
+            else:
+                found = None
+            if found is None:
+                try:
+                    found = variant.predict(sender, recipient, to, time)
+                except LookupFailureError:
+                    if index == 0:
+                        self.unpredictable += 1
+                        return
+                    continue
+            address, predicted = found
+            cells = variant.tally.cells  # Tally.add
+            cell = (address.reason, predicted, observed)
+            cells[cell] = cells.get(cell, 0) + 1
+            agrees = predicted == observed
             if index == 0:
                 base_agrees = agrees
                 if not agrees and len(self.disagreements) < self.limit:
@@ -289,7 +336,7 @@ class Comparison:
                         _disagreement(attempt, sender, address, predicted, observed)
                     )
                 continue
-            example = f"{delivery.queue_id} {delivery.to}"
+            example = f"{queue_id} {to}"
             if agrees and not base_agrees:
                 variant.removes += 1
                 if len(variant.removed_examples) < self.limit:
