@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -163,6 +164,19 @@ def send(port: int, counter: SentCounter, messages: int) -> PostfixRun:
     return PostfixRun(messages, injected, time.monotonic() - start)
 
 
+def wait_listening(port: int, timeout: float = 15.0) -> None:
+    """Wait until the smtpd service on ``port`` accepts connections (RuntimeError if not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no smtpd listens on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+
+
 def delivered_rate(runs: list[PostfixRun]) -> float:
     """All the runs' messages over all their time until delivered (msg/s)."""
     seconds = sum(run.delivered for run in runs)
@@ -236,6 +250,8 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                 with (instance.config_dir / "master.cf").open("a") as master_cf:
                     master_cf.write("\n".join(master) + "\n")
                 instance.reload()
+                for port in ports.values():  # master opens the new listeners as it reloads
+                    wait_listening(port)
                 counter = SentCounter(instance.log_path)
                 warm = send(ports["none"], counter, WARM_UP)
                 rate = warm.messages / warm.delivered
