@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from policyd.wire.writer import ReplyWriter, TurnSender
+from policyd.wire.writer import EndOfTurn, ReplyWriter
 
 
 class Holder(Protocol):
@@ -169,9 +169,9 @@ class ManualTurn:
 
     def __init__(self) -> None:
         self.calls: list[Callable[[], None]] = []
-        self.sender = TurnSender(self.schedule)
+        self.sender = EndOfTurn(self.schedule)
 
-    def schedule(self, call: Callable[[], None]) -> None:
+    def schedule(self, delay: float, call: Callable[[], None]) -> None:
         self.calls.append(call)
 
     def end(self) -> None:
@@ -192,7 +192,7 @@ def received_now(client: socket.socket) -> bytes:
 
 
 def test_replies_of_a_turn_wait_for_its_end_then_go_out_in_order(loopback: Loopback) -> None:
-    """With a TurnSender, replies are held while the turn reads, then sent together in order,
+    """With an EndOfTurn, replies are held while the turn reads, then sent together in order,
     still without Twisted's buffer; one end-of-turn call serves every connection."""
     turn = ManualTurn()
     first, server_one = loopback.connect_tcp()
@@ -237,7 +237,7 @@ def test_flush_sends_what_is_held_at_once_and_discard_drops_it(loopback: Loopbac
 
 
 def test_a_turn_never_holds_replies_for_transports_without_a_socket() -> None:
-    """TLS or test transports are written at once even when a TurnSender is given."""
+    """TLS or test transports are written at once even when an EndOfTurn is given."""
     turn = ManualTurn()
     transport = StringTransport()
     writer = ReplyWriter(transport, turn.sender)
@@ -257,7 +257,7 @@ def test_a_close_sends_the_turns_replies_before_the_end_of_file(loopback: Loopba
     handler = RecordingHandler()
     factory = PolicyFactory(handler, Stats(), Limits(), loopback.reactor)  # type: ignore[arg-type]
     turn = ManualTurn()
-    factory.turn = turn.sender  # the end of the turn comes only when the test says so
+    factory.end_of_turn = turn.sender  # the end of the turn comes only when the test says so
     port = loopback.reactor.listenTCP(0, factory, interface="127.0.0.1")
     address = ("127.0.0.1", port.getHost().port)
     good = socket.create_connection(address, timeout=10)
@@ -327,7 +327,7 @@ def test_the_factory_sends_its_replies_at_the_end_of_turn_it_is_given() -> None:
         def flush(self) -> None:
             flushed.append(True)
 
-    factory.turn.hold(Held())  # type: ignore[arg-type]
+    factory.end_of_turn(Held().flush)
     end_of_turn(lambda: flushed.append(False))
     assert len(clock.getDelayedCalls()) == 1
     one_turn(clock)

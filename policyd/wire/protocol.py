@@ -8,7 +8,7 @@ is left here:
 
 * **Batching.** Every complete request found in one read is answered, and the replies of the
   whole reactor turn are sent when its reads are done, one ``send`` per connection
-  (``policyd.wire.writer.TurnSender``).
+  (``policyd.wire.writer.EndOfTurn``).
 * **Malformed requests** (the codec's ``MalformedRequestError``) close the connection without a
   reply (Postfix logs, reconnects and retries) and are counted in ``Stats.protocol_errors`` by
   kind; requests before it in the same read are answered first. Other connections are not
@@ -56,7 +56,7 @@ from policyd.wire.codec import (
     RequestDecoder,
     add_piece,
 )
-from policyd.wire.writer import EndOfTurn, ReplyWriter, TurnSender
+from policyd.wire.writer import EndOfTurn, ReplyWriter
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime
@@ -157,7 +157,7 @@ class PolicyProtocol(Protocol):
             return
         factory.opened(self)
         self._counted = True
-        self._writer = ReplyWriter(self.transport, factory.turn)
+        self._writer = ReplyWriter(self.transport, factory.end_of_turn)
         self._write = self._writer.write
         # Back-pressure: when a client sends requests faster than it reads the replies, the
         # transport's write buffer fills and pauses us, and we stop reading from it.
@@ -388,8 +388,8 @@ class PolicyFactory(ServerFactory):
         self._reactor: Any = clock
         #: Seconds of answering one connection's pipelined requests per reactor turn.
         self.turn_budget = TURN_BUDGET
-        #: Holds every connection's replies until the end of the reactor turn.
-        self.turn = TurnSender(end_of_turn or EndOfTurn(self._reactor.callLater))
+        #: Sends every connection's replies (held by its ReplyWriter) at the end of the turn.
+        self.end_of_turn = end_of_turn or EndOfTurn(self._reactor.callLater)
         self.seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]  # see above
         self._settings = settings
         self._open: set[PolicyProtocol] = set()
