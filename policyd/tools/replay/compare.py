@@ -2,15 +2,16 @@
 
 ``Comparison`` takes the records of ``policyd.sources.maillog`` in log order. It remembers each
 message's envelope sender from ``qmgr``'s ``from=`` line in ``queue`` (a ``Messages``: by
-instance and queue ID, forgotten at ``removed``, at most ``MAX_MESSAGES`` at once; the
-command has ``read_records(..., messages=comparison.queue)`` fill it as it reads, so only the
-attempts come through as records), and for every delivery attempt to a
-Microsoft 365 endpoint that holds a reply of Microsoft's (``policyd.rules.outcomes``) it
-predicts the recipient again through ``state.predictor.predict`` — the function ``serve`` and
-``check`` call — with the attempt's time as ``now``: the original recipient is ``orig_to``
-when Postfix logged one (a forward), else ``to``, and the final address is ``to``. The
-predicted kind (``policyd.rules.reasons.predicted_kind``) is compared with the observed kind
-of Microsoft's reply (docs/postfix.md): they agree only when equal.
+instance and queue ID, forgotten at ``removed``, at most ``MAX_MESSAGES`` at once), and for
+every delivery attempt to a Microsoft 365 endpoint that holds a reply of Microsoft's
+(``policyd.rules.outcomes``) it predicts the recipient again through
+``state.predictor.predict`` — the function ``serve`` and ``check`` call — with the attempt's
+time as ``now``: the original recipient is ``orig_to`` when Postfix logged one (a forward),
+else ``to``, and the final address is ``to``. The predicted kind
+(``policyd.rules.reasons.predicted_kind``) is compared with the observed kind of Microsoft's
+reply (docs/postfix.md): they agree only when equal. The command has ``read_records(...,
+messages=comparison.queue, attempts=comparison.attempt)`` keep the queue as it reads and hand
+each attempt to ``attempt``, so no record is made per line.
 
 Attempts whose ``from=`` line is not in the log (it starts mid-queue) are counted in
 ``without_sender`` and never guessed; Postfix's own failures (no reply of Microsoft's) in
@@ -226,7 +227,7 @@ class Comparison:
         self.until = until
         self.limit = limit
         self.max_messages = max_messages
-        #: The messages in the queue (read_records can fill it itself: see feed).
+        #: The messages in the queue (read_records can keep it itself: see feed).
         self.queue = Messages(max_messages)
         #: (instance, queue ID) → envelope sender, oldest first
         self.messages: dict[MessageKey, str] = self.queue.senders
@@ -257,7 +258,8 @@ class Comparison:
     def feed(self, records: Iterable[Record]) -> None:
         """Take records in log order: those of ``read_records``, with or without
         ``messages=self.queue`` (then they are only attempts, and the reader has applied each
-        ``Envelope`` and ``Removed`` to ``queue`` itself)."""
+        ``Envelope`` and ``Removed`` to ``queue`` itself; with ``attempts=self.attempt`` as
+        well there are none, and feeding them only reads the logs through)."""
         queue = self.queue
         attempt = self.attempt
         for record in records:
