@@ -562,9 +562,10 @@ def test_the_reader_keeps_the_messages_as_the_records_would(
     tmp_path: Path, max_messages: int
 ) -> None:
     """The command lets the reader apply qmgr's from= and removed lines to the comparison's
-    messages itself (only attempts come through); fed the records instead, the comparison
-    gives the same result in every field, on the harness log (with and without its removed
-    lines), the kinds log and a generated log like the benchmark's."""
+    messages itself and hand it each attempt; fed the records instead (all of them, or only
+    the attempts), the comparison gives the same result in every field, on the harness log
+    (with and without its removed lines), the kinds log and a generated log like the
+    benchmark's."""
     from benchmarks.replay_bench import CONFIG, generate
 
     no_removed = tmp_path / "no-removed.log"
@@ -583,7 +584,7 @@ def test_the_reader_keeps_the_messages_as_the_records_would(
     for log, text, hosts in cases:
         state = load_state(config(tmp_path, text), generation=0)
         results = []
-        for messages in (False, True):
+        for messages, handed in ((False, False), (True, False), (True, True)):
             comparison = Comparison(
                 [Variant("today", state)], hosts, limit=50, max_messages=max_messages
             )
@@ -594,11 +595,12 @@ def test_the_reader_keeps_the_messages_as_the_records_would(
                     counts,
                     relays=relay_prefilter(hosts),
                     messages=comparison.queue if messages else None,
+                    attempts=comparison.attempt if handed else None,
                 )
             )
             results.append((_compared(comparison, counts), dict(comparison.messages)))
             assert set(comparison.seen) <= set(comparison.messages)
-        assert results[0] == results[1], log
+        assert results[0] == results[1] == results[2], log
         assert results[0][0]["compared"] > 0
 
 
@@ -648,3 +650,32 @@ def test_replay_without_a_certificate_does_not_load_cryptography(tmp_path: Path)
     )
     assert json.loads(done.stdout)["compared"] == 18
     assert done.stderr.strip() == "[]"
+
+
+def test_an_attempt_a_failing_table_leaves_unpredicted_is_observed_but_not_compared(
+    tmp_path: Path,
+) -> None:
+    """When a table fails while predicting an attempt, it is counted as not predicted: its
+    observed kind still counts, it is not in the tally, and the others are compared."""
+    from policyd.errors import RouteLookupError
+    from policyd.tools.replay import report
+
+    state = _state(tmp_path)
+    predict = state.predictor.predict
+
+    def failing(sender: str, recipient: str, final: Any, now: Any) -> Any:
+        if recipient.startswith("region1@"):
+            raise RouteLookupError("transport_maps failed")
+        return predict(sender, recipient, final, now)
+
+    state.predictor.predict = failing
+    comparison = Comparison([Variant("today", state)], ["127.0.0.1"])
+    counts = LogCounts()
+    comparison.feed(
+        read_records(open_logs([str(STANDIN_LOG)], _utc()), counts, messages=comparison.queue)
+    )
+    data = report.result(comparison, counts, "config")
+    assert data["unpredictable"] == 4 and data["compared"] == 14
+    assert data["observed"]["wrong-region"] == 4
+    assert sum(data["observed"].values()) == data["compared"] + data["unpredictable"]
+    assert sum(sum(row.values()) for row in data["table"].values()) == 14

@@ -656,32 +656,42 @@ def test_odd_qmgr_lines_read_as_the_plain_reading_does() -> None:
     ENDINGS,
     st.sampled_from([list(RELAY_HOST_GLOBS), ["127.0.0.1"], ["*"]]),
     st.sampled_from([1, 2, 1000]),
+    st.booleans(),
 )
 def test_reading_into_messages_gives_the_senders_the_records_give(
-    lines: list[str], ending: str, globs: list[str], limit: int
+    lines: list[str], ending: str, globs: list[str], limit: int, handed: bool
 ) -> None:
-    """Read with ``messages``, the reader yields only attempts, and at each one the messages
-    hold exactly the senders that applying the plain reading's Envelope and Removed records in
-    order gives (the oldest forgotten past ``limit``); notes go with their message; the counts
-    are those of reading without it."""
+    """Read with ``messages``, the reader yields only attempts (or, with ``attempts``, hands
+    each one to it and yields nothing), and at each one the messages hold exactly the senders
+    that applying the plain reading's Envelope and Removed records in order gives (the oldest
+    forgotten past ``limit``); notes go with their message; the counts are those of reading
+    without it."""
     data = "".join(line + ending for line in lines).encode()
     messages = Messages(limit)
     counts = LogCounts()
     fast = []
-    for record in read_records(
-        [LogFile("-", REFERENCE, None)],
-        counts,
-        stdin=io.BytesIO(data),
-        relays=relay_prefilter(globs),
-        messages=messages,
-    ):
-        assert type(record) is Attempt
+
+    def take(record: Attempt) -> None:
         key = (record.instance, record.delivery.queue_id)
         if key in messages.senders:
             messages.notes[key] = {record.delivery.to}
         if is_microsoft(record, globs):
             fast.append((record, dict(messages.senders)))
         assert set(messages.notes) <= set(messages.senders)
+
+    def hand(time: datetime, instance: str, delivery: Delivery) -> None:
+        take(Attempt(time, instance, delivery))
+
+    for record in read_records(
+        [LogFile("-", REFERENCE, None)],
+        counts,
+        stdin=io.BytesIO(data),
+        relays=relay_prefilter(globs),
+        messages=messages,
+        attempts=hand if handed else None,
+    ):
+        assert type(record) is Attempt and not handed
+        take(record)
     senders: dict[tuple[str, str], str] = {}
     plain = []
     for record in plain_records(data, REFERENCE)[0]:

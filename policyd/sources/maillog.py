@@ -347,12 +347,15 @@ def read_records(
     every: int = 200_000,
     relays: Callable[[str], bool] | None = None,
     messages: Messages | None = None,
+    attempts: Callable[[datetime, str, Delivery], None] | None = None,
 ) -> Iterator[Record]:
     """Every record of ``logs`` in order, counting lines, bytes and skipped lines in ``counts``.
 
     ``messages``, when given, takes every ``Envelope`` and ``Removed`` record (``add``,
     ``remove``) as it is read, and only the ``Attempt`` records are yielded: when one is, the
-    messages are as the log stands at its line.
+    messages are as the log stands at its line. ``attempts``, when given as well, is called
+    with each attempt's fields (time, instance, delivery) instead: nothing is yielded, and the
+    iterator reads the logs as it is exhausted.
 
     ``relays``, when given, is a cheap test on a delivery line's ``relay=`` value (lower case,
     as logged: ``host[address]:port``): delivery lines it refuses are not parsed at all. It must
@@ -380,6 +383,7 @@ def read_records(
                 every=every,
                 wanted=relays,
                 messages=messages,
+                attempts=attempts if messages is not None else None,
             )
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
             reason = str(error) or type(error).__name__
@@ -400,6 +404,7 @@ def _records(
     every: int,
     wanted: Callable[[str], bool] | None,
     messages: Messages | None,
+    attempts: Callable[[datetime, str, Delivery], None] | None,
 ) -> Iterator[Record]:
     # The hot loop. A block whose lines all start with the first line's month (or "YYYY-")
     # needs no look at each line's start (_timed). Most lines are neither delivery nor qmgr
@@ -507,8 +512,8 @@ def _records(
                     if not octets:  # "removed"
                         if not applying:
                             yield new(Removed, (instance, queue_id))
-                        elif senders.pop((instance, queue_id), None) is not None and notes:
-                            notes.pop((instance, queue_id), None)
+                        elif senders.pop(key := (instance, queue_id), None) is not None and notes:
+                            notes.pop(key, None)
                         continue
                 else:
                     continue
@@ -529,7 +534,10 @@ def _records(
                 if time is None:
                     skipped += 1
                 elif delivery is not None:
-                    yield new(Attempt, (time, instance, delivery))
+                    if attempts is None:
+                        yield new(Attempt, (time, instance, delivery))
+                    else:
+                        attempts(time, instance, delivery)
                 elif applying:
                     senders[(instance, queue_id)] = sender
                     if len(senders) > limit:
@@ -558,15 +566,21 @@ def _has_time(line: str) -> bool:
 def _timed(text: str, found: list[str]) -> bool:
     """Whether every line of a block (``text`` split into ``found``) passes ``_has_time``,
     told cheaply: the first line's month (or "YYYY-" in ASCII digits) starts every other line.
-    False means "look at each line"."""
+    False means "look at each line".
+
+    The first line's date ("Nov 27 ", "2026-11-27") is counted first: a longer text is
+    counted faster, and a block seldom spans two days.
+    """
     if not found:
         return True
-    lead = text[:3]
-    if lead not in _MONTHS:
-        lead = text[:5]
-        if not (lead[:4].isdigit() and lead[:4].isascii() and lead[4:] == "-"):
-            return False
-    return text.count("\n" + lead) == len(found) - 1
+    if text[:3] in _MONTHS:
+        day, lead = text[:7], text[:3]
+    elif text[:4].isdigit() and text[:4].isascii() and text[4:5] == "-":
+        day, lead = text[:10], text[:5]
+    else:
+        return False
+    others = len(found) - 1
+    return text.count("\n" + day) == others or text.count("\n" + lead) == others
 
 
 #: Syslog names remembered by the reading loop (a log has a handful).

@@ -128,6 +128,8 @@ def command(
     )
     counts = LogCounts()
     progress = _Progress(err) if _is_terminal(err) else None
+    # the reader keeps the comparison's queue and hands it each attempt as it reads: feeding
+    # the comparison its (empty) records reads the logs through
     records = read_records(
         logs,
         counts,
@@ -135,6 +137,7 @@ def command(
         progress=progress,
         relays=relay_prefilter(relay_hosts),
         messages=comparison.queue,
+        attempts=comparison.attempt,
     )
     comparison.feed(records)
     if progress is not None:

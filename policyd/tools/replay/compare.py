@@ -2,15 +2,16 @@
 
 ``Comparison`` takes the records of ``policyd.sources.maillog`` in log order. It remembers each
 message's envelope sender from ``qmgr``'s ``from=`` line in ``queue`` (a ``Messages``: by
-instance and queue ID, forgotten at ``removed``, at most ``MAX_MESSAGES`` at once; the
-command has ``read_records(..., messages=comparison.queue)`` fill it as it reads, so only the
-attempts come through as records), and for every delivery attempt to a
-Microsoft 365 endpoint that holds a reply of Microsoft's (``policyd.rules.outcomes``) it
-predicts the recipient again through ``state.predictor.predict`` — the function ``serve`` and
-``check`` call — with the attempt's time as ``now``: the original recipient is ``orig_to``
-when Postfix logged one (a forward), else ``to``, and the final address is ``to``. The
-predicted kind (``policyd.rules.reasons.predicted_kind``) is compared with the observed kind
-of Microsoft's reply (docs/postfix.md): they agree only when equal.
+instance and queue ID, forgotten at ``removed``, at most ``MAX_MESSAGES`` at once), and for
+every delivery attempt to a Microsoft 365 endpoint that holds a reply of Microsoft's
+(``policyd.rules.outcomes``) it predicts the recipient again through
+``state.predictor.predict`` — the function ``serve`` and ``check`` call — with the attempt's
+time as ``now``: the original recipient is ``orig_to`` when Postfix logged one (a forward),
+else ``to``, and the final address is ``to``. The predicted kind
+(``policyd.rules.reasons.predicted_kind``) is compared with the observed kind of Microsoft's
+reply (docs/postfix.md): they agree only when equal. The command has ``read_records(...,
+messages=comparison.queue, attempts=comparison.attempt)`` keep the queue as it reads and hand
+each attempt to ``attempt``, so no record is made per line.
 
 Attempts whose ``from=`` line is not in the log (it starts mid-queue) are counted in
 ``without_sender`` and never guessed; Postfix's own failures (no reply of Microsoft's) in
@@ -226,7 +227,7 @@ class Comparison:
         self.until = until
         self.limit = limit
         self.max_messages = max_messages
-        #: The messages in the queue (read_records can fill it itself: see feed).
+        #: The messages in the queue (read_records can keep it itself: see feed).
         self.queue = Messages(max_messages)
         #: (instance, queue ID) → envelope sender, oldest first
         self.messages: dict[MessageKey, str] = self.queue.senders
@@ -238,31 +239,42 @@ class Comparison:
         self.own_failures = 0
         self.duplicates = 0
         self.unpredictable = 0  # a routing or alias table failed during prediction
-        self.observed: Counter[str] = Counter()
+        #: observed kind → attempts not predicted (the others are in today's tally)
+        self.unpredicted: Counter[str] = Counter()
         self.disagreements: list[Disagreement] = []
 
     @property
     def today(self) -> Variant:
         return self.variants[0]
 
+    @property
+    def observed(self) -> Counter[str]:
+        """Observed kind → attempts compared or not predicted (read from today's tally)."""
+        counted = Counter(self.unpredicted)
+        for (_, _, observed), n in self.today.tally.cells.items():
+            counted[observed] += n
+        return counted
+
     def feed(self, records: Iterable[Record]) -> None:
         """Take records in log order: those of ``read_records``, with or without
         ``messages=self.queue`` (then they are only attempts, and the reader has applied each
-        ``Envelope`` and ``Removed`` to ``queue`` itself)."""
+        ``Envelope`` and ``Removed`` to ``queue`` itself; with ``attempts=self.attempt`` as
+        well there are none, and feeding them only reads the logs through)."""
         queue = self.queue
-        attempt = self._attempt
+        attempt = self.attempt
         for record in records:
             if type(record) is Attempt:
-                attempt(record)
+                attempt(*record)
             elif type(record) is Envelope:
                 queue.add(record.instance, record.queue_id, record.sender)
             elif type(record) is Removed:
                 queue.remove(record.instance, record.queue_id)
 
-    def _attempt(self, attempt: Attempt) -> None:
+    def attempt(self, time: datetime, instance: str, delivery: Delivery) -> None:
+        """Take one attempt (an ``Attempt``'s fields), in log order among the records: what
+        ``read_records(..., messages=self.queue, attempts=self.attempt)`` calls."""
         # Once per delivery line to Microsoft 365: fields unpacked once, the memories read
         # inline (the methods only on a miss).
-        time, instance, delivery = attempt
         _, queue_id, to, orig_to, relay, _, _, dsn, status, detail = delivery
         if status not in COUNTED_STATUSES:
             return
@@ -305,11 +317,10 @@ class Comparison:
             compared.append(this)
         else:  # a message with many attempts: a set from here on
             self.seen[key] = {*compared, this}
-        counted = self.observed
-        counted[observed] = counted.get(observed, 0) + 1
         recipient = orig_to or to
+        base = self.variants[0]
         base_agrees = True
-        for index, variant in enumerate(self.variants):
+        for variant in self.variants:
             # Variant.predict's remembered prediction, read here while its time window holds
             since, until = variant.cache_from, variant.cache_until
             if since is not None and since <= time and (until is None or time < until):
@@ -320,8 +331,9 @@ class Comparison:
                 try:
                     found = variant.predict(sender, recipient, to, time)
                 except LookupFailureError:
-                    if index == 0:
+                    if variant is base:
                         self.unpredictable += 1
+                        self.unpredicted[observed] += 1
                         return
                     continue
             address, predicted = found
@@ -329,11 +341,13 @@ class Comparison:
             cell = (address.reason, predicted, observed)
             cells[cell] = cells.get(cell, 0) + 1
             agrees = predicted == observed
-            if index == 0:
+            if variant is base:
                 base_agrees = agrees
                 if not agrees and len(self.disagreements) < self.limit:
                     self.disagreements.append(
-                        _disagreement(attempt, sender, address, predicted, observed)
+                        _disagreement(
+                            Attempt(time, instance, delivery), sender, address, predicted, observed
+                        )
                     )
                 continue
             example = f"{queue_id} {to}"
