@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import time
@@ -277,7 +278,8 @@ def test_a_close_sends_the_turns_replies_before_the_end_of_file(loopback: Loopba
 
 def test_end_of_turn_runs_everything_given_in_a_turn_with_one_timed_call() -> None:
     """The log's flush and the replies' sender share one ``callLater(0)`` per turn; they run in
-    the order given, and what is given while they run waits for the next turn."""
+    the order given, ``last`` ones (the log) after all others (the replies) whenever they were
+    given, and what is given while they run waits for the next turn."""
     from twisted.internet.task import Clock
 
     from policyd.wire.writer import EndOfTurn
@@ -285,15 +287,21 @@ def test_end_of_turn_runs_everything_given_in_a_turn_with_one_timed_call() -> No
     clock = Clock()
     end_of_turn = EndOfTurn(clock.callLater)
     ran: list[str] = []
-    end_of_turn(lambda: ran.append("log"))
-    end_of_turn(lambda: ran.append("replies"))
+    end_of_turn.last(lambda: ran.append("log"))
+    end_of_turn(lambda: ran.append("replies 1"))
+    end_of_turn(lambda: ran.append("replies 2"))
     end_of_turn(lambda: end_of_turn(lambda: ran.append("next turn")))
     assert len(clock.getDelayedCalls()) == 1
     one_turn(clock)
-    assert ran == ["log", "replies"]
+    assert ran == ["replies 1", "replies 2", "log"]
     assert len(clock.getDelayedCalls()) == 1
     one_turn(clock)
-    assert ran == ["log", "replies", "next turn"]
+    assert ran == ["replies 1", "replies 2", "log", "next turn"]
+    assert clock.getDelayedCalls() == []
+    end_of_turn.last(lambda: ran.append("log alone"))  # a turn with only log lines
+    assert len(clock.getDelayedCalls()) == 1
+    one_turn(clock)
+    assert ran[-1] == "log alone"
     assert clock.getDelayedCalls() == []
 
 
@@ -304,6 +312,28 @@ def one_turn(clock: Any) -> None:
     for call in due:
         clock.calls.remove(call)
         call.func(*call.args, **call.kw)
+
+
+def test_a_turns_log_lines_are_written_after_its_replies_are_sent() -> None:
+    """``serve`` gives the log output ``EndOfTurn.last``: a prediction line is made before its
+    reply (the engine logs, then answers), yet at the end of the turn the reply goes first,
+    since Postfix waits for it and nobody waits for the log."""
+    from policyd.daemon.log import LogOutput
+
+    order: list[str] = []
+
+    class Stdout(io.StringIO):
+        def write(self, text: str) -> int:
+            order.append("log")
+            return super().write(text)
+
+    turn = ManualTurn()
+    output = LogOutput(Stdout(), timestamps=False, schedule=turn.sender.last)
+    output.emit({"event": "prediction", "queue_id": "4Q1", "verdict": "accept"})
+    turn.sender(lambda: order.append("reply"))  # a connection's ReplyWriter.flush
+    assert order == []
+    turn.end()
+    assert order == ["reply", "log"]
 
 
 def test_the_factory_sends_its_replies_at_the_end_of_turn_it_is_given() -> None:

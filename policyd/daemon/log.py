@@ -12,13 +12,13 @@ Two sources feed one stream:
   callers without the fast path) and writes the very same bytes.
 
 Lines are collected and written together: one ``write`` per reactor turn (``serve`` schedules
-the flush at the end of the turn with the ``EndOfTurn`` that also sends the turn's replies,
-``policyd.wire.writer``), at once for errors and Twisted events (which keeps the order),
-when 64 KiB are waiting, and on stop. A batch is whole lines, written to stdout's file descriptor
-until every byte is out (``PYTHONUNBUFFERED`` or not), so no line is ever split between two
-writers or cut short by a signal; a descriptor that refuses bytes (non-blocking, reader stalled)
-keeps the rest for the next flush, and beyond ``MAX_UNSENT`` waiting bytes new prediction lines
-are dropped and counted rather than growing memory.
+the flush at the end of the turn, after the turn's replies, with ``EndOfTurn.last`` of the
+``EndOfTurn`` that sends them, ``policyd.wire.writer``), at once for errors and Twisted events
+(which keeps the order), when 64 KiB are waiting, and on stop. A batch is whole lines, written
+to stdout's file descriptor until every byte is out (``PYTHONUNBUFFERED`` or not), so no line
+is ever split between two writers or cut short by a signal; a descriptor that refuses bytes
+(non-blocking, reader stalled) keeps the rest for the next flush, and beyond ``MAX_UNSENT``
+waiting bytes new prediction lines are dropped and counted rather than growing memory.
 
 Text lines are ``key=value`` pairs (values with spaces, quotes, ``=`` or control characters are
 quoted JSON-style, so one record is always one line); JSON lines are one object each. Lines
@@ -215,7 +215,7 @@ class LogOutput:
         schedule: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """``schedule(f)`` arranges for ``f`` to run at the end of the reactor turn (an
-        ``EndOfTurn``, or ``lambda f: reactor.callLater(0, f)``);
+        ``EndOfTurn.last``, or ``lambda f: reactor.callLater(0, f)``);
         without it every prediction line is written at once. A ``stream`` with a file
         descriptor (stdout, a file) is written through the descriptor; any other (a StringIO)
         through ``write`` and ``flush``."""

@@ -572,9 +572,9 @@ def run(config_path: str, reactor: Reactor | None = None) -> int:
     def dropped(lines: int) -> None:
         stats.log_lines_dropped += lines
 
-    # One call at the end of each reactor turn writes its log lines and sends its replies.
+    # One call at the end of each reactor turn sends its replies, then writes its log lines.
     end_of_turn = EndOfTurn(reactor.callLater)
-    output = default_output(config.log.format, config.log.level, end_of_turn, dropped)
+    output = default_output(config.log.format, config.log.level, end_of_turn.last, dropped)
     server = Server(
         config_path,
         state,

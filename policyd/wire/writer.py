@@ -43,26 +43,40 @@ class EndOfTurn:
     """Runs callables when the reactor's current turn has done its I/O, all of them in one
     ``callLater(0)`` per turn (the connections' held replies and the log's flush share it).
 
-    ``call_later`` is the reactor's ``callLater``; callables run in the order they were given,
-    and one given while they run goes to the next turn.
+    ``call_later`` is the reactor's ``callLater``. Callables given with ``end_of_turn(f)`` run
+    in the order given, then those given with ``end_of_turn.last(f)``: the replies go out before
+    the log is written, since Postfix waits for a reply and nobody waits for a log line. A
+    callable given while they run goes to the next turn.
     """
 
-    __slots__ = ("_call_later", "_calls")
+    __slots__ = ("_call_later", "_calls", "_last", "_scheduled")
 
     def __init__(self, call_later: Callable[..., object]) -> None:
         self._call_later = call_later
         self._calls: list[Callable[[], None]] = []
+        self._last: list[Callable[[], None]] = []
+        self._scheduled = False
 
     def __call__(self, call: Callable[[], None]) -> None:
         """Run ``call`` at the end of this turn."""
-        if not self._calls:
+        if not self._scheduled:
+            self._scheduled = True
             self._call_later(0, self._run)
         self._calls.append(call)
 
+    def last(self, call: Callable[[], None]) -> None:
+        """Run ``call`` at the end of this turn, after every ``end_of_turn(f)`` of the turn."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_later(0, self._run)
+        self._last.append(call)
+
     def _run(self) -> None:
         calls, self._calls = self._calls, []
+        last, self._last = self._last, []
+        self._scheduled = False
         error: Exception | None = None
-        for call in calls:
+        for call in calls + last if last else calls:
             try:
                 call()
             except Exception as raised:  # the others still run: one failure loses no replies
