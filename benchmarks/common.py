@@ -83,7 +83,7 @@ class Scale:
     sample_every: int = 50_000
     warmup_requests: int = 200_000
     postfix_messages: int = 4000
-    postfix_rounds: int = 20
+    postfix_rounds: int = 30
 
 
 QUICK = Scale(2, 0.5, 3.0, 1, 100_000, 10_000, 20_000, 300, 1)

@@ -590,6 +590,60 @@ def test_the_postfix_rows_variants_differ_only_in_their_smtpd_options() -> None:
     ]
 
 
+def postfix_runs(rates: list[float], messages: int = 300) -> list[Any]:
+    """Postfix-row runs of ``messages`` each, delivered at these rates (msg/s)."""
+    from benchmarks.postfix import PostfixRun
+
+    return [PostfixRun(messages, messages / rate / 1.1, messages / rate) for rate in rates]
+
+
+def test_the_postfix_rows_interval_says_how_far_the_noise_moves_the_ratio() -> None:
+    """The interval brackets the ratio of all runs, is the same for the same runs, collapses
+    when every round has the same ratio, and widens when the rounds disagree."""
+    from benchmarks.postfix import delivered_rate, ratio_interval
+
+    steady_bare = postfix_runs([500, 400, 600, 450])
+    steady = postfix_runs([475, 380, 570, 427.5])  # 0.95 in every round
+    low, high = ratio_interval(steady, steady_bare)
+    assert low == pytest.approx(0.95) and high == pytest.approx(0.95)
+
+    bare = postfix_runs([500, 400, 600, 450, 520, 480, 410, 590])
+    daemon = postfix_runs([530, 350, 610, 400, 470, 500, 380, 560])
+    ratio = delivered_rate(daemon) / delivered_rate(bare)
+    low, high = ratio_interval(daemon, bare)
+    assert low < ratio < high
+    assert high - low > 0.04  # rounds from 0.87 to 1.06
+    assert ratio_interval(daemon, bare) == (low, high)
+    with pytest.raises(ValueError):
+        ratio_interval(daemon, bare[:-1])  # every run belongs to a round
+
+
+def test_the_postfix_rows_judge_each_wiring_on_its_ratio_and_show_the_interval() -> None:
+    """One row per wiring: met when m365-policyd reaches 0.97 times the bare responder in that
+    wiring, with the interval, the rates and the ratio to no check; then the cheapest wiring."""
+    from benchmarks.common import Report, Scale
+    from benchmarks.postfix import WIRINGS, add_rows
+
+    bare = [500.0, 400.0, 600.0]
+    runs = {"none": postfix_runs([550.0, 440.0, 660.0])}
+    for wiring, factor in zip(WIRINGS, (0.96, 0.99, 0.98, 1.0), strict=True):
+        runs[f"daemon {wiring.transport} {int(wiring.data_check)}"] = postfix_runs(
+            [rate * factor for rate in bare]
+        )
+        runs[f"bare {wiring.transport} {int(wiring.data_check)}"] = postfix_runs(bare)
+    report = Report()
+    add_rows(report, runs, Scale(postfix_rounds=3), "`x postfix`")
+    assert [row.met for row in report.rows] == [False, True, True, True, None]
+    first = report.rows[0]
+    assert "contrib snippet" in first.what
+    interval = "0.96 × (95 % interval 0.96–0.96 over 3 rounds; 467 vs 486 msg/s)"
+    assert first.measured.startswith(interval)
+    assert "vs no check 0.87 ×" in first.measured
+    assert "least: unix socket in private/, RCPT check only (0.91 × no check)" in (
+        report.rows[-1].measured
+    )
+
+
 def test_benchmarks_markdown_marks_missed_targets() -> None:
     """BENCHMARKS.md shows the machine, every row, and a missed target as a bold no."""
     from benchmarks import run
