@@ -22,7 +22,8 @@ that costs least is named.
 Postfix's own rate moves by about ±10 % from one run to the next on the 2-core machine of
 BENCHMARKS.md, so each ratio comes with its 95 % bootstrap interval over the rounds
 (``ratio_interval``): how far the machine's noise alone moves it. The target is judged on the
-ratio itself.
+ratio itself. Beside it, the policy server's own CPU time per message (``server_cost``): what
+the daemon costs beyond the bare responder, without the noise of Postfix's rate.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import socket
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.common import (
@@ -43,6 +44,7 @@ from benchmarks.common import (
     Report,
     Row,
     Scale,
+    cpu_seconds,
     servers,
     start_bare,
     start_daemon,
@@ -134,11 +136,13 @@ class SentCounter:
 
 @dataclass(frozen=True)
 class PostfixRun:
-    """One smtp-source run: messages, seconds until accepted, seconds until delivered."""
+    """One smtp-source run: messages, seconds until accepted, seconds until delivered, and the
+    CPU seconds the policy server used meanwhile (0 without one)."""
 
     messages: int
     injected: float
     delivered: float
+    server_cpu: float = 0.0
 
 
 def send(port: int, counter: SentCounter, messages: int) -> PostfixRun:
@@ -196,6 +200,27 @@ def accepted_rate(runs: list[PostfixRun]) -> float:
     """All the runs' messages over all their time until smtp-source was done (msg/s)."""
     seconds = sum(run.injected for run in runs)
     return sum(run.messages for run in runs) / seconds if seconds else 0.0
+
+
+def cpu_per_message(runs: list[PostfixRun]) -> float:
+    """The policy server's CPU seconds per message over all ``runs``."""
+    messages = sum(run.messages for run in runs)
+    return sum(run.server_cpu for run in runs) / messages if messages else 0.0
+
+
+def server_cost(wiring: Wiring, runs: dict[str, list[PostfixRun]], cpus: int = 0) -> str:
+    """What m365-policyd costs beyond the bare responder in ``wiring``, in its own CPU time per
+    message and as a share of all the machine's ``cpus`` (``os.cpu_count()``) for one message at
+    the bare responder's rate: the ratio the row would show if that were the only difference."""
+    daemon = runs[f"daemon {wiring.transport} {int(wiring.data_check)}"]
+    bare = runs[f"bare {wiring.transport} {int(wiring.data_check)}"]
+    extra = cpu_per_message(daemon) - cpu_per_message(bare)
+    share = extra * delivered_rate(bare) / (cpus or os.cpu_count() or 1)
+    return (
+        f"{wiring.label}: {cpu_per_message(daemon) * 1e6:,.0f} vs "
+        f"{cpu_per_message(bare) * 1e6:,.0f} µs, {extra * 1e6:+,.0f} µs = {share:.1%} of the "
+        f"machine's time per message"
+    )
 
 
 def ratio_interval(
@@ -295,10 +320,16 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                 for port in ports.values():  # every smtpd and policy connection warmed up
                     send(port, counter, MIN_MESSAGES // 4)
                 order = list(ports.items())
+                pids = {"daemon": daemon.pid, "bare": bare.pid}
                 for round_number in range(scale.postfix_rounds):
                     # every other round in reverse, as benchmarks.common.alternate does
                     for key, port in order if round_number % 2 == 0 else order[::-1]:
-                        runs[key].append(send(port, counter, messages))
+                        server = pids.get(key.split(" ")[0])
+                        before = cpu_seconds(server) if server else 0.0
+                        run = send(port, counter, messages)
+                        if server:
+                            run = replace(run, server_cpu=cpu_seconds(server) - before)
+                        runs[key].append(run)
                 for key, variant_runs in runs.items():
                     delivered = [run.messages / run.delivered for run in variant_runs]
                     report.note(
@@ -307,7 +338,13 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                         f"in {len(variant_runs)} runs, accepted at "
                         f"{accepted_rate(variant_runs):,.0f} msg/s, delivered at "
                         f"{delivered_rate(variant_runs):,.0f} msg/s (runs {min(delivered):,.0f} "
-                        f"to {max(delivered):,.0f})",
+                        f"to {max(delivered):,.0f})"
+                        + (
+                            f"; policy server CPU {cpu_per_message(variant_runs) * 1e6:,.0f} µs "
+                            "per message"
+                            if key != "none"
+                            else ""
+                        ),
                     )
                 policy_log = daemon.tail(400)
     finally:
@@ -344,6 +381,15 @@ def add_rows(report: Report, runs: dict[str, list[PostfixRun]], scale: Scale, co
                 command,
             )
         )
+    report.add(
+        Row(
+            "Postfix end to end: what the policy server itself costs per message",
+            "(informational)",
+            "; ".join(server_cost(wiring, runs) for wiring in WIRINGS),
+            None,
+            command,
+        )
+    )
     cheapest = max(WIRINGS, key=lambda wiring: versus_none[wiring])
     data_costs = ", ".join(
         f"{t} {rates[f'daemon {t} 1'] / rates[f'daemon {t} 0']:.2f} ×" for t in ("tcp", "unix")

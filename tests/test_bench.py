@@ -633,14 +633,31 @@ def test_the_postfix_rows_judge_each_wiring_on_its_ratio_and_show_the_interval()
         runs[f"bare {wiring.transport} {int(wiring.data_check)}"] = postfix_runs(bare)
     report = Report()
     add_rows(report, runs, Scale(postfix_rounds=3), "`x postfix`")
-    assert [row.met for row in report.rows] == [False, True, True, True, None]
+    assert [row.met for row in report.rows] == [False, True, True, True, None, None]
     first = report.rows[0]
     assert "contrib snippet" in first.what
     interval = "0.96 × (95 % interval 0.96–0.96 over 3 rounds; 467 vs 486 msg/s)"
     assert first.measured.startswith(interval)
     assert "vs no check 0.87 ×" in first.measured
+    assert "per message" in report.rows[-2].what  # server_cost, tested above
     assert "least: unix socket in private/, RCPT check only (0.91 × no check)" in (
         report.rows[-1].measured
+    )
+
+
+def test_the_postfix_rows_server_cost_is_cpu_per_message_as_a_share_of_the_machine() -> None:
+    """The daemon's CPU per message minus the bare responder's, and that as a share of the
+    machine's CPU time per message at the bare responder's rate."""
+    from benchmarks.postfix import WIRINGS, PostfixRun, server_cost
+
+    wiring = WIRINGS[0]
+    runs = {  # 600 messages in 1.2 s each way (500 msg/s); 0.18 vs 0.12 s of server CPU
+        "daemon tcp 1": [PostfixRun(300, 0.5, 0.6, 0.1), PostfixRun(300, 0.5, 0.6, 0.08)],
+        "bare tcp 1": [PostfixRun(300, 0.5, 0.6, 0.06), PostfixRun(300, 0.5, 0.6, 0.06)],
+    }
+    assert server_cost(wiring, runs, cpus=2) == (
+        "TCP loopback, RCPT and DATA checks: 300 vs 200 µs, +100 µs = 2.5% of the machine's "
+        "time per message"
     )
 
 
