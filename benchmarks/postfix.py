@@ -373,7 +373,7 @@ def add_rows(report: Report, runs: dict[str, list[PostfixRun]], scale: Scale, co
                 f"Postfix end to end, {wiring.label}: m365-policyd vs the bare responder"
                 + (" (the contrib snippet's wiring)" if wiring == WIRINGS[0] else ""),
                 f"≥ {TARGET} ×",
-                f"{floor:.2f} × (95 % interval {low:.2f}–{high:.2f} over "
+                f"{floor:.3f} × (95 % interval {low:.3f}–{high:.3f} over "
                 f"{len(runs[daemon_key])} rounds; {daemon_rate:,.0f} vs {bare_rate:,.0f} msg/s); "
                 f"vs no check {versus_none[wiring]:.2f} × (the bare responder "
                 f"{bare_rate / rates['none']:.2f} ×; no check {rates['none']:,.0f} msg/s)",

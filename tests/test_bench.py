@@ -636,7 +636,7 @@ def test_the_postfix_rows_judge_each_wiring_on_its_ratio_and_show_the_interval()
     assert [row.met for row in report.rows] == [False, True, True, True, None, None]
     first = report.rows[0]
     assert "contrib snippet" in first.what
-    interval = "0.96 × (95 % interval 0.96–0.96 over 3 rounds; 467 vs 486 msg/s)"
+    interval = "0.960 × (95 % interval 0.960–0.960 over 3 rounds; 467 vs 486 msg/s)"
     assert first.measured.startswith(interval)
     assert "vs no check 0.87 ×" in first.measured
     assert "per message" in report.rows[-2].what  # server_cost, tested above
