@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import random
 import resource
+import select
 import socket
 import struct
 import threading
@@ -45,6 +46,7 @@ from policyd.engine.stats import (
 from policyd.wire.protocol import PolicyFactory
 from tests.doubles import Limits
 from tests.serverproc import LOOPBACK, PolicyServer, Samples, rcpt, request_text
+from tests.waiting import wait_until
 
 #: The daemon's memory may not grow past this while it is being abused.
 RSS_LIMIT_KB = 150 * 1024
@@ -570,6 +572,7 @@ def test_connections_beyond_max_connections_are_closed_at_once(tmp_path: Path) -
             for sock in socks:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     sock.sendall(request_text(REFUSED))
+            wait_all_handled(socks)
             replies = [read_to_end_after_shutdown(sock) for sock in socks]
         finally:
             for sock in socks:
@@ -577,6 +580,23 @@ def test_connections_beyond_max_connections_are_closed_at_once(tmp_path: Path) -
         assert replies.count(REFUSED_REPLY) == 99
         assert replies.count(b"") == 51
         assert errors(limited.scrape())[TOO_MANY_CONNECTIONS] == 51
+
+
+def wait_all_handled(socks: list[socket.socket]) -> None:
+    """Wait until the daemon has answered or closed every one of ``socks``.
+
+    A connect returns once the kernel holds the connection, before the daemon accepts it. Were
+    the served clients read (and so closed) while some connections still waited in the kernel's
+    queue, those would find free slots and be served: more than the limit allows at once.
+    """
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+
+    def handled() -> bool:  # readable: a reply (served) or the end of the stream (closed)
+        return len(poller.poll(0)) == len(socks)
+
+    wait_until(handled, f"all {len(socks)} connections answered or closed", timeout=30)
 
 
 def read_to_end_after_shutdown(sock: socket.socket) -> bytes:
@@ -599,6 +619,7 @@ def test_max_connections_below_the_fd_limit_protects_the_daemon(tmp_path: Path) 
             for sock in socks:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     sock.sendall(request_text(ACCEPTED))
+            wait_all_handled(socks)
             replies = [read_to_end_after_shutdown(sock) for sock in socks]
         finally:
             for sock in socks:
