@@ -264,6 +264,7 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
     )
     labels = {"none": "no policy check"}
     ports: dict[str, int] = {}  # variant -> its smtpd's port
+    server_pids: dict[str, int] = {}  # variant -> the pid of the policy server answering it
     runs: dict[str, list[PostfixRun]] = {}
     try:
         with PostfixInstance.create(
@@ -297,6 +298,7 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                             "unix": f"unix:private/{socket_name}",
                         }
                         ports[key] = free_port()
+                        server_pids[key] = server.pid
                         master.append(f"127.0.0.1:{ports[key]} inet n - n - - smtpd")
                         master += master_options(wiring, services[wiring.transport])
                         who = "m365-policyd" if name == "daemon" else "the bare responder"
@@ -320,11 +322,10 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                 for port in ports.values():  # every smtpd and policy connection warmed up
                     send(port, counter, MIN_MESSAGES // 4)
                 order = list(ports.items())
-                pids = {"daemon": daemon.pid, "bare": bare.pid}
                 for round_number in range(scale.postfix_rounds):
                     # every other round in reverse, as benchmarks.common.alternate does
                     for key, port in order if round_number % 2 == 0 else order[::-1]:
-                        server = pids.get(key.split(" ")[0])
+                        server = server_pids.get(key)
                         before = cpu_seconds(server) if server else 0.0
                         run = send(port, counter, messages)
                         if server:
@@ -342,7 +343,7 @@ def row_postfix(report: Report, workdir: Path, scale: Scale) -> None:
                         + (
                             f"; policy server CPU {cpu_per_message(variant_runs) * 1e6:,.0f} µs "
                             "per message"
-                            if key != "none"
+                            if key in server_pids
                             else ""
                         ),
                     )

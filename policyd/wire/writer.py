@@ -49,32 +49,28 @@ class EndOfTurn:
     callable given while they run goes to the next turn.
     """
 
-    __slots__ = ("_call_later", "_calls", "_last", "_scheduled")
+    __slots__ = ("_call_later", "_calls", "_last")
 
     def __init__(self, call_later: Callable[..., object]) -> None:
         self._call_later = call_later
         self._calls: list[Callable[[], None]] = []
         self._last: list[Callable[[], None]] = []
-        self._scheduled = False
 
     def __call__(self, call: Callable[[], None]) -> None:
         """Run ``call`` at the end of this turn."""
-        if not self._scheduled:
-            self._scheduled = True
+        if not self._calls and not self._last:  # the turn's first: its one timed call
             self._call_later(0, self._run)
         self._calls.append(call)
 
     def last(self, call: Callable[[], None]) -> None:
         """Run ``call`` at the end of this turn, after every ``end_of_turn(f)`` of the turn."""
-        if not self._scheduled:
-            self._scheduled = True
+        if not self._calls and not self._last:
             self._call_later(0, self._run)
         self._last.append(call)
 
     def _run(self) -> None:
         calls, self._calls = self._calls, []
         last, self._last = self._last, []
-        self._scheduled = False
         error: Exception | None = None
         for call in calls + last if last else calls:
             try:
